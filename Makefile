@@ -1,0 +1,40 @@
+# Two commands for a new user: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: run test venv venv-test lint bench emulate clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml constraints.txt
+	$(PIP) install -c constraints.txt -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+venv-test: $(VENV)/.installed-test
+
+run: venv
+	$(VENV)/bin/bgmock-twin run
+
+emulate: venv
+	$(VENV)/bin/bgmock-twin emulate
+
+test: venv-test
+	tests/setup-components.sh
+	$(VENV)/bin/python -m pytest -q
+
+lint: venv-test
+	$(VENV)/bin/ruff check bgmock_twin tests
+	$(VENV)/bin/mypy bgmock_twin
+
+bench: venv-test
+	$(PIP) install -c constraints.txt -e '.[test,bench]'
+	$(VENV)/bin/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,87 @@
+"""The transport interface shared by the Kafka and the in-process implementations."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class BusError(Exception):
+    """The transport is unavailable or refused an operation; the caller retries later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed message."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = field(default=())
+    timestamp_ms: int = 0
+
+    def header(self, name: str) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+class EventProducer(Protocol):
+    def produce(
+        self,
+        topic: str,
+        key: str | None,
+        value: bytes,
+        headers: Mapping[str, bytes] | None = None,
+    ) -> None:
+        """Queue one message; raise ``BusError`` if it cannot even be queued."""
+
+    def flush(self, timeout: float) -> None:
+        """Wait until every queued message is acknowledged; raise ``BusError`` if any
+        failed or the timeout passed with messages outstanding."""
+
+    def close(self) -> None: ...
+
+
+class EventConsumer(Protocol):
+    def poll(self, timeout: float, max_records: int = 500) -> list[Record]:
+        """Up to ``max_records`` records, waiting at most ``timeout`` seconds for the
+        first. Raises ``BusError`` when the transport is down."""
+
+    def commit(self, records: Sequence[Record]) -> None:
+        """Commit the offsets after these records (synchronously)."""
+
+    def assignment_ready(self) -> bool:
+        """True once the consumer has partitions assigned and positioned."""
+
+    def close(self) -> None: ...
+
+
+class EventBus(Protocol):
+    """A broker connection factory."""
+
+    name: str
+
+    def producer(self) -> EventProducer: ...
+
+    def consumer(
+        self,
+        group_id: str,
+        topics: Sequence[str],
+        *,
+        from_beginning_if_new: bool = True,
+        manual_assign: bool = False,
+    ) -> EventConsumer:
+        """A consumer in ``group_id``. ``manual_assign`` takes every partition without
+        a group rebalance (the twin's tracker); otherwise it joins the group."""
+
+    def ensure_topics(self, topics: Sequence[str], partitions: int = 3) -> None: ...
+
+    def check(self, timeout: float) -> None:
+        """Raise ``BusError`` unless the broker answers a metadata request in time."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,167 @@
+"""Every Prometheus metric the twin exports, defined in one place.
+
+Conventions: the ``bgmock_`` prefix, base units in the name (``_seconds``),
+``_total`` on counters (prometheus-client adds it), and label values from small
+fixed sets: never a transaction id, account or bankgood number. Dashboards and
+alert rules are written against the names below.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+# KMinion-style buckets: start at 5 ms and double up past the payment SLA, so a 2 s
+# flow and a 40 s stall both land in a real bucket.
+LATENCY_BUCKETS = tuple(round(0.005 * 2**i, 3) for i in range(15))  # 5 ms .. 81.92 s
+PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+JOB_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+SERVICES = ("bank_a", "bank_b", "clearing", "kafka", "db_bank_a", "db_bank_b", "db_switch")
+TOPICS = (
+    "transactions.initiated",
+    "transactions.forwarded",
+    "transactions.processed",
+    "transactions.completed",
+)
+STEPS = ("accepted", "initiated", "forwarded", "processed", "completed", "settled")
+OUTCOMES = ("success", "failed", "rejected", "stuck")
+
+# --- the twin itself -------------------------------------------------------------
+TWIN_INFO = Info("bgmock_twin", "Version, mode and instance of this twin.")
+TWIN_READY = Gauge("bgmock_twin_ready", "1 when the daemon is ready (scheduler running).")
+
+# --- health probes -----------------------------------------------------------------
+SERVICE_UP = Gauge("bgmock_service_up", "1 if the last probe of the service succeeded.", ["service"])
+PROBE_DURATION = Histogram(
+    "bgmock_probe_duration_seconds", "Duration of health probes.", ["service"],
+    buckets=PROBE_BUCKETS,
+)
+PROBE_FAILURES = Counter(
+    "bgmock_probe_failures", "Failed health probes by reason.", ["service", "reason"]
+)
+SERVICE_LAST_UP = Gauge(
+    "bgmock_service_last_up_timestamp_seconds",
+    "Unix time of the last successful probe of the service.", ["service"],
+)
+
+# --- scheduler ---------------------------------------------------------------------
+JOB_RUNS = Counter("bgmock_scheduler_job_runs", "Scheduled job runs by result.", ["job", "result"])
+JOB_DURATION = Histogram(
+    "bgmock_scheduler_job_duration_seconds", "Duration of scheduled job runs.", ["job"],
+    buckets=JOB_BUCKETS,
+)
+JOB_MISSED = Counter(
+    "bgmock_scheduler_job_missed", "Job runs skipped because they were too late.", ["job"]
+)
+JOB_MAX_INSTANCES = Counter(
+    "bgmock_scheduler_job_max_instances",
+    "Job runs skipped because the previous run was still going.", ["job"],
+)
+
+# --- REST calls to BGMock --------------------------------------------------------------
+REST_REQUESTS = Counter(
+    "bgmock_rest_requests", "REST calls to BGMock services by route template and status code.",
+    ["service", "method", "route", "code"],
+)
+REST_DURATION = Histogram(
+    "bgmock_rest_request_duration_seconds", "Duration of REST calls to BGMock services.",
+    ["service", "method", "route"], buckets=LATENCY_BUCKETS,
+)
+
+# --- control API -----------------------------------------------------------------------
+API_REQUESTS = Counter(
+    "bgmock_api_requests", "Requests to the twin's control API.", ["method", "route", "code"]
+)
+
+# --- Kafka -------------------------------------------------------------------------------
+KAFKA_MESSAGES = Counter(
+    "bgmock_kafka_messages",
+    "Kafka events seen, by topic, payment status and whether the twin sent the payment.",
+    ["topic", "status", "origin"],
+)
+KAFKA_MESSAGES_INVALID = Counter(
+    "bgmock_kafka_messages_invalid", "Kafka messages skipped as invalid.", ["topic", "reason"]
+)
+KAFKA_CLIENT_ERRORS = Counter(
+    "bgmock_kafka_client_errors", "Errors reported by the twin's Kafka clients.",
+    ["client", "reason"],
+)
+KAFKA_CONSUMER_LAG = Gauge(
+    "bgmock_kafka_consumer_lag", "Consumer group lag in messages, summed over partitions.",
+    ["group", "topic"],
+)
+KAFKA_CONSUMER_LAG_ANOMALIES = Counter(
+    "bgmock_kafka_consumer_lag_anomalies",
+    "Negative lag readings clamped to zero (odd broker watermarks).", ["group", "topic"],
+)
+KAFKA_CONSUMER_LAST_PROGRESS = Gauge(
+    "bgmock_kafka_consumer_last_progress_timestamp_seconds",
+    "Unix time the group's committed offsets last moved (or it had no lag).", ["group"],
+)
+
+# --- synthetic payments ----------------------------------------------------------------
+PAYMENTS_SUBMITTED = Counter(
+    "bgmock_payments_submitted", "Synthetic payments submitted.", ["channel", "route"]
+)
+PAYMENTS_COMPLETED = Counter(
+    "bgmock_payments_completed", "Synthetic payments that reached an outcome.",
+    ["channel", "route", "outcome"],
+)
+PAYMENT_DURATION = Histogram(
+    "bgmock_payment_duration_seconds",
+    "Intended send time to settled at the source bank, on the twin's monotonic clock.",
+    ["channel", "route"], buckets=LATENCY_BUCKETS,
+)
+PAYMENT_STEP_DURATION = Histogram(
+    "bgmock_payment_step_duration_seconds",
+    "Time from the previous step to this one.", ["step"], buckets=LATENCY_BUCKETS,
+)
+PAYMENTS_IN_FLIGHT = Gauge("bgmock_payments_in_flight", "Synthetic payments not yet finished.")
+PAYMENTS_STUCK = Gauge(
+    "bgmock_payments_stuck", "Payments past their step deadline, by the step they wait for.",
+    ["step"],
+)
+PAYMENTS_DROPPED = Counter(
+    "bgmock_payments_dropped",
+    "Payments due but not sent because the concurrency bound was reached.",
+)
+SEND_LAG = Histogram(
+    "bgmock_payment_send_lag_seconds", "Actual minus intended send time.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+SIMULATIONS_ACTIVE = Gauge("bgmock_simulations_active", "Simulations currently running.")
+LEDGER_WRITE_ERRORS = Counter(
+    "bgmock_ledger_write_errors", "Failed writes to the twin's ledger database."
+)
+LEDGER_DROPPED = Counter(
+    "bgmock_ledger_dropped", "Ledger writes dropped because the buffer was full."
+)
+LEDGER_BUFFERED = Gauge("bgmock_ledger_buffered", "Ledger writes waiting for the database.")
+
+# --- books -----------------------------------------------------------------------------
+BALANCE_DRIFT = Gauge(
+    "bgmock_balance_drift", "Sum of |expected - actual| balance of the twin's accounts.", ["bank"]
+)
+DRIFTING_ACCOUNTS = Gauge(
+    "bgmock_balance_drifting_accounts", "Twin accounts whose balance differs from the model.",
+    ["bank"],
+)
+INVARIANT_VIOLATIONS = Gauge(
+    "bgmock_invariant_violations", "Current violations per reconciliation check.", ["check"]
+)
+INVARIANT_DETECTIONS = Counter(
+    "bgmock_invariant_violations_detected", "Every violation detection.", ["check"]
+)
+RECONCILIATION_UNKNOWN = Gauge(
+    "bgmock_reconciliation_check_unknown",
+    "1 when a check could not run (its data source was unreachable).", ["check"],
+)
+RECONCILIATION_LAST_RUN = Gauge(
+    "bgmock_reconciliation_last_run_timestamp_seconds", "Unix time of the last reconciliation."
+)
+OUTBOX_PENDING = Gauge(
+    "bgmock_outbox_pending", "Unpublished outbox rows.", ["service"]
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "bgmock_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row.", ["service"]
+)

@@ -1,0 +1,47 @@
+"""Shared fixtures: real components started by the tests themselves.
+
+- ``kafka_broker``: a fresh Tansu broker per test module (in-memory, free port);
+- ``postgres``: the local PostgreSQL (or a throwaway cluster), one per session;
+- ``pg_database``: a fresh, empty database URL for one test.
+Every process started here is stopped in the fixture's teardown, also when a test fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.broker import TansuBroker
+from tests.support.postgres import PostgresServer
+
+
+@pytest.fixture(scope="session")
+def component_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("component-logs")
+
+
+@pytest.fixture(scope="module")
+def kafka_broker(component_logs: Path) -> Iterator[TansuBroker]:
+    broker = TansuBroker(component_logs)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_database(postgres: PostgresServer) -> str:
+    return postgres.create_database()
