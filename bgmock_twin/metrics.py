@@ -28,6 +28,12 @@ OUTCOMES = ("success", "failed", "rejected", "stuck")
 
 # --- the twin itself -------------------------------------------------------------
 TWIN_INFO = Info("bgmock_twin", "Version, mode and instance of this twin.")
+SLO_TARGET = Gauge(
+    "bgmock_slo_target",
+    "Alert thresholds from the twin's settings (slo: success_ratio, p95_seconds, "
+    "outbox_pending, outbox_age_seconds, consumer_lag, step_deadline_seconds, sla_seconds).",
+    ["slo"],
+)
 TWIN_READY = Gauge("bgmock_twin_ready", "1 when the daemon is ready (scheduler running).")
 
 # --- health probes -----------------------------------------------------------------

@@ -169,6 +169,19 @@ class Settings(BaseSettings):
         description="Consumer groups whose lag is exported (JSON list or comma separated).",
     )
 
+    # --- alert thresholds, exported as bgmock_slo_target{slo} so rules carry no magic numbers
+    slo_success_ratio: float = Field(
+        0.99, gt=0, le=1, validation_alias=_env("TWIN_SLO_SUCCESS_RATIO")
+    )
+    slo_p95_seconds: float = Field(10.0, gt=0, validation_alias=_env("TWIN_SLO_P95_SECONDS"))
+    slo_outbox_pending: float = Field(
+        100, ge=0, validation_alias=_env("TWIN_SLO_OUTBOX_PENDING")
+    )
+    slo_outbox_age_seconds: float = Field(
+        30, gt=0, validation_alias=_env("TWIN_SLO_OUTBOX_AGE_SECONDS")
+    )
+    slo_consumer_lag: float = Field(1000, ge=0, validation_alias=_env("TWIN_SLO_CONSUMER_LAG"))
+
     # --- embedded emulator ----------------------------------------------------------
     emulator_host: str = Field("127.0.0.1", validation_alias=_env("TWIN_EMULATOR_HOST"))
     emulator_db_bank_a: SecretStr | None = Field(
