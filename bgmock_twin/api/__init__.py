@@ -1,0 +1,1 @@
+"""The control HTTP API: FastAPI routes, thin over the daemon's components."""

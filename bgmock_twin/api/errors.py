@@ -1,0 +1,73 @@
+"""One JSON error shape for every failure: ``{"error": ..., "detail": [...]}``.
+
+Validation errors name the field (``body.amount``) and never echo the input;
+unexpected exceptions are logged with a reference and answered without internals.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bgmock_twin.clients.rest import ServiceError
+from bgmock_twin.logs import get_logger
+
+log = get_logger(__name__)
+
+
+def error_body(message: str, detail: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": message}
+    if detail:
+        body["detail"] = detail
+    return body
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+async def _validation(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    detail = [
+        {"field": _field(err.get("loc", ())), "message": str(err.get("msg", "invalid")),
+         "type": str(err.get("type", "value_error"))}
+        for err in exc.errors()
+    ]
+    fields = ", ".join(d["field"] for d in detail) or "request"
+    return JSONResponse(status_code=422, content=error_body(f"invalid request: {fields}", detail))
+
+
+async def _http(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    message = exc.detail if isinstance(exc.detail, str) else "request failed"
+    return JSONResponse(
+        status_code=exc.status_code, content=error_body(message), headers=exc.headers
+    )
+
+
+async def _service(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return JSONResponse(
+        status_code=502, content=error_body(f"BGMock service unavailable: {exc.service} ({exc.reason})")
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    reference = uuid.uuid4().hex[:12]
+    log.error("api_unexpected_error", path=request.url.path, reference=reference,
+              error=repr(exc), exc_info=exc)
+    return JSONResponse(
+        status_code=500, content=error_body(f"internal error (reference {reference})")
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(ServiceError, _service)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,176 @@
+"""The control API application: liveness, readiness, status, metrics and the
+routers of the other components, behind one error shape and request limits.
+
+Kept thin: every route reads from or delegates to a component of the running
+daemon (``bgmock_twin.app.Twin``), which it reaches through ``app.state.twin``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import uvicorn
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from bgmock_twin import __version__, metrics
+from bgmock_twin.api.auth import require_token
+from bgmock_twin.api.errors import error_body, install_error_handlers
+from bgmock_twin.logs import get_logger
+
+log = get_logger(__name__)
+
+
+class TwinView(Protocol):
+    """What the API needs from the daemon."""
+
+    mode: str
+
+    def is_ready(self) -> tuple[bool, list[str]]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def apply_fault(self, fault: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class FaultRequest(BaseModel):
+    """A fault for the embedded emulator (demos and tests)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(
+        ..., pattern=r"^(bank_a|bank_b|clearing|bus)$",
+        description="bank_a, bank_b, clearing or bus",
+    )
+    down: bool | None = None
+    hang: bool | None = None
+    latency_seconds: float | None = Field(None, ge=0, le=60)
+    error_rate: float | None = Field(None, ge=0, le=1)
+    garbage: bool | None = None
+    paused: bool | None = Field(None, description="pause the service's Kafka consumers")
+    stall_outbox: bool | None = None
+
+
+def create_api(
+    twin: TwinView,
+    control_token: str | None,
+    max_request_bytes: int,
+    routers: list[APIRouter] | None = None,
+) -> FastAPI:
+    app = FastAPI(
+        title="bgmock-twin control API",
+        version=__version__,
+        description="Health, synthetic payments, simulations and reconciliation of the "
+        "BGMock digital twin. Mutating endpoints need `Authorization: Bearer <token>` "
+        "when TWIN_CONTROL_TOKEN is set.",
+    )
+    app.state.twin = twin
+    app.state.control_token = control_token
+    install_error_handlers(app)
+    app.middleware("http")(_limit_and_count(max_request_bytes))
+
+    @app.get("/healthz", summary="Liveness: the process answers", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz", summary="Readiness: scheduler running and settings valid",
+             tags=["health"], responses={503: {"description": "not ready"}})
+    def readyz() -> JSONResponse:
+        ready, reasons = twin.is_ready()
+        if ready:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse(status_code=503, content={"status": "not ready", "reasons": reasons})
+
+    @app.get("/metrics", summary="Prometheus metrics", tags=["health"],
+             response_class=Response)
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/api/v1/status", summary="Mode, each service's health and counts",
+             tags=["status"])
+    def status() -> dict[str, Any]:
+        return twin.status()
+
+    @app.post("/api/v1/emulator/faults", summary="Inject or clear a fault in the embedded "
+              "emulator", tags=["emulator"], dependencies=[Depends(require_token)],
+              responses={409: {"description": "not in embedded mode"}})
+    def fault(request: FaultRequest) -> dict[str, Any]:
+        return twin.apply_fault(request.model_dump(exclude_none=True))
+
+    for router in routers or []:
+        app.include_router(router)
+    return app
+
+
+def _limit_and_count(
+    max_bytes: int,
+) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
+    async def middleware(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_bytes):
+            response: Response = JSONResponse(
+                status_code=413, content=error_body(f"request body over {max_bytes} bytes")
+            )
+        elif length is None and request.method in {"POST", "PUT", "PATCH"} and \
+                request.headers.get("transfer-encoding", "").lower() == "chunked":
+            body = b""
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > max_bytes:
+                    break
+            if len(body) > max_bytes:
+                response = JSONResponse(
+                    status_code=413, content=error_body(f"request body over {max_bytes} bytes")
+                )
+            else:
+                request._body = body  # starlette reads the cached body downstream
+                response = await call_next(request)
+        else:
+            response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        metrics.API_REQUESTS.labels(request.method, template, str(response.status_code)).inc()
+        return response
+
+    return middleware
+
+
+class ApiServer:
+    """Uvicorn on a background thread; ``stop()`` lets in-flight requests finish."""
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        config = uvicorn.Config(
+            app, host=host, port=port, log_config=None, access_log=False,
+            lifespan="off", timeout_graceful_shutdown=3, limit_concurrency=256,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="api", daemon=True)
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._thread.start()
+        deadline = threading.Event()
+        for _ in range(int(timeout / 0.02)):
+            if self._server.started:
+                return
+            if not self._thread.is_alive():
+                break
+            deadline.wait(0.02)
+        raise RuntimeError("control API did not start (is the port in use?)")
+
+    @property
+    def port(self) -> int:
+        servers = getattr(self._server, "servers", [])
+        for server in servers:
+            for sock in server.sockets:
+                return int(sock.getsockname()[1])
+        return int(self._server.config.port)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout)

@@ -1,0 +1,270 @@
+"""Wiring: builds every component from the settings, owns start-up and shutdown.
+
+Order of start-up: logging → event bus → (embedded) emulator → REST clients →
+health probes → tracking → books → control API → scheduler. Shutdown runs the
+other way round and is bounded by ``TWIN_SHUTDOWN_GRACE_SECONDS``: stop
+scheduling, stop sending, let in-flight work finish or give up, close clients.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from bgmock_twin import __version__, metrics
+from bgmock_twin.api.server import ApiServer, create_api
+from bgmock_twin.bus.base import EventBus
+from bgmock_twin.clients.bgmock import BGMockClients
+from bgmock_twin.clients.databases import readonly_engine
+from bgmock_twin.emulator import EmbeddedBGMock, EmulatorConfig
+from bgmock_twin.logs import configure_logging, get_logger
+from bgmock_twin.probes import HealthRegistry, build_checks
+from bgmock_twin.scheduler import JobScheduler
+from bgmock_twin.settings import Settings, mask_url
+from bgmock_twin.tracking.service import Tracking
+
+log = get_logger(__name__)
+
+DB_SERVICES = {"db_bank_a": "bank_a", "db_bank_b": "bank_b", "db_switch": "clearing"}
+
+
+def build_bus(settings: Settings) -> EventBus | None:
+    """Kafka when configured; in embedded mode without Kafka, the in-process bus."""
+    if settings.kafka_bootstrap_servers:
+        from bgmock_twin.bus.kafka import KafkaBus
+
+        return KafkaBus(
+            settings.kafka_bootstrap_servers,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            client_id=f"bgmock-twin-{settings.instance_id}",
+        )
+    if settings.embedded:
+        from bgmock_twin.bus.memory import InMemoryBus
+
+        return InMemoryBus()
+    return None
+
+
+class Twin:
+    """The running daemon."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.mode = "embedded" if settings.embedded else "external"
+        self.started_at = datetime.now(UTC)
+        self.bus: EventBus | None = None
+        self.emulator: EmbeddedBGMock | None = None
+        self.clients: BGMockClients | None = None
+        self.databases: dict[str, Engine] = {}
+        self.health = HealthRegistry(settings.probe_timeout_seconds)
+        self.scheduler = JobScheduler()
+        self.tracking: Tracking | None = None
+        self.books: Any = None
+        self.api: ApiServer | None = None
+        self._stopping = threading.Event()
+
+    # --- lifecycle -----------------------------------------------------------------
+    def start(self) -> None:
+        settings = self.settings
+        metrics.TWIN_INFO.info(
+            {"version": __version__, "mode": self.mode, "instance": settings.instance_id}
+        )
+        self._export_slo_targets()
+        self.bus = build_bus(settings)
+        urls = self._start_bgmock()
+        self.clients = BGMockClients.build(
+            urls, settings.rest_timeout_seconds, pool_size=settings.max_in_flight_requests + 8
+        )
+        self.databases = self._database_engines()
+        for service, check in build_checks(self.clients, self.bus, self.databases).items():
+            self.health.register(service, check)
+            self.scheduler.add_interval(
+                f"probe_{service}", _bind(self.health.probe, service),
+                settings.health_interval_seconds, run_now=True,
+            )
+        if self.bus is not None:
+            self.tracking = Tracking(settings, self.clients, self.bus, self.scheduler)
+        self.books = self._build_books()
+        routers = [r for r in (getattr(self.tracking, "router", None),
+                               getattr(self.books, "router", None)) if r is not None]
+        token = settings.control_token.get_secret_value() if settings.control_token else None
+        app = create_api(self, token, settings.max_request_bytes, routers)
+        self.api = ApiServer(app, settings.listen_host, settings.listen_port)
+        self.api.start()
+        log.info("control_api_listening", host=settings.listen_host, port=self.api.port)
+        self.scheduler.start()
+        if self.tracking is not None:
+            self.tracking.start()
+        if self.books is not None:
+            self.books.start()
+        metrics.TWIN_READY.set(1)
+        log.info("twin_started", mode=self.mode, instance=settings.instance_id,
+                 urls=urls, services=self.health.services)
+
+    def _start_bgmock(self) -> dict[str, str]:
+        settings = self.settings
+        if not settings.embedded:
+            assert settings.bank_a_url and settings.bank_b_url and settings.clearing_url
+            return {"bank_a": settings.bank_a_url, "bank_b": settings.bank_b_url,
+                    "clearing": settings.clearing_url}
+        assert self.bus is not None
+
+        def secret(value: Any) -> str | None:
+            return value.get_secret_value() if value is not None else None
+
+        self.emulator = EmbeddedBGMock(EmulatorConfig(
+            host=settings.emulator_host,
+            bus=self.bus,
+            db_urls={
+                "bank_a": secret(settings.emulator_db_bank_a),
+                "bank_b": secret(settings.emulator_db_bank_b),
+                "clearing": secret(settings.emulator_db_switch),
+            },
+            outbox_interval_seconds=settings.emulator_outbox_interval_seconds,
+        ))
+        self.emulator.start()
+        log.info("embedded_bgmock_started", urls=self.emulator.urls)
+        return dict(self.emulator.urls)
+
+    def _database_engines(self) -> dict[str, Engine]:
+        """Read-only engines for DB_*; in embedded mode the emulator's own databases
+        stand in for any that are not configured."""
+        settings = self.settings
+        configured = {"db_bank_a": settings.db_bank_a, "db_bank_b": settings.db_bank_b,
+                      "db_switch": settings.db_switch}
+        engines: dict[str, Engine] = {}
+        for service, url in configured.items():
+            if url is not None:
+                engines[service] = readonly_engine(
+                    url.get_secret_value(), settings.db_statement_timeout_ms,
+                    connect_timeout_s=max(1, int(settings.probe_timeout_seconds)),
+                )
+                log.info("database_configured", service=service,
+                         url=mask_url(url.get_secret_value()))
+            elif self.emulator is not None:
+                engines[service] = self.emulator.engines[DB_SERVICES[service]]
+        return engines
+
+    def _build_books(self) -> Any:
+        try:
+            from bgmock_twin.books.service import Books
+        except ImportError:
+            return None
+        return Books(self)
+
+    def _export_slo_targets(self) -> None:
+        s = self.settings
+        for slo, value in {
+            "success_ratio": s.slo_success_ratio,
+            "p95_seconds": s.slo_p95_seconds,
+            "outbox_pending": s.slo_outbox_pending,
+            "outbox_age_seconds": s.slo_outbox_age_seconds,
+            "consumer_lag": s.slo_consumer_lag,
+            "step_deadline_seconds": s.step_deadline_seconds,
+            "sla_seconds": s.payment_sla_seconds,
+        }.items():
+            metrics.SLO_TARGET.labels(slo).set(value)
+
+    def stop(self) -> None:
+        """Stop everything within the shutdown grace; safe to call twice."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        grace = self.settings.shutdown_grace_seconds
+        deadline = time.monotonic() + grace
+        metrics.TWIN_READY.set(0)
+        log.info("twin_stopping", grace_seconds=grace)
+
+        def remaining() -> float:
+            return max(0.1, deadline - time.monotonic())
+
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("scheduler", lambda: self.scheduler.shutdown(wait=False)),
+            ("tracking", lambda: self.tracking.stop(remaining() * 0.5) if self.tracking else None),
+            ("books", lambda: self.books.stop() if self.books else None),
+            ("api", lambda: self.api.stop(min(3.0, remaining())) if self.api else None),
+            ("probes", self.health.close),
+            ("clients", lambda: self.clients.close() if self.clients else None),
+            ("emulator", lambda: self.emulator.stop() if self.emulator else None),
+            ("bus", lambda: self.bus.close() if self.bus else None),
+            ("databases", lambda: [e.dispose() for s, e in self.databases.items()
+                                   if self.emulator is None or
+                                   e is not self.emulator.engines.get(DB_SERVICES[s])]),
+        ]
+        for name, step in steps:
+            try:
+                step()
+            except Exception as exc:  # shutdown goes on whatever one part does
+                log.warning("shutdown_step_failed", step=name, error=repr(exc))
+        log.info("twin_stopped")
+
+    # --- what the API reads -----------------------------------------------------------
+    def is_ready(self) -> tuple[bool, list[str]]:
+        reasons = []
+        if not self.scheduler.running:
+            reasons.append("scheduler not running")
+        if self._stopping.is_set():
+            reasons.append("shutting down")
+        if self.tracking is not None and not self.tracking.ready():
+            reasons.append("tracking not ready")
+        return not reasons, reasons
+
+    def status(self) -> dict[str, Any]:
+        snapshot = self.health.snapshot()
+        result: dict[str, Any] = {
+            "mode": self.mode,
+            "instance": self.settings.instance_id,
+            "version": __version__,
+            "started_at": self.started_at.isoformat(),
+            "services": {name: state.as_dict() for name, state in snapshot.items()},
+        }
+        if self.tracking is not None:
+            result["payments"] = self.tracking.status()
+        if self.books is not None and hasattr(self.books, "status"):
+            result["books"] = self.books.status()
+        return result
+
+    def apply_fault(self, fault: dict[str, Any]) -> dict[str, Any]:
+        from fastapi import HTTPException
+
+        if self.emulator is None:
+            raise HTTPException(status_code=409, detail="faults apply to the embedded emulator only")
+        target = fault.pop("target")
+        return {"target": target, "applied": self.emulator.faults.apply(target, fault)}
+
+
+def _bind(func: Callable[[str], Any], arg: str) -> Callable[[], Any]:
+    def call() -> Any:
+        return func(arg)
+
+    return call
+
+
+def run(settings: Settings) -> int:
+    """Run the daemon until SIGTERM or SIGINT; exit 0 after a clean shutdown."""
+    configure_logging(settings.log_level, settings.log_format.value)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal_received", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    twin = Twin(settings)
+    try:
+        twin.start()
+    except Exception as exc:
+        log.error("start_failed", error=str(exc)[:500])
+        twin.stop()
+        return 1
+    while not stop.wait(0.5):
+        pass
+    twin.stop()
+    return 0
