@@ -10,9 +10,10 @@ so that no log line, status answer or ``check-config`` output can show them.
 from __future__ import annotations
 
 import socket
+from json import loads
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     AliasChoices,
@@ -22,7 +23,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 from sqlalchemy.engine import make_url
 
 DEFAULT_BANK_GROUPS = (
@@ -163,7 +165,7 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: int = Field(
         2000, ge=100, le=60000, validation_alias=_env("TWIN_DB_STATEMENT_TIMEOUT_MS")
     )
-    lag_groups: list[str] = Field(
+    lag_groups: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: [*DEFAULT_BANK_GROUPS, *DEFAULT_CLEARING_GROUPS],
         validation_alias=_env("TWIN_LAG_GROUPS"),
         description="Consumer groups whose lag is exported (JSON list or comma separated).",
@@ -244,7 +246,12 @@ class Settings(BaseSettings):
     @field_validator("lag_groups", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
-        if isinstance(value, str) and not value.lstrip().startswith("["):
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                try:
+                    return loads(value)
+                except ValueError:
+                    raise ValueError("must be a JSON list or comma separated") from None
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
@@ -335,6 +342,12 @@ def load_settings(**overrides: Any) -> Settings:
     """
     try:
         return Settings(**overrides)
+    except SourceError as exc:  # a value the source could not even decode
+        field = str(exc).split('"')[1] if '"' in str(exc) else "?"
+        alias = Settings.model_fields[field].validation_alias if field in Settings.model_fields \
+            else None
+        name = alias.choices[0] if isinstance(alias, AliasChoices) else field
+        raise SettingsError([f"invalid setting {name}: cannot be parsed"]) from None
     except ValidationError as exc:
         lines = []
         for error in exc.errors(include_input=False, include_url=False):

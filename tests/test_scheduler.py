@@ -1,0 +1,49 @@
+"""The scheduler counts what APScheduler would otherwise skip silently."""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import REGISTRY
+
+from bgmock_twin.scheduler import JobScheduler
+from tests.support.ports import wait_for
+
+
+def _value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_runs_errors_and_overlaps_are_counted() -> None:
+    scheduler = JobScheduler()
+    release = threading.Event()
+    calls = {"ok": 0}
+
+    def ok() -> None:
+        calls["ok"] += 1
+
+    def boom() -> None:
+        raise RuntimeError("expected in test")
+
+    def slow() -> None:
+        release.wait(10)
+
+    before_err = _value("bgmock_scheduler_job_runs_total", job="t_boom", result="error")
+    before_overlap = _value("bgmock_scheduler_job_max_instances_total", job="t_slow")
+    scheduler.add_interval("t_ok", ok, 0.2, run_now=True)
+    scheduler.add_interval("t_boom", boom, 0.2, run_now=True)
+    scheduler.add_interval("t_slow", slow, 0.2, run_now=True)
+    scheduler.start()
+    try:
+        wait_for(lambda: calls["ok"] >= 2, timeout=10, message="two runs")
+        wait_for(lambda: _value("bgmock_scheduler_job_runs_total", job="t_boom",
+                                result="error") > before_err, timeout=10, message="error run")
+        wait_for(lambda: _value("bgmock_scheduler_job_max_instances_total",
+                                job="t_slow") > before_overlap, timeout=10, message="overlap")
+        assert _value("bgmock_scheduler_job_runs_total", job="t_ok", result="success") >= 2
+        assert _value("bgmock_scheduler_job_duration_seconds_count", job="t_ok") >= 2
+        assert set(scheduler.job_names()) == {"t_ok", "t_boom", "t_slow"}
+    finally:
+        release.set()
+        scheduler.shutdown(wait=True)
+    assert not scheduler.running
