@@ -1,0 +1,105 @@
+"""The control API of a real daemon: validation, auth, limits, OpenAPI, no 500s."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support.daemon import Daemon, running_daemon
+
+TOKEN = "test-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    tmp = tmp_path_factory.mktemp("api")
+    with running_daemon(tmp, TWIN_CONTROL_TOKEN=TOKEN, TWIN_LOAD_RATE="0") as d:
+        yield d
+
+
+def _post(daemon: Daemon, path: str, data: bytes | str, token: str | None = TOKEN,
+          content_type: str = "application/json") -> requests.Response:
+    headers = {"Content-Type": content_type}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return requests.post(daemon.url + path, data=data, headers=headers, timeout=30)
+
+
+def test_health_endpoints(daemon: Daemon) -> None:
+    assert daemon.get("/healthz").json() == {"status": "alive"}
+    assert daemon.get("/readyz").json() == {"status": "ready"}
+
+
+def test_openapi_documents_every_route(daemon: Daemon) -> None:
+    spec = daemon.get("/openapi.json").json()
+    paths = spec["paths"]
+    for path in ("/healthz", "/readyz", "/metrics", "/api/v1/status", "/api/v1/transactions"):
+        assert path in paths, sorted(paths)
+
+
+def test_one_payment_is_accepted_with_its_id(daemon: Daemon) -> None:
+    answer = _post(daemon, "/api/v1/transactions", '{"amount": "125.50"}')
+    assert answer.status_code == 202, answer.text
+    body = answer.json()
+    assert len(body["transactionId"]) == 36
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ('{"amount": "abc"}', "amount"),
+        ('{"amount": -5}', "amount"),
+        ('{"amount": "1.234"}', "amount"),
+        ('{"amount": "10", "surprise": 1}', "surprise"),
+        ('{"from_bank": "z"}', "from_bank"),
+        ('{"amount": [1]}', "amount"),
+    ],
+)
+def test_bad_bodies_are_422_naming_the_field(daemon: Daemon, body: str, field: str) -> None:
+    answer = _post(daemon, "/api/v1/transactions", body)
+    assert answer.status_code == 422, answer.text
+    payload = answer.json()
+    assert field in payload["error"], payload
+    assert any(field in d["field"] for d in payload["detail"])
+
+
+@pytest.mark.parametrize("body", ["{not json", "", "[]", "null", "\xff\xfe"])
+def test_malformed_json_is_a_4xx_with_json(daemon: Daemon, body: str) -> None:
+    answer = _post(daemon, "/api/v1/transactions", body.encode("latin-1"))
+    assert 400 <= answer.status_code < 500, answer.text
+    assert "error" in answer.json()
+
+
+def test_mutations_need_the_token(daemon: Daemon) -> None:
+    assert _post(daemon, "/api/v1/transactions", "{}", token=None).status_code == 401
+    wrong = _post(daemon, "/api/v1/transactions", "{}", token="wrong")
+    assert wrong.status_code == 401
+    assert wrong.json()["error"] == "missing or wrong bearer token"
+    assert daemon.get("/api/v1/status").status_code == 200  # reads stay open
+
+
+def test_oversized_body_is_refused_early(daemon: Daemon) -> None:
+    answer = _post(daemon, "/api/v1/transactions", "{" + " " * 200_000 + "}")
+    assert answer.status_code == 413
+    assert "error" in answer.json()
+
+
+def test_unknown_route_is_json_404(daemon: Daemon) -> None:
+    answer = daemon.get("/api/v1/nothing-here")
+    assert answer.status_code == 404
+    assert answer.json()["error"]
+
+
+def test_fault_endpoint_validates(daemon: Daemon) -> None:
+    assert _post(daemon, "/api/v1/emulator/faults", '{"target": "mars"}').status_code == 422
+    assert _post(daemon, "/api/v1/emulator/faults",
+                 '{"target": "bank_a", "error_rate": 7}').status_code == 422
+
+
+def test_status_never_shows_the_token(daemon: Daemon) -> None:
+    text = daemon.get("/api/v1/status").text
+    assert TOKEN not in text
+    assert TOKEN not in daemon.log()
