@@ -39,15 +39,17 @@ def build_bus(settings: Settings) -> EventBus | None:
     if settings.kafka_bootstrap_servers:
         from bgmock_twin.bus.kafka import KafkaBus
 
-        return KafkaBus(
+        kafka: EventBus = KafkaBus(
             settings.kafka_bootstrap_servers,
             session_timeout_ms=settings.kafka_session_timeout_ms,
             client_id=f"bgmock-twin-{settings.instance_id}",
         )
+        return kafka
     if settings.embedded:
         from bgmock_twin.bus.memory import InMemoryBus
 
-        return InMemoryBus()
+        memory: EventBus = InMemoryBus()
+        return memory
     return None
 
 
@@ -193,9 +195,7 @@ class Twin:
             ("clients", lambda: self.clients.close() if self.clients else None),
             ("emulator", lambda: self.emulator.stop() if self.emulator else None),
             ("bus", lambda: self.bus.close() if self.bus else None),
-            ("databases", lambda: [e.dispose() for s, e in self.databases.items()
-                                   if self.emulator is None or
-                                   e is not self.emulator.engines.get(DB_SERVICES[s])]),
+            ("databases", self._dispose_databases),
         ]
         for name, step in steps:
             try:
@@ -203,6 +203,13 @@ class Twin:
             except Exception as exc:  # shutdown goes on whatever one part does
                 log.warning("shutdown_step_failed", step=name, error=repr(exc))
         log.info("twin_stopped")
+
+    def _dispose_databases(self) -> None:
+        """Dispose the engines the twin made (the emulator disposes its own)."""
+        emulated = set(map(id, self.emulator.engines.values())) if self.emulator else set()
+        for engine in self.databases.values():
+            if id(engine) not in emulated:
+                engine.dispose()
 
     # --- what the API reads -----------------------------------------------------------
     def is_ready(self) -> tuple[bool, list[str]]:
@@ -234,7 +241,7 @@ class Twin:
         from fastapi import HTTPException
 
         if self.emulator is None:
-            raise HTTPException(status_code=409, detail="faults apply to the embedded emulator only")
+            raise HTTPException(409, detail="faults apply to the embedded emulator only")
         target = fault.pop("target")
         return {"target": target, "applied": self.emulator.faults.apply(target, fault)}
 

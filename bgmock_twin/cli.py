@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "emulate":
         from bgmock_twin.emulator.standalone import run_standalone
 
-        return run_standalone(settings)
+        return int(run_standalone(settings))
     from bgmock_twin.app import run
 
     return run(settings)

@@ -37,7 +37,9 @@ SLO_TARGET = Gauge(
 TWIN_READY = Gauge("bgmock_twin_ready", "1 when the daemon is ready (scheduler running).")
 
 # --- health probes -----------------------------------------------------------------
-SERVICE_UP = Gauge("bgmock_service_up", "1 if the last probe of the service succeeded.", ["service"])
+SERVICE_UP = Gauge(
+    "bgmock_service_up", "1 if the last probe of the service succeeded.", ["service"]
+)
 PROBE_DURATION = Histogram(
     "bgmock_probe_duration_seconds", "Duration of health probes.", ["service"],
     buckets=PROBE_BUCKETS,

@@ -68,7 +68,7 @@ class JobScheduler:
             name=name,
             replace_existing=True,
             max_instances=max_instances,
-            misfire_grace_time=max(1, int(round(grace))),
+            misfire_grace_time=max(1, round(grace)),
             **kwargs,
         )
 

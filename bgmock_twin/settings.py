@@ -10,9 +10,9 @@ so that no log line, status answer or ``check-config`` output can show them.
 from __future__ import annotations
 
 import socket
-from json import loads
 from decimal import Decimal
 from enum import StrEnum
+from json import loads
 from typing import Annotated, Any
 
 from pydantic import (
@@ -335,6 +335,13 @@ class SettingsError(Exception):
         self.lines = lines
 
 
+def env_name(field_name: str) -> str:
+    """The environment variable of a settings field (the field name if unknown)."""
+    field = Settings.model_fields.get(field_name)
+    alias = field.validation_alias if field is not None else None
+    return str(alias.choices[0]) if isinstance(alias, AliasChoices) else field_name
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Load settings, turning pydantic's errors into one clear line per setting.
 
@@ -343,18 +350,13 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except SourceError as exc:  # a value the source could not even decode
-        field = str(exc).split('"')[1] if '"' in str(exc) else "?"
-        alias = Settings.model_fields[field].validation_alias if field in Settings.model_fields \
-            else None
-        name = alias.choices[0] if isinstance(alias, AliasChoices) else field
-        raise SettingsError([f"invalid setting {name}: cannot be parsed"]) from None
+        field_name = str(exc).split('"')[1] if '"' in str(exc) else "?"
+        raise SettingsError([f"invalid setting {env_name(field_name)}: cannot be parsed"]) \
+            from None
     except ValidationError as exc:
         lines = []
         for error in exc.errors(include_input=False, include_url=False):
-            location = ".".join(str(part) for part in error["loc"])
-            field = Settings.model_fields.get(location)
-            alias = field.validation_alias if field is not None else None
-            name = alias.choices[0] if isinstance(alias, AliasChoices) else location
+            name = env_name(".".join(str(part) for part in error["loc"]))
             message = str(error["msg"]).removeprefix("Value error, ")
-            lines.append(f"invalid setting {name}: {message}" if name else f"invalid settings: {message}")
+            lines.append(f"invalid setting {name}: {message}")
         raise SettingsError(lines) from None

@@ -53,7 +53,8 @@ async def _http(_: Request, exc: Exception) -> JSONResponse:
 async def _service(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     return JSONResponse(
-        status_code=502, content=error_body(f"BGMock service unavailable: {exc.service} ({exc.reason})")
+        status_code=502,
+        content=error_body(f"BGMock service unavailable: {exc.service} ({exc.reason})"),
     )
 
 

@@ -25,7 +25,7 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def wait_for(
-    condition: Callable[[], T | None | bool],
+    condition: Callable[[], T | bool | None],
     timeout: float = 15.0,
     interval: float = 0.05,
     message: str = "condition",
