@@ -96,7 +96,8 @@ class Twin:
         routers = [r for r in (getattr(self.tracking, "router", None),
                                getattr(self.books, "router", None)) if r is not None]
         token = settings.control_token.get_secret_value() if settings.control_token else None
-        app = create_api(self, token, settings.max_request_bytes, routers)
+        app = create_api(self, token, settings.max_request_bytes, routers,
+                         rate_limit_per_second=settings.api_rate_limit_per_second)
         self.api = ApiServer(app, settings.listen_host, settings.listen_port)
         self.api.start()
         log.info("control_api_listening", host=settings.listen_host, port=self.api.port)

@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         65536, ge=1024, le=10_485_760, validation_alias=_env("TWIN_MAX_REQUEST_BYTES")
     )
+    api_rate_limit_per_second: float = Field(
+        20.0, gt=0, le=100000, validation_alias=_env("TWIN_API_RATE_LIMIT"),
+        description="Mutating control-API requests per second per client (burst: 5x).",
+    )
     log_format: LogFormat = Field(LogFormat.AUTO, validation_alias=_env("TWIN_LOG_FORMAT"))
     log_level: str = Field("INFO", validation_alias=_env("TWIN_LOG_LEVEL"))
     shutdown_grace_seconds: float = Field(

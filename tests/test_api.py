@@ -102,3 +102,21 @@ def test_status_never_shows_the_token(daemon: Daemon) -> None:
     text = daemon.get("/api/v1/status").text
     assert TOKEN not in text
     assert TOKEN not in daemon.log()
+
+
+def test_rate_limiter_buckets_are_per_client() -> None:
+    from bgmock_twin.api.server import RateLimiter
+
+    limiter = RateLimiter(rate=0.001, burst=3, max_clients=2)
+    assert [limiter.allow("a") for _ in range(4)] == [True, True, True, False]
+    assert limiter.allow("b")
+    assert limiter.allow("c")  # evicts the oldest client, memory stays bounded
+    assert len(limiter._buckets) == 2
+
+
+def test_flood_of_mutations_gets_429_and_reads_still_work(daemon: Daemon) -> None:
+    codes = [_post(daemon, "/api/v1/emulator/faults", '{"target": "nope"}').status_code
+             for _ in range(150)]
+    assert 429 in codes
+    assert set(codes) <= {422, 429}
+    assert daemon.get("/api/v1/status").status_code == 200

@@ -8,6 +8,8 @@ daemon (``bgmock_twin.app.Twin``), which it reaches through ``app.state.twin``.
 from __future__ import annotations
 
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -55,11 +57,34 @@ class FaultRequest(BaseModel):
     stall_outbox: bool | None = None
 
 
+class RateLimiter:
+    """Token buckets per client address for mutating requests (bounded memory)."""
+
+    def __init__(self, rate: float, burst: float, max_clients: int = 1024) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_clients = max_clients
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def allow(self, client: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.pop(client, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            allowed = tokens >= 1
+            self._buckets[client] = (tokens - 1 if allowed else tokens, now)
+            while len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)
+        return allowed
+
+
 def create_api(
     twin: TwinView,
     control_token: str | None,
     max_request_bytes: int,
     routers: list[APIRouter] | None = None,
+    rate_limit_per_second: float = 20.0,
 ) -> FastAPI:
     app = FastAPI(
         title="bgmock-twin control API",
@@ -71,7 +96,8 @@ def create_api(
     app.state.twin = twin
     app.state.control_token = control_token
     install_error_handlers(app)
-    app.middleware("http")(_limit_and_count(max_request_bytes))
+    limiter = RateLimiter(rate_limit_per_second, burst=max(5.0, rate_limit_per_second * 5))
+    app.middleware("http")(_limit_and_count(max_request_bytes, limiter))
 
     @app.get("/healthz", summary="Liveness: the process answers", tags=["health"])
     def healthz() -> dict[str, str]:
@@ -107,14 +133,20 @@ def create_api(
 
 
 def _limit_and_count(
-    max_bytes: int,
+    max_bytes: int, limiter: RateLimiter
 ) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
     async def middleware(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_bytes):
+        client = request.client.host if request.client else "unknown"
+        if request.method in {"POST", "PUT", "PATCH", "DELETE"} and not limiter.allow(client):
             response: Response = JSONResponse(
+                status_code=429, content=error_body("too many requests; slow down"),
+                headers={"Retry-After": "1"},
+            )
+        elif length is not None and (not length.isdigit() or int(length) > max_bytes):
+            response = JSONResponse(
                 status_code=413, content=error_body(f"request body over {max_bytes} bytes")
             )
         elif length is None and request.method in {"POST", "PUT", "PATCH"} and \
