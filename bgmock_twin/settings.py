@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 from sqlalchemy.engine import make_url
 
+MAX_AMOUNT = Decimal("1000000000000")
 DEFAULT_BANK_GROUPS = (
     "bank-service-forwarded.01",
     "bank-service-completed.01",
@@ -125,10 +126,12 @@ class Settings(BaseSettings):
         description="Background canary payments per second; 0 disables it.",
     )
     load_amount_min: Decimal = Field(
-        Decimal("1.00"), gt=0, validation_alias=_env("TWIN_LOAD_AMOUNT_MIN")
+        Decimal("1.00"), gt=0, le=MAX_AMOUNT, allow_inf_nan=False,
+        validation_alias=_env("TWIN_LOAD_AMOUNT_MIN")
     )
     load_amount_max: Decimal = Field(
-        Decimal("50.00"), gt=0, validation_alias=_env("TWIN_LOAD_AMOUNT_MAX")
+        Decimal("50.00"), gt=0, le=MAX_AMOUNT, allow_inf_nan=False,
+        validation_alias=_env("TWIN_LOAD_AMOUNT_MAX")
     )
     account_prefix: str = Field(
         "TWIN", validation_alias=_env("TWIN_ACCOUNT_PREFIX"),
@@ -136,7 +139,8 @@ class Settings(BaseSettings):
     )
     accounts_per_bank: int = Field(4, ge=1, le=100, validation_alias=_env("TWIN_ACCOUNTS_PER_BANK"))
     account_initial_deposit: Decimal = Field(
-        Decimal("1000000.00"), gt=0, validation_alias=_env("TWIN_ACCOUNT_INITIAL_DEPOSIT")
+        Decimal("1000000.00"), gt=0, le=MAX_AMOUNT, allow_inf_nan=False,
+        validation_alias=_env("TWIN_ACCOUNT_INITIAL_DEPOSIT")
     )
     max_in_flight_requests: int = Field(
         64, ge=1, le=4096, validation_alias=_env("TWIN_MAX_IN_FLIGHT_REQUESTS"),
@@ -282,7 +286,7 @@ class Settings(BaseSettings):
             and not self.allow_unauthenticated
         ):
             raise ValueError(
-                f"TWIN_LISTEN_HOST={self.listen_host} is beyond loopback: set "
+                "TWIN_LISTEN_HOST is beyond loopback: set "
                 "TWIN_CONTROL_TOKEN (or TWIN_ALLOW_UNAUTHENTICATED=true to accept the risk)"
             )
         return self
@@ -362,5 +366,6 @@ def load_settings(**overrides: Any) -> Settings:
         for error in exc.errors(include_input=False, include_url=False):
             name = env_name(".".join(str(part) for part in error["loc"]))
             message = str(error["msg"]).removeprefix("Value error, ")
-            lines.append(f"invalid setting {name}: {message}")
+            lines.append(f"invalid setting {name}: {message}" if name
+                         else f"invalid settings: {message}")
         raise SettingsError(lines) from None
