@@ -1,0 +1,2 @@
+"""Synthetic payments followed end to end: load generation, lifecycle tracking over
+Kafka, the ledger, simulations and their control API (``service.Tracking``)."""

@@ -1,0 +1,174 @@
+"""The ledger on SQLite and on a real PostgreSQL: round trips, buffering through an
+outage, the durable sequence, queries and retention."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from bgmock_twin import metrics
+from bgmock_twin.contract import Status
+from bgmock_twin.tracking.ledger import Ledger, PaymentQuery, payment_from_row
+from bgmock_twin.tracking.lifecycle import (
+    Channel,
+    Kind,
+    Outcome,
+    Payment,
+    Route,
+    Step,
+    check_deadline,
+    observe_step,
+)
+from tests.support.ports import wait_for
+
+NOW = datetime(2025, 11, 20, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    return str(request.getfixturevalue("pg_database"))
+
+
+@pytest.fixture
+def ledger(ledger_url: str) -> Iterator[Ledger]:
+    book = Ledger(ledger_url, buffer_size=1000, flush_interval=0.02)
+    assert book.open()
+    book.start()
+    try:
+        yield book
+    finally:
+        book.stop(2)
+        book.close()
+
+
+def make_payment(i: int = 0, sim: str | None = None, channel: Channel = Channel.REST,
+                 intended_at: datetime = NOW) -> Payment:
+    return Payment(
+        payment_id=str(uuid.uuid4()), channel=channel, route=Route.B_TO_A, kind=Kind.NORMAL,
+        from_clearing="02", from_account="TWIN-B-002", to_bankgood="TWIN-BG-A-001",
+        to_clearing="01", to_account="TWIN-A-001", amount=Decimal("12345678901.23") + i,
+        intended_at=intended_at + timedelta(seconds=i), intended_mono=1000.0 + i,
+        simulation_id=sim, instance_id="test", transaction_id=uuid.uuid4(),
+    )
+
+
+def test_a_payment_round_trips_with_exact_money_and_utc_times(ledger: Ledger) -> None:
+    p = make_payment(sim="sim-1")
+    observe_step(p, Step.ACCEPTED, 1000.2, NOW + timedelta(seconds=0.2))
+    observe_step(p, Step.COMPLETED, 1002.0, NOW + timedelta(seconds=2), Status.FAILED, "no map")
+    ledger.write_payment(p, NOW)
+    assert ledger.flush(5)
+    row = ledger.get(str(p.transaction_id))
+    assert row is not None and row["payment_id"] == p.payment_id
+    assert row["amount"] == Decimal("12345678901.23") and isinstance(row["amount"], Decimal)
+    assert row["intended_at"] == NOW and row["intended_at"].tzinfo is not None
+    assert row["accepted_at"] == NOW + timedelta(seconds=0.2)
+    assert row["completed_since"] == pytest.approx(2.0)
+    assert row["status"] == "in_flight" and row["state"] == "completed"
+    back = payment_from_row(row, now_mono=5000.0, now_utc=NOW + timedelta(seconds=10))
+    assert back.intended_mono == pytest.approx(4990.0)  # re-anchored through the wall clock
+    assert back.steps.keys() == p.steps.keys() and back.final_status is Status.FAILED
+    assert back.transaction_id == p.transaction_id and back.message == "no map"
+
+
+def test_newer_snapshots_replace_older_ones_and_unfinished_ones_reload(ledger: Ledger) -> None:
+    done, open_ = make_payment(1), make_payment(2)
+    ledger.write_payment(done, NOW)
+    ledger.write_payment(open_, NOW)
+    observe_step(done, Step.SETTLED, 1003.0, NOW, Status.SUCCESS)
+    assert done.outcome is Outcome.SUCCESS
+    ledger.write_payment(done, NOW)
+    assert ledger.flush(5)
+    unfinished = ledger.load_unfinished()
+    assert [r["payment_id"] for r in unfinished] == [open_.payment_id]
+    recent = ledger.load_recent_finished(NOW - timedelta(hours=1))
+    assert [r["payment_id"] for r in recent] == [done.payment_id]
+    assert ledger.durable_seq == ledger.last_seq
+
+
+def test_queries_filter_page_and_count(ledger: Ledger) -> None:
+    sim = str(uuid.uuid4())
+    batch = [make_payment(i, sim=sim if i % 2 else None) for i in range(10)]
+    for p in batch[:3]:
+        observe_step(p, Step.SETTLED, p.intended_mono + 1, NOW, Status.SUCCESS)
+    check_deadline(batch[5], batch[5].intended_mono + 100, 10, 30)  # counted stuck
+    for p in batch:
+        ledger.write_payment(p, NOW)
+    assert ledger.flush(5)
+    assert ledger.count_by_status() == {"success": 3, "stuck": 1, "in_flight": 6}
+    assert len(ledger.query(PaymentQuery(simulation_id=sim))) == 5
+    page1 = ledger.query(PaymentQuery(limit=4))
+    page2 = ledger.query(PaymentQuery(limit=4, offset=4))
+    assert [r["payment_id"] for r in page1] == [p.payment_id for p in reversed(batch)][:4]
+    assert not {r["payment_id"] for r in page1} & {r["payment_id"] for r in page2}
+    since = ledger.query(PaymentQuery(since=NOW + timedelta(seconds=7)))
+    assert len(since) == 3
+    assert [r["payment_id"] for r in ledger.query(PaymentQuery(status="stuck"))] == \
+        [batch[5].payment_id]
+    assert ledger.count_by_counted_outcome(sim) == {"success": 1, "stuck": 1, "uncounted": 3}
+    durations = ledger.durations(sim)
+    assert durations["total"] == [pytest.approx(1.0)]
+
+
+def test_retention_by_age_and_by_count(ledger: Ledger) -> None:
+    old = [make_payment(i, intended_at=NOW - timedelta(days=10)) for i in range(3)]
+    new = [make_payment(i) for i in range(5)]
+    for p in old + new:
+        ledger.write_payment(p, NOW)
+    assert ledger.flush(5)
+    assert ledger.prune(timedelta(days=7), 1000, NOW) == 3
+    assert ledger.prune(timedelta(days=7), 2, NOW) == 3
+    left = ledger.query(PaymentQuery())
+    assert [r["payment_id"] for r in left] == [new[4].payment_id, new[3].payment_id]
+
+
+def test_writes_survive_an_outage_up_to_the_bound(tmp_path: Path) -> None:
+    """A database that is away for a while loses nothing that fits the buffer; beyond
+    the bound new rows are dropped and counted, never blocking the caller."""
+    path = tmp_path / "away.db"
+    missing_dir = tmp_path / "not-yet"
+    url = f"sqlite:///{missing_dir / 'ledger.db'}"
+    book = Ledger(url, buffer_size=5, flush_interval=0.02)
+    assert not book.open()  # the directory does not exist yet: database unavailable
+    became_available: list[bool] = []
+    book.on_available(lambda: became_available.append(True))
+    book.start()
+    try:
+        dropped_before = metrics.LEDGER_DROPPED._value.get()
+        errors_before = metrics.LEDGER_WRITE_ERRORS._value.get()
+        batch = [make_payment(i) for i in range(7)]
+        seqs = [book.write_payment(p, NOW) for p in batch]
+        again = book.write_payment(batch[0], NOW)  # a newer snapshot of a buffered row fits
+        assert seqs == sorted(seqs) and again > seqs[-1]
+        assert metrics.LEDGER_DROPPED._value.get() - dropped_before == 2
+        wait_for(lambda: metrics.LEDGER_WRITE_ERRORS._value.get() > errors_before, timeout=5)
+        assert book.durable_seq < seqs[0] and not book.flush(0.2)
+        missing_dir.mkdir()
+        assert book.flush(10)
+        assert became_available == [True]
+        assert len(book.query(PaymentQuery(limit=100))) == 5
+        assert book.durable_seq == book.last_seq
+    finally:
+        book.stop(2)
+        book.close()
+    assert not path.exists()
+
+
+def test_postgres_stores_numeric_and_timestamptz(pg_database: str) -> None:
+    book = Ledger(pg_database)
+    assert book.open()
+    with book.engine.connect() as conn:
+        types = dict(conn.execute(sa.text(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = 'twin_payments'")).all())
+    book.close()
+    assert types["amount"] == "numeric"
+    assert types["intended_at"] == "timestamp with time zone"
