@@ -1,0 +1,459 @@
+"""The invariants of the books, as pure functions over what was read.
+
+Each check takes plain readings (no I/O) and returns a ``CheckResult``: its
+violations, each with the evidence an operator needs (which account or payment,
+what was expected, what was found). Whether a check could run at all (its data
+source answered) is decided by the caller; a check never turns missing data into a
+violation.
+
+Check names are the ``check`` label of ``bgmock_invariant_violations``; the set is
+fixed (``CHECKS``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from bgmock_twin.books.model import ZERO, AccountKey, Expectations
+
+BALANCE_DRIFT = "balance_drift"
+CONSERVATION = "conservation"
+RESERVED_BOUNDS = "reserved_bounds"
+RESERVED_MATCHES_PENDING = "reserved_matches_pending"
+STATUS_AGREEMENT = "status_agreement"
+OUTBOX_BACKLOG = "outbox_backlog"
+OUTBOX_INTEGRITY = "outbox_integrity"
+STALE_PENDING = "stale_pending"
+CHECKS = (
+    BALANCE_DRIFT, CONSERVATION, RESERVED_BOUNDS, RESERVED_MATCHES_PENDING,
+    STATUS_AGREEMENT, OUTBOX_BACKLOG, OUTBOX_INTEGRITY, STALE_PENDING,
+)
+SERVICES = ("bank_a", "bank_b", "clearing")
+EVIDENCE_LIMIT = 50  # violations listed per check; the count is always complete
+
+
+class CheckStatus(StrEnum):
+    OK = "ok"
+    VIOLATED = "violated"
+    UNKNOWN = "unknown"  # a data source did not answer: nothing can be said
+    SKIPPED = "skipped"  # the data source is not configured (e.g. no DB_* URL)
+
+
+def money(value: Decimal | None) -> str | None:
+    return None if value is None else format(value, "f")
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    check: str
+    subject: str  # what is wrong: an account, a payment, a service
+    message: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Identity across runs: the same problem seen again is not a new detection."""
+        return f"{self.check}:{self.subject}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"subject": self.subject, "message": self.message, "evidence": self.evidence}
+
+
+@dataclass(slots=True)
+class CheckResult:
+    check: str
+    status: CheckStatus
+    violations: list[Violation] = field(default_factory=list)
+    reason: str | None = None  # why unknown or skipped
+    detail: dict[str, Any] = field(default_factory=dict)  # figures for metrics and the report
+
+    @classmethod
+    def unknown(cls, check: str, reason: str) -> CheckResult:
+        return cls(check, CheckStatus.UNKNOWN, reason=reason)
+
+    @classmethod
+    def skipped(cls, check: str, reason: str) -> CheckResult:
+        return cls(check, CheckStatus.SKIPPED, reason=reason)
+
+    @classmethod
+    def of(cls, check: str, violations: list[Violation], unknown: str | None = None,
+           **detail: Any) -> CheckResult:
+        """Violated if anything was found; else unknown if part of the data was
+        missing (``unknown`` says what); else ok."""
+        if violations:
+            status = CheckStatus.VIOLATED
+        elif unknown:
+            status = CheckStatus.UNKNOWN
+        else:
+            status = CheckStatus.OK
+        return cls(check, status, violations, unknown, detail)
+
+    def as_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"status": self.status.value, "violations": len(self.violations)}
+        if self.reason:
+            body["reason"] = self.reason
+        if self.detail:
+            body["detail"] = self.detail
+        body["offending"] = [v.as_dict() for v in self.violations[:EVIDENCE_LIMIT]]
+        return body
+
+
+# --- readings -------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class AccountReading:
+    account: AccountKey
+    balance: Decimal
+    reserved: Decimal
+    source: str  # "rest" or "sql"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSum:
+    """An account whose reserved balance differs from its PENDING outgoing amounts."""
+
+    account: AccountKey
+    reserved: Decimal
+    pending: Decimal
+
+    @property
+    def difference(self) -> Decimal:
+        return self.reserved - self.pending
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    service: str
+    unpublished: int
+    oldest_created_at: datetime | None  # naive UTC, as the services store it
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    """A transaction row as a service stores it (for stale and integrity checks)."""
+
+    service: str
+    table: str  # outgoing_transactions or incoming_transactions
+    transaction_id: uuid.UUID
+    account_number: str | None
+    amount: Decimal | None
+    status: str | None
+    created_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedPayment:
+    """A finished synthetic payment whose statuses are compared across services."""
+
+    payment_id: str
+    transaction_id: uuid.UUID
+    channel: str  # rest or kafka
+    outcome: str  # success, failed or rejected
+    source_service: str  # bank_a / bank_b
+    destination_service: str | None  # None when the destination bank is unknown
+
+
+# --- balance checks --------------------------------------------------------------------------
+def balance_drift(
+    expected: Expectations,
+    readings: Mapping[AccountKey, AccountReading | None],
+    banks_read: Iterable[str],
+) -> CheckResult:
+    """Every twin account of a bank that could be read lies within its expected
+    range; ``None`` in ``readings`` means the bank said the account does not exist.
+
+    ``detail`` carries per bank the summed absolute drift and the number of
+    drifting accounts (the ``bgmock_balance_drift`` gauges).
+    """
+    banks = set(banks_read)
+    drift: dict[str, Decimal] = {bank: ZERO for bank in sorted(banks)}
+    drifting: dict[str, int] = {bank: 0 for bank in sorted(banks)}
+    violations: list[Violation] = []
+    unread = sorted({a.bank for a in expected.accounts} - banks)
+    for account, expectation in expected.accounts.items():
+        if account.bank not in banks:
+            continue
+        if account not in readings:
+            continue  # not read (e.g. the read stopped at a timeout): no claim
+        reading = readings[account]
+        if reading is None:
+            amount = max(abs(expectation.balance.lo), abs(expectation.balance.hi))
+            drift[account.bank] += amount
+            drifting[account.bank] += 1
+            violations.append(Violation(
+                BALANCE_DRIFT, str(account), "twin account missing at the bank",
+                {"bank": account.bank, "account": account.number, "actual": None,
+                 "expected": expectation.balance.as_dict()},
+            ))
+            continue
+        distance = expectation.balance.distance(reading.balance)
+        if distance == ZERO:
+            continue
+        drift[account.bank] += distance
+        drifting[account.bank] += 1
+        violations.append(Violation(
+            BALANCE_DRIFT, str(account),
+            f"balance {money(reading.balance)} outside the expected "
+            f"{money(expectation.balance.lo)}..{money(expectation.balance.hi)}",
+            {"bank": account.bank, "account": account.number,
+             "actual": money(reading.balance), "expected": expectation.balance.as_dict(),
+             "drift": money(distance), "in_flight_payments": list(expectation.in_flight[:20]),
+             "source": reading.source},
+        ))
+    unread_accounts = [a for a in expected.accounts if a.bank in banks and a not in readings]
+    missing = ", ".join(unread) if unread else None
+    if unread_accounts and not missing:
+        missing = f"{len(unread_accounts)} account(s) not read"
+    return CheckResult.of(
+        BALANCE_DRIFT, violations, f"not read: {missing}" if missing else None,
+        drift={b: money(v) for b, v in drift.items()}, drifting_accounts=drifting,
+    )
+
+
+def conservation(
+    expected: Expectations, readings: Mapping[AccountKey, AccountReading | None]
+) -> CheckResult:
+    """The sum of the twin's balances across both banks changes only by the twin's
+    deposits and the Kafka-channel money credited from outside (in-flight payments
+    accounted for). Needs every twin account read."""
+    if not expected.accounts:
+        return CheckResult.of(CONSERVATION, [], None, accounts=0)
+    unread = [a for a in expected.accounts if a not in readings]
+    if unread:
+        return CheckResult.unknown(
+            CONSERVATION, f"{len(unread)} twin account(s) not read")
+    total = ZERO
+    for account in expected.accounts:
+        reading = readings[account]
+        if reading is not None:
+            total += reading.balance
+    distance = expected.total.distance(total)
+    detail = {"actual_total": money(total), "expected_total": expected.total.as_dict(),
+              "deposits": expected.deposits.as_dict(),
+              "external_kafka_credits": expected.external.as_dict()}
+    if distance == ZERO:
+        return CheckResult.of(CONSERVATION, [], None, **detail)
+    created = total > expected.total.hi
+    return CheckResult.of(CONSERVATION, [Violation(
+        CONSERVATION, "twin_accounts",
+        f"money {'appeared' if created else 'vanished'}: total {money(total)} outside "
+        f"{money(expected.total.lo)}..{money(expected.total.hi)}",
+        {**detail, "difference": money(total - expected.total.hi if created
+                                        else total - expected.total.lo),
+         "in_flight_payments": list(expected.in_flight[:20])},
+    )], None, **detail)
+
+
+def reserved_bounds(readings: Iterable[AccountReading]) -> CheckResult:
+    """``0 <= reservedBalance <= balance`` for every account read."""
+    violations: list[Violation] = []
+    seen: set[AccountKey] = set()
+    for reading in readings:
+        if reading.account in seen:
+            continue
+        seen.add(reading.account)
+        if ZERO <= reading.reserved <= reading.balance:
+            continue
+        violations.append(Violation(
+            RESERVED_BOUNDS, str(reading.account),
+            "reserved balance negative" if reading.reserved < ZERO
+            else "reserved balance above balance",
+            {"bank": reading.account.bank, "account": reading.account.number,
+             "balance": money(reading.balance), "reserved": money(reading.reserved),
+             "source": reading.source},
+        ))
+    return CheckResult.of(RESERVED_BOUNDS, violations, None, accounts_checked=len(seen))
+
+
+def reserved_matches_pending(
+    mismatches: Sequence[PendingSum], previous: Mapping[AccountKey, Decimal]
+) -> CheckResult:
+    """Reserved balance equals the sum of the account's PENDING outgoing amounts
+    once quiet: a mismatch counts when the same account showed the same difference
+    on the previous run too (a payment between reserve and store would not).
+
+    ``previous`` maps accounts to the difference seen last time.
+    """
+    violations = [
+        Violation(
+            RESERVED_MATCHES_PENDING, str(m.account),
+            f"reserved {money(m.reserved)} but PENDING outgoing sum {money(m.pending)}",
+            {"bank": m.account.bank, "account": m.account.number,
+             "reserved": money(m.reserved), "pending_outgoing": money(m.pending),
+             "difference": money(m.difference)},
+        )
+        for m in mismatches if previous.get(m.account) == m.difference
+    ]
+    return CheckResult.of(RESERVED_MATCHES_PENDING, violations, None,
+                          unconfirmed=len(mismatches) - len(violations))
+
+
+# --- payments across services ------------------------------------------------------------------
+def expected_presence(payment: FinishedPayment) -> dict[str, set[str | None]]:
+    """Statuses each service may show for a finished payment, by its outcome, keyed
+    by where they are read: ``<bank>:outgoing`` (the source bank), ``clearing``,
+    ``<bank>:incoming`` (the destination bank). ``None`` stands for "no row".
+
+    REST: the source bank stores the outgoing transaction; the clearing and the
+    destination only see it if the source accepted it. Kafka channel: the source
+    bank never sees it.
+    """
+    source = f"{payment.source_service}:outgoing"
+    destination = f"{payment.destination_service}:incoming" \
+        if payment.destination_service is not None else None
+    rest = payment.channel == "rest"
+    allowed: dict[str, set[str | None]] = {}
+    if payment.outcome == "success":
+        if rest:
+            allowed[source] = {"SUCCESS"}
+        allowed["clearing"] = {"SUCCESS"}
+        if destination is not None:
+            allowed[destination] = {"SUCCESS"}
+    elif payment.outcome == "failed":
+        if rest:
+            allowed[source] = {"FAILED"}
+        allowed["clearing"] = {"FAILED"}
+        if destination is not None:
+            allowed[destination] = {"FAILED", None}
+    else:  # rejected: the source refused it, nobody else may have it
+        if rest:
+            allowed[source] = {"FAILED", None}
+        allowed["clearing"] = {None}
+        if destination is not None:
+            allowed[destination] = {None}
+    return allowed
+
+
+def status_agreement(
+    payments: Sequence[FinishedPayment],
+    statuses: Mapping[str, Mapping[uuid.UUID, str]],
+) -> CheckResult:
+    """For every finished synthetic payment, the source bank, the clearing and the
+    destination bank agree with each other and with the twin's outcome.
+
+    ``statuses`` is keyed like ``expected_presence`` and holds the status of each
+    queried transaction the service has; a missing id means no row. Keys absent
+    from ``statuses`` were not read (their service did not answer).
+    """
+    violations: list[Violation] = []
+    not_read: set[str] = set()
+    checked = 0
+    for payment in payments:
+        found: dict[str, str | None] = {}
+        problems: list[str] = []
+        complete = True
+        for where, options in expected_presence(payment).items():
+            table = statuses.get(where)
+            if table is None:
+                not_read.add(where.split(":")[0])
+                complete = False
+                continue
+            found[where] = table.get(payment.transaction_id)
+            if found[where] not in options:
+                problems.append(f"{where} {found[where] or 'has no row'}")
+        if problems:
+            violations.append(Violation(
+                STATUS_AGREEMENT, f"payment {payment.payment_id}",
+                f"twin says {payment.outcome}, but " + ", ".join(problems),
+                {"payment_id": payment.payment_id, "transaction_id": str(payment.transaction_id),
+                 "channel": payment.channel, "twin_outcome": payment.outcome,
+                 "statuses": found},
+            ))
+        elif complete:
+            checked += 1
+    unknown = f"not read: {', '.join(sorted(not_read))}" if not_read else None
+    return CheckResult.of(STATUS_AGREEMENT, violations, unknown, payments_checked=checked)
+
+
+# --- outbox and stale transactions ------------------------------------------------------------
+def outbox_backlog(
+    stats: Mapping[str, OutboxStats],
+    now_utc_naive: datetime,
+    max_pending: float,
+    max_age_seconds: float,
+    services_expected: Iterable[str] = SERVICES,
+) -> CheckResult:
+    """Unpublished outbox rows drain: their count and the age of the oldest stay
+    within the SLO. ``detail`` carries the figures per service (the gauges)."""
+    violations: list[Violation] = []
+    figures: dict[str, dict[str, Any]] = {}
+    for service in sorted(stats):
+        s = stats[service]
+        age = 0.0
+        if s.oldest_created_at is not None and s.unpublished > 0:
+            age = max(0.0, (now_utc_naive - s.oldest_created_at).total_seconds())
+        figures[service] = {"unpublished": s.unpublished, "oldest_age_seconds": round(age, 3)}
+        reasons = []
+        if s.unpublished > max_pending:
+            reasons.append(f"{s.unpublished} unpublished rows (limit {max_pending:g})")
+        if age > max_age_seconds:
+            reasons.append(f"oldest unpublished row {age:.1f}s old (limit {max_age_seconds:g}s)")
+        if reasons:
+            violations.append(Violation(
+                OUTBOX_BACKLOG, f"outbox {service}", "; ".join(reasons),
+                {"service": service, "unpublished": s.unpublished,
+                 "oldest_age_seconds": round(age, 3),
+                 "oldest_created_at": s.oldest_created_at.isoformat()
+                 if s.oldest_created_at else None},
+            ))
+    missing = sorted(set(services_expected) - set(stats))
+    return CheckResult.of(OUTBOX_BACKLOG, violations,
+                          f"not read: {', '.join(missing)}" if missing else None,
+                          services=figures)
+
+
+def outbox_integrity(
+    missing_rows: Mapping[str, Sequence[StoredRow]],
+    services_expected: Iterable[str] = SERVICES,
+) -> CheckResult:
+    """Every PENDING transaction has the outbox row that carries it to its next hop
+    (bank: ``transactions.initiated``; clearing: ``transactions.forwarded``). The
+    transactional outbox writes both in one transaction, so a PENDING row without
+    its outbox row is an event that will never be sent."""
+    violations = [
+        Violation(
+            OUTBOX_INTEGRITY, f"{row.service} transaction {row.transaction_id}",
+            f"PENDING at {row.service} with no outbox row: its event will never be published",
+            {"service": row.service, "transaction_id": str(row.transaction_id),
+             "account": row.account_number, "amount": money(row.amount),
+             "created_at": row.created_at.isoformat() if row.created_at else None},
+        )
+        for service in sorted(missing_rows) for row in missing_rows[service]
+    ]
+    missing = sorted(set(services_expected) - set(missing_rows))
+    return CheckResult.of(OUTBOX_INTEGRITY, violations,
+                          f"not read: {', '.join(missing)}" if missing else None)
+
+
+def stale_pending(
+    rows: Mapping[str, Sequence[StoredRow]],
+    now_utc_naive: datetime,
+    sla_seconds: float,
+    services_expected: Iterable[str] = SERVICES,
+) -> CheckResult:
+    """No transaction stays PENDING in a service's database longer than the payment
+    SLA, synthetic or not (nothing in BGMock times a payment out)."""
+    violations: list[Violation] = []
+    for service in sorted(rows):
+        for row in rows[service]:
+            if row.status != "PENDING" or row.created_at is None:
+                continue
+            age = (now_utc_naive - row.created_at).total_seconds()
+            if age <= sla_seconds:
+                continue
+            violations.append(Violation(
+                STALE_PENDING, f"{service} transaction {row.transaction_id}",
+                f"PENDING for {age:.0f}s at {service} (SLA {sla_seconds:g}s)",
+                {"service": service, "table": row.table,
+                 "transaction_id": str(row.transaction_id), "account": row.account_number,
+                 "amount": money(row.amount), "age_seconds": round(age, 1),
+                 "created_at": row.created_at.isoformat()},
+            ))
+    missing = sorted(set(services_expected) - set(rows))
+    return CheckResult.of(STALE_PENDING, violations,
+                          f"not read: {', '.join(missing)}" if missing else None)
