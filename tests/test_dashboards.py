@@ -1,0 +1,242 @@
+"""The provisioned dashboards: generated from code, complete, and well-formed.
+
+Checks what Grafana will load (grafana/dashboards/*.json): it matches the code in
+grafana/build.py; every panel has a unit, a description and thresholds; every
+query is filtered by $namespace/$instance, uses only series the twin exports, and
+parses (promtool); provisioning points at the stable data source uid.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from grafana import build
+from grafana.catalogue import TARGET_LABELS, exported_series, selectors
+from grafana.queries import (
+    iter_panels,
+    load_dashboards,
+    panel_queries,
+    parse_label_values,
+    substitute,
+    variable_queries,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+GRAFANA = ROOT / "grafana"
+EXPECTED = {"overview", "payments", "services", "kafka", "books", "twin"}
+
+
+@pytest.fixture(scope="module")
+def dashboards() -> dict[str, dict[str, Any]]:
+    return load_dashboards()
+
+
+def all_panels(dashboards: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [(name, p) for name, d in dashboards.items() for p in iter_panels(d)]
+
+
+def test_committed_json_matches_the_code() -> None:
+    assert build.stale() == [], "run: .venv/bin/python grafana/build.py"
+
+
+def test_a_hand_edit_is_detected(tmp_path: Path) -> None:
+    for name in build.DASHBOARDS:
+        (tmp_path / f"{name}.json").write_text(build.render(name), encoding="utf-8")
+    assert build.stale(tmp_path) == []
+    edited = json.loads((tmp_path / "kafka.json").read_text())
+    edited["panels"][1]["title"] = "edited in the UI"
+    (tmp_path / "kafka.json").write_text(json.dumps(edited, indent=2, sort_keys=True) + "\n")
+    (tmp_path / "stray.json").write_text("{}\n")
+    assert build.stale(tmp_path) == ["kafka", "stray"]
+
+
+def test_check_mode_exit_code() -> None:
+    result = subprocess.run([str(ROOT / ".venv/bin/python"), str(GRAFANA / "build.py"),
+                             "--check"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_six_dashboards_with_stable_uids(dashboards: dict[str, dict[str, Any]]) -> None:
+    assert set(dashboards) == EXPECTED
+    uids = {d["uid"] for d in dashboards.values()}
+    assert uids == {f"bgmock-{name}" for name in EXPECTED}
+    for name, d in dashboards.items():
+        assert d["title"].startswith("BGMock"), name
+        assert d["description"], name
+        assert "bgmock" in d["tags"], name
+        assert d["schemaVersion"] >= 36, name
+
+
+def test_templating_by_datasource_namespace_and_instance(
+    dashboards: dict[str, dict[str, Any]],
+) -> None:
+    for name, d in dashboards.items():
+        variables = {v["name"]: v for v in d["templating"]["list"]}
+        ds = variables["datasource"]
+        assert ds["type"] == "datasource" and ds["query"] == "prometheus", name
+        assert ds["current"]["value"] == build.DATASOURCE_UID, name
+        queries = variable_queries(d)
+        for var in ("namespace", "instance"):
+            match, label = parse_label_values(queries[var])
+            assert label == var and match is not None, (name, var)
+            assert match.startswith("bgmock_twin_ready"), (name, var)
+            assert variables[var]["includeAll"] and variables[var]["multi"], (name, var)
+            assert variables[var]["allValue"] == ".*", (name, var)
+        # instance narrows to the selected namespace(s)
+        assert 'namespace=~"$namespace"' in queries["instance"], name
+
+
+def test_every_panel_has_unit_description_and_thresholds(
+    dashboards: dict[str, dict[str, Any]],
+) -> None:
+    problems = []
+    for name, panel in all_panels(dashboards):
+        where = f"{name} / {panel['title']}"
+        defaults = panel.get("fieldConfig", {}).get("defaults", {})
+        unit = defaults.get("unit")
+        if panel["type"] == "heatmap":
+            unit = panel["options"]["yAxis"].get("unit") and unit
+        if not unit:
+            problems.append(f"{where}: no unit")
+        if len(panel.get("description") or "") < 20:
+            problems.append(f"{where}: no real description")
+        steps = defaults.get("thresholds", {}).get("steps", [])
+        if not steps or steps[0].get("value") is not None:
+            problems.append(f"{where}: thresholds need a base step")
+        values = [s["value"] for s in steps[1:]]
+        if values != sorted(values) or any(v is None for v in values):
+            problems.append(f"{where}: threshold steps not ascending: {values}")
+        if panel.get("datasource") != build.DS:
+            problems.append(f"{where}: datasource is not the ${{datasource}} variable")
+        if not panel.get("targets"):
+            problems.append(f"{where}: no queries")
+    assert not problems, "\n".join(problems)
+
+
+def test_panels_tile_the_grid(dashboards: dict[str, dict[str, Any]]) -> None:
+    for name, d in dashboards.items():
+        cells: dict[tuple[int, int], str] = {}
+        ids = [p["id"] for p in d["panels"]]
+        assert len(ids) == len(set(ids)), f"{name}: duplicate panel ids"
+        for p in d["panels"]:
+            g = p["gridPos"]
+            assert g["x"] >= 0 and g["x"] + g["w"] <= 24, (name, p["title"])
+            for x in range(g["x"], g["x"] + g["w"]):
+                for y in range(g["y"], g["y"] + g["h"]):
+                    assert (x, y) not in cells, f"{name}: {p['title']} overlaps {cells[(x, y)]}"
+                    cells[(x, y)] = p["title"]
+
+
+def test_overview_answers_is_payments_working_first(
+    dashboards: dict[str, dict[str, Any]],
+) -> None:
+    panels = dashboards["overview"]["panels"]
+    assert panels[0]["type"] == "row" and panels[0]["title"] == "Is payments working?"
+    first_row = [p for p in panels[1:] if p["gridPos"]["y"] < panels[0]["gridPos"]["y"] + 6]
+    titles = [p["title"] for p in first_row]
+    assert titles == ["Services", "Success ratio (10m)", "p95 end-to-end (10m)", "Stuck now",
+                      "Violations now"]
+    assert all(p["type"] == "stat" for p in first_row)
+    rows = [p["title"] for p in panels if p["type"] == "row"]
+    assert rows == ["Is payments working?", "Throughput", "Latency"]
+
+
+def test_required_visualisations(dashboards: dict[str, dict[str, Any]]) -> None:
+    def types(name: str) -> set[str]:
+        return {p["type"] for p in iter_panels(dashboards[name])}
+
+    assert "heatmap" in types("payments")
+    assert "state-timeline" in types("services")
+    exprs = {name: " ".join(q.expr for q in panel_queries({name: dashboards[name]}))
+             for name in dashboards}
+    for name, needed in {
+        "payments": ["bgmock_payment_step_duration_seconds_bucket", "bgmock_payments_stuck",
+                     "bgmock_simulations_active", "sum by (channel, outcome)",
+                     "sum by (route, outcome)"],
+        "services": ["bgmock_service_up", "bgmock_probe_duration_seconds_bucket",
+                     "sum by (service, method, route, code)",
+                     "bgmock_rest_request_duration_seconds_bucket"],
+        "kafka": ["sum by (topic, status)", "bgmock_kafka_messages_invalid_total",
+                  "bgmock_kafka_consumer_lag"],
+        "books": ["bgmock_balance_drift", "bgmock_invariant_violations",
+                  "bgmock_outbox_pending", "bgmock_outbox_oldest_age_seconds"],
+        "twin": ["bgmock_scheduler_job_duration_seconds_bucket",
+                 "bgmock_scheduler_job_missed_total", "process_cpu_seconds_total",
+                 "process_resident_memory_bytes", "bgmock_kafka_client_errors_total"],
+    }.items():
+        for text in needed:
+            assert text in exprs[name], f"{name} dashboard lacks {text}"
+
+
+def test_queries_filter_by_namespace_and_instance_and_use_real_series(
+    dashboards: dict[str, dict[str, Any]],
+) -> None:
+    catalogue = exported_series()
+    problems = []
+    panel_exprs = [(q.name, q.expr, True) for q in panel_queries(dashboards)]
+    # Variable queries select from the same series but narrow only by the
+    # variables before them (namespace -> instance -> step).
+    var_exprs = [(f"{n} / ${v}", q, False) for n, d in dashboards.items()
+                 for v, q in variable_queries(d).items()]
+    for name, expr, filtered in panel_exprs + var_exprs:
+        found = selectors(expr)
+        if not found:
+            problems.append(f"{name}: selects no series: {expr}")
+        for sel in found:
+            if sel.metric not in catalogue:
+                problems.append(f"{name}: {sel.metric} is not exported by the twin")
+                continue
+            allowed = catalogue[sel.metric] | TARGET_LABELS
+            problems += [f"{name}: {sel.metric} has no label {label}"
+                         for label in sel.matchers if label not in allowed]
+            if not filtered:
+                continue
+            for var in ("namespace", "instance"):
+                if sel.matchers.get(var) != f'=~"${var}"':
+                    problems.append(f"{name}: {sel.metric} not filtered by ${var}")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_query_parses(dashboards: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    """promtool parses each panel query (variables filled in as Grafana would)."""
+    rules = []
+    for i, q in enumerate(panel_queries(dashboards)):
+        expr = substitute(q.expr, {"namespace": None, "instance": ["10.0.0.1:8080"],
+                                   "step": ["forwarded", "processed"]},
+                          step=15, scrape_interval=15, range_seconds=3600)
+        assert "$" not in expr, expr
+        rules.append({"record": f"panel:query_{i}", "expr": expr})
+    path = tmp_path / "panels.rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "panels", "rules": rules}]}))
+    result = subprocess.run(["/usr/bin/promtool", "check", "rules", str(path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_substitution_mirrors_grafana() -> None:
+    variables = {"namespace": None, "instance": ["10.0.0.1:8080", "b:1"], "step": ["x"]}
+    out = substitute('up{namespace=~"$namespace", instance=~"${instance}", s=~"$step"}'
+                     "[$__rate_interval]", variables, step=15, scrape_interval=15,
+                     range_seconds=60)
+    assert out == r'up{namespace=~".*", instance=~"(10\\.0\\.0\\.1:8080|b:1)", s=~"x"}[60s]'
+    with pytest.raises(KeyError):
+        substitute("$nope", variables, step=1, scrape_interval=1, range_seconds=1)
+
+
+def test_provisioning() -> None:
+    ds = yaml.safe_load((GRAFANA / "provisioning/datasources/bgmock-prometheus.yml").read_text())
+    [source] = ds["datasources"]
+    assert source["uid"] == build.DATASOURCE_UID
+    assert source["type"] == "prometheus"
+    assert source["isDefault"] is False
+    providers = yaml.safe_load((GRAFANA / "provisioning/dashboards/bgmock.yml").read_text())
+    [provider] = providers["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"]
+    assert provider["folder"] == "BGMock"
