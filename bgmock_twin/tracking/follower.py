@@ -1,0 +1,187 @@
+"""The Kafka follower: reads the four topics with the twin's own consumer group and
+feeds every event to the tracker.
+
+- It takes every partition directly (no group rebalance to wait for); a new group
+  starts at the end of each topic, an existing one at its committed offsets.
+- A message that is not a valid event is counted
+  (``bgmock_kafka_messages_invalid_total{topic,reason}``), logged once with its
+  topic/partition/offset, and skipped; the follower keeps going.
+- Offsets are committed only once the ledger has stored what the records changed
+  (the ledger's durable sequence number), so a restart neither loses an event nor
+  applies one twice (a redelivered event is a repeat to the lifecycle anyway).
+- A broker outage is logged once, retried with backoff, and never ends the thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+
+from bgmock_twin import metrics
+from bgmock_twin.bus.base import BusError, EventBus, EventConsumer, Record
+from bgmock_twin.contract import TOPICS, InvalidEvent, decode_event
+from bgmock_twin.logs import get_logger
+from bgmock_twin.tracking.ledger import Ledger
+from bgmock_twin.tracking.tracker import Tracker
+
+log = get_logger(__name__)
+
+RECREATE_AFTER_SECONDS = 30.0
+
+
+class Follower:
+    def __init__(
+        self,
+        bus: EventBus,
+        group_id: str,
+        tracker: Tracker,
+        ledger: Ledger,
+        poll_timeout: float = 0.2,
+        max_records: int = 500,
+    ) -> None:
+        self.bus = bus
+        self.group_id = group_id
+        self.tracker = tracker
+        self.ledger = ledger
+        self.poll_timeout = poll_timeout
+        self.max_records = max_records
+        self._consumer: EventConsumer | None = None
+        self._pending: deque[tuple[int, list[Record]]] = deque()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._down_since: float | None = None
+        self.records_seen = 0
+        self.invalid_seen = 0
+        self.last_commit_error: str | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="kafka-follower", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def ready(self) -> bool:
+        """True once the consumer has its partitions and is positioned."""
+        consumer = self._consumer
+        if consumer is None:
+            return False
+        try:
+            return bool(consumer.assignment_ready())
+        except BusError:
+            return False
+
+    @property
+    def connected(self) -> bool:
+        return self._down_since is None and self._consumer is not None
+
+    # --- the loop ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        backoff = 0.2
+        while not self._stop.is_set():
+            try:
+                if self._consumer is None:
+                    self._consumer = self.bus.consumer(
+                        self.group_id, list(TOPICS), manual_assign=True,
+                        from_beginning_if_new=False,
+                    )
+                records = self._consumer.poll(self.poll_timeout, self.max_records)
+            except BusError as exc:
+                self._outage(exc)
+                if self._stop.wait(backoff):
+                    break
+                backoff = min(backoff * 2, 5.0)
+                continue
+            except Exception as exc:  # the follower never dies of a surprise
+                log.error("kafka_follower_error", error=repr(exc))
+                if self._stop.wait(backoff):
+                    break
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if self._down_since is not None:
+                log.info("kafka_follower_recovered",
+                         outage_seconds=round(time.monotonic() - self._down_since, 1))
+                self._down_since = None
+            backoff = 0.2
+            if records:
+                for record in records:
+                    self._handle(record)
+                self.records_seen += len(records)
+                self._pending.append((self.ledger.last_seq, records))
+            self._commit_durable()
+            self.tracker.expire_parked()
+        self._shutdown()
+
+    def _outage(self, exc: BusError) -> None:
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            metrics.KAFKA_CLIENT_ERRORS.labels("follower", "bus_error").inc()
+            log.warning("kafka_follower_unavailable", error=str(exc)[:200])
+        elif now - self._down_since > RECREATE_AFTER_SECONDS and self._consumer is not None:
+            self._close_consumer()
+            self._down_since = now
+
+    def _handle(self, record: Record) -> None:
+        try:
+            event = decode_event(record.topic, record.value)
+        except InvalidEvent as exc:
+            self.invalid_seen += 1
+            metrics.KAFKA_MESSAGES_INVALID.labels(record.topic, exc.reason).inc()
+            log.warning("kafka_message_invalid", topic=record.topic, partition=record.partition,
+                        offset=record.offset, reason=exc.reason)
+            self.tracker.record_invalid(record, exc.reason)
+            return
+        self.tracker.on_event(record, event)
+
+    def _commit_durable(self) -> None:
+        if not self._pending or self._consumer is None:
+            return
+        durable = self.ledger.durable_seq
+        ready: list[Record] = []
+        while self._pending and self._pending[0][0] <= durable:
+            ready.extend(self._pending.popleft()[1])
+        if not ready:
+            return
+        try:
+            self._consumer.commit(_last_per_partition(ready))
+            self.last_commit_error = None
+        except BusError as exc:
+            metrics.KAFKA_CLIENT_ERRORS.labels("follower", "commit").inc()
+            self.last_commit_error = str(exc)[:200]
+            log.debug("kafka_commit_failed", error=str(exc)[:200])
+            self._pending.appendleft((durable, ready))
+
+    def _shutdown(self) -> None:
+        if self._pending:
+            self.ledger.flush(2.0)
+            self._commit_durable()
+        self._close_consumer()
+
+    def _close_consumer(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            try:
+                consumer.close()
+            except Exception as exc:
+                log.debug("kafka_consumer_close_failed", error=repr(exc))
+
+
+def _last_per_partition(records: Sequence[Record]) -> list[Record]:
+    last: dict[tuple[str, int], Record] = {}
+    for record in records:
+        key = (record.topic, record.partition)
+        if key not in last or record.offset > last[key].offset:
+            last[key] = record
+    return list(last.values())

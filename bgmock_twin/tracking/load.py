@@ -1,0 +1,439 @@
+"""The sender: payments leave on their schedule, not when the previous one returns.
+
+One pacing thread holds every active run (simulations and the background canary)
+in a queue ordered by intended send time. At each intended time it builds the
+payment and hands it to a bounded pool of workers; if every worker is busy the
+payment is *dropped and counted* (``bgmock_payments_dropped_total``), never queued
+without limit. Latency is measured from the intended time, and the gap between
+intended and actual send is exported (``bgmock_payment_send_lag_seconds``), so a
+slow system neither slows the load down nor hides its own slowness (no
+coordinated omission, k6 arrival-rate style).
+
+Channels: ``rest`` posts to the source bank (then looks the transaction up once,
+which is how a rejection is seen); ``kafka`` writes an OutgoingTransactionEvent
+with a fresh id straight to ``transactions.initiated`` (key = source clearing
+number), which bypasses the source bank.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from bgmock_twin import metrics
+from bgmock_twin.bus.base import BusError, EventBus, EventProducer
+from bgmock_twin.clients.bgmock import BGMockClients
+from bgmock_twin.clients.rest import ServiceError
+from bgmock_twin.contract import (
+    BANK_A_CLEARING,
+    BANK_B_CLEARING,
+    TOPIC_INITIATED,
+    OutgoingTransactionEvent,
+    Status,
+    encode_event,
+)
+from bgmock_twin.logs import get_logger
+from bgmock_twin.tracking import mix
+from bgmock_twin.tracking.lifecycle import FAILURE_KINDS, Channel, Kind, Payment, Route
+from bgmock_twin.tracking.poller import StatusChecker
+from bgmock_twin.tracking.provisioning import Fixtures, Payee, Provisioner
+from bgmock_twin.tracking.tracker import Tracker
+
+log = get_logger(__name__)
+
+CLEARING = {Route.A_TO_B: (BANK_A_CLEARING, BANK_B_CLEARING),
+            Route.B_TO_A: (BANK_B_CLEARING, BANK_A_CLEARING)}
+PRODUCE_TIMEOUT_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class LoadProfile:
+    """What the payments of a run look like."""
+
+    amount_min: Decimal
+    amount_max: Decimal
+    channel: Channel = Channel.REST
+    direction: mix.Direction = "both"
+    failure_share: float = 0.0
+    failure_kinds: tuple[Kind, ...] = FAILURE_KINDS
+
+    @property
+    def kinds(self) -> tuple[Kind, ...]:
+        return mix.usable_kinds(self.channel, self.failure_kinds)
+
+
+class FixturesUnavailable(Exception):
+    """The twin's accounts are not provisioned (BGMock unreachable so far)."""
+
+
+def build_payment(
+    fixtures: Fixtures,
+    route: Route,
+    kind: Kind,
+    channel: Channel,
+    amount: Decimal,
+    rng: random.Random,
+    intended_at: datetime,
+    intended_mono: float,
+    simulation_id: str | None,
+    instance_id: str,
+    from_account: str | None = None,
+    to_account: str | None = None,
+) -> Payment:
+    """Pick accounts for a payment of this kind from the twin's fixtures."""
+    source, destination = CLEARING[route]
+    payers = fixtures.payers.get(source) or []
+    payees = fixtures.payees.get(destination) or []
+    if not payers or not payees:
+        raise FixturesUnavailable(f"no twin accounts at clearing {source}/{destination}")
+    payer = from_account or rng.choice(payers)
+    payee = _payee(payees, to_account) if to_account else rng.choice(payees)
+    to_bankgood, to_clearing, to_account_number = payee.bankgood_number, destination, \
+        payee.account_number
+    if kind is Kind.INSUFFICIENT_FUNDS:
+        low = fixtures.low_accounts.get(source)
+        if low is None:
+            raise FixturesUnavailable("no low-balance account")
+        payer = low
+        amount = amount + fixtures.low_available.get(source, Decimal("0"))
+    elif kind is Kind.UNKNOWN_BANKGOOD:
+        if fixtures.unknown_bankgood is None:
+            raise FixturesUnavailable("no unregistered bankgood number")
+        to_bankgood, to_clearing, to_account_number = fixtures.unknown_bankgood, "", ""
+    elif kind is Kind.UNKNOWN_PAYEE_ACCOUNT:
+        ghost = fixtures.ghost_payees.get(destination)
+        if ghost is None:
+            raise FixturesUnavailable("no ghost payee")
+        to_bankgood, to_account_number = ghost.bankgood_number, ghost.account_number
+    return Payment(
+        payment_id=str(uuid.uuid4()), channel=channel, route=route, kind=kind,
+        from_clearing=source, from_account=payer, to_bankgood=to_bankgood,
+        to_clearing=to_clearing, to_account=to_account_number, amount=amount,
+        intended_at=intended_at, intended_mono=intended_mono, simulation_id=simulation_id,
+        instance_id=instance_id,
+        transaction_id=uuid.uuid4() if channel is Channel.KAFKA else None,
+    )
+
+
+def _payee(payees: list[Payee], account: str) -> Payee:
+    for payee in payees:
+        if payee.account_number == account:
+            return payee
+    raise FixturesUnavailable(f"{account} is not a twin payee account")
+
+
+@dataclass
+class Run:
+    """A series of payments on a schedule: a simulation or a background burst."""
+
+    profile: LoadProfile
+    offsets: Iterator[float]
+    planned: int | None
+    simulation_id: str | None = None
+    first_index: int = 0
+    seed: int | None = None
+    keep_lags: bool = True
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    start_mono: float = 0.0
+    start_utc: datetime | None = None
+    dispatched: int = 0
+    sent: int = 0
+    dropped: int = 0
+    lags: list[float] = field(default_factory=list)
+    lag_max: float = 0.0
+    stopped: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+    on_done: Callable[[Run], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self._next_index = self.first_index
+        self._lock = threading.Lock()
+
+    def mark_sent(self) -> None:
+        with self._lock:
+            self.sent += 1
+
+    def take_index(self) -> int:
+        index = self._next_index
+        self._next_index += 1
+        return index
+
+    def record_lag(self, lag: float) -> None:
+        with self._lock:
+            self.lag_max = max(self.lag_max, lag)
+            if self.keep_lags:
+                self.lags.append(lag)
+
+    def finish(self) -> None:
+        if not self.done.is_set():
+            self.done.set()
+            if self.on_done is not None:
+                try:
+                    self.on_done(self)
+                except Exception as exc:
+                    log.warning("run_done_callback_failed", error=repr(exc))
+
+
+class Sender:
+    def __init__(
+        self,
+        tracker: Tracker,
+        clients: BGMockClients,
+        bus: EventBus,
+        provisioner: Provisioner,
+        checker: StatusChecker,
+        max_in_flight: int,
+        instance_id: str,
+    ) -> None:
+        self.tracker = tracker
+        self.clients = clients
+        self.bus = bus
+        self.provisioner = provisioner
+        self.checker = checker
+        self.max_in_flight = max_in_flight
+        self.instance_id = instance_id
+        self._pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="sender")
+        self._busy = 0
+        self._busy_cond = threading.Condition()
+        self._heap: list[tuple[float, int, Run]] = []
+        self._counter = 0
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._producer: EventProducer | None = None
+        self._producer_lock = threading.Lock()
+        self.dropped = 0
+
+    # --- runs -------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._pace, name="pacer", daemon=True)
+            self._thread.start()
+
+    def add_run(self, run: Run, start_mono: float | None = None,
+                start_utc: datetime | None = None) -> None:
+        run.start_mono = time.monotonic() if start_mono is None else start_mono
+        run.start_utc = self.tracker.clock.now() if start_utc is None else start_utc
+        self._push_next(run)
+
+    def _push_next(self, run: Run) -> None:
+        if run.stopped:
+            run.finish()
+            return
+        offset = next(run.offsets, None)
+        if offset is None:
+            run.finish()
+            return
+        with self._cond:
+            self._counter += 1
+            heapq.heappush(self._heap, (run.start_mono + offset, self._counter, run))
+            self._cond.notify()
+
+    def stop_run(self, run: Run) -> None:
+        run.stopped = True
+        with self._cond:
+            self._cond.notify()
+
+    def _pace(self) -> None:
+        while True:
+            with self._cond:
+                item = None
+                while not self._stop.is_set():
+                    if not self._heap:
+                        self._cond.wait(0.5)
+                        continue
+                    due, _, run = self._heap[0]
+                    if run.stopped:
+                        heapq.heappop(self._heap)
+                        run.finish()
+                        continue
+                    wait = due - time.monotonic()
+                    if wait > 0:
+                        self._cond.wait(min(wait, 0.5))
+                        continue
+                    heapq.heappop(self._heap)
+                    item = (due, run)
+                    break
+                if item is None:
+                    stranded = [run for _, _, run in self._heap]
+                    self._heap = []
+                    break
+            due, run = item
+            try:
+                self._dispatch(run, due)
+            except Exception as exc:  # pacing never dies
+                log.error("dispatch_failed", error=repr(exc))
+            self._push_next(run)
+        for run in stranded:
+            run.stopped = True
+            run.finish()
+
+    def _dispatch(self, run: Run, due: float) -> None:
+        index = run.take_index()
+        if not self._acquire():
+            self._drop(run, "concurrency bound reached")
+            return
+        try:
+            payment = self._plan(run, index, due)
+        except FixturesUnavailable as exc:
+            self._release()
+            self._drop(run, str(exc))
+            return
+        run.dispatched += 1
+        self._pool.submit(self._work, payment, run, due)
+
+    def _drop(self, run: Run, reason: str) -> None:
+        run.dropped += 1
+        self.dropped += 1
+        metrics.PAYMENTS_DROPPED.inc()
+        if run.dropped == 1 or run.dropped % 1000 == 0:
+            log.warning("payment_dropped", reason=reason, dropped=run.dropped,
+                        simulation=run.simulation_id)
+
+    def _plan(self, run: Run, index: int, due: float) -> Payment:
+        fixtures = self.provisioner.fixtures
+        if fixtures is None:
+            raise FixturesUnavailable("twin accounts not provisioned")
+        profile = run.profile
+        route, kind = mix.plan(index, profile.direction, profile.failure_share, profile.kinds)
+        amount = mix.random_amount(run.rng, profile.amount_min, profile.amount_max)
+        assert run.start_utc is not None
+        intended_at = run.start_utc + timedelta(seconds=due - run.start_mono)
+        return build_payment(fixtures, route, kind, profile.channel, amount, run.rng,
+                             intended_at, due, run.simulation_id, self.instance_id)
+
+    def _work(self, payment: Payment, run: Run | None, due: float) -> None:
+        try:
+            lag = max(0.0, time.monotonic() - due)
+            metrics.SEND_LAG.observe(lag)
+            if run is not None:
+                run.record_lag(lag)
+            self.send(payment)
+        except Exception as exc:  # one payment never takes a worker down
+            log.error("send_failed", error=repr(exc), payment_id=payment.payment_id)
+        finally:
+            if run is not None:
+                run.mark_sent()
+            self._release()
+
+    # --- slots ------------------------------------------------------------------------------
+    def _acquire(self) -> bool:
+        with self._busy_cond:
+            if self._busy >= self.max_in_flight:
+                return False
+            self._busy += 1
+            return True
+
+    def _release(self) -> None:
+        with self._busy_cond:
+            self._busy -= 1
+            self._busy_cond.notify_all()
+
+    @property
+    def busy(self) -> int:
+        with self._busy_cond:
+            return self._busy
+
+    # --- sending ----------------------------------------------------------------------------
+    def send(self, payment: Payment) -> None:
+        """Send one payment now on its channel and follow it (blocking)."""
+        if payment.channel is Channel.KAFKA:
+            self._send_kafka(payment)
+        else:
+            self._send_rest(payment)
+
+    def _send_rest(self, payment: Payment) -> None:
+        self.tracker.register(payment)
+        bank = self.clients.bank(payment.from_clearing)
+        self.tracker.begin_submit()
+        try:
+            try:
+                transaction_id = bank.submit_payment(
+                    payment.from_account, payment.to_bankgood, payment.amount)
+            except ServiceError as exc:
+                self.tracker.reject(payment.payment_id,
+                                    f"not accepted by {exc.service}: {exc.reason}")
+                return
+            self.tracker.accepted(payment.payment_id, transaction_id)
+        finally:
+            self.tracker.end_submit()
+        self.checker.check(payment.payment_id)
+
+    def _send_kafka(self, payment: Payment) -> None:
+        assert payment.transaction_id is not None
+        self.tracker.register(payment)
+        value, headers = encode_event(OutgoingTransactionEvent(
+            transaction_id=payment.transaction_id,
+            from_clearing_number=payment.from_clearing,
+            from_account_number=payment.from_account,
+            to_bankgood_number=payment.to_bankgood,
+            amount=payment.amount,
+            status=Status.PENDING,
+        ))
+        try:
+            producer = self._get_producer()
+            producer.produce(TOPIC_INITIATED, payment.from_clearing, value, headers)
+            producer.flush(PRODUCE_TIMEOUT_SECONDS)
+        except BusError as exc:
+            metrics.KAFKA_CLIENT_ERRORS.labels("sender", "produce").inc()
+            self.tracker.reject(payment.payment_id, f"not produced: {str(exc)[:120]}")
+
+    def _get_producer(self) -> EventProducer:
+        with self._producer_lock:
+            if self._producer is None:
+                self._producer = self.bus.producer()
+            return self._producer
+
+    def submit_now(self, payment: Payment) -> bool:
+        """Send one payment built by the caller on a worker slot (blocking); False if
+        every slot is busy."""
+        if not self._acquire():
+            self._drop_single()
+            return False
+        try:
+            metrics.SEND_LAG.observe(max(0.0, time.monotonic() - payment.intended_mono))
+            self.send(payment)
+        finally:
+            self._release()
+        return True
+
+    def _drop_single(self) -> None:
+        self.dropped += 1
+        metrics.PAYMENTS_DROPPED.inc()
+
+    # --- shutdown ---------------------------------------------------------------------------
+    def stop(self, timeout: float) -> None:
+        """Stop pacing, let submissions in progress finish within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(max(0.1, deadline - time.monotonic()))
+            self._thread = None
+        with self._busy_cond:
+            while self._busy > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.warning("sender_stopped_with_busy_workers", busy=self._busy)
+                    break
+                self._busy_cond.wait(min(remaining, 0.1))
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._producer_lock:
+            if self._producer is not None:
+                try:
+                    self._producer.flush(max(0.1, deadline - time.monotonic()))
+                    self._producer.close()
+                except BusError as exc:
+                    log.warning("producer_close_failed", error=str(exc)[:200])
+                self._producer = None

@@ -1,0 +1,155 @@
+"""Asking the source bank how a REST payment ended: the ``settled`` step, and the
+only way to see a rejection (a 202 whose transaction is stored FAILED with no event).
+
+``StatusChecker.check`` is one look-up with a decision:
+- source bank says PENDING: nothing yet;
+- source bank says FAILED and the twin saw neither ``initiated`` nor ``completed``:
+  ask the clearing; if it never heard of the payment the bank rejected it
+  (outcome ``rejected``). If it did, the payment failed on the way and is settled;
+- otherwise the bank's final status is the ``settled`` step.
+
+``StatusPoller`` runs checks on a few threads from a time-ordered queue, retrying
+soon after ``completed`` was seen (the bank applies it a moment later), with
+exponential backoff, and at most once per payment at a time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from collections.abc import Callable
+from enum import Enum
+
+from bgmock_twin.clients.bgmock import BGMockClients
+from bgmock_twin.clients.rest import ServiceError
+from bgmock_twin.contract import Status
+from bgmock_twin.logs import get_logger
+from bgmock_twin.tracking.lifecycle import Channel, Step
+from bgmock_twin.tracking.tracker import Tracker
+
+log = get_logger(__name__)
+
+
+class Result(Enum):
+    DONE = "done"        # the payment is finished (or cannot be checked): stop asking
+    PENDING = "pending"  # not final yet at the bank
+    ERROR = "error"      # the bank could not be asked
+
+
+class StatusChecker:
+    def __init__(self, clients: BGMockClients, tracker: Tracker) -> None:
+        self.clients = clients
+        self.tracker = tracker
+
+    def check(self, payment_id: str) -> Result:
+        payment = self.tracker.poll_view(payment_id)
+        if payment is None or payment.finished or payment.channel is not Channel.REST \
+                or payment.transaction_id is None:
+            return Result.DONE
+        self.tracker.mark_polled(payment_id)
+        bank = self.clients.bank(payment.from_clearing)
+        try:
+            stored = bank.get_outgoing(payment.transaction_id)
+            if stored is None or stored.status is Status.PENDING:
+                return Result.PENDING
+            if stored.status is Status.FAILED and Step.INITIATED not in payment.steps \
+                    and Step.COMPLETED not in payment.steps:
+                at_clearing = self.clients.clearing.get_transaction(payment.transaction_id)
+                if at_clearing is None:
+                    self.tracker.reject(payment_id, "rejected by the source bank")
+                    return Result.DONE
+        except ServiceError as exc:
+            log.debug("status_check_failed", service=exc.service, reason=exc.reason)
+            return Result.ERROR
+        self.tracker.settle(payment_id, stored.status)
+        return Result.DONE
+
+
+class StatusPoller:
+    """Scheduled status checks on a small pool of threads."""
+
+    def __init__(
+        self,
+        check: Callable[[str], Result],
+        threads: int = 4,
+        first_delay: float = 0.05,
+        max_delay: float = 2.0,
+        max_attempts: int = 12,
+    ) -> None:
+        self._check = check
+        self.threads = threads
+        self.first_delay = first_delay
+        self.max_delay = max_delay
+        self.max_attempts = max_attempts
+        self._heap: list[tuple[float, int, str, int]] = []
+        self._queued: dict[str, float] = {}
+        self._counter = 0
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._workers: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self._stop.clear()
+        for i in range(self.threads):
+            worker = threading.Thread(target=self._run, name=f"status-poller-{i}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        self._workers = []
+
+    def schedule(self, payment_id: str, delay: float | None = None, attempt: int = 0) -> None:
+        due = time.monotonic() + (self.first_delay if delay is None else delay)
+        with self._cond:
+            queued = self._queued.get(payment_id)
+            if queued is not None and queued <= due:
+                return
+            self._queued[payment_id] = due
+            self._counter += 1
+            heapq.heappush(self._heap, (due, self._counter, payment_id, attempt))
+            self._cond.notify()
+
+    @property
+    def queued(self) -> int:
+        with self._cond:
+            return len(self._queued)
+
+    def _next(self) -> tuple[str, int] | None:
+        with self._cond:
+            while not self._stop.is_set():
+                if not self._heap:
+                    self._cond.wait(0.5)
+                    continue
+                due, _, payment_id, attempt = self._heap[0]
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(min(wait, 0.5))
+                    continue
+                heapq.heappop(self._heap)
+                if self._queued.get(payment_id) != due:
+                    continue  # superseded by an earlier schedule
+                del self._queued[payment_id]
+                return payment_id, attempt
+        return None
+
+    def _run(self) -> None:
+        while True:
+            item = self._next()
+            if item is None:
+                return
+            payment_id, attempt = item
+            try:
+                result = self._check(payment_id)
+            except Exception as exc:  # a bad answer never kills the poller
+                log.warning("status_check_crashed", error=repr(exc))
+                result = Result.ERROR
+            if result is not Result.DONE and attempt + 1 < self.max_attempts:
+                delay = min(self.max_delay, self.first_delay * 2 ** (attempt + 1))
+                self.schedule(payment_id, delay, attempt + 1)

@@ -1,0 +1,335 @@
+"""The tracking facade the daemon wires in: one object that owns the ledger, the
+tracker, the sender, the Kafka follower, the status poller, the simulations and
+the scheduled jobs, with a small public surface (``start``, ``stop``, ``router``,
+``submit_one``, ``status``, ``ready``).
+
+Scheduled jobs (names as seen in ``bgmock_scheduler_*`` metrics):
+``tracking_provision`` (provision/top up, every 60 s, first run at start; retried
+the same way while BGMock is unreachable), ``tracking_load`` (the background
+canary at ``TWIN_LOAD_RATE``), ``tracking_deadlines`` (stuck marks, SLA counting,
+status polls of stuck payments, simulation progress; every second) and
+``tracking_retention`` (ledger pruning).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from datetime import timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from bgmock_twin.bus.base import EventBus
+from bgmock_twin.clients.bgmock import BGMockClients
+from bgmock_twin.clients.rest import ServiceError
+from bgmock_twin.contract import BANK_A_CLEARING, BANK_B_CLEARING
+from bgmock_twin.logs import get_logger
+from bgmock_twin.scheduler import JobScheduler
+from bgmock_twin.settings import Settings
+from bgmock_twin.tracking import mix
+from bgmock_twin.tracking.follower import Follower
+from bgmock_twin.tracking.ledger import Ledger, LedgerUnavailable
+from bgmock_twin.tracking.lifecycle import Channel, Kind, Payment, Route
+from bgmock_twin.tracking.load import FixturesUnavailable, LoadProfile, Run, Sender, build_payment
+from bgmock_twin.tracking.poller import StatusChecker, StatusPoller
+from bgmock_twin.tracking.provisioning import Fixtures, Provisioner, new_deposit_row
+from bgmock_twin.tracking.simulations import SimulationManager
+from bgmock_twin.tracking.tracker import Clock, Tracker
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+
+log = get_logger(__name__)
+
+PROVISION_INTERVAL_SECONDS = 60.0
+DEADLINE_INTERVAL_SECONDS = 1.0
+RETENTION_INTERVAL_SECONDS = 600.0
+LEDGER_BUFFER_SIZE = 100_000
+BANKS = {"a": BANK_A_CLEARING, "b": BANK_B_CLEARING}
+JOBS = ("tracking_provision", "tracking_load", "tracking_deadlines", "tracking_retention")
+
+
+class SenderBusy(Exception):
+    """Every sender slot is taken; the payment was dropped and counted."""
+
+
+class Tracking:
+    def __init__(
+        self,
+        settings: Settings,
+        clients: BGMockClients,
+        bus: EventBus,
+        scheduler: JobScheduler,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings
+        self.scheduler = scheduler
+        self.ledger = Ledger(settings.twin_database_url.get_secret_value(),
+                             buffer_size=LEDGER_BUFFER_SIZE)
+        self.tracker = Tracker(
+            self.ledger, step_deadline=settings.step_deadline_seconds,
+            sla=settings.payment_sla_seconds, clock=clock,
+            park_seconds=settings.rest_timeout_seconds + 2,
+        )
+        self.provisioner = Provisioner(
+            clients, settings.account_prefix, settings.accounts_per_bank,
+            settings.account_initial_deposit, record_deposit=self._record_deposit,
+        )
+        self.checker = StatusChecker(clients, self.tracker)
+        self.poller = StatusPoller(self.checker.check)
+        self.tracker.on_completed = self.poller.schedule
+        self.sender = Sender(
+            self.tracker, clients, bus, self.provisioner, self.checker,
+            settings.max_in_flight_requests, settings.instance_id,
+        )
+        self.follower = Follower(bus, settings.consumer_group, self.tracker, self.ledger)
+        self.simulations = SimulationManager(
+            self.sender, self.tracker, self.ledger, settings.instance_id)
+        self.background = LoadProfile(
+            amount_min=settings.load_amount_min, amount_max=settings.load_amount_max,
+            channel=Channel.REST, direction="both",
+        )
+        self._background_index = 0
+        self._background_carry = 0.0
+        self._rng = random.Random()
+        self._router: APIRouter | None = None
+        self._started = False
+        self._stopping = False
+        self._resumed = threading.Event()
+        self._last_provision_error: str | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start following and sending; never fails because BGMock, Kafka or the
+        ledger database is unreachable (each is retried in the background)."""
+        if self.ledger.open():
+            self._resume()
+        else:
+            self.ledger.on_available(self._resume)
+        self.ledger.start()
+        self.poller.start()
+        self.sender.start()
+        self.follower.start()
+        s = self.scheduler
+        s.add_interval("tracking_provision", self._provision_job, PROVISION_INTERVAL_SECONDS,
+                       misfire_grace_seconds=PROVISION_INTERVAL_SECONDS, run_now=True)
+        s.add_interval("tracking_deadlines", self._deadline_job, DEADLINE_INTERVAL_SECONDS,
+                       misfire_grace_seconds=5)
+        s.add_interval("tracking_retention", self._retention_job, RETENTION_INTERVAL_SECONDS,
+                       misfire_grace_seconds=RETENTION_INTERVAL_SECONDS, run_now=True)
+        rate = self.settings.load_rate_per_second
+        if rate > 0:
+            s.add_interval("tracking_load", self._load_tick, self._load_interval(rate),
+                           misfire_grace_seconds=self._load_interval(rate))
+        self._started = True
+        log.info("tracking_started", group=self.settings.consumer_group,
+                 background_rate=rate)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop sending (in-flight submissions finish within the budget), persist
+        simulation progress, commit what is recorded, flush the ledger."""
+        if not self._started or self._stopping:
+            return
+        self._stopping = True
+        for job in JOBS:
+            try:
+                self.scheduler.remove(job)
+            except Exception as exc:  # the scheduler may already be shut down
+                log.debug("job_remove_failed", job=job, error=repr(exc))
+        budget = max(timeout, 0.5)
+        self.sender.stop(budget * 0.4)
+        self.simulations.shutdown()
+        self.poller.stop(budget * 0.1)
+        self.follower.stop(budget * 0.2)
+        self.ledger.stop(budget * 0.3)
+        self.ledger.close()
+        log.info("tracking_stopped")
+
+    def _resume(self) -> None:
+        if self._resumed.is_set():
+            return
+        try:
+            rows = self.ledger.load_unfinished()
+            rows += self.ledger.load_recent_finished(self.tracker.recent_horizon)
+        except LedgerUnavailable as exc:
+            log.warning("tracking_resume_failed", error=str(exc))
+            return
+        self._resumed.set()
+        following = self.tracker.resume(rows)
+        self.simulations.load()
+        if following:
+            log.info("tracking_resumed", payments_in_flight=following)
+
+    # --- jobs -------------------------------------------------------------------------------
+    def _provision_job(self) -> None:
+        try:
+            self.provisioner.provision()
+        except ServiceError as exc:
+            message = f"{exc.service}: {exc.reason}"
+            self.provisioner.last_error = message
+            if message != self._last_provision_error:
+                log.warning("provisioning_failed", service=exc.service, reason=exc.reason)
+            self._last_provision_error = message
+            return
+        if self._last_provision_error is not None:
+            log.info("provisioning_recovered")
+        self._last_provision_error = None
+        self.simulations.resume_pending()
+
+    def ensure_provisioned(self) -> Fixtures:
+        """The fixtures, provisioning now if that has not succeeded yet."""
+        fixtures = self.provisioner.fixtures
+        if fixtures is not None and fixtures.complete():
+            return fixtures
+        try:
+            fixtures = self.provisioner.provision()
+        except ServiceError as exc:
+            raise FixturesUnavailable(
+                f"twin accounts not provisioned: {exc.service} {exc.reason}") from None
+        if not fixtures.complete():
+            raise FixturesUnavailable("twin accounts incomplete: names taken by others")
+        self.simulations.resume_pending()
+        return fixtures
+
+    @staticmethod
+    def _load_interval(rate: float) -> float:
+        return 1 / rate if rate <= 1 else 1.0
+
+    def _load_tick(self) -> None:
+        """Hand the pacer this tick's share of the background canary."""
+        if self.provisioner.fixtures is None:
+            return
+        rate = self.settings.load_rate_per_second
+        interval = self._load_interval(rate)
+        due = rate * interval + self._background_carry
+        count = math.floor(due + 1e-9)
+        self._background_carry = due - count
+        if count <= 0:
+            return
+        step = interval / count
+        run = Run(profile=self.background, offsets=iter([i * step for i in range(count)]),
+                  planned=count, first_index=self._background_index, keep_lags=False)
+        self._background_index += count
+        self.sender.add_run(run)
+
+    def _deadline_job(self) -> None:
+        for payment_id in self.tracker.check_deadlines():
+            self.poller.schedule(payment_id, 0.0)
+        self.simulations.refresh()
+
+    def _retention_job(self) -> None:
+        s = self.settings
+        try:
+            deleted = self.ledger.prune(timedelta(days=s.retention_days), s.retention_max_payments,
+                                        self.tracker.clock.now())
+        except Exception as exc:
+            log.warning("retention_failed", error=str(exc)[:200])
+            return
+        if deleted:
+            log.info("ledger_pruned", payments=deleted)
+
+    def _record_deposit(self, clearing: str, account: str, amount: Decimal, reason: str) -> None:
+        self.ledger.write("deposit", new_deposit_row(
+            self.settings.instance_id, clearing, account, amount, reason))
+
+    # --- one payment ------------------------------------------------------------------------
+    def submit_one(
+        self,
+        *,
+        from_bank: str | None = None,
+        to_bank: str | None = None,
+        from_account: str | None = None,
+        to_account: str | None = None,
+        amount: Decimal | None = None,
+        channel: Channel = Channel.REST,
+        kind: Kind = Kind.NORMAL,
+    ) -> Payment:
+        """Send one payment now and return it as followed (with its transaction id
+        once the source accepted it). Raises ``FixturesUnavailable`` (BGMock
+        unreachable), ``ValueError`` (accounts that are not the twin's, or both
+        on one bank) or ``SenderBusy``."""
+        fixtures = self.ensure_provisioned()
+        source = _bank(from_bank) or _bank_of(fixtures, from_account, payer=True)
+        destination = _bank(to_bank) or _bank_of(fixtures, to_account, payer=False)
+        if source is None and destination is None:
+            source = self._rng.choice((BANK_A_CLEARING, BANK_B_CLEARING))
+        if source is None:
+            source = BANK_A_CLEARING if destination == BANK_B_CLEARING else BANK_B_CLEARING
+        if destination is None:
+            destination = BANK_A_CLEARING if source == BANK_B_CLEARING else BANK_B_CLEARING
+        if source == destination:
+            raise ValueError("from and to must be different banks")
+        if from_account is not None and from_account not in fixtures.payers.get(source, []):
+            raise ValueError(f"from_account is not a twin account of bank {_letter(source)}")
+        if to_account is not None and to_account not in \
+                [p.account_number for p in fixtures.payees.get(destination, [])]:
+            raise ValueError(f"to_account is not a twin payee of bank {_letter(destination)}")
+        route = Route.A_TO_B if source == BANK_A_CLEARING else Route.B_TO_A
+        if amount is None:
+            amount = mix.random_amount(self._rng, self.settings.load_amount_min,
+                                       self.settings.load_amount_max)
+        clock = self.tracker.clock
+        payment = build_payment(
+            fixtures, route, kind, channel, amount, self._rng, clock.now(), clock.monotonic(),
+            None, self.settings.instance_id, from_account=from_account, to_account=to_account,
+        )
+        if not self.sender.submit_now(payment):
+            raise SenderBusy("every sender slot is busy; the payment was dropped")
+        followed = self.tracker.get(payment.payment_id)
+        return followed if followed is not None else payment
+
+    # --- views ------------------------------------------------------------------------------
+    @property
+    def router(self) -> APIRouter:
+        if self._router is None:
+            from bgmock_twin.api.tracking_routes import build_router
+
+            self._router = build_router(self)
+        return self._router
+
+    def ready(self) -> bool:
+        """Started, not stopping, and the follower thread is alive. Deliberately not
+        tied to Kafka or BGMock being reachable: the twin's job is to report them."""
+        return self._started and not self._stopping and self.follower.alive
+
+    def following(self) -> bool:
+        """The follower is positioned on every partition (events will be seen)."""
+        return self.follower.ready()
+
+    def status(self) -> dict[str, Any]:
+        fixtures = self.provisioner.fixtures
+        counts = self.tracker.counts()
+        return {
+            **counts,
+            "dropped": self.sender.dropped,
+            "senderBusy": self.sender.busy,
+            "simulationsActive": sum(
+                1 for s in self.simulations.summaries() if s["state"] == "running"),
+            "provisioned": fixtures is not None and fixtures.complete(),
+            "provisionError": self.provisioner.last_error,
+            "following": self.follower.ready(),
+            "kafkaConnected": self.follower.connected,
+            "ledger": {"available": self.ledger.available, "buffered": self.ledger.buffered},
+            "backgroundRate": self.settings.load_rate_per_second,
+            "consumerGroup": self.settings.consumer_group,
+        }
+
+
+def _bank(letter: str | None) -> str | None:
+    return BANKS.get(letter.lower()) if letter else None
+
+
+def _letter(clearing: str) -> str:
+    return "A" if clearing == BANK_A_CLEARING else "B"
+
+
+def _bank_of(fixtures: Fixtures, account: str | None, payer: bool) -> str | None:
+    if account is None:
+        return None
+    for clearing in (BANK_A_CLEARING, BANK_B_CLEARING):
+        numbers = fixtures.payers.get(clearing, []) if payer else \
+            [p.account_number for p in fixtures.payees.get(clearing, [])]
+        if account in numbers:
+            return clearing
+    raise ValueError(f"{'from' if payer else 'to'}_account is not a twin account")

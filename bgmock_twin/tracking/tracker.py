@@ -1,0 +1,430 @@
+"""The live set of synthetic payments: one lock around the lifecycle rules, and the
+only place that turns their changes into metrics and ledger rows.
+
+The sender registers payments, the Kafka follower feeds events, the status checker
+feeds what the source bank says, and a scheduled job checks deadlines; all go
+through ``Tracker`` so each payment has exactly one story.
+
+Events can overtake the source bank's 202: the outbox may publish
+``transactions.initiated`` before the sender thread has recorded the id it got
+back. An event with an unknown id is therefore *parked* while any REST submission
+is still between "sent" and "id recorded"; when that id is recorded the parked
+events are applied with their original observation time, and parked events whose
+id never shows up are classified ``foreign`` after ``park_seconds`` (or as soon as
+no submission is pending). Foreign events are counted, never tracked.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+import uuid
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from bgmock_twin import metrics
+from bgmock_twin.bus.base import Record
+from bgmock_twin.contract import (
+    Event,
+    IncomingTransactionEvent,
+    OutgoingTransactionEvent,
+    Status,
+    TransactionResponseEvent,
+)
+from bgmock_twin.logs import get_logger
+from bgmock_twin.tracking.ledger import Ledger, payment_from_row
+from bgmock_twin.tracking.lifecycle import (
+    TOPIC_STEP,
+    Change,
+    Channel,
+    Outcome,
+    Payment,
+    Step,
+    check_deadline,
+    observe_step,
+    reject,
+)
+
+log = get_logger(__name__)
+
+STUCK_POLL_SECONDS = 5.0
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class _Parked:
+    topic: str
+    event: Event
+    mono: float
+    utc: datetime
+    entry: dict[str, Any]
+
+
+Listener = Callable[[Payment], None]
+
+
+class Tracker:
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        step_deadline: float,
+        sla: float,
+        clock: Clock | None = None,
+        recent_limit: int = 20_000,
+        park_seconds: float = 7.0,
+        park_limit: int = 10_000,
+        follow_horizon_seconds: float = 3600.0,
+        events_limit: int = 1000,
+    ) -> None:
+        self.ledger = ledger
+        self.step_deadline = step_deadline
+        self.sla = sla
+        self.clock = clock or SystemClock()
+        self.recent_limit = recent_limit
+        self.park_seconds = park_seconds
+        self.park_limit = park_limit
+        self.follow_horizon = max(follow_horizon_seconds, sla * 2)
+        self._lock = threading.RLock()
+        self._live: dict[str, Payment] = {}
+        self._recent: OrderedDict[str, Payment] = OrderedDict()
+        self._by_tx: dict[uuid.UUID, str] = {}
+        self._parked: OrderedDict[uuid.UUID, list[_Parked]] = OrderedDict()
+        self._parked_count = 0
+        self._submitting = 0
+        self._sim_uncounted: Counter[str] = Counter()
+        self._last_poll: dict[str, float] = {}
+        self._events: deque[dict[str, Any]] = deque(maxlen=events_limit)
+        self._listeners: list[Listener] = []
+        self.on_completed: Callable[[str], None] | None = None
+        self.submitted: Counter[tuple[str, str]] = Counter()
+        self.counted: Counter[tuple[str, str, str]] = Counter()
+
+    # --- registration (the sender) --------------------------------------------------------
+    def add_listener(self, listener: Listener) -> None:
+        """``listener(payment_copy)`` is called once per payment when it finishes."""
+        self._listeners.append(listener)
+
+    def register(self, payment: Payment) -> None:
+        """A payment is about to leave: from now on it is submitted and followed."""
+        with self._lock:
+            self._live[payment.payment_id] = payment
+            if payment.transaction_id is not None:
+                self._by_tx[payment.transaction_id] = payment.payment_id
+            if payment.simulation_id:
+                self._sim_uncounted[payment.simulation_id] += 1
+            labels = (payment.channel.value, payment.route.value)
+            self.submitted[labels] += 1
+            metrics.PAYMENTS_SUBMITTED.labels(*labels).inc()
+            metrics.PAYMENTS_IN_FLIGHT.set(len(self._live))
+            self.ledger.write_payment(payment, self.clock.now())
+
+    def begin_submit(self) -> None:
+        with self._lock:
+            self._submitting += 1
+
+    def end_submit(self) -> None:
+        with self._lock:
+            self._submitting -= 1
+            if self._submitting == 0 and self._parked:
+                self._expire_parked(force=True)
+
+    def accepted(self, payment_id: str, transaction_id: uuid.UUID) -> None:
+        """The source bank answered 202 with this id."""
+        with self._lock:
+            payment = self._find(payment_id)
+            if payment is None:
+                return
+            payment.transaction_id = transaction_id
+            self._by_tx[transaction_id] = payment_id
+            self._observe(payment, Step.ACCEPTED, self.clock.monotonic(), self.clock.now())
+            for parked in self._parked.pop(transaction_id, []):
+                self._parked_count -= 1
+                parked.entry["origin"] = "twin"
+                self._count_message(parked.topic, parked.event, "twin")
+                self._apply_event(payment, parked.topic, parked.event, parked.mono, parked.utc)
+
+    def reject(self, payment_id: str, reason: str) -> None:
+        with self._lock:
+            payment = self._find(payment_id)
+            if payment is not None:
+                self._apply(payment, reject(payment, reason, self.clock.now()))
+
+    def settle(self, payment_id: str, bank_status: Status) -> None:
+        """The source bank shows the payment with a final status."""
+        with self._lock:
+            payment = self._find(payment_id)
+            if payment is not None:
+                self._observe(payment, Step.SETTLED, self.clock.monotonic(), self.clock.now(),
+                              bank_status)
+
+    # --- events (the follower) --------------------------------------------------------------
+    def on_event(self, record: Record, event: Event) -> None:
+        now_mono, now_utc = self.clock.monotonic(), self.clock.now()
+        entry = _event_entry(record, event, now_utc)
+        transaction_id = event.transaction_id
+        with self._lock:
+            self._events.append(entry)
+            payment_id = self._by_tx.get(transaction_id) if transaction_id else None
+            payment = self._find(payment_id) if payment_id else None
+            if payment is None:
+                if transaction_id is not None and self._submitting > 0 and \
+                        self._parked_count < self.park_limit:
+                    entry["origin"] = "pending"
+                    self._parked.setdefault(transaction_id, []).append(
+                        _Parked(record.topic, event, now_mono, now_utc, entry))
+                    self._parked_count += 1
+                    return
+                entry["origin"] = "foreign"
+                self._count_message(record.topic, event, "foreign")
+                return
+            entry["origin"] = "twin"
+            self._count_message(record.topic, event, "twin")
+            self._apply_event(payment, record.topic, event, now_mono, now_utc)
+
+    def expire_parked(self) -> None:
+        with self._lock:
+            self._expire_parked(force=self._submitting == 0)
+
+    def _expire_parked(self, force: bool) -> None:
+        horizon = self.clock.monotonic() - self.park_seconds
+        while self._parked:
+            transaction_id, items = next(iter(self._parked.items()))
+            if not force and items[0].mono > horizon:
+                break
+            del self._parked[transaction_id]
+            for parked in items:
+                self._parked_count -= 1
+                parked.entry["origin"] = "foreign"
+                self._count_message(parked.topic, parked.event, "foreign")
+
+    def _apply_event(
+        self, payment: Payment, topic: str, event: Event, mono: float, utc: datetime
+    ) -> None:
+        step = TOPIC_STEP[topic]
+        status = getattr(event, "status", None)
+        message = event.message if isinstance(event, TransactionResponseEvent) else None
+        if step is Step.INITIATED or step is Step.FORWARDED:
+            status = None  # a PENDING on the way says nothing about the outcome
+        self._observe(payment, step, mono, utc, status, message)
+
+    @staticmethod
+    def _count_message(topic: str, event: Event, origin: str) -> None:
+        status = getattr(event, "status", None)
+        metrics.KAFKA_MESSAGES.labels(topic, status.value if status else "none", origin).inc()
+
+    # --- deadlines (a scheduled job) --------------------------------------------------------
+    def check_deadlines(self) -> list[str]:
+        """Update stuck marks and SLA counts; returns the REST payments whose source
+        bank should be asked about them (stuck, not asked for a while)."""
+        now_mono = self.clock.monotonic()
+        to_poll: list[str] = []
+        stuck: Counter[str] = Counter()
+        with self._lock:
+            for payment in list(self._live.values()):
+                change = check_deadline(payment, now_mono, self.step_deadline, self.sla)
+                if change.changed:
+                    self._apply(payment, change)
+                if payment.stuck_step is not None:
+                    stuck[payment.stuck_step.value] += 1
+                    if payment.channel is Channel.REST and payment.transaction_id is not None \
+                            and now_mono - self._last_poll.get(payment.payment_id, -1e9) \
+                            > STUCK_POLL_SECONDS:
+                        to_poll.append(payment.payment_id)
+                if now_mono - payment.intended_mono > self.follow_horizon:
+                    self._forget(payment)
+            for step in Step:
+                metrics.PAYMENTS_STUCK.labels(step.value).set(stuck[step.value])
+            metrics.PAYMENTS_IN_FLIGHT.set(len(self._live))
+        return to_poll
+
+    def mark_polled(self, payment_id: str) -> None:
+        with self._lock:
+            self._last_poll[payment_id] = self.clock.monotonic()
+
+    def _forget(self, payment: Payment) -> None:
+        """Stop following a payment unfinished after the follow horizon; it was counted
+        stuck long ago and stays in the ledger as it is."""
+        log.warning("payment_abandoned", payment_id=payment.payment_id,
+                    transaction_id=str(payment.transaction_id), waiting_for=str(payment.awaited))
+        self._live.pop(payment.payment_id, None)
+        self._last_poll.pop(payment.payment_id, None)
+        if payment.transaction_id is not None:
+            self._by_tx.pop(payment.transaction_id, None)
+
+    # --- applying changes -------------------------------------------------------------------
+    def _observe(
+        self, payment: Payment, step: Step, mono: float, utc: datetime,
+        status: Status | None = None, message: str | None = None,
+    ) -> None:
+        self._apply(payment, observe_step(payment, step, mono, utc, status, message))
+
+    def _apply(self, payment: Payment, change: Change) -> None:
+        if change.repeat or not change.changed:
+            return
+        if change.new_step is not None and change.step_duration is not None:
+            metrics.PAYMENT_STEP_DURATION.labels(change.new_step.value).observe(
+                change.step_duration)
+            if change.new_step is Step.COMPLETED and payment.channel is Channel.REST \
+                    and not payment.finished and self.on_completed is not None:
+                self.on_completed(payment.payment_id)  # time to read the settled status
+        if change.counted is not None:
+            labels = (payment.channel.value, payment.route.value, change.counted.value)
+            self.counted[labels] += 1
+            metrics.PAYMENTS_COMPLETED.labels(*labels).inc()
+            if payment.simulation_id:
+                self._sim_uncounted[payment.simulation_id] -= 1
+                if self._sim_uncounted[payment.simulation_id] <= 0:
+                    del self._sim_uncounted[payment.simulation_id]
+        if change.finished is not None:
+            if change.total_duration is not None:
+                metrics.PAYMENT_DURATION.labels(payment.channel.value, payment.route.value) \
+                    .observe(change.total_duration)
+            self._live.pop(payment.payment_id, None)
+            self._last_poll.pop(payment.payment_id, None)
+            self._recent[payment.payment_id] = payment
+            while len(self._recent) > self.recent_limit:
+                _, old = self._recent.popitem(last=False)
+                if old.transaction_id is not None:
+                    self._by_tx.pop(old.transaction_id, None)
+            metrics.PAYMENTS_IN_FLIGHT.set(len(self._live))
+            if self._listeners:
+                snapshot = copy.deepcopy(payment)
+                for listener in self._listeners:
+                    try:
+                        listener(snapshot)
+                    except Exception as exc:  # a listener never breaks tracking
+                        log.warning("payment_listener_failed", error=repr(exc))
+        self.ledger.write_payment(payment, self.clock.now())
+
+    # --- restart ----------------------------------------------------------------------------
+    def resume(self, rows: list[dict[str, Any]]) -> int:
+        """Follow again the payments a previous run left in the ledger (and remember
+        recently finished ones so their repeated events are recognised)."""
+        now_mono, now_utc = self.clock.monotonic(), self.clock.now()
+        added = 0
+        with self._lock:
+            for row in rows:
+                if row["payment_id"] in self._live or row["payment_id"] in self._recent:
+                    continue
+                payment = payment_from_row(row, now_mono, now_utc)
+                if payment.finished:
+                    self._recent[payment.payment_id] = payment
+                else:
+                    self._live[payment.payment_id] = payment
+                    if payment.simulation_id and payment.counted is None:
+                        self._sim_uncounted[payment.simulation_id] += 1
+                    added += 1
+                if payment.transaction_id is not None:
+                    self._by_tx[payment.transaction_id] = payment.payment_id
+            metrics.PAYMENTS_IN_FLIGHT.set(len(self._live))
+        return added
+
+    # --- reading ----------------------------------------------------------------------------
+    def _find(self, payment_id: str | None) -> Payment | None:
+        if payment_id is None:
+            return None
+        return self._live.get(payment_id) or self._recent.get(payment_id)
+
+    def get(self, identifier: str) -> Payment | None:
+        """A copy of a followed payment, by payment id or transaction id."""
+        with self._lock:
+            payment = self._find(identifier)
+            if payment is None:
+                try:
+                    payment = self._find(self._by_tx.get(uuid.UUID(identifier)))
+                except ValueError:
+                    payment = None
+            return copy.deepcopy(payment) if payment is not None else None
+
+    def poll_view(self, payment_id: str) -> Payment | None:
+        """A copy for the status checker (same as ``get`` by payment id)."""
+        with self._lock:
+            payment = self._find(payment_id)
+            return copy.deepcopy(payment) if payment is not None else None
+
+    def sim_uncounted(self, simulation_id: str) -> int:
+        with self._lock:
+            return self._sim_uncounted.get(simulation_id, 0)
+
+    def events(self, limit: int, topic: str | None = None,
+               origin: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            items = [dict(e) for e in reversed(self._events)
+                     if (topic is None or e["topic"] == topic)
+                     and (origin is None or e["origin"] == origin)]
+        return items[:limit]
+
+    def record_invalid(self, record: Record, reason: str) -> None:
+        with self._lock:
+            self._events.append({
+                "topic": record.topic, "partition": record.partition, "offset": record.offset,
+                "key": _text(record.key), "transactionId": None, "status": None,
+                "origin": "invalid", "reason": reason,
+                "observedAt": self.clock.now().isoformat(),
+            })
+
+    def counts(self) -> dict[str, Any]:
+        with self._lock:
+            stuck = Counter(p.stuck_step.value for p in self._live.values() if p.stuck_step)
+            outcomes: Counter[str] = Counter()
+            for (_channel, _route, outcome), n in self.counted.items():
+                outcomes[outcome] += n
+            return {
+                "inFlight": len(self._live),
+                "stuck": dict(stuck),
+                "submitted": sum(self.submitted.values()),
+                "outcomes": {o.value: outcomes.get(o.value, 0) for o in Outcome},
+                "parkedEvents": self._parked_count,
+            }
+
+    def live_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._live)
+
+    @property
+    def recent_horizon(self) -> datetime:
+        return self.clock.now() - timedelta(seconds=self.follow_horizon)
+
+
+def _text(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    return raw.decode("utf-8", "replace")[:64]
+
+
+def _event_entry(record: Record, event: Event, now_utc: datetime) -> dict[str, Any]:
+    status = getattr(event, "status", None)
+    entry: dict[str, Any] = {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "key": _text(record.key),
+        "transactionId": str(event.transaction_id) if event.transaction_id else None,
+        "status": status.value if status else None,
+        "origin": "twin",
+        "observedAt": now_utc.isoformat(),
+    }
+    if isinstance(event, OutgoingTransactionEvent | IncomingTransactionEvent) and \
+            event.amount is not None:
+        entry["amount"] = format(event.amount, "f")
+    if isinstance(event, TransactionResponseEvent) and event.message:
+        entry["message"] = event.message[:200]
+    return entry
