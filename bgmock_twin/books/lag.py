@@ -1,0 +1,247 @@
+"""Consumer-group lag of BGMock's groups and the twin's own.
+
+Every lag interval, for each group: its committed offsets, the high watermark of
+each partition it committed, and their difference summed per topic
+(``bgmock_kafka_consumer_lag{group,topic}``). A committed offset above the high
+watermark is an odd broker answer (some brokers count record batches, not
+records): the partition's lag is clamped to 0 and the reading counted as an
+anomaly. ``bgmock_kafka_consumer_last_progress_timestamp_seconds{group}`` is the
+last time the group's committed offsets moved or it had no lag, so alerts can say
+"stalled" rather than "big".
+
+Two sources: the in-process bus's own offsets, and Kafka through the admin API
+(committed offsets) and a metadata-only consumer (watermarks), every call with a
+timeout so a slow broker costs one run, never a hung job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from bgmock_twin import metrics
+from bgmock_twin.contract import TOPICS
+from bgmock_twin.logs import get_logger
+
+log = get_logger(__name__)
+
+TopicPartition = tuple[str, int]
+
+
+class LagSource(Protocol):
+    def committed(self, group: str) -> dict[TopicPartition, int]:
+        """The group's committed offsets (only partitions with a commit)."""
+
+    def high_watermarks(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """The next offset of each partition (missing when it could not be read)."""
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GroupLag:
+    group: str
+    lag: dict[str, int]  # by topic, summed over partitions, never negative
+    anomalies: dict[str, int]  # partitions per topic whose committed offset exceeded the end
+    committed_total: int
+
+
+def compute_lag(group: str, committed: Mapping[TopicPartition, int],
+                highs: Mapping[TopicPartition, int]) -> GroupLag:
+    """Lag per topic from committed offsets and high watermarks (pure)."""
+    lag: dict[str, int] = {}
+    anomalies: dict[str, int] = {}
+    for (topic, partition), offset in committed.items():
+        high = highs.get((topic, partition))
+        if high is None or offset < 0:
+            continue
+        difference = high - offset
+        if difference < 0:
+            anomalies[topic] = anomalies.get(topic, 0) + 1
+            difference = 0
+        lag[topic] = lag.get(topic, 0) + difference
+    return GroupLag(group, lag, anomalies, sum(o for o in committed.values() if o >= 0))
+
+
+@dataclass(slots=True)
+class _Progress:
+    committed_total: int
+    at: float  # unix time of the last progress
+
+
+@dataclass(slots=True)
+class LagMonitor:
+    """Collects lag for a fixed set of groups and exports it."""
+
+    source: LagSource
+    groups: Sequence[str]
+    _progress: dict[str, _Progress] = field(default_factory=dict)
+    _latest: dict[str, GroupLag] = field(default_factory=dict)
+    _errors: dict[str, str] = field(default_factory=dict)
+    _exported: set[tuple[str, str]] = field(default_factory=set)
+
+    def run(self) -> dict[str, GroupLag]:
+        """One collection; a group that cannot be read keeps no stale figures."""
+        results: dict[str, GroupLag] = {}
+        committed: dict[str, dict[TopicPartition, int]] = {}
+        for group in self.groups:
+            try:
+                committed[group] = self.source.committed(group)
+                self._errors.pop(group, None)
+            except Exception as exc:
+                if self._errors.get(group) is None:
+                    log.warning("consumer_lag_unavailable", group=group, error=str(exc)[:200])
+                self._errors[group] = str(exc)[:200]
+        wanted = sorted({tp for offsets in committed.values() for tp in offsets})
+        try:
+            highs = self.source.high_watermarks(wanted) if wanted else {}
+        except Exception as exc:
+            log.warning("watermarks_unavailable", error=str(exc)[:200])
+            highs = {}
+            for group in committed:
+                self._errors[group] = f"watermarks: {str(exc)[:180]}"
+            committed = {}
+        now = time.time()
+        seen: set[tuple[str, str]] = set()
+        for group, offsets in committed.items():
+            result = compute_lag(group, offsets, highs)
+            results[group] = result
+            for topic, value in result.lag.items():
+                metrics.KAFKA_CONSUMER_LAG.labels(group, topic).set(value)
+                seen.add((group, topic))
+            for topic, count in result.anomalies.items():
+                metrics.KAFKA_CONSUMER_LAG_ANOMALIES.labels(group, topic).inc(count)
+            previous = self._progress.get(group)
+            if previous is None or previous.committed_total != result.committed_total \
+                    or sum(result.lag.values()) == 0:
+                self._progress[group] = _Progress(result.committed_total, now)
+            metrics.KAFKA_CONSUMER_LAST_PROGRESS.labels(group).set(self._progress[group].at)
+        for group, topic in self._exported - seen:
+            with contextlib.suppress(KeyError):
+                metrics.KAFKA_CONSUMER_LAG.remove(group, topic)
+        self._exported = seen
+        self._latest = results
+        return results
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "groups": {
+                group: {
+                    "lag": dict(self._latest[group].lag) if group in self._latest else None,
+                    "last_progress": self._progress[group].at if group in self._progress
+                    else None,
+                    "error": self._errors.get(group),
+                }
+                for group in self.groups
+            }
+        }
+
+    def close(self) -> None:
+        self.source.close()
+
+
+class MemoryLagSource:
+    """Offsets of the in-process bus (``InMemoryBus.committed`` / ``end_offsets``)."""
+
+    def __init__(self, bus: Any, topics: Iterable[str] = TOPICS) -> None:
+        self.bus = bus
+        self.topics = tuple(topics)
+
+    def committed(self, group: str) -> dict[TopicPartition, int]:
+        result: dict[TopicPartition, int] = {}
+        for topic in self.topics:
+            for partition, offset in self.bus.committed(group, topic).items():
+                result[(topic, partition)] = offset
+        return result
+
+    def high_watermarks(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        ends: dict[str, dict[int, int]] = {}
+        result: dict[TopicPartition, int] = {}
+        for topic, partition in partitions:
+            if topic not in ends:
+                ends[topic] = self.bus.end_offsets(topic)
+            if partition in ends[topic]:
+                result[(topic, partition)] = ends[topic][partition]
+        return result
+
+    def close(self) -> None:
+        return None
+
+
+class KafkaLagSource:
+    """Committed offsets through the admin API, watermarks through a consumer that
+    never subscribes (it only asks for metadata). Both are created lazily and kept."""
+
+    def __init__(self, bootstrap: str, timeout: float, client_id: str = "bgmock-twin-lag") -> None:
+        self.bootstrap = bootstrap
+        self.timeout = timeout
+        self.client_id = client_id
+        self._admin: Any = None
+        self._consumer: Any = None
+
+    def _clients(self) -> tuple[Any, Any]:
+        from confluent_kafka import Consumer
+        from confluent_kafka.admin import AdminClient
+
+        if self._admin is None:
+            self._admin = AdminClient({"bootstrap.servers": self.bootstrap,
+                                       "client.id": self.client_id, "log_level": 3})
+        if self._consumer is None:
+            self._consumer = Consumer({
+                "bootstrap.servers": self.bootstrap, "client.id": self.client_id,
+                "group.id": f"{self.client_id}-watermarks", "enable.auto.commit": False,
+                "log_level": 3,
+            })
+        return self._admin, self._consumer
+
+    def committed(self, group: str) -> dict[TopicPartition, int]:
+        from confluent_kafka import ConsumerGroupTopicPartitions
+
+        admin, _ = self._clients()
+        futures = admin.list_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(group)], request_timeout=self.timeout)
+        answer = futures[group].result(timeout=self.timeout + 1)
+        result: dict[TopicPartition, int] = {}
+        for tp in answer.topic_partitions or []:
+            if tp.error is None and tp.offset >= 0:
+                result[(tp.topic, tp.partition)] = int(tp.offset)
+        return result
+
+    def high_watermarks(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+        _, consumer = self._clients()
+        deadline = time.monotonic() + self.timeout
+        result: dict[TopicPartition, int] = {}
+        for topic, partition in partitions:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("watermarks not read within the timeout")
+            _low, high = consumer.get_watermark_offsets(
+                KafkaTopicPartition(topic, partition), timeout=remaining, cached=False)
+            if high is not None and high >= 0:
+                result[(topic, partition)] = int(high)
+        return result
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close()
+            except Exception as exc:  # closing a consumer of a dead broker may fail
+                log.debug("lag_consumer_close_failed", error=repr(exc))
+            self._consumer = None
+        self._admin = None
+
+
+def lag_source_for(bus: Any, bootstrap: str | None, timeout: float) -> LagSource | None:
+    """The lag source matching the bus in use (None when there is no bus)."""
+    if bus is None:
+        return None
+    if hasattr(bus, "committed") and hasattr(bus, "end_offsets"):
+        return MemoryLagSource(bus)
+    if bootstrap:
+        return KafkaLagSource(bootstrap, timeout)
+    return None
