@@ -39,6 +39,7 @@ import yaml
 from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen
 from pydantic import SecretStr
 
+from bgmock_twin.api.tracking_routes import SimulationRequest
 from bgmock_twin.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -867,6 +868,9 @@ def test_notes_tell_how_to_reach_the_api_and_run_a_simulation(chart: helm_python
     assert f"kubectl -n {NAMESPACE} port-forward svc/{FULLNAME} 8080:8080" in text
     assert f"secret {FULLNAME} -o jsonpath='{{.data.TWIN_CONTROL_TOKEN}}'" in text
     assert "POST $TWIN_URL/api/v1/simulations" in text
+    # The example body is one the control API accepts.
+    (body,) = re.findall(r"-d '(\{.*\})'", text)
+    SimulationRequest.model_validate(json.loads(body))
     assert "Authorization: Bearer $TWIN_TOKEN" in text
     assert "http://bankgood-bank-a-service:8080" in text
     node_port = notes(chart, {"service": {"type": "NodePort", "nodePort": 30090}})
