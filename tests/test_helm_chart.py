@@ -310,6 +310,8 @@ def full_values() -> dict[str, Any]:
 EMBEDDED_VALUES: dict[str, Any] = {
     "mode": "embedded",
     "embedded": {"databases": {"bankA": "postgresql://emu:pw@pg:5432/bank_a"}},
+    # Ignored in embedded mode: a DB_* there would replace the emulator's database.
+    "bgmock": {"databases": {"bankB": {"url": "postgresql://u:p@real-bank-b:5432/d"}}},
 }
 
 
@@ -509,8 +511,9 @@ def test_embedded_mode_needs_no_bgmock(chart: helm_python.Chart,
                                        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     manifests = render(chart, EMBEDDED_VALUES)
     env = container_env(manifests)
-    assert not {"BANK_A_URL", "BANK_B_URL", "CLEARING_SERVICE_URL",
-                "KAFKA_BOOTSTRAP_SERVERS"} & set(env), "never the real BGMock's Kafka"
+    assert not {"BANK_A_URL", "BANK_B_URL", "CLEARING_SERVICE_URL", "KAFKA_BOOTSTRAP_SERVERS",
+                "DB_BANK_A", "DB_BANK_B", "DB_SWITCH"} & set(env), \
+        "never the real BGMock's Kafka or databases next to the emulator"
     settings = daemon_settings(env, monkeypatch, tmp_path)
     assert settings.embedded
     assert settings.emulator_db_bank_a is not None

@@ -87,11 +87,17 @@ Whole numbers print as integers, lists join with commas (TWIN_LAG_GROUPS). */}}
 {{- end }}
 {{- end }}
 
+{{/* BGMock's databases are read only outside embedded mode: there a DB_* would
+replace the emulator's own database. */}}
+{{- define "bgmock-twin.readsBgmockDatabases" -}}
+{{- if and .Values.bgmock.databases.enabled (ne .Values.mode "embedded") }}true{{ end }}
+{{- end }}
+
 {{/* Databases of the real BGMock whose URL is composed from host, user and the
 password in BGMock's own Secret (url empty, passwordSecret named). */}}
 {{- define "bgmock-twin.composedDatabases" -}}
 {{- $result := dict }}
-{{- if .Values.bgmock.databases.enabled }}
+{{- if include "bgmock-twin.readsBgmockDatabases" . }}
 {{- range $key, $env := dict "bankA" "DB_BANK_A" "bankB" "DB_BANK_B" "clearing" "DB_SWITCH" }}
 {{- $db := index $.Values.bgmock.databases $key }}
 {{- if and (not $db.url) $db.passwordSecret.name }}
