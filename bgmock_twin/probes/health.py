@@ -28,6 +28,7 @@ from bgmock_twin.logs import get_logger
 log = get_logger(__name__)
 
 Check = Callable[[float], None]
+CHECK_SHARE = 0.9
 
 
 @dataclass
@@ -103,7 +104,9 @@ class HealthRegistry:
         if busy:
             error = TimeoutError("previous check still running")
         else:
-            future = self._executor.submit(check, self.timeout)
+            # the check gets a little less than the probe's budget so that, when the
+            # peer hangs, its own timeout fires first and its thread is free again
+            future = self._executor.submit(check, self.timeout * CHECK_SHARE)
             with self._lock:
                 self._running[service] = future
             try:
