@@ -8,6 +8,7 @@ names and types follow ``shared/bgmock-contract.md``.
 from __future__ import annotations
 
 import sqlalchemy as sa
+from sqlalchemy.schema import SchemaItem
 
 AMOUNT = sa.Numeric(19, 2)
 
@@ -26,7 +27,15 @@ def _outgoing(metadata: sa.MetaData) -> sa.Table:
     )
 
 
-def _outbox(metadata: sa.MetaData) -> sa.Table:
+def _outbox(metadata: sa.MetaData, unique_per_topic: bool) -> sa.Table:
+    # The bank's entity declares unique (transaction_id, topic) and an index on
+    # published; the clearing's declares neither, which is what lets a redelivered
+    # ``transactions.processed`` yield a second ``transactions.completed`` row.
+    # The index is kept on both: it changes no behaviour and keeps draining cheap.
+    extra: list[SchemaItem] = [sa.Index(f"idx_{metadata.info['service']}_outbox_published",
+                                           "published")]
+    if unique_per_topic:
+        extra.append(sa.UniqueConstraint("transaction_id", "topic"))
     return sa.Table(
         "outbox_events", metadata,
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
@@ -37,11 +46,11 @@ def _outbox(metadata: sa.MetaData) -> sa.Table:
         sa.Column("payload", sa.Text, nullable=False),
         sa.Column("published", sa.Boolean, nullable=False, default=False),
         sa.Column("created_at", sa.DateTime, nullable=False),
-        sa.UniqueConstraint("transaction_id", "topic"),
+        *extra,
     )
 
 
-bank_metadata = sa.MetaData()
+bank_metadata = sa.MetaData(info={"service": "bank"})
 accounts = sa.Table(
     "accounts", bank_metadata,
     sa.Column("account_id", sa.Uuid, primary_key=True),
@@ -64,9 +73,9 @@ incoming_transactions = sa.Table(
     sa.Column("created_at", sa.DateTime),
     sa.Column("updated_at", sa.DateTime),
 )
-bank_outbox_events = _outbox(bank_metadata)
+bank_outbox_events = _outbox(bank_metadata, unique_per_topic=True)
 
-clearing_metadata = sa.MetaData()
+clearing_metadata = sa.MetaData(info={"service": "clearing"})
 bank_mappings = sa.Table(
     "bank_mappings", clearing_metadata,
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
@@ -77,4 +86,4 @@ bank_mappings = sa.Table(
     sa.Column("bank_name", sa.String(255)),
 )
 clearing_outgoing_transactions = _outgoing(clearing_metadata)
-clearing_outbox_events = _outbox(clearing_metadata)
+clearing_outbox_events = _outbox(clearing_metadata, unique_per_topic=False)

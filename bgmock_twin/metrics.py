@@ -173,3 +173,20 @@ OUTBOX_PENDING = Gauge(
 OUTBOX_OLDEST_AGE = Gauge(
     "bgmock_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row.", ["service"]
 )
+
+# --- embedded emulator (only exported when the daemon runs it) ----------------------------
+EMULATOR_EVENTS = Counter(
+    "bgmock_emulator_events",
+    "Events consumed by the emulated services, by what the handler did (handled, duplicate, "
+    "foreign_key, null_key, invalid, unknown_transaction, error).",
+    ["service", "topic", "result"],
+)
+EMULATOR_OUTBOX_PUBLISHED = Counter(
+    "bgmock_emulator_outbox_published", "Outbox rows the emulated services published.",
+    ["service"],
+)
+EMULATOR_OUTBOX_FAILURES = Counter(
+    "bgmock_emulator_outbox_publish_failures",
+    "Outbox publishing rounds that failed (reason: bus, database, unexpected).",
+    ["service", "reason"],
+)

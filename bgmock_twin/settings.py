@@ -207,6 +207,21 @@ class Settings(BaseSettings):
     emulator_outbox_interval_seconds: float = Field(
         1.0, gt=0, le=60, validation_alias=_env("TWIN_EMULATOR_OUTBOX_INTERVAL_SECONDS")
     )
+    # Fixed ports of ``bgmock-twin emulate`` (the seed's NodePorts); the daemon's
+    # embedded mode picks free ports instead.
+    emulator_bank_a_port: int = Field(
+        30081, ge=0, le=65535, validation_alias=_env("TWIN_EMULATOR_BANK_A_PORT")
+    )
+    emulator_bank_b_port: int = Field(
+        30082, ge=0, le=65535, validation_alias=_env("TWIN_EMULATOR_BANK_B_PORT")
+    )
+    emulator_clearing_port: int = Field(
+        30083, ge=0, le=65535, validation_alias=_env("TWIN_EMULATOR_CLEARING_PORT")
+    )
+    emulator_admin_port: int = Field(
+        30090, ge=0, le=65535, validation_alias=_env("TWIN_EMULATOR_ADMIN_PORT"),
+        description="Port of the emulator's fault admin API in `bgmock-twin emulate`.",
+    )
 
     # --- validation ----------------------------------------------------------------
     @field_validator("bank_a_url", "bank_b_url", "clearing_url")

@@ -1,0 +1,100 @@
+"""The emulator's admin HTTP API (its own port): flip faults with curl in a demo.
+
+- ``GET  /_emulator``                       → URLs, bus, fault state
+- ``GET  /_emulator/faults``                → every switch
+- ``POST /_emulator/faults``                → ``{"service": "bank_b", "down": true, ...}``
+  or ``{"service": "bus", "down": true}``; answers the target's new state
+- ``POST /_emulator/faults/reset``          → every switch off
+- ``POST /_emulator/books/corrupt-balance`` → ``{"bank": "bank_a", "accountNumber": "X",
+  "delta": 10.5}``; answers the new balance (404 if no such account)
+- ``POST /_emulator/books/drop-outbox-row`` → ``{"service": "clearing"}``; answers
+  what was dropped (``dropped: null`` when nothing was pending)
+
+Bad input is a 400 ``{"error": ...}``; nothing changes then.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from bgmock_twin.emulator.faults import FaultError
+from bgmock_twin.emulator.web import ApiError, Request, Response, Router
+
+if TYPE_CHECKING:
+    from bgmock_twin.emulator.embedded import EmbeddedBGMock
+
+
+def _fields(body: dict[str, Any], allowed: set[str]) -> None:
+    unknown = set(body) - allowed
+    if unknown:
+        raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))}", spring=False)
+
+
+def _text(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise ApiError(400, f"{key} must be a non-empty string", spring=False)
+    return value
+
+
+def admin_router(emulator: EmbeddedBGMock) -> Router:
+    faults = emulator.faults
+
+    def overview(_request: Request) -> Response:
+        return Response.json(200, {"urls": emulator.urls, "bus": emulator.config.bus.name,
+                                   "faults": faults.snapshot()})
+
+    def get_faults(_request: Request) -> Response:
+        return Response.json(200, faults.snapshot())
+
+    def post_faults(request: Request) -> Response:
+        body = request.json_object()
+        target = _text(body, "service")
+        changes = {k: v for k, v in body.items() if k != "service"}
+        if not changes:
+            raise ApiError(400, "name at least one fault to change", spring=False)
+        try:
+            state = faults.apply(target, changes)
+        except FaultError as exc:
+            raise ApiError(400, str(exc), spring=False) from None
+        return Response.json(200, {"service": target, "state": state})
+
+    def reset(_request: Request) -> Response:
+        faults.reset()
+        return Response.json(200, faults.snapshot())
+
+    def corrupt_balance(request: Request) -> Response:
+        body = request.json_object()
+        _fields(body, {"bank", "accountNumber", "delta"})
+        bank = _text(body, "bank")
+        account = _text(body, "accountNumber")
+        delta = body.get("delta")
+        if isinstance(delta, bool) or not isinstance(delta, int | str | Decimal):
+            raise ApiError(400, "delta must be a number", spring=False)
+        try:
+            balance = faults.corrupt_balance(bank, account, delta)
+        except FaultError as exc:
+            raise ApiError(400, str(exc), spring=False) from None
+        except KeyError:
+            raise ApiError(404, "Account not found", spring=False) from None
+        return Response.json(200, {"bank": bank, "accountNumber": account, "balance": balance})
+
+    def drop_outbox_row(request: Request) -> Response:
+        body = request.json_object()
+        _fields(body, {"service"})
+        service = _text(body, "service")
+        try:
+            dropped = faults.drop_outbox_row(service)
+        except FaultError as exc:
+            raise ApiError(400, str(exc), spring=False) from None
+        return Response.json(200, {"service": service, "dropped": dropped})
+
+    router = Router()
+    router.add("GET", "/_emulator", overview)
+    router.add("GET", "/_emulator/faults", get_faults)
+    router.add("POST", "/_emulator/faults", post_faults)
+    router.add("POST", "/_emulator/faults/reset", reset)
+    router.add("POST", "/_emulator/books/corrupt-balance", corrupt_balance)
+    router.add("POST", "/_emulator/books/drop-outbox-row", drop_outbox_row)
+    return router

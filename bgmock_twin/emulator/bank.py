@@ -1,0 +1,367 @@
+"""An emulated bank service (Bank A = clearing 01, Bank B = 02).
+
+It follows ``shared/bgmock-contract.md``: accounts with a reserved balance, an
+outgoing payment that reserves funds and emits ``transactions.initiated``
+through the outbox (or is stored FAILED with no event, still answered 202),
+incoming payments from ``transactions.forwarded`` that credit the payee and emit
+``transactions.processed``, and ``transactions.completed`` that settles or
+releases the reservation. Every state change and its outbox row share one
+database transaction; events already handled are skipped.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import IntegrityError
+
+from bgmock_twin.contract import (
+    TOPIC_INITIATED,
+    TOPIC_PROCESSED,
+    IncomingTransactionEvent,
+    OutgoingTransactionEvent,
+    Status,
+    TransactionResponseEvent,
+)
+from bgmock_twin.contract_schema import (
+    accounts,
+    bank_metadata,
+    bank_outbox_events,
+    bank_outgoing_transactions,
+    incoming_transactions,
+)
+from bgmock_twin.emulator.common import (
+    DUPLICATE,
+    HANDLED,
+    UNKNOWN_TRANSACTION,
+    accepted,
+    body_event,
+    health,
+    incoming_json,
+    opt_amount,
+    opt_str,
+    opt_uuid,
+    outgoing_json,
+    path_uuid,
+    query_amount,
+)
+from bgmock_twin.emulator.db import Database, money, utcnow
+from bgmock_twin.emulator.outbox import add_event
+from bgmock_twin.emulator.web import ApiError, Request, Response, Router
+from bgmock_twin.logs import get_logger
+
+log = get_logger(__name__)
+
+ACCEPTED_MESSAGE = "Transaction received"
+PROCESSED_MESSAGE = "Transaction processed"
+UNKNOWN_ACCOUNT_MESSAGE = "Receiver account not found"
+
+
+def account_json(row: Row[Any]) -> dict[str, Any]:
+    return {
+        "accountId": row.account_id,
+        "accountNumber": row.account_number,
+        "accountHolder": row.account_holder,
+        "balance": money(row.balance),
+        "reservedBalance": money(row.reserved_balance),
+        "createdAt": row.created_at,
+        "updatedAt": row.updated_at,
+    }
+
+
+class BankService:
+    """One bank: its database, its REST routes and its event handlers."""
+
+    metadata = bank_metadata
+    outbox = bank_outbox_events
+
+    def __init__(self, name: str, clearing_number: str, db: Database) -> None:
+        self.name = name
+        self.clearing_number = clearing_number
+        self.db = db
+
+    # --- accounts -------------------------------------------------------------------
+    def _account(self, conn: Connection, number: str | None, lock: bool) -> Row[Any] | None:
+        query = sa.select(accounts).where(accounts.c.account_number == number)
+        return conn.execute(self.db.locked(query) if lock else query).first()
+
+    def _set_account(self, conn: Connection, row: Row[Any], **values: Any) -> None:
+        conn.execute(accounts.update().where(accounts.c.account_id == row.account_id).values(
+            updated_at=utcnow(), version=(row.version or 0) + 1, **values))
+
+    def create_account(self, request: Request) -> Response:
+        body = request.json_object()
+        number = opt_str(body, "accountNumber")
+        holder = opt_str(body, "accountHolder")
+        balance = money(opt_amount(body, "balance") or Decimal(0))
+        reserved = money(opt_amount(body, "reservedBalance") or Decimal(0))
+        if number is None:
+            raise ApiError(500, "account_number must not be null")  # a not-null violation
+        now = utcnow()
+        account_id = uuid.uuid4()
+        try:
+            with self.db.begin() as conn:
+                conn.execute(accounts.insert().values(
+                    account_id=account_id, account_number=number, account_holder=holder,
+                    balance=balance, reserved_balance=reserved, version=0,
+                    created_at=now, updated_at=now,
+                ))
+                row = self._account(conn, number, lock=False)
+        except IntegrityError:
+            # BGMock answers a duplicate account number with the constraint error: 500.
+            raise ApiError(500, "duplicate account number") from None
+        assert row is not None
+        return Response.json(201, account_json(row))
+
+    def list_accounts(self, request: Request) -> Response:
+        with self.db.begin() as conn:
+            rows = conn.execute(sa.select(accounts).order_by(accounts.c.created_at)).all()
+        return Response.json(200, [account_json(row) for row in rows])
+
+    def get_account(self, request: Request) -> Response:
+        with self.db.begin() as conn:
+            row = self._account(conn, request.params["accountNumber"], lock=False)
+        if row is None:
+            raise ApiError(404, "Account not found")
+        return Response.json(200, account_json(row))
+
+    def update_account(self, request: Request) -> Response:
+        body = request.json_object()
+        balance = opt_amount(body, "balance")
+        holder = opt_str(body, "accountHolder")
+        new_number = opt_str(body, "accountNumber")
+        try:
+            with self.db.begin() as conn:
+                row = self._account(conn, request.params["accountNumber"], lock=True)
+                if row is None:
+                    raise ApiError(404, "Account not found")
+                if balance is None or balance < 0:
+                    raise ApiError(400, "Balance cannot be null or negative")
+                if new_number is None:
+                    raise ApiError(500, "account_number must not be null")
+                self._set_account(conn, row, account_holder=holder, account_number=new_number)
+                updated = self._account(conn, new_number, lock=False)
+        except IntegrityError:
+            raise ApiError(500, "duplicate account number") from None
+        assert updated is not None
+        return Response.json(200, account_json(updated))
+
+    def delete_account(self, request: Request) -> Response:
+        with self.db.begin() as conn:
+            row = self._account(conn, request.params["accountNumber"], lock=True)
+            if row is None:
+                raise ApiError(404, "Account not found")
+            conn.execute(accounts.delete().where(accounts.c.account_id == row.account_id))
+        return Response.empty(204)
+
+    def _adjust(self, request: Request, operation: str) -> Response:
+        amount = query_amount(request)
+        if amount <= 0:
+            raise ApiError(400, "Amount must be positive")
+        amount = money(amount)
+        with self.db.begin() as conn:
+            row = self._account(conn, request.params["accountNumber"], lock=True)
+            if row is None:
+                raise ApiError(404, "Account not found")
+            balance, reserved = money(row.balance), money(row.reserved_balance)
+            if operation == "deposit":
+                balance += amount
+            elif operation == "reserve":
+                if balance - reserved < amount:
+                    raise ApiError(400, "Insufficient available funds")
+                reserved += amount
+            elif operation == "commit":
+                if reserved < amount:
+                    raise ApiError(400, "Not enough reserved funds")
+                reserved -= amount
+                balance -= amount
+            else:
+                if reserved < amount:
+                    raise ApiError(400, "Not enough reserved funds to release")
+                reserved -= amount
+            self._set_account(conn, row, balance=balance, reserved_balance=reserved)
+            updated = self._account(conn, row.account_number, lock=False)
+        assert updated is not None
+        return Response.json(200, account_json(updated))
+
+    # --- outgoing payments ------------------------------------------------------------
+    def create_outgoing(self, request: Request) -> Response:
+        """Step 1: reserve, store PENDING + outbox; or store FAILED. Always 202."""
+        body = request.json_object()
+        client_id = opt_uuid(body, "transactionId")
+        from_account = opt_str(body, "fromAccountNumber")
+        to_bankgood = opt_str(body, "toBankgoodNumber")
+        raw_amount = opt_amount(body, "amount")
+        if client_id is not None:
+            with self.db.begin() as conn:
+                seen = conn.execute(sa.select(bank_outgoing_transactions.c.transaction_id).where(
+                    bank_outgoing_transactions.c.transaction_id == client_id)).first()
+            if seen is not None:
+                return accepted("Transaction already processed", client_id)
+        if raw_amount is None or from_account is None:
+            # The real service dereferences both before storing anything: a 500.
+            raise ApiError(500, "amount and fromAccountNumber are required")
+        amount = money(raw_amount)
+        transaction_id = uuid.uuid4()
+        now = utcnow()
+        with self.db.begin() as conn:
+            account = self._account(conn, from_account, lock=True)
+            status = Status.PENDING
+            if amount <= 0 or account is None or (
+                money(account.balance) - money(account.reserved_balance) < amount
+            ):
+                status = Status.FAILED
+            conn.execute(bank_outgoing_transactions.insert().values(
+                transaction_id=transaction_id, from_clearing_number=self.clearing_number,
+                from_account_number=from_account, to_bankgood_number=to_bankgood,
+                amount=amount, status=status.value, created_at=now, updated_at=now,
+            ))
+            if status is Status.PENDING:
+                assert account is not None
+                self._set_account(conn, account,
+                                  reserved_balance=money(account.reserved_balance) + amount)
+                # The bank copies the timestamps before the database fills them: null dates.
+                add_event(conn, self.outbox, TOPIC_INITIATED, self.clearing_number,
+                          OutgoingTransactionEvent(
+                              transaction_id=transaction_id,
+                              from_clearing_number=self.clearing_number,
+                              from_account_number=from_account,
+                              to_bankgood_number=to_bankgood,
+                              amount=amount, status=Status.PENDING,
+                          ))
+        return accepted(ACCEPTED_MESSAGE, transaction_id)
+
+    def get_outgoing(self, request: Request) -> Response:
+        transaction_id = path_uuid(request, "transactionId")
+        with self.db.begin() as conn:
+            row = conn.execute(sa.select(bank_outgoing_transactions).where(
+                bank_outgoing_transactions.c.transaction_id == transaction_id)).first()
+        if row is None:
+            raise ApiError(404, "Outgoing transaction not found", spring=False)
+        return Response.json(200, outgoing_json(row))
+
+    def delete_outgoing(self, request: Request) -> Response:
+        transaction_id = path_uuid(request, "transactionId")
+        table = bank_outgoing_transactions
+        with self.db.begin() as conn:
+            deleted = conn.execute(table.delete().where(table.c.transaction_id == transaction_id))
+        if deleted.rowcount == 0:
+            raise ApiError(404, "Outgoing transaction not found", spring=False)
+        return Response.json(200, {"message": "Outgoing transaction deleted successfully"})
+
+    def handle_completed(self, event: TransactionResponseEvent) -> str:
+        """Step 6: settle (SUCCESS) or release (FAILED) the reservation, once."""
+        table = bank_outgoing_transactions
+        with self.db.begin() as conn:
+            tx = conn.execute(self.db.locked(
+                sa.select(table).where(table.c.transaction_id == event.transaction_id))).first()
+            if tx is None:
+                return UNKNOWN_TRANSACTION  # e.g. a payment injected straight into Kafka
+            if tx.status != Status.PENDING.value or event.status is Status.PENDING:
+                return DUPLICATE
+            account = self._account(conn, tx.from_account_number, lock=True)
+            if account is not None:
+                amount = money(tx.amount)
+                reserved = money(account.reserved_balance) - amount
+                if event.status is Status.SUCCESS:
+                    self._set_account(conn, account, reserved_balance=reserved,
+                                      balance=money(account.balance) - amount)
+                else:
+                    self._set_account(conn, account, reserved_balance=reserved)
+            conn.execute(table.update().where(table.c.transaction_id == event.transaction_id)
+                         .values(status=event.status.value, updated_at=utcnow()))
+        return HANDLED
+
+    def post_completed(self, request: Request) -> Response:
+        event: TransactionResponseEvent = body_event(request, "response")
+        self.handle_completed(event)
+        return accepted("Completed transaction accepted", event.transaction_id)
+
+    # --- incoming payments ------------------------------------------------------------
+    def handle_forwarded(self, event: IncomingTransactionEvent) -> str:
+        """Step 4: credit the payee (or fail), store it, emit ``transactions.processed``."""
+        try:
+            with self.db.begin() as conn:
+                seen = conn.execute(sa.select(incoming_transactions.c.transaction_id).where(
+                    incoming_transactions.c.transaction_id == event.transaction_id)).first()
+                if seen is not None:
+                    return DUPLICATE
+                amount = money(event.amount)
+                account = self._account(conn, event.to_account_number, lock=True)
+                if account is not None:
+                    self._set_account(conn, account, balance=money(account.balance) + amount)
+                    status, message = Status.SUCCESS, PROCESSED_MESSAGE
+                else:
+                    status, message = Status.FAILED, UNKNOWN_ACCOUNT_MESSAGE
+                now = utcnow()
+                conn.execute(incoming_transactions.insert().values(
+                    transaction_id=event.transaction_id,
+                    to_clearing_number=event.to_clearing_number,
+                    to_account_number=event.to_account_number,
+                    amount=amount, status=status.value, created_at=now, updated_at=now,
+                ))
+                add_event(conn, self.outbox, TOPIC_PROCESSED, self.clearing_number,
+                          TransactionResponseEvent(event.transaction_id, status, message))
+        except IntegrityError:
+            return DUPLICATE  # the same event handled concurrently (REST door + Kafka)
+        return HANDLED
+
+    def post_incoming(self, request: Request) -> Response:
+        event: IncomingTransactionEvent = body_event(request, "incoming")
+        self.handle_forwarded(event)
+        return accepted("Incoming transaction accepted", event.transaction_id)
+
+    def get_incoming(self, request: Request) -> Response:
+        transaction_id = path_uuid(request, "transactionId")
+        with self.db.begin() as conn:
+            row = conn.execute(sa.select(incoming_transactions).where(
+                incoming_transactions.c.transaction_id == transaction_id)).first()
+        if row is None:
+            raise ApiError(404, "Incoming transaction not found", spring=False)
+        return Response.json(200, incoming_json(row))
+
+    def delete_incoming(self, request: Request) -> Response:
+        transaction_id = path_uuid(request, "transactionId")
+        table = incoming_transactions
+        with self.db.begin() as conn:
+            deleted = conn.execute(table.delete().where(table.c.transaction_id == transaction_id))
+        if deleted.rowcount == 0:
+            raise ApiError(404, "Incoming transaction not found", spring=False)
+        return Response.json(200, {"message": "Incoming transaction deleted successfully"})
+
+    # --- books faults -------------------------------------------------------------------
+    def corrupt_balance(self, account_number: str, delta: Decimal) -> Decimal:
+        with self.db.begin() as conn:
+            row = self._account(conn, account_number, lock=True)
+            if row is None:
+                raise KeyError(account_number)
+            balance = money(money(row.balance) + delta)
+            conn.execute(accounts.update().where(accounts.c.account_id == row.account_id)
+                         .values(balance=balance))
+        return balance
+
+    # --- routes ---------------------------------------------------------------------------
+    def router(self) -> Router:
+        r = Router()
+        r.add("GET", "/bank/health", health)
+        r.add("GET", "/bank/account", self.list_accounts)
+        r.add("POST", "/bank/account", self.create_account)
+        r.add("GET", "/bank/account/{accountNumber}", self.get_account)
+        r.add("PUT", "/bank/account/{accountNumber}", self.update_account)
+        r.add("DELETE", "/bank/account/{accountNumber}", self.delete_account)
+        for operation in ("deposit", "reserve", "commit", "release"):
+            r.add("POST", f"/bank/account/{{accountNumber}}/{operation}",
+                  functools.partial(self._adjust, operation=operation))
+        r.add("POST", "/bank/transaction/outgoing", self.create_outgoing)
+        r.add("POST", "/bank/transaction/outgoing/completed", self.post_completed)
+        r.add("GET", "/bank/transaction/outgoing/{transactionId}", self.get_outgoing)
+        r.add("DELETE", "/bank/transaction/outgoing/{transactionId}", self.delete_outgoing)
+        r.add("POST", "/bank/transaction/incoming", self.post_incoming)
+        r.add("GET", "/bank/transaction/incoming/{transactionId}", self.get_incoming)
+        r.add("DELETE", "/bank/transaction/incoming/{transactionId}", self.delete_incoming)
+        return r

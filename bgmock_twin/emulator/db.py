@@ -1,0 +1,106 @@
+"""One database per emulated service, through SQLAlchemy Core.
+
+Without a URL a service gets a private in-memory SQLite database: one connection
+kept open for the emulator's lifetime, handed out by a one-slot pool, so every
+user of the engine (the emulator's threads and the twin's reconciliation alike)
+is serialised and sees committed data only. With a URL (e.g. PostgreSQL) the
+engine is pooled and balance changes lock their rows (``SELECT ... FOR UPDATE``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import QueuePool
+
+from bgmock_twin.contract import CENT
+
+# SQLite has no DECIMAL; SQLAlchemy stores Numeric(19, 2) as REAL and says so once.
+# Amounts are always computed in Python as Decimal and written already rounded, so
+# the round trip is exact for the magnitudes BGMock handles (< 1e13).
+warnings.filterwarnings(
+    "ignore", message=r"Dialect sqlite\+pysqlite does \*not\* support Decimal objects natively"
+)
+
+# The longest a request waits for the in-memory database's single connection.
+SQLITE_CHECKOUT_TIMEOUT_SECONDS = 30
+
+
+class _KeptOpen(sqlite3.Connection):
+    """The in-memory database lives as long as its one connection: the pool may
+    'close' it (on dispose or invalidation) without losing the data."""
+
+    def close(self) -> None:
+        return None
+
+    def really_close(self) -> None:
+        super().close()
+
+
+def utcnow() -> datetime:
+    """Naive UTC, like a ``LocalDateTime`` on a server running in UTC."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+# numeric(19, 2): 17 digits before the point.
+MAX_AMOUNT = Decimal("1e17")
+
+
+def money(value: Decimal) -> Decimal:
+    """An amount as ``numeric(19, 2)`` stores it (PostgreSQL rounds half up).
+    Raises ``ValueError`` for what the column cannot hold."""
+    if not value.is_finite() or abs(value) >= MAX_AMOUNT:
+        raise ValueError("amount out of range")
+    return value.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+class Database:
+    """An engine plus the transaction helper the services use."""
+
+    def __init__(self, url: str | None, metadata: sa.MetaData, name: str) -> None:
+        self.name = name
+        self.url = url
+        self._sqlite_memory: _KeptOpen | None = None
+        if url is None:
+            memory = sqlite3.connect(":memory:", check_same_thread=False, factory=_KeptOpen)
+            self._sqlite_memory = memory
+            self.engine: Engine = sa.create_engine(
+                "sqlite://", creator=lambda: memory, poolclass=QueuePool,
+                pool_size=1, max_overflow=0, pool_timeout=SQLITE_CHECKOUT_TIMEOUT_SECONDS,
+            )
+        elif url.startswith("sqlite"):
+            self.engine = sa.create_engine(
+                url, poolclass=QueuePool, pool_size=1, max_overflow=0,
+                pool_timeout=SQLITE_CHECKOUT_TIMEOUT_SECONDS,
+                connect_args={"check_same_thread": False, "timeout": 30},
+            )
+        else:
+            self.engine = sa.create_engine(
+                url, pool_size=10, max_overflow=20, pool_pre_ping=True, pool_timeout=30,
+            )
+        self.row_locks = self.engine.dialect.name == "postgresql"
+        metadata.create_all(self.engine)
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """One database transaction: committed on success, rolled back on error."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    def locked(self, select: sa.Select[Any]) -> sa.Select[Any]:
+        """``SELECT ... FOR UPDATE`` where the database has row locks."""
+        return select.with_for_update() if self.row_locks else select
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+        if self._sqlite_memory is not None:
+            self._sqlite_memory.really_close()
+            self._sqlite_memory = None

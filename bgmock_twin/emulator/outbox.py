@@ -1,0 +1,173 @@
+"""The transactional outbox: rows written with the state change, drained to the bus.
+
+A service writes its event as an ``outbox_events`` row in the same database
+transaction as the state change (``add_event``). A publisher thread per service
+wakes about every ``interval`` seconds (fixed rate, like Spring's
+``@Scheduled(fixedRate = 1000)``), sends every unpublished row in id order and
+marks the rows published only after the bus confirmed them (``flush``). If the
+bus fails, the rows stay and are sent again next time: at least once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from bgmock_twin import metrics
+from bgmock_twin.bus.base import BusError, EventProducer
+from bgmock_twin.contract import (
+    TOPIC_COMPLETED,
+    TOPIC_FORWARDED,
+    TOPIC_INITIATED,
+    TOPIC_PROCESSED,
+    TYPE_ID_HEADER,
+    TYPE_INCOMING,
+    TYPE_OUTGOING,
+    TYPE_RESPONSE,
+    Event,
+    encode_event,
+)
+from bgmock_twin.emulator.db import Database, utcnow
+from bgmock_twin.logs import get_logger
+
+log = get_logger(__name__)
+
+BATCH = 500
+FLUSH_TIMEOUT_SECONDS = 10.0
+TYPE_BY_TOPIC = {
+    TOPIC_INITIATED: TYPE_OUTGOING,
+    TOPIC_FORWARDED: TYPE_INCOMING,
+    TOPIC_PROCESSED: TYPE_RESPONSE,
+    TOPIC_COMPLETED: TYPE_RESPONSE,
+}
+
+
+def add_event(
+    conn: Connection,
+    table: sa.Table,
+    topic: str,
+    key: str | None,
+    event: Event,
+    dates: str = "null",
+) -> None:
+    """Insert the outbox row of ``event`` (inside the caller's transaction)."""
+    payload, _headers = encode_event(event, dates=dates)
+    conn.execute(table.insert().values(
+        transaction_id=event.transaction_id,
+        topic=topic,
+        message_key=key,
+        payload=payload.decode(),
+        published=False,
+        created_at=utcnow(),
+    ))
+
+
+class OutboxPublisher:
+    """Drains one service's outbox to the bus on a fixed cadence."""
+
+    def __init__(
+        self,
+        service: str,
+        db: Database,
+        table: sa.Table,
+        producer: EventProducer,
+        interval: float,
+        stalled: Callable[[], bool],
+    ) -> None:
+        self.service = service
+        self._db = db
+        self._table = table
+        self._producer = producer
+        self._interval = interval
+        self._stalled = stalled
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"emulator-outbox-{service}",
+                                        daemon=True)
+        self._failing = False
+        self.cycles = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        next_run = time.monotonic() + self._interval
+        while not self._stop.wait(max(0.0, next_run - time.monotonic())):
+            next_run += self._interval
+            now = time.monotonic()
+            if next_run < now:  # fell behind (a slow flush): skip missed beats, no burst
+                next_run = now + self._interval
+            if self._stalled():
+                continue
+            self.cycles += 1
+            try:
+                self.publish_pending()
+            except BusError as exc:
+                self._failed("bus", exc)
+            except SQLAlchemyError as exc:
+                self._failed("database", exc)
+            except Exception as exc:  # the publisher thread must survive anything
+                log.exception("emulator_outbox_unexpected_error", service=self.service)
+                self._failed("unexpected", exc)
+            else:
+                if self._failing:
+                    self._failing = False
+                    log.info("emulator_outbox_recovered", service=self.service)
+
+    def _failed(self, reason: str, exc: BaseException) -> None:
+        metrics.EMULATOR_OUTBOX_FAILURES.labels(service=self.service, reason=reason).inc()
+        if not self._failing:
+            self._failing = True
+            log.warning("emulator_outbox_publish_failed", service=self.service, reason=reason,
+                        error=str(exc))
+
+    def publish_pending(self) -> int:
+        """Send every unpublished row; return how many were marked published."""
+        total = 0
+        while not self._stop.is_set():
+            table = self._table
+            with self._db.begin() as conn:
+                rows = conn.execute(
+                    sa.select(table.c.id, table.c.topic, table.c.message_key, table.c.payload)
+                    .where(table.c.published.is_(False))
+                    .order_by(table.c.id)
+                    .limit(BATCH)
+                ).all()
+            if not rows:
+                break
+            for row in rows:
+                headers = {TYPE_ID_HEADER: TYPE_BY_TOPIC.get(row.topic, TYPE_RESPONSE).encode()}
+                self._producer.produce(row.topic, row.message_key, row.payload.encode(), headers)
+            self._producer.flush(FLUSH_TIMEOUT_SECONDS)
+            ids = [row.id for row in rows]
+            with self._db.begin() as conn:
+                conn.execute(table.update().where(table.c.id.in_(ids)).values(published=True))
+            total += len(ids)
+            metrics.EMULATOR_OUTBOX_PUBLISHED.labels(service=self.service).inc(len(ids))
+            if len(rows) < BATCH:
+                break
+        return total
+
+
+def drop_oldest_unpublished(db: Database, table: sa.Table) -> dict[str, str | None] | None:
+    """Delete the oldest unpublished row (the books fault "event lost")."""
+    with db.begin() as conn:
+        row = conn.execute(
+            db.locked(sa.select(table.c.id, table.c.transaction_id, table.c.topic)
+                      .where(table.c.published.is_(False)).order_by(table.c.id).limit(1))
+        ).first()
+        if row is None:
+            return None
+        conn.execute(table.delete().where(table.c.id == row.id))
+    transaction_id: uuid.UUID = row.transaction_id
+    return {"transactionId": str(transaction_id), "topic": row.topic}
