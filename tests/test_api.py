@@ -65,11 +65,17 @@ def test_bad_bodies_are_422_naming_the_field(daemon: Daemon, body: str, field: s
     assert any(field in d["field"] for d in payload["detail"])
 
 
-@pytest.mark.parametrize("body", ["{not json", "", "[]", "null", "\xff\xfe"])
+@pytest.mark.parametrize("body", ["{not json", "[]", "\xff\xfe", '{"amount": 1e999}', "[" * 5000])
 def test_malformed_json_is_a_4xx_with_json(daemon: Daemon, body: str) -> None:
     answer = _post(daemon, "/api/v1/transactions", body.encode("latin-1"))
     assert 400 <= answer.status_code < 500, answer.text
     assert "error" in answer.json()
+
+
+def test_empty_body_means_all_defaults(daemon: Daemon) -> None:
+    answer = _post(daemon, "/api/v1/transactions", "")
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["channel"] == "rest"
 
 
 def test_mutations_need_the_token(daemon: Daemon) -> None:
