@@ -10,6 +10,7 @@ is idempotent and releases every thread, socket, consumer and engine.
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -234,16 +235,23 @@ class EmbeddedBGMock:
         if self._stopped:
             return
         self._stopped = True
-        for http in self._http.values():
-            http.stop()
-        if self._admin is not None:
-            self._admin.stop()
+        servers = [*self._http.values(), *([self._admin] if self._admin else [])]
+        for http in servers:
+            http.stopping.set()  # releases hung and delayed requests at once
         for listener in self._listeners:
-            listener._stop.set()
+            listener.signal_stop()
+        for publisher in self._publishers:
+            publisher.signal_stop()
+        stoppers = [threading.Thread(target=http.stop, name="emulator-stop-http")
+                    for http in servers]
+        for thread in stoppers:
+            thread.start()
         for publisher in self._publishers:
             publisher.stop()
         for listener in self._listeners:
             listener.stop()
+        for thread in stoppers:
+            thread.join(timeout=5)
         for producer in self._producers:
             try:
                 producer.close()

@@ -64,6 +64,9 @@ class Listener:
     def ready(self) -> bool:
         return self._ready.is_set()
 
+    def signal_stop(self) -> None:
+        self._stop.set()
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         if self._thread.is_alive():

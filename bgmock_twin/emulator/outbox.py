@@ -95,6 +95,9 @@ class OutboxPublisher:
     def start(self) -> None:
         self._thread.start()
 
+    def signal_stop(self) -> None:
+        self._stop.set()
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         if self._thread.is_alive():

@@ -346,7 +346,7 @@ class HttpService:
             self.port = int(server.server_address[1])
             self._server = server
             self._thread = threading.Thread(
-                target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                target=server.serve_forever, kwargs={"poll_interval": 0.05},
                 name=f"emulator-http-{self.name}", daemon=True,
             )
             self._thread.start()
