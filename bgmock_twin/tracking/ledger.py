@@ -278,6 +278,7 @@ class Ledger:
         self._thread: threading.Thread | None = None
         self._on_available: list[Callable[[], None]] = []
         self._failing_since: float | None = None
+        self._flush_requested = False
 
     # --- lifecycle -----------------------------------------------------------------------
     def open(self) -> bool:
@@ -334,7 +335,6 @@ class Ledger:
                 return self._seq
             self._pending[key] = (row, self._seq)
             metrics.LEDGER_BUFFERED.set(len(self._pending) + self._inflight)
-            self._lock.notify()
             return self._seq
 
     def write_payment(self, payment: Payment, now_utc: datetime) -> int:
@@ -360,6 +360,7 @@ class Ledger:
         deadline = time.monotonic() + timeout
         with self._lock:
             target = self._seq
+            self._flush_requested = True
             self._lock.notify_all()
             while self._durable < target:
                 remaining = deadline - time.monotonic()
@@ -372,8 +373,11 @@ class Ledger:
         backoff = 0.2
         while True:
             with self._lock:
-                if not self._pending and not self._stop.is_set():
+                # writes accumulate for one interval (a flush request cuts it short), so
+                # the database sees a few batched transactions a second, not one per write
+                if not self._stop.is_set() and not self._flush_requested:
                     self._lock.wait(self.flush_interval)
+                self._flush_requested = False
                 if not self._pending:
                     if self._stop.is_set():
                         return

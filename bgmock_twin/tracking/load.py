@@ -43,7 +43,13 @@ from bgmock_twin.contract import (
 from bgmock_twin.logs import get_logger
 from bgmock_twin.tracking import mix
 from bgmock_twin.tracking.lifecycle import FAILURE_KINDS, Channel, Kind, Payment, Route
-from bgmock_twin.tracking.poller import StatusChecker
+from bgmock_twin.tracking.poller import (
+    ACCEPT_CHECK_DELAY,
+    Purpose,
+    Result,
+    StatusChecker,
+    StatusPoller,
+)
 from bgmock_twin.tracking.provisioning import Fixtures, Payee, Provisioner
 from bgmock_twin.tracking.tracker import Tracker
 
@@ -191,6 +197,7 @@ class Sender:
         bus: EventBus,
         provisioner: Provisioner,
         checker: StatusChecker,
+        poller: StatusPoller,
         max_in_flight: int,
         instance_id: str,
     ) -> None:
@@ -199,6 +206,7 @@ class Sender:
         self.bus = bus
         self.provisioner = provisioner
         self.checker = checker
+        self.poller = poller
         self.max_in_flight = max_in_flight
         self.instance_id = instance_id
         self._pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="sender")
@@ -345,14 +353,16 @@ class Sender:
             return self._busy
 
     # --- sending ----------------------------------------------------------------------------
-    def send(self, payment: Payment) -> None:
-        """Send one payment now on its channel and follow it (blocking)."""
+    def send(self, payment: Payment, check_now: bool = False) -> None:
+        """Send one payment now on its channel and follow it (blocking). With
+        ``check_now`` a REST payment's status is read back at once, so a rejection
+        is known before this returns."""
         if payment.channel is Channel.KAFKA:
             self._send_kafka(payment)
         else:
-            self._send_rest(payment)
+            self._send_rest(payment, check_now)
 
-    def _send_rest(self, payment: Payment) -> None:
+    def _send_rest(self, payment: Payment, check_now: bool) -> None:
         self.tracker.register(payment)
         bank = self.clients.bank(payment.from_clearing)
         self.tracker.begin_submit()
@@ -367,7 +377,9 @@ class Sender:
             self.tracker.accepted(payment.payment_id, transaction_id)
         finally:
             self.tracker.end_submit()
-        self.checker.check(payment.payment_id)
+        if not check_now or \
+                self.checker.check(payment.payment_id, Purpose.ACCEPT_NOW) is Result.RETRY:
+            self.poller.schedule(payment.payment_id, Purpose.ACCEPT, ACCEPT_CHECK_DELAY)
 
     def _send_kafka(self, payment: Payment) -> None:
         assert payment.transaction_id is not None
@@ -402,7 +414,7 @@ class Sender:
             return False
         try:
             metrics.SEND_LAG.observe(max(0.0, time.monotonic() - payment.intended_mono))
-            self.send(payment)
+            self.send(payment, check_now=True)
         finally:
             self._release()
         return True

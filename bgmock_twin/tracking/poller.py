@@ -8,9 +8,17 @@ only way to see a rejection (a 202 whose transaction is stored FAILED with no ev
   (outcome ``rejected``). If it did, the payment failed on the way and is settled;
 - otherwise the bank's final status is the ``settled`` step.
 
-``StatusPoller`` runs checks on a few threads from a time-ordered queue, retrying
-soon after ``completed`` was seen (the bank applies it a moment later), with
-exponential backoff, and at most once per payment at a time.
+Why each check happens (``Purpose``), cheapest first:
+- ``ACCEPT``: a while after the 202 (``ACCEPT_CHECK_DELAY``), only if the payment
+  has shown no event yet - a rejected payment never will. Most payments have
+  moved on by then and cost no request at all.
+- ``SETTLE``: right after ``completed`` was seen; the bank applies it a moment
+  later, so PENDING is retried with exponential backoff.
+- ``STUCK``: a payment past its step deadline, at most every few seconds (the
+  deadline job asks), in case its events were lost.
+
+``StatusPoller`` runs the checks on a few threads from a time-ordered queue, at
+most one queued check per payment.
 """
 
 from __future__ import annotations
@@ -25,16 +33,24 @@ from bgmock_twin.clients.bgmock import BGMockClients
 from bgmock_twin.clients.rest import ServiceError
 from bgmock_twin.contract import Status
 from bgmock_twin.logs import get_logger
-from bgmock_twin.tracking.lifecycle import Channel, Step
+from bgmock_twin.tracking.lifecycle import Channel
 from bgmock_twin.tracking.tracker import Tracker
 
 log = get_logger(__name__)
 
+ACCEPT_CHECK_DELAY = 1.5
+
+
+class Purpose(Enum):
+    ACCEPT = "accept"
+    ACCEPT_NOW = "accept_now"  # right after the 202 (single payments over the API)
+    SETTLE = "settle"
+    STUCK = "stuck"
+
 
 class Result(Enum):
-    DONE = "done"        # the payment is finished (or cannot be checked): stop asking
-    PENDING = "pending"  # not final yet at the bank
-    ERROR = "error"      # the bank could not be asked
+    DONE = "done"    # nothing more to ask for this purpose
+    RETRY = "retry"  # not final yet, or the bank could not be asked
 
 
 class StatusChecker:
@@ -42,26 +58,30 @@ class StatusChecker:
         self.clients = clients
         self.tracker = tracker
 
-    def check(self, payment_id: str) -> Result:
-        payment = self.tracker.poll_view(payment_id)
-        if payment is None or payment.finished or payment.channel is not Channel.REST \
-                or payment.transaction_id is None:
+    def check(self, payment_id: str, purpose: Purpose) -> Result:
+        view = self.tracker.poll_view(payment_id)
+        if view is None or view.finished or view.channel is not Channel.REST \
+                or view.transaction_id is None:
             return Result.DONE
+        if purpose in (Purpose.ACCEPT, Purpose.ACCEPT_NOW) and \
+                (view.initiated_seen or view.completed_seen):
+            return Result.DONE  # events flow: it was not rejected
         self.tracker.mark_polled(payment_id)
-        bank = self.clients.bank(payment.from_clearing)
+        bank = self.clients.bank(view.from_clearing)
         try:
-            stored = bank.get_outgoing(payment.transaction_id)
+            stored = bank.get_outgoing(view.transaction_id)
             if stored is None or stored.status is Status.PENDING:
-                return Result.PENDING
-            if stored.status is Status.FAILED and Step.INITIATED not in payment.steps \
-                    and Step.COMPLETED not in payment.steps:
-                at_clearing = self.clients.clearing.get_transaction(payment.transaction_id)
+                # PENDING after the 202 means reserved and on its way: not rejected
+                return Result.RETRY if purpose is Purpose.SETTLE else Result.DONE
+            if stored.status is Status.FAILED and not view.initiated_seen \
+                    and not view.completed_seen:
+                at_clearing = self.clients.clearing.get_transaction(view.transaction_id)
                 if at_clearing is None:
                     self.tracker.reject(payment_id, "rejected by the source bank")
                     return Result.DONE
         except ServiceError as exc:
             log.debug("status_check_failed", service=exc.service, reason=exc.reason)
-            return Result.ERROR
+            return Result.RETRY
         self.tracker.settle(payment_id, stored.status)
         return Result.DONE
 
@@ -71,7 +91,7 @@ class StatusPoller:
 
     def __init__(
         self,
-        check: Callable[[str], Result],
+        check: Callable[[str, Purpose], Result],
         threads: int = 4,
         first_delay: float = 0.05,
         max_delay: float = 2.0,
@@ -82,7 +102,7 @@ class StatusPoller:
         self.first_delay = first_delay
         self.max_delay = max_delay
         self.max_attempts = max_attempts
-        self._heap: list[tuple[float, int, str, int]] = []
+        self._heap: list[tuple[float, int, str, Purpose, int]] = []
         self._queued: dict[str, float] = {}
         self._counter = 0
         self._cond = threading.Condition()
@@ -105,7 +125,8 @@ class StatusPoller:
             worker.join(max(0.0, deadline - time.monotonic()))
         self._workers = []
 
-    def schedule(self, payment_id: str, delay: float | None = None, attempt: int = 0) -> None:
+    def schedule(self, payment_id: str, purpose: Purpose = Purpose.SETTLE,
+                 delay: float | None = None, attempt: int = 0) -> None:
         due = time.monotonic() + (self.first_delay if delay is None else delay)
         with self._cond:
             queued = self._queued.get(payment_id)
@@ -113,21 +134,24 @@ class StatusPoller:
                 return
             self._queued[payment_id] = due
             self._counter += 1
-            heapq.heappush(self._heap, (due, self._counter, payment_id, attempt))
+            heapq.heappush(self._heap, (due, self._counter, payment_id, purpose, attempt))
             self._cond.notify()
+
+    def settle_soon(self, payment_id: str) -> None:
+        self.schedule(payment_id, Purpose.SETTLE)
 
     @property
     def queued(self) -> int:
         with self._cond:
             return len(self._queued)
 
-    def _next(self) -> tuple[str, int] | None:
+    def _next(self) -> tuple[str, Purpose, int] | None:
         with self._cond:
             while not self._stop.is_set():
                 if not self._heap:
                     self._cond.wait(0.5)
                     continue
-                due, _, payment_id, attempt = self._heap[0]
+                due, _, payment_id, purpose, attempt = self._heap[0]
                 wait = due - time.monotonic()
                 if wait > 0:
                     self._cond.wait(min(wait, 0.5))
@@ -136,7 +160,7 @@ class StatusPoller:
                 if self._queued.get(payment_id) != due:
                     continue  # superseded by an earlier schedule
                 del self._queued[payment_id]
-                return payment_id, attempt
+                return payment_id, purpose, attempt
         return None
 
     def _run(self) -> None:
@@ -144,12 +168,14 @@ class StatusPoller:
             item = self._next()
             if item is None:
                 return
-            payment_id, attempt = item
+            payment_id, purpose, attempt = item
             try:
-                result = self._check(payment_id)
+                result = self._check(payment_id, purpose)
             except Exception as exc:  # a bad answer never kills the poller
                 log.warning("status_check_crashed", error=repr(exc))
-                result = Result.ERROR
-            if result is not Result.DONE and attempt + 1 < self.max_attempts:
+                result = Result.RETRY
+            if result is Result.RETRY and attempt + 1 < self.max_attempts:
                 delay = min(self.max_delay, self.first_delay * 2 ** (attempt + 1))
-                self.schedule(payment_id, delay, attempt + 1)
+                if purpose is not Purpose.SETTLE:
+                    delay = max(delay, 1.0)
+                self.schedule(payment_id, purpose, delay, attempt + 1)

@@ -32,7 +32,7 @@ from bgmock_twin.tracking.follower import Follower
 from bgmock_twin.tracking.ledger import Ledger, LedgerUnavailable
 from bgmock_twin.tracking.lifecycle import Channel, Kind, Payment, Route
 from bgmock_twin.tracking.load import FixturesUnavailable, LoadProfile, Run, Sender, build_payment
-from bgmock_twin.tracking.poller import StatusChecker, StatusPoller
+from bgmock_twin.tracking.poller import Purpose, StatusChecker, StatusPoller
 from bgmock_twin.tracking.provisioning import Fixtures, Provisioner, new_deposit_row
 from bgmock_twin.tracking.simulations import SimulationManager
 from bgmock_twin.tracking.tracker import Clock, Tracker
@@ -78,9 +78,9 @@ class Tracking:
         )
         self.checker = StatusChecker(clients, self.tracker)
         self.poller = StatusPoller(self.checker.check)
-        self.tracker.on_completed = self.poller.schedule
+        self.tracker.on_completed = self.poller.settle_soon
         self.sender = Sender(
-            self.tracker, clients, bus, self.provisioner, self.checker,
+            self.tracker, clients, bus, self.provisioner, self.checker, self.poller,
             settings.max_in_flight_requests, settings.instance_id,
         )
         self.follower = Follower(bus, settings.consumer_group, self.tracker, self.ledger)
@@ -215,7 +215,7 @@ class Tracking:
 
     def _deadline_job(self) -> None:
         for payment_id in self.tracker.check_deadlines():
-            self.poller.schedule(payment_id, 0.0)
+            self.poller.schedule(payment_id, Purpose.STUCK, 0.0)
         self.simulations.refresh()
 
     def _retention_job(self) -> None:
@@ -249,6 +249,8 @@ class Tracking:
         once the source accepted it). Raises ``FixturesUnavailable`` (BGMock
         unreachable), ``ValueError`` (accounts that are not the twin's, or both
         on one bank) or ``SenderBusy``."""
+        if channel is Channel.KAFKA and kind is Kind.INSUFFICIENT_FUNDS:
+            raise ValueError("insufficient_funds needs the rest channel (kafka bypasses the bank)")
         fixtures = self.ensure_provisioned()
         source = _bank(from_bank) or _bank_of(fixtures, from_account, payer=True)
         destination = _bank(to_bank) or _bank_of(fixtures, to_account, payer=False)

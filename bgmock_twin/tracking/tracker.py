@@ -80,6 +80,16 @@ class _Parked:
 Listener = Callable[[Payment], None]
 
 
+@dataclass(frozen=True, slots=True)
+class PollView:
+    transaction_id: uuid.UUID | None
+    from_clearing: str
+    channel: Channel
+    finished: bool
+    initiated_seen: bool
+    completed_seen: bool
+
+
 class Tracker:
     def __init__(
         self,
@@ -354,11 +364,17 @@ class Tracker:
                     payment = None
             return copy.deepcopy(payment) if payment is not None else None
 
-    def poll_view(self, payment_id: str) -> Payment | None:
-        """A copy for the status checker (same as ``get`` by payment id)."""
+    def poll_view(self, payment_id: str) -> PollView | None:
+        """What the status checker needs to know about a payment."""
         with self._lock:
             payment = self._find(payment_id)
-            return copy.deepcopy(payment) if payment is not None else None
+            if payment is None:
+                return None
+            return PollView(
+                payment.transaction_id, payment.from_clearing, payment.channel,
+                payment.finished, Step.INITIATED in payment.steps,
+                Step.COMPLETED in payment.steps,
+            )
 
     def sim_uncounted(self, simulation_id: str) -> int:
         with self._lock:

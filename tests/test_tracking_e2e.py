@@ -1,0 +1,489 @@
+"""Tracking end to end against the embedded BGMock emulator (in-process bus, short
+outbox interval so a flow takes a fraction of a second).
+
+Every payment is checked against what the emulator did, through its REST API:
+the source bank's outgoing transaction, the clearing's copy and the destination's
+incoming transaction.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY, generate_latest
+
+from bgmock_twin.api.errors import install_error_handlers
+from bgmock_twin.bus.memory import InMemoryBus
+from bgmock_twin.clients.bgmock import BGMockClients
+from bgmock_twin.contract import Status
+from bgmock_twin.emulator import EmbeddedBGMock, EmulatorConfig
+from bgmock_twin.scheduler import JobScheduler
+from bgmock_twin.settings import Settings, load_settings
+from bgmock_twin.tracking.ledger import PaymentQuery
+from bgmock_twin.tracking.lifecycle import Channel, Kind
+from bgmock_twin.tracking.mix import planned_mix, usable_kinds
+from bgmock_twin.tracking.service import Tracking
+from tests.support.ports import wait_for
+
+OUTBOX_INTERVAL = 0.05
+EXPECTED = {
+    (Channel.REST, Kind.NORMAL): "success",
+    (Channel.REST, Kind.INSUFFICIENT_FUNDS): "rejected",
+    (Channel.REST, Kind.UNKNOWN_BANKGOOD): "failed",
+    (Channel.REST, Kind.UNKNOWN_PAYEE_ACCOUNT): "failed",
+    (Channel.KAFKA, Kind.NORMAL): "success",
+    (Channel.KAFKA, Kind.UNKNOWN_BANKGOOD): "failed",
+    (Channel.KAFKA, Kind.UNKNOWN_PAYEE_ACCOUNT): "failed",
+}
+
+
+@dataclass
+class BGMock:
+    bus: InMemoryBus
+    emulator: EmbeddedBGMock
+    clients: BGMockClients
+
+
+@pytest.fixture(scope="module")
+def bgmock() -> Iterator[BGMock]:
+    bus = InMemoryBus()
+    emulator = EmbeddedBGMock(EmulatorConfig(
+        host="127.0.0.1", bus=bus, db_urls={"bank_a": None, "bank_b": None, "clearing": None},
+        outbox_interval_seconds=OUTBOX_INTERVAL,
+    ))
+    emulator.start()
+    clients = BGMockClients.build(dict(emulator.urls), timeout=5, pool_size=64)
+    try:
+        yield BGMock(bus, emulator, clients)
+    finally:
+        clients.close()
+        emulator.stop()
+        bus.close()
+
+
+@dataclass
+class Twin:
+    tracking: Tracking
+    scheduler: JobScheduler
+    api: TestClient
+    settings: Settings
+
+
+@pytest.fixture
+def make_twin(bgmock: BGMock, tmp_path: Path) -> Iterator[Callable[..., Twin]]:
+    started: list[Twin] = []
+    database = f"sqlite:///{tmp_path / 'ledger.db'}"
+    instance = f"t{uuid.uuid4().hex[:8]}"
+
+    def make(**overrides: Any) -> Twin:
+        values: dict[str, Any] = {
+            "instance_id": instance, "twin_database_url": database,
+            "kafka_group_id": "twin-e2e", "load_rate_per_second": 0,
+            "step_deadline_seconds": 5, "payment_sla_seconds": 120,
+            "max_in_flight_requests": 32, "rest_timeout_seconds": 5,
+        }
+        values.update(overrides)
+        settings = load_settings(**values)
+        scheduler = JobScheduler()
+        scheduler.start()
+        tracking = Tracking(settings, bgmock.clients, bgmock.bus, scheduler)
+        tracking.start()
+        app = FastAPI()
+        app.state.control_token = None
+        install_error_handlers(app)
+        app.include_router(tracking.router)
+        twin = Twin(tracking, scheduler, TestClient(app), settings)
+        started.append(twin)
+        wait_for(tracking.following, timeout=10, message="follower positioned")
+        wait_for(lambda: tracking.status()["provisioned"], timeout=10, message="provisioned")
+        return twin
+
+    try:
+        yield make
+    finally:
+        for twin in started:
+            twin.tracking.stop(5)
+            twin.scheduler.shutdown(wait=False)
+        for target in ("bank_a", "bank_b", "clearing"):
+            bgmock.emulator.faults.apply(target, {"paused": False, "latency_seconds": 0})
+
+
+def sample(name: str, **labels: str) -> float:
+    return float(REGISTRY.get_sample_value(name, labels) or 0.0)
+
+
+def wait_finished(api: TestClient, sim_id: str, timeout: float = 60) -> dict[str, Any]:
+    def finished() -> dict[str, Any] | None:
+        detail = api.get(f"/api/v1/simulations/{sim_id}").json()
+        return detail if detail["state"] == "finished" else None
+
+    return wait_for(finished, timeout=timeout, interval=0.2, message=f"simulation {sim_id}")
+
+
+def sim_rows(twin: Twin, sim_id: str) -> list[dict[str, Any]]:
+    assert twin.tracking.ledger.flush(5)
+    return twin.tracking.ledger.query(PaymentQuery(simulation_id=sim_id, limit=100_000))
+
+
+def verify_against_emulator(bgmock: BGMock, row: dict[str, Any]) -> None:
+    """What the emulator's three services say about this payment agrees with the twin."""
+    tx = uuid.UUID(row["transaction_id"])
+    clients = bgmock.clients
+    source = clients.bank(row["from_clearing"]).get_outgoing(tx)
+    at_clearing = clients.clearing.get_transaction(tx)
+    outcome = row["outcome"]
+    if row["channel"] == "rest":
+        assert source is not None, row
+        assert source.status is (Status.SUCCESS if outcome == "success" else Status.FAILED), row
+    else:
+        assert source is None, "the kafka channel bypasses the source bank"
+    if outcome == "rejected":
+        assert at_clearing is None, row
+        return
+    assert at_clearing is not None, row
+    assert at_clearing.status is (Status.SUCCESS if outcome == "success" else Status.FAILED), row
+    if outcome == "success":
+        incoming = clients.bank(row["to_clearing"]).get_incoming(tx)
+        assert incoming is not None and incoming.status is Status.SUCCESS, row
+        assert incoming.amount == row["amount"]
+
+
+def test_a_simulation_over_both_channels_and_directions_accounts_for_every_payment(
+    bgmock: BGMock, make_twin: Callable[..., Twin],
+) -> None:
+    twin = make_twin()
+    api = twin.api
+    labels = [(c, r, o) for c in ("rest", "kafka") for r in ("a_to_b", "b_to_a")
+              for o in ("success", "failed", "rejected", "stuck")]
+    completed_before = {k: sample("bgmock_payments_completed_total", channel=k[0], route=k[1],
+                                  outcome=k[2]) for k in labels}
+    submitted_before = {k[:2]: sample("bgmock_payments_submitted_total", channel=k[0],
+                                      route=k[1]) for k in labels}
+    specs = {
+        "rest": {"count": 200, "rate": 40, "direction": "both", "failureShare": 0.25,
+                 "name": "rest mix"},
+        "kafka": {"count": 100, "rate": 40, "channel": "kafka", "failure_share": 0.25},
+    }
+    sims = {}
+    for channel, spec in specs.items():
+        answer = api.post("/api/v1/simulations", json=spec)
+        assert answer.status_code == 202, answer.text
+        sims[channel] = answer.json()["id"]
+        assert answer.json()["state"] == "running"
+    listed = api.get("/api/v1/simulations").json()["items"]
+    assert {s["id"] for s in listed} >= set(sims.values())
+
+    completed_by_labels: Counter[tuple[str, str, str]] = Counter()
+    submitted_by_labels: Counter[tuple[str, str]] = Counter()
+    for channel, sim_id in sims.items():
+        detail = wait_finished(api, sim_id)
+        count = specs[channel]["count"]
+        progress = detail["progress"]
+        print(f"{channel}: dispatched={progress['dispatched']} dropped={progress['dropped']} "
+              f"send lag={detail['sendLag']} total latency={detail['latency']['total']}")
+        assert progress["dispatched"] + progress["dropped"] == count
+        assert progress["inFlight"] == 0 and progress["stuckNow"] == 0
+        rows = sim_rows(twin, sim_id)
+        assert len(rows) == progress["dispatched"]
+        assert len({r["transaction_id"] for r in rows}) == len(rows)
+        # the run's mix was the planned one, and each kind ended as it must
+        kinds = usable_kinds(Channel(channel), list(Kind))
+        planned = planned_mix(count, "both", 0.25, kinds)
+        sent = Counter((r["route"], r["kind"]) for r in rows)
+        if progress["dropped"] == 0:
+            assert sent == Counter({(route.value, kind.value): n
+                                    for (route, kind), n in planned.items()})
+        outcomes = Counter(r["outcome"] for r in rows)
+        for row in rows:
+            assert row["outcome"] == EXPECTED[(Channel(channel), Kind(row["kind"]))], row
+            assert row["counted_outcome"] == row["outcome"]
+            verify_against_emulator(bgmock, row)
+            completed_by_labels[(channel, row["route"], row["outcome"])] += 1
+            submitted_by_labels[(channel, row["route"])] += 1
+        assert detail["outcomes"] == {"success": outcomes["success"],
+                                      "failed": outcomes["failed"],
+                                      "rejected": outcomes["rejected"], "stuck": 0}
+        assert sum(detail["outcomes"].values()) == progress["dispatched"]
+        latency = detail["latency"]
+        assert latency["total"]["count"] == outcomes["success"] + outcomes["failed"]
+        assert latency["total"]["p50"] <= latency["total"]["p95"] <= latency["total"]["p99"]
+        steps = ("accepted", "initiated", "forwarded", "processed", "completed", "settled") \
+            if channel == "rest" else ("initiated", "forwarded", "processed", "completed")
+        for step in steps:
+            assert latency["steps"][step]["count"] > 0, step
+        if channel == "kafka":
+            assert latency["steps"]["accepted"]["count"] == 0
+            assert latency["steps"]["settled"]["count"] == 0
+
+    # the counters moved exactly by what the ledger holds
+    for key in labels:
+        delta = sample("bgmock_payments_completed_total", channel=key[0], route=key[1],
+                       outcome=key[2]) - completed_before[key]
+        assert delta == completed_by_labels[key], key
+    for key, n in submitted_by_labels.items():
+        assert sample("bgmock_payments_submitted_total", channel=key[0], route=key[1]) \
+            - submitted_before[key] == n
+    exposition = generate_latest(REGISTRY).decode()
+    for step in ("accepted", "initiated", "forwarded", "processed", "completed", "settled"):
+        assert f'bgmock_payment_step_duration_seconds_count{{step="{step}"}}' in exposition
+    assert 'bgmock_payment_duration_seconds_count{channel="kafka",route="b_to_a"}' in exposition
+    status = twin.tracking.status()
+    assert status["inFlight"] == 0 and status["simulationsActive"] == 0
+
+    # the ledger can be paged and exported
+    page = api.get("/api/v1/transactions", params={"simulation": sims["rest"], "limit": 100})
+    body = page.json()
+    assert len(body["items"]) == 100 and body["nextOffset"] == 100
+    item = body["items"][0]
+    assert isinstance(item["amount"], str) and Decimal(item["amount"]) > 0
+    csv_text = api.get("/api/v1/transactions", params={
+        "simulation": sims["kafka"], "format": "csv", "limit": 1000}).text
+    assert csv_text.splitlines()[0].startswith("payment_id,transaction_id,simulation_id")
+    assert len(csv_text.strip().splitlines()) == 1 + len(sim_rows(twin, sims["kafka"]))
+    failed = api.get("/api/v1/transactions", params={"status": "failed", "limit": 1000}).json()
+    assert failed["items"] and all(i["status"] == "failed" for i in failed["items"])
+
+
+def test_deliberate_failures_end_as_the_right_outcome(
+    bgmock: BGMock, make_twin: Callable[..., Twin],
+) -> None:
+    twin = make_twin()
+    api = twin.api
+    cases = [(c, k) for (c, k) in EXPECTED]
+    answers = {}
+    for channel, kind in cases:
+        answer = api.post("/api/v1/transactions", json={
+            "fromBank": "b", "channel": channel.value, "kind": kind.value, "amount": "12.34"})
+        assert answer.status_code == 202, answer.text
+        body = answer.json()
+        assert body["amount"] == "12.34" and body["route"] == "b_to_a"
+        if channel is Channel.REST and kind is not Kind.INSUFFICIENT_FUNDS:
+            assert body["transactionId"] is not None
+        answers[(channel, kind)] = body["paymentId"]
+
+    def final(payment_id: str) -> dict[str, Any] | None:
+        view = api.get(f"/api/v1/transactions/{payment_id}").json()
+        return view if view["status"] != "in_flight" else None
+
+    for (channel, kind), payment_id in answers.items():
+        view = wait_for(lambda p=payment_id: final(p), timeout=20, message=f"{channel} {kind}")
+        assert view["outcome"] == EXPECTED[(channel, kind)], view
+        steps = [e["step"] for e in view["timeline"]]
+        if kind is Kind.INSUFFICIENT_FUNDS:
+            assert steps == ["accepted"] and view["finalStatus"] == "FAILED"
+            assert view["fromAccountNumber"].endswith("-B-LOW")
+        elif kind is Kind.UNKNOWN_BANKGOOD:
+            assert "forwarded" not in steps and "processed" not in steps
+            assert "completed" in steps
+        elif kind is Kind.UNKNOWN_PAYEE_ACCOUNT:
+            assert "processed" in steps and view["toAccountNumber"].endswith("GHOST")
+        else:
+            assert view["durationSeconds"] is not None and view["durationSeconds"] > 0
+        expected_steps = {"accepted", "initiated", "forwarded", "processed", "completed",
+                          "settled"}
+        if channel is Channel.KAFKA:
+            assert "accepted" not in steps and "settled" not in steps
+            expected_steps -= {"accepted", "settled"}
+        if kind is Kind.NORMAL:
+            assert set(steps) == expected_steps
+        row = twin.tracking.ledger.get(payment_id) if twin.tracking.ledger.flush(5) else None
+        assert row is not None
+        verify_against_emulator(bgmock, row)
+    timeline_csv = api.get(f"/api/v1/transactions/{answers[(Channel.REST, Kind.NORMAL)]}",
+                           params={"format": "csv"}).text.splitlines()
+    assert timeline_csv[0] == "step,at,since_intended_seconds,duration_seconds"
+    assert [line.split(",")[0] for line in timeline_csv[1:]] == [
+        "accepted", "initiated", "forwarded", "processed", "completed", "settled"]
+    events = api.get("/api/v1/events", params={"limit": 50, "origin": "twin"}).json()["items"]
+    assert events and {e["topic"] for e in events} >= {"transactions.initiated",
+                                                        "transactions.completed"}
+
+
+def test_a_paused_destination_bank_makes_payments_stuck_at_processed_until_it_resumes(
+    bgmock: BGMock, make_twin: Callable[..., Twin],
+) -> None:
+    twin = make_twin(step_deadline_seconds=0.5, payment_sla_seconds=120)
+    api = twin.api
+    bgmock.emulator.faults.apply("bank_b", {"paused": True})
+    sim = api.post("/api/v1/simulations", json={
+        "count": 10, "rate": 50, "direction": "a_to_b"}).json()["id"]
+    wait_for(lambda: twin.tracking.status()["stuck"] == {"processed": 10}, timeout=15,
+             message="stuck at processed")
+    assert sample("bgmock_payments_stuck", step="processed") == 10
+    view = api.get("/api/v1/transactions", params={"simulation": sim}).json()["items"][0]
+    assert view["stuckStep"] == "processed" and view["status"] == "in_flight"
+    assert view["state"] == "forwarded"
+    bgmock.emulator.faults.apply("bank_b", {"paused": False})
+    detail = wait_finished(api, sim, timeout=30)
+    assert detail["outcomes"] == {"success": 10, "failed": 0, "rejected": 0, "stuck": 0}
+    wait_for(lambda: sample("bgmock_payments_stuck", step="processed") == 0, timeout=5)
+    for row in sim_rows(twin, sim):
+        assert row["stuck_step"] is None and row["processed_seconds"] > 0.5
+        verify_against_emulator(bgmock, row)
+
+
+def test_a_restart_in_the_middle_of_a_simulation_loses_no_payment(
+    bgmock: BGMock, make_twin: Callable[..., Twin],
+) -> None:
+    first = make_twin()
+    count = 150
+    sim = first.api.post("/api/v1/simulations", json={
+        "count": count, "rate": 50, "failureShare": 0.1}).json()["id"]
+    wait_for(lambda: (s := first.tracking.simulations.get_sim(sim)) is not None
+             and s.dispatched >= 50, timeout=20, message="a third sent")
+    first.tracking.stop(5)
+    first.scheduler.shutdown(wait=False)
+    stopped_at = first.tracking.simulations.get_sim(sim)
+    assert stopped_at is not None and stopped_at.dispatched < count
+    second = make_twin()  # same instance id, ledger and consumer group
+    detail = wait_finished(second.api, sim, timeout=60)
+    assert detail["resumed"] is True
+    progress = detail["progress"]
+    assert progress["dispatched"] + progress["dropped"] == count
+    rows = sim_rows(second, sim)
+    assert len(rows) == progress["dispatched"]
+    assert len({r["transaction_id"] for r in rows}) == len(rows)
+    assert all(r["finished"] for r in rows)
+    assert sum(detail["outcomes"].values()) == len(rows)
+    for row in rows:
+        assert row["outcome"] == EXPECTED[(Channel.REST, Kind(row["kind"]))], row
+        verify_against_emulator(bgmock, row)
+
+
+def test_pacing_holds_the_rate_while_the_emulator_adds_latency(
+    bgmock: BGMock, make_twin: Callable[..., Twin],
+) -> None:
+    twin = make_twin()
+    for bank in ("bank_a", "bank_b"):
+        bgmock.emulator.faults.apply(bank, {"latency_seconds": 0.2})
+    started = time.monotonic()
+    sim = twin.api.post("/api/v1/simulations", json={"count": 100, "rate": 50}).json()["id"]
+    run = twin.tracking.simulations.get_sim(sim)
+    assert run is not None and run.run is not None
+    assert run.run.done.wait(30)
+    sending = time.monotonic() - started
+    detail = wait_finished(twin.api, sim, timeout=60)
+    lag = detail["sendLag"]
+    print(f"100 payments at 50/s with 0.2 s REST latency: sent in {sending:.2f} s "
+          f"(schedule {detail['expectedDurationSeconds']} s), send lag p50={lag['p50']} "
+          f"p99={lag['p99']} max={lag['max']}")
+    assert detail["progress"]["dispatched"] == 100 and detail["progress"]["dropped"] == 0
+    assert detail["outcomes"]["success"] == 100
+
+
+def test_when_every_worker_is_busy_payments_are_dropped_and_counted_never_queued(
+    bgmock: BGMock, make_twin: Callable[..., Twin],
+) -> None:
+    twin = make_twin(max_in_flight_requests=2)
+    bgmock.emulator.faults.apply("bank_a", {"latency_seconds": 0.5})
+    dropped_before = sample("bgmock_payments_dropped_total")
+    sim = twin.api.post("/api/v1/simulations", json={
+        "count": 40, "rate": 20, "direction": "a_to_b"}).json()["id"]
+    detail = wait_finished(twin.api, sim, timeout=60)
+    progress = detail["progress"]
+    print(f"40 payments at 20/s, 2 workers, 0.5 s latency: dispatched={progress['dispatched']}"
+          f" dropped={progress['dropped']}")
+    assert progress["dropped"] > 0
+    assert progress["dispatched"] + progress["dropped"] == 40
+    assert sample("bgmock_payments_dropped_total") - dropped_before == progress["dropped"]
+    assert detail["outcomes"]["success"] == progress["dispatched"]
+
+
+def test_background_canary_runs_on_its_own(
+    bgmock: BGMock, make_twin: Callable[..., Twin],
+) -> None:
+    twin = make_twin(load_rate_per_second=10)
+
+    def canaries() -> int:
+        twin.tracking.ledger.flush(2)
+        rows = twin.tracking.ledger.query(PaymentQuery(status="success", limit=1000))
+        return sum(1 for r in rows if r["simulation_id"] is None)
+
+    wait_for(lambda: canaries() >= 10, timeout=20, message="ten canary payments settled")
+    assert "tracking_load" in twin.scheduler.job_names()
+
+
+BAD_SIMULATIONS: list[tuple[dict[str, Any], str]] = [
+    ({"count": 0, "rate": 1}, "count"),
+    ({"count": 100001, "rate": 1}, "count"),
+    ({"count": 5, "rate": 1001}, "rate"),
+    ({"count": 5, "rate": 0}, "rate"),
+    ({"count": 5, "delay": 0.1}, "delay"),
+    ({"count": 5, "delay": 11}, "delay"),
+    ({"count": 5}, "body"),
+    ({"count": 5, "rate": 1, "delay": 1}, "body"),
+    ({"count": 5, "rate": 1, "amountMin": "1.001"}, "amountMin"),
+    ({"count": 5, "rate": 1, "amountMin": "-1"}, "amountMin"),
+    ({"count": 5, "rate": 1, "amountMin": "5", "amountMax": "2"}, "body"),
+    ({"count": 5, "rate": 1, "failureShare": 1.5}, "failureShare"),
+    ({"count": 5, "rate": 1, "channel": "smoke"}, "channel"),
+    ({"count": 5, "rate": 1, "bogus": 1}, "bogus"),
+    ({"count": 5, "profile": "ramp"}, "body"),
+    ({"count": 5, "profile": "ramp", "ramp": {"fromRate": 1, "toRate": 0, "duration": 1}},
+     "toRate"),
+    ({"count": 5, "profile": "spike", "rate": 1, "spike": {"rate": 5, "start": -1,
+                                                          "duration": 1}}, "start"),
+    ({"count": "many", "rate": 1}, "count"),
+    ({"count": 5, "rate": 1, "failureKinds": []}, "failureKinds"),
+]
+
+
+def test_bad_simulation_requests_are_422_naming_the_field(
+    make_twin: Callable[..., Twin],
+) -> None:
+    api = make_twin().api
+    for body, field in BAD_SIMULATIONS:
+        answer = api.post("/api/v1/simulations", json=body)
+        assert answer.status_code == 422, (body, answer.text)
+        assert field in answer.json()["error"], (body, answer.json())
+    assert api.get("/api/v1/simulations").json()["items"] == []
+
+
+def test_bad_transaction_requests_and_unknown_ids(make_twin: Callable[..., Twin]) -> None:
+    api = make_twin().api
+    for body in ({"amount": "0"}, {"amount": "1.234"}, {"fromBank": "c"},
+                 {"amount": "1e400"}, {"fromAccount": "../etc"}, {"extra": True},
+                 {"fromBank": "a", "toBank": "a"}, {"fromAccount": "NOT-OURS-001"}):
+        answer = api.post("/api/v1/transactions", json=body)
+        assert answer.status_code == 422, (body, answer.text)
+        assert "error" in answer.json()
+    assert api.post("/api/v1/transactions", content=b"{not json",
+                    headers={"Content-Type": "application/json"}).status_code == 422
+    unknown = str(uuid.uuid4())
+    assert api.get(f"/api/v1/transactions/{unknown}").status_code == 404
+    assert api.get("/api/v1/transactions/not-a-uuid").status_code == 422
+    assert api.get(f"/api/v1/simulations/{unknown}").status_code == 404
+    assert api.delete(f"/api/v1/simulations/{unknown}").status_code == 404
+    assert api.get("/api/v1/transactions", params={"limit": 0}).status_code == 422
+    assert api.get("/api/v1/transactions", params={"status": "odd"}).status_code == 422
+    assert api.get("/api/v1/events", params={"topic": "other"}).status_code == 422
+
+
+def test_a_simulation_can_be_stopped_and_profiles_are_accepted(
+    make_twin: Callable[..., Twin],
+) -> None:
+    api = make_twin().api
+    ramp = api.post("/api/v1/simulations", json={
+        "count": 1000, "profile": "ramp", "ramp": {"fromRate": 1, "toRate": 20, "duration": 60},
+        "amountMin": "1.00", "amountMax": "2.00", "failureKinds": ["unknown_bankgood"]})
+    assert ramp.status_code == 202, ramp.text
+    spike = api.post("/api/v1/simulations", json={
+        "count": 3, "profile": "spike", "delay": 0.5, "spike": {"rate": 10, "start": 0.2,
+                                                                 "duration": 0.1}})
+    assert spike.status_code == 202, spike.text
+    stopped = api.delete(f"/api/v1/simulations/{ramp.json()['id']}")
+    assert stopped.status_code == 200 and stopped.json()["state"] == "stopped"
+    detail = api.get(f"/api/v1/simulations/{ramp.json()['id']}").json()
+    assert detail["spec"]["ramp_to"] == 20 and detail["state"] == "stopped"
+    assert detail["progress"]["dispatched"] < 1000
+    wait_finished(api, spike.json()["id"], timeout=20)
