@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import decimal
 import enum
+import functools
 import json
 import re
 import subprocess
@@ -50,6 +51,9 @@ EXAMPLES = ROOT / "deploy" / "k8s"
 PROMTOOL = "/usr/bin/promtool"
 RELEASE, NAMESPACE = "twin", "bgmock"
 FULLNAME = "twin-bgmock-twin"
+# kubernetes-validate re-reads its 2 MB schema files on every call; they never change.
+kubernetes_validate.utils.schema_contents = functools.cache(
+    kubernetes_validate.utils.schema_contents)
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest
 # schemas kubernetes-validate ships.
 KUBE_VERSIONS = ("1.25.0", kubernetes_validate.utils.latest_version())
