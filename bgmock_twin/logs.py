@@ -48,7 +48,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("uvicorn.access", "apscheduler.executors.default", "urllib3"):
+    for noisy in ("uvicorn.access", "uvicorn.error", "apscheduler", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
