@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY, generate_latest
 
 from bgmock_twin.api.errors import install_error_handlers
 from bgmock_twin.bus.memory import InMemoryBus
-from bgmock_twin.clients.bgmock import BGMockClients
+from bgmock_twin.clients.bgmock import BankMapping, BGMockClients
 from bgmock_twin.contract import Status
 from bgmock_twin.emulator import EmbeddedBGMock, EmulatorConfig
 from bgmock_twin.scheduler import JobScheduler
@@ -32,6 +32,7 @@ from bgmock_twin.settings import Settings, load_settings
 from bgmock_twin.tracking.ledger import PaymentQuery
 from bgmock_twin.tracking.lifecycle import Channel, Kind
 from bgmock_twin.tracking.mix import planned_mix, usable_kinds
+from bgmock_twin.tracking.provisioning import Provisioner
 from bgmock_twin.tracking.service import Tracking
 from tests.support.ports import wait_for
 
@@ -487,3 +488,85 @@ def test_a_simulation_can_be_stopped_and_profiles_are_accepted(
     assert detail["spec"]["ramp_to"] == 20 and detail["state"] == "stopped"
     assert detail["progress"]["dispatched"] < 1000
     wait_finished(api, spike.json()["id"], timeout=20)
+
+
+def test_provisioning_reuses_tops_up_and_never_touches_what_it_did_not_create(
+    bgmock: BGMock,
+) -> None:
+    prefix = "PV" + uuid.uuid4().hex[:6].upper()
+    clients = bgmock.clients
+    # names the twin would use, already taken by somebody else
+    clients.bank_a.create_account(f"{prefix}-A-002", "somebody else", Decimal("5.00"))
+    clients.clearing.create_mapping(BankMapping(f"{prefix}-BG-B-001", "02", "ELSEWHERE", "X"))
+    clients.bank_b.create_account(f"{prefix}-B-GHOST", "somebody else")
+    deposits: list[tuple[str, str, Decimal, str]] = []
+    provisioner = Provisioner(clients, prefix, 3, Decimal("1000.00"),
+                              record_deposit=lambda *d: deposits.append(d))
+    fixtures = provisioner.provision()
+    assert fixtures.complete()
+    assert fixtures.payers == {"01": [f"{prefix}-A-001", f"{prefix}-A-003"],
+                               "02": [f"{prefix}-B-001", f"{prefix}-B-002", f"{prefix}-B-003"]}
+    assert [p.account_number for p in fixtures.payees["02"]] == [f"{prefix}-B-002",
+                                                                 f"{prefix}-B-003"]
+    taken = clients.bank_a.get_account(f"{prefix}-A-002")
+    assert taken is not None and taken.balance == Decimal("5.00")  # left alone
+    mapping = clients.clearing.get_mapping(f"{prefix}-BG-B-001")
+    assert mapping is not None and mapping.account_number == "ELSEWHERE"
+    ghost = fixtures.ghost_payees["02"]
+    assert ghost.account_number == f"{prefix}-B-GHOST-1"
+    assert clients.bank_b.get_account(ghost.account_number) is None
+    assert fixtures.unknown_bankgood == f"{prefix}-BG-NONE"
+    assert clients.clearing.get_mapping(fixtures.unknown_bankgood) is None
+    assert fixtures.low_available == {"01": Decimal("0.00"), "02": Decimal("0.00")}
+    assert sorted(d[1] for d in deposits) == sorted(fixtures.payers["01"] + fixtures.payers["02"])
+    assert all(d[2] == Decimal("1000.00") and d[3] == "initial" for d in deposits)
+    # a second run reuses everything
+    deposits.clear()
+    assert provisioner.provision().payers == fixtures.payers and deposits == []
+    # a payer that ran low is topped up to the initial deposit
+    bgmock.emulator.faults.corrupt_balance("bank_a", f"{prefix}-A-001", Decimal("-900.00"))
+    provisioner.top_up()
+    assert deposits == [("01", f"{prefix}-A-001", Decimal("900.00"), "top_up")]
+    refilled = clients.bank_a.get_account(f"{prefix}-A-001")
+    assert refilled is not None and refilled.balance == Decimal("1000.00")
+
+
+def test_deposits_are_recorded_in_the_ledger(make_twin: Callable[..., Twin]) -> None:
+    prefix = "DP" + uuid.uuid4().hex[:6].upper()
+    twin = make_twin(account_prefix=prefix, accounts_per_bank=2,
+                     account_initial_deposit="500.00")
+    assert twin.tracking.ledger.flush(5)
+    deposits = twin.tracking.ledger.load_deposits()
+    assert sorted(d["account_number"] for d in deposits) == [
+        f"{prefix}-A-001", f"{prefix}-A-002", f"{prefix}-B-001", f"{prefix}-B-002"]
+    assert {d["amount"] for d in deposits} == {Decimal("500.00")}
+
+
+def test_mutations_need_the_token_and_curl_style_bodies_work(
+    make_twin: Callable[..., Twin],
+) -> None:
+    twin = make_twin()
+    api = twin.api
+    api.app.state.control_token = "s3cret-token"  # type: ignore[attr-defined]
+    body = '{"count": 2, "rate": 20}'
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    assert api.post("/api/v1/simulations", content=body, headers=form).status_code == 401
+    assert api.post("/api/v1/transactions", json={}).status_code == 401
+    auth = {"Authorization": "Bearer s3cret-token"}
+    created = api.post("/api/v1/simulations", content=body, headers={**form, **auth})
+    assert created.status_code == 202, created.text  # what `curl -d '{...}'` sends
+    sim_id = created.json()["id"]
+    assert api.delete(f"/api/v1/simulations/{sim_id}").status_code == 401
+    assert api.get(f"/api/v1/simulations/{sim_id}").status_code == 200  # reads are open
+    wait_finished(api, sim_id, timeout=20)
+    schema = api.get("/openapi.json").json()
+    for path, method in [("/api/v1/transactions", "post"), ("/api/v1/transactions", "get"),
+                         ("/api/v1/transactions/{transaction_id}", "get"),
+                         ("/api/v1/simulations", "post"), ("/api/v1/simulations", "get"),
+                         ("/api/v1/simulations/{simulation_id}", "get"),
+                         ("/api/v1/simulations/{simulation_id}", "delete"),
+                         ("/api/v1/events", "get")]:
+        operation = schema["paths"][path][method]
+        assert operation["summary"], (path, method)
+    detail = schema["components"]["schemas"]["SimulationDetail"]["properties"]
+    assert {"latency", "outcomes", "progress", "sendLag"} <= set(detail)

@@ -1,6 +1,6 @@
-"""Tracking over a real Kafka broker (Tansu) with the embedded emulator on it: a
-small simulation over both channels and directions, and poison messages written
-straight to every topic by a plain Kafka producer."""
+"""Tracking over a real Kafka broker (Tansu) with the embedded emulator on it and the
+ledger on PostgreSQL: a small simulation over both channels and directions, and
+poison messages written straight to every topic by a plain Kafka producer."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from bgmock_twin.tracking.service import Tracking
 from bgmock_twin.tracking.simulations import SimulationSpec
 from tests.support.broker import TansuBroker
 from tests.support.ports import wait_for
+from tests.support.postgres import PostgresServer
 
 
 @dataclass
@@ -37,7 +38,7 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(kafka_broker: TansuBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(kafka_broker: TansuBroker, postgres: PostgresServer) -> Iterator[World]:
     kafka_broker.create_topics(list(TOPICS))
     bus = KafkaBus(kafka_broker.bootstrap, session_timeout_ms=6000)
     emulator = EmbeddedBGMock(EmulatorConfig(
@@ -46,9 +47,8 @@ def world(kafka_broker: TansuBroker, tmp_path_factory: pytest.TempPathFactory) -
     ))
     emulator.start()
     clients = BGMockClients.build(dict(emulator.urls), timeout=5)
-    database = tmp_path_factory.mktemp("kafka-ledger") / "ledger.db"
-    settings = load_settings(
-        instance_id=f"k{uuid.uuid4().hex[:8]}", twin_database_url=f"sqlite:///{database}",
+    settings = load_settings(  # the ledger on PostgreSQL, as in production
+        instance_id=f"k{uuid.uuid4().hex[:8]}", twin_database_url=postgres.create_database(),
         kafka_group_id="twin-kafka-test", load_rate_per_second=0, step_deadline_seconds=10,
         payment_sla_seconds=60, max_in_flight_requests=16,
     )

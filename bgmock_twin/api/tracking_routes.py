@@ -11,11 +11,13 @@ from __future__ import annotations
 import csv
 import io
 import uuid
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
@@ -286,8 +288,32 @@ CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
 }
 
 
+class JsonBodyRoute(APIRoute):
+    """Reads a request body as JSON whatever content type it came with.
+
+    ``curl -d '{"count": 500, "rate": 50}'`` sends its JSON as
+    ``application/x-www-form-urlencoded``; FastAPI would then see a string where a
+    JSON object is expected. The body is still validated against the model.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            kind = request.headers.get("content-type", "")
+            if request.method in ("POST", "PUT", "PATCH") and "json" not in kind and \
+                    (kind == "" or kind.startswith(("application/x-www-form-urlencoded",
+                                                    "text/plain"))):
+                headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
+                request.scope["headers"] = [*headers, (b"content-type", b"application/json")]
+                request.__dict__.pop("_headers", None)  # starlette caches the parsed headers
+            return await handler(request)
+
+        return route
+
+
 def build_router(tracking: Tracking) -> APIRouter:
-    router = APIRouter(prefix="/api/v1", tags=["tracking"])
+    router = APIRouter(prefix="/api/v1", tags=["tracking"], route_class=JsonBodyRoute)
     mutate = [Depends(require_token)]
 
     @router.post(

@@ -18,6 +18,7 @@ offsets only after what it read is recorded.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
@@ -588,17 +589,22 @@ def _engine(url: str) -> Engine:
     return sa.create_engine(parsed, pool_pre_ping=True)
 
 
+@functools.lru_cache(maxsize=16)
+def _upsert_statement(dialect: str, table: sa.Table, key: str) -> Any:
+    """One statement object per table, so SQLAlchemy compiles it once."""
+    insert = sqlite.insert(table) if dialect == "sqlite" else postgresql.insert(table)
+    return insert.on_conflict_do_update(
+        index_elements=[key],
+        set_={c.name: insert.excluded[c.name] for c in table.columns if c.name != key},
+    )
+
+
 def _upsert(conn: Connection, table: sa.Table, key: str, rows: Sequence[dict[str, Any]]) -> None:
     if not rows:
         return
     name = conn.dialect.name
     if name in ("sqlite", "postgresql"):
-        insert = sqlite.insert(table) if name == "sqlite" else postgresql.insert(table)
-        statement = insert.on_conflict_do_update(
-            index_elements=[key],
-            set_={c.name: insert.excluded[c.name] for c in table.columns if c.name != key},
-        )
-        conn.execute(statement, list(rows))
+        conn.execute(_upsert_statement(name, table, key), list(rows))
         return
     ids = [row[key] for row in rows]
     conn.execute(sa.delete(table).where(table.c[key].in_(ids)))
