@@ -560,8 +560,9 @@ def books() -> g.Dashboard:
                        steps=thresholds((GREEN, None), (ORANGE, 1)), w=12, h=8),
         timeseries("Time since last reconciliation", "Seconds since the last reconciliation "
                    "run finished (TWIN_RECONCILE_INTERVAL_SECONDS, default 30 s).", "s",
+                   # > 0: the gauge reads 0 until the first run finishes.
                    [target(f"time() - max "
-                           f"({sel('bgmock_reconciliation_last_run_timestamp_seconds')})",
+                           f"({sel('bgmock_reconciliation_last_run_timestamp_seconds')} > 0)",
                            "since last run")],
                    steps=thresholds((GREEN, None), (ORANGE, 60), (RED, 120)),
                    line_thresholds=True),
