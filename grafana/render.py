@@ -16,6 +16,7 @@ timelines and bucket heatmaps.
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import re
 import sys
@@ -33,9 +34,9 @@ import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.colors import PowerNorm
-from matplotlib.gridspec import GridSpec
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, MaxNLocator
+from PIL import Image
 
 if __package__ in (None, ""):  # run as a script: make `grafana.*` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -53,7 +54,10 @@ NAMED = {"green": "#73BF69", "orange": "#FF9830", "red": "#F2495C", "blue": "#57
          "purple": "#B877D9", "yellow": "#FADE2A", "text": TEXT}
 PALETTE = ["#7EB26D", "#EAB839", "#6ED0E0", "#EF843C", "#E24D42", "#1F78C1", "#BA43A9",
            "#705DA0", "#508642", "#CCA300", "#447EBC", "#C15C17", "#890F02", "#0A437C"]
-ROW_UNIT_IN = 0.36  # inches per Grafana grid row (30 px)
+ROW_UNIT_IN = 0.45  # inches per Grafana grid row (30 px)
+FIG_WIDTH_IN = 24.0
+# (left, bottom, top) padding in inches inside a panel's cell: tick labels and title.
+PADS = {"stat": (0.05, 0.1, 0.3), "timeseries": (0.75, 0.35, 0.3)}
 
 
 def day(t: float) -> float:
@@ -212,11 +216,11 @@ def draw_timeseries(ax: Axes, panel: Mapping[str, Any], data: list[tuple[str, Se
             for t, h in zip(series.times, highs, strict=True):
                 base[t] = h
             ax.fill_between(times, lows, highs, color=line_color, alpha=0.35, linewidth=0)
-            ax.plot(times, highs, color=line_color, linewidth=1, label=name)
+            ax.plot(times, highs, color=line_color, linewidth=1, label=name, clip_on=False)
         else:
             dashed = "custom.lineStyle" in props
             ax.plot(times, values, color=line_color, linewidth=1.4 if dashed else 1,
-                    linestyle="--" if dashed else "-", label=name)
+                    linestyle="--" if dashed else "-", label=name, clip_on=False, zorder=3)
     if custom.get("thresholdsStyle", {}).get("mode", "off") != "off":
         hi = ax.get_ylim()[1]
         for step in defaults.get("thresholds", {}).get("steps", [])[1:]:
@@ -224,9 +228,10 @@ def draw_timeseries(ax: Axes, panel: Mapping[str, Any], data: list[tuple[str, Se
             if value is not None and value <= hi * 1.5:
                 ax.axhline(value, color=color(step["color"]), linestyle=":", linewidth=1)
     ax.margins(y=0.1)
+    highest = max((v for _, s in data for v in s.values if math.isfinite(v)), default=0.0)
     if defaults.get("min") is not None:
-        top = ax.get_ylim()[1]
-        ax.set_ylim(bottom=defaults["min"], top=top if top > defaults["min"] else 1)
+        floor = defaults["min"]
+        ax.set_ylim(bottom=floor, top=ax.get_ylim()[1] if highest > floor else floor + 1)
     if defaults.get("max") is not None and ax.get_ylim()[1] > defaults["max"]:
         ax.set_ylim(top=defaults["max"] * 1.05)
     if defaults.get("decimals") == 0:
@@ -358,30 +363,46 @@ DRAW = {"timeseries": draw_timeseries, "stat": draw_stat,
 def render_dashboard(dashboard: Mapping[str, Any], source: Source, out: Path) -> list[str]:
     """Write ``out`` and return the titles of panels that showed no data."""
     panels = list(dashboard["panels"])
-    height = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
-    fig = plt.figure(figsize=(22, height * ROW_UNIT_IN + 0.8), facecolor=BG)
-    grid = GridSpec(height, 24, figure=fig, left=0.04, right=0.99, top=1 - 0.6 / (
-        height * ROW_UNIT_IN + 0.8), bottom=0.02, hspace=1.6, wspace=0.6)
+    rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
+    header, margin = 0.6, 0.15  # inches
+    fig_w, fig_h = FIG_WIDTH_IN, rows * ROW_UNIT_IN + header + margin
+    col_w = (fig_w - 2 * margin) / 24
+    fig = plt.figure(figsize=(fig_w, fig_h), facecolor=BG)
+
+    def place(pos: Mapping[str, int], pad_left: float, pad_bottom: float,
+              pad_top: float) -> Axes:
+        """Axes inside the panel's grid cell, leaving room for title and tick labels."""
+        x0 = margin + pos["x"] * col_w + pad_left
+        y_top = header + pos["y"] * ROW_UNIT_IN + pad_top
+        w = pos["w"] * col_w - pad_left - 0.1
+        h = pos["h"] * ROW_UNIT_IN - pad_top - pad_bottom
+        return fig.add_axes((x0 / fig_w, 1 - (y_top + h) / fig_h, w / fig_w, h / fig_h))
+
     when = datetime.fromtimestamp(source.end, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     fig.suptitle(f"{dashboard['title']}  —  last {fmt_value(source.end - source.start, 's')} "
-                 f"to {when}", color=TEXT, fontsize=13, x=0.01, ha="left")
+                 f"to {when}", color=TEXT, fontsize=13, x=0.01, y=1 - 0.15 / fig_h,
+                 ha="left", va="top")
     empty = []
     for panel in panels:
         pos = panel["gridPos"]
         if panel["type"] == "row":
-            ax = fig.add_subplot(grid[pos["y"], :])
+            ax = place(pos, 0.0, 0.0, 0.0)
             ax.set_axis_off()
-            ax.text(0, 0.2, panel["title"], color=TEXT, fontsize=11, fontweight="bold",
+            ax.text(0, 0.3, panel["title"], color=TEXT, fontsize=11, fontweight="bold",
                     transform=ax.transAxes)
             continue
-        ax = fig.add_subplot(grid[pos["y"]:pos["y"] + pos["h"], pos["x"]:pos["x"] + pos["w"]])
+        ax = place(pos, *PADS.get(panel["type"], PADS["timeseries"]))
         style_axes(ax, panel["title"])
         data = [(n, s) for n, s in source.panel(panel) if s.finite()]
         if not data:
             empty.append(panel["title"])
         DRAW.get(panel["type"], draw_timeseries)(ax, panel, data)
-    fig.savefig(out, dpi=80, facecolor=BG)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80, facecolor=BG)
     plt.close(fig)
+    # A 256-colour palette keeps the committed pictures small without visible loss.
+    with Image.open(buffer) as image:
+        image.convert("RGB").quantize(colors=256).save(out, optimize=True)
     return empty
 
 

@@ -9,6 +9,7 @@ Everything it starts is stopped in ``stop()`` (terminate, then kill).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -60,6 +61,16 @@ def poll(condition: Callable[[], T | None], timeout: float, what: str,
             last = exc
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; last error: {last!r}")
+
+
+def _die_with_parent() -> None:
+    """Child-side: get SIGTERM when the process that started us dies (Linux), so a
+    test run killed hard leaves no twin or Prometheus behind."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 10.0) -> None:
@@ -172,7 +183,8 @@ class LiveStack:
         log = self._log("twin.log")
         # cwd is the temp dir so a developer's .env cannot leak into the run.
         self.twin = subprocess.Popen(self.command, cwd=self.workdir, env=env,
-                                     stdout=log, stderr=subprocess.STDOUT)
+                                     stdout=log, stderr=subprocess.STDOUT,
+                                     preexec_fn=_die_with_parent)
 
         self.prom_port = free_port()
         config = self.workdir / "prometheus.yml"
@@ -185,6 +197,7 @@ class LiveStack:
              f"--web.listen-address=127.0.0.1:{self.prom_port}",
              "--storage.tsdb.retention.time=1d", "--log.level=warn"],
             cwd=self.workdir, stdout=self._log("prometheus.log"), stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
 
         poll(lambda: requests.get(self.twin_url + "/readyz", timeout=2).status_code == 200,
