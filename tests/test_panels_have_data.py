@@ -132,3 +132,18 @@ def test_alert_rules_evaluate_without_errors(live: LiveStack, prom: Prometheus) 
     rules = poll(evaluated, 30, "alert rules to be evaluated")
     broken = {r["name"]: r.get("lastError") for r in rules if r.get("health") != "ok"}
     assert not broken, f"alert rules failing against real series: {broken}"
+    # The joins work on the twin's real labels: a healthy, scraped twin with its
+    # thresholds exported trips none of the alerts about the twin itself ...
+    states = {r["name"]: r["state"] for r in prom.alert_rules()}
+    for name in ("BGMockTwinDown", "BGMockTwinAbsent", "BGMockTwinNotReady",
+                 "BGMockAlertThresholdsMissing"):
+        assert states[name] == "inactive", f"{name} is {states[name]} for a healthy twin"
+
+    # ... while the simulation's injected failures (failure_share 0.2) put the success
+    # ratio below its 0.99 target, which the ratio alert sees through the join.
+    def ratio_alert_active() -> bool:
+        state = {r["name"]: r["state"] for r in prom.alert_rules()}
+        return state["BGMockPaymentSuccessRatioLow"] in ("pending", "firing")
+
+    poll(ratio_alert_active, 45, "BGMockPaymentSuccessRatioLow to become pending",
+         alive=lambda: None if live.twin.poll() is None else "twin exited")  # type: ignore[union-attr]
