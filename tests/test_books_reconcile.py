@@ -45,14 +45,20 @@ def _naive(value: datetime) -> datetime:
     return value.astimezone(UTC).replace(tzinfo=None)
 
 
-@pytest.fixture
-def world(postgres: PostgresServer, tmp_path: Path) -> Iterator[World]:
-    """Bank A paid 10 from TWIN-A-001 to TWIN-B-001 at Bank B; every book agrees."""
-    urls = {"db_bank_a": postgres.create_database(), "db_bank_b": postgres.create_database(),
+@pytest.fixture(scope="module")
+def databases(postgres: PostgresServer) -> dict[str, str]:
+    return {"db_bank_a": postgres.create_database(), "db_bank_b": postgres.create_database(),
             "db_switch": postgres.create_database()}
+
+
+@pytest.fixture
+def world(databases: dict[str, str], tmp_path: Path) -> Iterator[World]:
+    """Bank A paid 10 from TWIN-A-001 to TWIN-B-001 at Bank B; every book agrees."""
+    urls = databases
     past = _naive(datetime.now(UTC) - timedelta(minutes=2))
     for name in ("db_bank_a", "db_bank_b"):
         engine = sa.create_engine(urls[name])
+        schema.bank_metadata.drop_all(engine)
         schema.bank_metadata.create_all(engine)
         number, balance = ("TWIN-A-001", D("90")) if name == "db_bank_a" else \
             ("TWIN-B-001", D("110"))
@@ -76,6 +82,7 @@ def world(postgres: PostgresServer, tmp_path: Path) -> Iterator[World]:
                 created_at=past))
         engine.dispose()
     engine = sa.create_engine(urls["db_switch"])
+    schema.clearing_metadata.drop_all(engine)
     schema.clearing_metadata.create_all(engine)
     with engine.begin() as conn:
         conn.execute(sa.insert(schema.clearing_outgoing_transactions).values(
@@ -138,7 +145,7 @@ def test_consistent_books_are_all_ok(world: World) -> None:
     assert body["status"] == "ok" and body["violations"] == 0
     assert body["checks"]["status_agreement"]["detail"] == {"payments_checked": 1}
     assert body["checks"]["balance_drift"]["detail"]["drift"] == {"bank_a": "0", "bank_b": "0"}
-    assert body["sources"]["db_bank_a_accounts"] == "ok"  # no REST: balances from SQL
+    assert body["sources"]["db_bank_a_books"] == "ok"  # balances with the journal
 
 
 def test_a_slow_database_is_unknown_and_bounded(world: World) -> None:
@@ -283,3 +290,43 @@ def test_a_drift_that_disappears_on_the_second_look_is_not_reported(world: World
         reconciler.close()
     assert _violated(report.results) == set(), report.as_dict()
     assert report.results[c.BALANCE_DRIFT].detail["drift"] == {"bank_a": "0", "bank_b": "0"}
+
+
+def test_journal_views_pin_payments_only_where_the_journal_proves_it() -> None:
+    from bgmock_twin.books.model import Channel, DestinationView, PaymentFact, Progress, SourceView
+    from bgmock_twin.books.reconcile import with_views
+    from bgmock_twin.books.sources import BankBooks, PaymentMeta
+
+    now = datetime.now(UTC)
+    since = now - timedelta(minutes=4)
+    known, idless, old = uuid.UUID(int=1), None, uuid.UUID(int=3)
+
+    def fact(pid: str) -> PaymentFact:
+        return PaymentFact(pid, Channel.REST, A1, B1, D("5"), Progress.SUBMITTED)
+
+    meta = {"known": PaymentMeta(known, now), "idless": PaymentMeta(idless, now),
+            "old": PaymentMeta(old, now - timedelta(minutes=10))}
+
+    def books(out: dict[uuid.UUID, tuple[str, str]], inc: dict[uuid.UUID, tuple[str, str]],
+              complete: bool = True) -> dict[str, BankBooks]:
+        naive = _naive(since)
+        return {"bank_a": BankBooks("bank_a", {}, out, {}, naive, complete),
+                "bank_b": BankBooks("bank_b", {}, {}, inc, naive, complete)}
+
+    def views(b: dict[str, BankBooks]) -> dict[str, tuple[object, object]]:
+        return {p.payment_id: (p.source_view, p.destination_view)
+                for p in with_views([fact("known"), fact("idless"), fact("old")], meta, b, since)}
+
+    clean = views(books({known: ("PENDING", A1.number)}, {}))
+    assert clean == {"known": (SourceView.PENDING, DestinationView.NOT_CREDITED),
+                     "idless": (SourceView.ABSENT, DestinationView.NOT_CREDITED),
+                     "old": (None, None)}
+    # a row the ledger cannot explain may be the id-less payment's: no claim there
+    stray = uuid.UUID(int=99)
+    unexplained = views(books({known: ("SUCCESS", A1.number), stray: ("PENDING", A1.number)},
+                              {known: ("SUCCESS", B1.number)}))
+    assert unexplained["idless"] == (None, DestinationView.NOT_CREDITED)
+    assert unexplained["known"] == (SourceView.SUCCESS, DestinationView.CREDITED)
+    # an incomplete journal proves nothing by absence
+    partial = views(books({}, {}, complete=False))
+    assert partial == {"known": (None, None), "idless": (None, None), "old": (None, None)}

@@ -18,7 +18,7 @@ from bgmock_twin.books.model import AccountKey, Channel, DepositFact, Progress
 from bgmock_twin.books.sources import (
     LedgerReader,
     progress_of,
-    read_accounts_sql,
+    read_bank_books,
     read_bank_db,
     read_clearing_db,
 )
@@ -92,11 +92,17 @@ def test_bank_snapshot_reads_every_invariant_input(bank_db: tuple[str, sa.Engine
     assert [(r.transaction_id, r.amount) for r in snapshot.stale] == [(_tx(2), D("20.00"))]
     assert snapshot.outgoing_status == {_tx(1): "PENDING", _tx(3): "SUCCESS"}
     assert snapshot.incoming_status == {_tx(4): "SUCCESS"}
-    accounts = read_accounts_sql(engine, "bank_a", ["TWIN-A-001", "TWIN-A-404"], 1000)
-    assert accounts[AccountKey("bank_a", "TWIN-A-404")] is None
-    reading = accounts[AccountKey("bank_a", "TWIN-A-001")]
+    books = read_bank_books(engine, "bank_a", ["TWIN-A-001", "TWIN-A-002", "TWIN-A-404"],
+                            NOW - timedelta(seconds=60), 1000)
+    assert books.accounts[AccountKey("bank_a", "TWIN-A-404")] is None
+    reading = books.accounts[AccountKey("bank_a", "TWIN-A-001")]
     assert reading is not None and (reading.balance, reading.reserved, reading.source) == \
         (D("100.10"), D("30.00"), "sql")
+    # the journal of the twin's accounts: PENDING whatever its age, the rest if recent
+    assert books.outgoing == {_tx(1): ("PENDING", "TWIN-A-001"),
+                              _tx(2): ("PENDING", "TWIN-A-001")}
+    assert books.incoming == {_tx(4): ("SUCCESS", "TWIN-A-002")}
+    assert books.complete
 
 
 def test_reads_are_read_only_even_on_a_writable_engine(bank_db: tuple[str, sa.Engine]) -> None:
@@ -111,7 +117,7 @@ def test_reads_are_read_only_even_on_a_writable_engine(bank_db: tuple[str, sa.En
             conn.execute(sa.text("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE"))
             started = datetime.now(UTC)
             with pytest.raises(sa.exc.OperationalError, match="statement timeout"):
-                read_accounts_sql(writable, "bank_a", ["TWIN-A-001"], 300)
+                read_bank_books(writable, "bank_a", ["TWIN-A-001"], NOW, 300)
             assert (datetime.now(UTC) - started).total_seconds() < 5
             conn.execute(sa.text("ROLLBACK"))
         from bgmock_twin.books import sources
@@ -244,6 +250,8 @@ def test_ledger_snapshot_sums_old_rows_and_details_recent_ones(ledger: Ledger) -
     finished = reader.finished_between(old - timedelta(seconds=1), recent)
     ids = [p.payment_id for _, p in finished]
     assert "k1" in ids and "u1" not in ids and "r1" not in ids  # no transaction id: not asked
+    assert snap.meta["u1"].transaction_id is not None
+    assert abs((snap.meta["n1"].intended_at - recent).total_seconds()) < 0.001
     kafka = next(p for _, p in finished if p.payment_id == "k1")
     assert (kafka.channel, kafka.outcome, kafka.destination_service) == \
         ("kafka", "success", "bank_b")

@@ -19,6 +19,13 @@ The same reasoning, applied to pairs of readings, gives the range of the sum of 
 balances for the money-conservation check: when the source's bank is read before the
 destination's, a payment can only be "in the air" as extra money (credited, not yet
 debited), never as missing money.
+
+When a bank's balances are read from its database together with its own journal
+(outgoing and incoming transactions, in one snapshot), the journal says exactly
+where each payment stood at that bank at that moment (``SourceView``,
+``DestinationView``): the ranges collapse to exact values, so even a small
+corruption is seen under steady load. A view that contradicts what the twin knows
+is ignored (the status checks report such disagreements).
 """
 
 from __future__ import annotations
@@ -126,9 +133,39 @@ class DepositFact:
     confirmed: bool = True
 
 
+class SourceView(StrEnum):
+    """The payment's outgoing transaction in the source bank's journal."""
+
+    ABSENT = "absent"  # not stored (yet): nothing reserved
+    PENDING = "pending"  # reserved, not settled
+    SUCCESS = "success"  # settled: debited
+    FAILED = "failed"  # refused or released: no effect
+
+
+class DestinationView(StrEnum):
+    """The payment's incoming transaction in the destination bank's journal."""
+
+    CREDITED = "credited"  # stored SUCCESS: the payee was credited
+    NOT_CREDITED = "not_credited"  # absent or FAILED
+
+
+_SOURCE_STATES: dict[SourceView, frozenset[_State]] = {
+    SourceView.ABSENT: frozenset({_State.NONE}),
+    SourceView.PENDING: frozenset({_State.RESERVED, _State.CREDITED}),
+    SourceView.SUCCESS: frozenset({_State.SETTLED}),
+    SourceView.FAILED: frozenset({_State.NONE, _State.RELEASED}),
+}
+_DESTINATION_STATES: dict[DestinationView, frozenset[_State]] = {
+    DestinationView.CREDITED: frozenset(
+        {_State.CREDITED, _State.SETTLED, _State.EXTERNAL_CREDITED}),
+    DestinationView.NOT_CREDITED: frozenset({_State.NONE, _State.RESERVED, _State.RELEASED}),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class PaymentFact:
-    """A synthetic payment as the ledger knows it."""
+    """A synthetic payment as the ledger knows it, and optionally where the source
+    and destination banks' journals showed it when their balances were read."""
 
     payment_id: str
     channel: Channel
@@ -136,6 +173,8 @@ class PaymentFact:
     destination: AccountKey
     amount: Decimal
     progress: Progress
+    source_view: SourceView | None = None
+    destination_view: DestinationView | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,18 +240,29 @@ def _states(payment: PaymentFact) -> set[_State]:
     return {path[i] for path, start in _possible(payment) for i in range(start, len(path))}
 
 
+def _narrowed(states: set[_State], view: frozenset[_State] | None) -> set[_State]:
+    """The states a journal view allows; all of them if it contradicts the twin."""
+    if view is None or payment_view_ignored(states, view):
+        return states
+    return states & view
+
+
+def payment_view_ignored(states: set[_State], view: frozenset[_State]) -> bool:
+    return not states & view
+
+
+def _side_views(payment: PaymentFact) -> tuple[frozenset[_State] | None,
+                                               frozenset[_State] | None]:
+    source = _SOURCE_STATES[payment.source_view] if payment.source_view is not None and \
+        payment.channel is Channel.REST else None
+    destination = _DESTINATION_STATES[payment.destination_view] \
+        if payment.destination_view is not None else None
+    return source, destination
+
+
 def payment_is_certain(payment: PaymentFact) -> bool:
     """True when the payment's effect on the balances is known exactly."""
     return len({_EFFECT[s] for s in _states(payment)}) == 1
-
-
-def _account_deltas(payment: PaymentFact, state: _State) -> dict[AccountKey, tuple[int, int]]:
-    """(balance, reserved) multipliers per account for one state of the payment."""
-    src_balance, src_reserved, dst_balance = _EFFECT[state]
-    deltas: dict[AccountKey, tuple[int, int]] = {payment.source: (src_balance, src_reserved)}
-    balance, reserved = deltas.get(payment.destination, (0, 0))
-    deltas[payment.destination] = (balance + dst_balance, reserved)
-    return deltas
 
 
 def _pair_sums(payment: PaymentFact, tracked: set[AccountKey],
@@ -226,10 +276,18 @@ def _pair_sums(payment: PaymentFact, tracked: set[AccountKey],
     amount = payment.amount
     src_tracked = payment.source in tracked
     dst_tracked = payment.destination in tracked
+    all_states = _states(payment)
+    src_view, dst_view = _side_views(payment)
+    src_ok = _narrowed(all_states, src_view)
+    dst_ok = _narrowed(all_states, dst_view)
     sums: set[int] = set()
     for path, start in _possible(payment):
         for i in range(start, len(path)):  # state seen when reading the source
+            if path[i] not in src_ok:
+                continue
             for j in range(start, len(path)):  # state seen when reading the destination
+                if path[j] not in dst_ok:
+                    continue
                 if payment.source == payment.destination and i != j:
                     continue
                 if source_first is True and j < i:
@@ -239,7 +297,29 @@ def _pair_sums(payment: PaymentFact, tracked: set[AccountKey],
                 src = _EFFECT[path[i]][0] if src_tracked else 0
                 dst = _EFFECT[path[j]][2] if dst_tracked else 0
                 sums.add(src + dst)
+    if not sums:  # views that fit no single path together: fall back to the ledger
+        return _pair_sums(PaymentFact(payment.payment_id, payment.channel, payment.source,
+                                      payment.destination, payment.amount, payment.progress),
+                          tracked, source_first)
     return Range(amount * min(sums), amount * max(sums))
+
+
+def _effects(payment: PaymentFact) -> dict[AccountKey, tuple[set[int], set[int]]]:
+    """Possible (balance, reserved) multipliers per account touched by the payment."""
+    all_states = _states(payment)
+    src_view, dst_view = _side_views(payment)
+    result: dict[AccountKey, tuple[set[int], set[int]]] = {}
+    if payment.source == payment.destination:
+        both = _narrowed(_narrowed(all_states, src_view), dst_view)
+        result[payment.source] = ({_EFFECT[s][0] + _EFFECT[s][2] for s in both},
+                                  {_EFFECT[s][1] for s in both})
+        return result
+    src_states = _narrowed(all_states, src_view)
+    dst_states = _narrowed(all_states, dst_view)
+    result[payment.source] = ({_EFFECT[s][0] for s in src_states},
+                              {_EFFECT[s][1] for s in src_states})
+    result[payment.destination] = ({_EFFECT[s][2] for s in dst_states}, {0})
+    return result
 
 
 def expect(
@@ -272,23 +352,18 @@ def expect(
     all_in_flight: list[str] = []
     order = {bank: i for i, bank in enumerate(read_order or ())}
     for payment in payments:
-        states = _states(payment)
-        certain = len({_EFFECT[s] for s in states}) == 1
-        per_account: dict[AccountKey, tuple[list[int], list[int]]] = {}
-        for state in states:
-            for account, (bal, res) in _account_deltas(payment, state).items():
-                bals, ress = per_account.setdefault(account, ([], []))
-                bals.append(bal)
-                ress.append(res)
-        for account, (bals, ress) in per_account.items():
+        uncertain = False
+        for account, (bals, ress) in _effects(payment).items():
+            if len(bals) > 1 or len(ress) > 1:
+                uncertain = True
             if account not in tracked:
                 continue
             a = payment.amount
             balance[account] += Range(a * min(bals), a * max(bals))
             reserved[account] += Range(a * min(ress), a * max(ress))
-            if not certain:
+            if len(bals) > 1 or len(ress) > 1:
                 in_flight[account].append(payment.payment_id)
-        if not certain:
+        if uncertain:
             all_in_flight.append(payment.payment_id)
         src_bank, dst_bank = payment.source.bank, payment.destination.bank
         source_first: bool | None = None
@@ -296,7 +371,7 @@ def expect(
             source_first = order[src_bank] < order[dst_bank]
         total += _pair_sums(payment, tracked, source_first)
         if payment.channel is Channel.KAFKA and payment.destination in tracked:
-            credited = [_EFFECT[s][2] for s in states]
+            credited = _effects(payment)[payment.destination][0]
             external += Range(payment.amount * min(credited), payment.amount * max(credited))
     return Expectations(
         accounts={

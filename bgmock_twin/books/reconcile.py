@@ -14,6 +14,11 @@ Every read has a deadline. A read that misses it, or fails, makes the checks tha
 need it ``unknown`` and is not waited for again while it still runs, so a slow
 database costs a run its budget, never the scheduler's other jobs.
 
+Balances come from a bank's database when it is configured, read in one snapshot
+with the bank's journal of the twin's accounts, which pins every recent payment to
+where it stood at that bank (exact expectations even under load); otherwise from
+REST, where unfinished payments leave ranges.
+
 A balance suspicion is confirmed before it is reported: the balance reads and the
 model are done once more a moment later, and only drift seen both times counts
 (a deposit recorded a moment after the bank applied it is not drift).
@@ -36,13 +41,24 @@ from sqlalchemy.engine import Engine
 
 from bgmock_twin.books import checks as c
 from bgmock_twin.books.checks import AccountReading, CheckResult, CheckStatus, FinishedPayment
-from bgmock_twin.books.model import BANKS, AccountKey, expect
+from bgmock_twin.books.model import (
+    BANKS,
+    AccountKey,
+    Channel,
+    DestinationView,
+    PaymentFact,
+    SourceView,
+    expect,
+    payment_is_certain,
+)
 from bgmock_twin.books.sources import (
+    BankBooks,
     BankSnapshot,
     ClearingSnapshot,
     LedgerReader,
     LedgerSnapshot,
-    read_accounts_sql,
+    PaymentMeta,
+    read_bank_books,
     read_bank_db,
     read_clearing_db,
     read_rest_accounts,
@@ -61,6 +77,8 @@ STATUS_GRACE = timedelta(seconds=2)  # a finished payment's rows settle everywhe
 STATUS_HOLD_LIMIT = 500  # disagreeing / unreadable payments kept for another look
 STATUS_BATCH = 2000
 CONFIRM_DELAY_SECONDS = 1.0
+JOURNAL_WINDOW = timedelta(minutes=5)  # journal rows read with the balances
+JOURNAL_SKEW = timedelta(minutes=1)  # clock difference tolerated between twin and banks
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +180,61 @@ class _BalancePass:
     drift: CheckResult
     conservation: CheckResult
     sources: dict[str, str] = field(default_factory=dict)
+
+
+def with_views(
+    payments: Sequence[PaymentFact],
+    meta: Mapping[str, PaymentMeta],
+    books: Mapping[str, BankBooks],
+    absent_since: datetime,
+) -> list[PaymentFact]:
+    """Pin each uncertain payment to what the banks' journals showed (pure).
+
+    A row's status says where the payment stood. A missing row says "not there
+    yet" only when the journal was read completely and the payment is recent
+    enough (intended at or after ``absent_since``) for its rows to be in the window.
+    A payment whose transaction id is not known yet (the bank's 202 is on its way)
+    is "not there" at an account whose journal holds no row the ledger cannot
+    explain: ``meta`` must list every payment intended since ``absent_since``.
+    """
+    known = {info.transaction_id for info in meta.values() if info.transaction_id is not None}
+    unexplained_out = {(bank, account) for bank, b in books.items()
+                       for tx, (_status, account) in b.outgoing.items() if tx not in known}
+    unexplained_in = {(bank, account) for bank, b in books.items()
+                      for tx, (_status, account) in b.incoming.items() if tx not in known}
+    result: list[PaymentFact] = []
+    for payment in payments:
+        info = meta.get(payment.payment_id)
+        if info is None or payment_is_certain(payment):
+            result.append(payment)
+            continue
+        tx = info.transaction_id
+        recent = info.intended_at >= absent_since
+        source_view: SourceView | None = None
+        src = books.get(payment.source.bank)
+        if src is not None and payment.channel is Channel.REST:
+            row = src.outgoing.get(tx) if tx is not None else None
+            if row is not None:
+                source_view = {"PENDING": SourceView.PENDING, "SUCCESS": SourceView.SUCCESS,
+                               "FAILED": SourceView.FAILED}.get(row[0])
+            elif src.complete and recent and (tx is not None or (
+                    payment.source.bank, payment.source.number) not in unexplained_out):
+                source_view = SourceView.ABSENT
+        destination_view: DestinationView | None = None
+        dst = books.get(payment.destination.bank)
+        if dst is not None:
+            row = dst.incoming.get(tx) if tx is not None else None
+            if row is not None and row[0] == "SUCCESS":
+                destination_view = DestinationView.CREDITED
+            elif (row is not None and row[0] == "FAILED") or (
+                    row is None and dst.complete and recent and (tx is not None or (
+                        payment.destination.bank, payment.destination.number)
+                    not in unexplained_in)):
+                destination_view = DestinationView.NOT_CREDITED
+        result.append(PaymentFact(payment.payment_id, payment.channel, payment.source,
+                                  payment.destination, payment.amount, payment.progress,
+                                  source_view, destination_view))
+    return result
 
 
 class Reconciler:
@@ -320,18 +393,21 @@ class Reconciler:
 
     def _balance_pass(self, accounts: set[AccountKey], deadline: float,
                       ledger_ok: bool) -> _BalancePass:
-        """Read the twin's balances (REST, or SQL for a bank whose REST failed), then
+        """Read the twin's balances (with the banks' journals, or through REST), then
         the ledger snapshot, then compare."""
         sources: dict[str, str] = {}
         read_started = self.now()
-        readings, banks_read, ordered = self._read_balances(accounts, deadline, sources)
+        window_start = read_started - JOURNAL_WINDOW
+        readings, banks_read, ordered, books = self._read_balances(
+            accounts, deadline, sources, window_start.astimezone(UTC).replace(tzinfo=None))
         snapshot: LedgerSnapshot | None = None
         if self.ledger is not None and ledger_ok:
             ledger = self.ledger
             changed_since = read_started - CHANGED_MARGIN
 
             def read_snapshot() -> LedgerSnapshot:
-                return ledger.snapshot(changed_since, flush_timeout=1.0)
+                return ledger.snapshot(changed_since, flush_timeout=1.0,
+                                       detail_since=window_start - JOURNAL_SKEW)
 
             got = _outcome(self._reads.submit("ledger_snapshot", read_snapshot), deadline)
             snapshot = got.value
@@ -341,7 +417,9 @@ class Reconciler:
             return _BalancePass(readings, banks_read, CheckResult.unknown(c.BALANCE_DRIFT, reason),
                                 CheckResult.unknown(c.CONSERVATION, reason), sources)
         self._known_accounts |= snapshot.accounts
-        model = expect(accounts | snapshot.accounts, snapshot.deposits, snapshot.payments,
+        payments = with_views(snapshot.payments, snapshot.meta, books,
+                              window_start + JOURNAL_SKEW)
+        model = expect(accounts | snapshot.accounts, snapshot.deposits, payments,
                        READ_ORDER if ordered else None)
         return _BalancePass(
             readings, banks_read,
@@ -351,48 +429,50 @@ class Reconciler:
         )
 
     def _read_balances(self, accounts: set[AccountKey], deadline: float,
-                       sources: dict[str, str]) -> tuple[
-            dict[AccountKey, AccountReading | None], list[str], bool]:
+                       sources: dict[str, str], since: datetime) -> tuple[
+            dict[AccountKey, AccountReading | None], list[str], bool, dict[str, BankBooks]]:
+        """Each bank from its database (balances with the journal) when configured,
+        else - or when that fails - through REST, Bank A before Bank B."""
         readings: dict[AccountKey, AccountReading | None] = {}
         banks_read: list[str] = []
+        books: dict[str, BankBooks] = {}
+        futures: dict[str, Future[BankBooks]] = {}
+        for bank in READ_ORDER:
+            engine = self.engines.get(DB_OF_SERVICE[bank])
+            if engine is not None:
+                numbers = [a.number for a in accounts if a.bank == bank]
+                futures[bank] = self._reads.submit(
+                    f"{DB_OF_SERVICE[bank]}_books", _bind_books(
+                        engine, bank, numbers, since, self.config.statement_timeout_ms))
+        for bank, future in futures.items():
+            got = _outcome(future, deadline)
+            sources[f"{DB_OF_SERVICE[bank]}_books"] = got.state
+            if got.value is not None:
+                books[bank] = got.value
+                readings.update(got.value.accounts)
+                banks_read.append(bank)
+        rest_banks = [bank for bank in READ_ORDER if bank not in books]
         ordered = False
-        if self.clients is not None:
+        if rest_banks and self.clients is not None:
             clients = self.clients
             timeout = max(0.2, min(self.config.rest_timeout_seconds,
                                    self.config.budget_seconds / 4))
 
             def rest() -> Any:
-                return read_rest_accounts(clients, accounts, READ_ORDER, timeout)
+                return read_rest_accounts(clients, accounts, rest_banks, timeout)
 
-            got = _outcome(self._reads.submit("rest_accounts", rest), deadline)
-            rest_result = got.value
+            got_rest = _outcome(self._reads.submit("rest_accounts", rest), deadline)
+            rest_result = got_rest.value
             if rest_result is not None:
                 readings.update(rest_result.readings)
                 banks_read.extend(rest_result.banks_read)
-                ordered = rest_result.banks_read == list(READ_ORDER)
-                for bank in READ_ORDER:
+                ordered = not books and rest_result.banks_read == list(READ_ORDER)
+                for bank in rest_banks:
                     sources[f"rest_{bank}"] = "ok" if bank in rest_result.banks_read else \
                         f"error: {rest_result.errors.get(bank, 'not read')}"
             else:
-                sources["rest_accounts"] = got.state
-        for bank in READ_ORDER:
-            if bank in banks_read:
-                continue
-            engine = self.engines.get(DB_OF_SERVICE[bank])
-            if engine is None:
-                continue
-            numbers = [a.number for a in accounts if a.bank == bank]
-            timeout_ms = self.config.statement_timeout_ms
-            future = self._reads.submit(f"{DB_OF_SERVICE[bank]}_accounts", _bind_accounts(
-                engine, bank, numbers, timeout_ms))
-            accounts_read = _outcome(future, deadline)
-            found = accounts_read.value
-            sources[f"{DB_OF_SERVICE[bank]}_accounts"] = accounts_read.state
-            if found is not None:
-                readings.update(found)
-                banks_read.append(bank)
-                ordered = False
-        return readings, banks_read, ordered
+                sources["rest_accounts"] = got_rest.state
+        return readings, banks_read, ordered, books
 
     def _reserved_bounds(self, balance: _BalancePass, banks: Mapping[str, BankSnapshot],
                          futures: Mapping[str, Future[BankSnapshot]]) -> CheckResult:
@@ -517,9 +597,9 @@ def _bind_clearing(engine: Engine, ids: list[uuid.UUID], cutoff: datetime,
     return read
 
 
-def _bind_accounts(engine: Engine, bank: str, numbers: list[str],
-                   timeout_ms: int) -> Callable[[], dict[AccountKey, AccountReading | None]]:
-    def read() -> dict[AccountKey, AccountReading | None]:
-        return read_accounts_sql(engine, bank, numbers, timeout_ms)
+def _bind_books(engine: Engine, bank: str, numbers: list[str], since: datetime,
+                timeout_ms: int) -> Callable[[], BankBooks]:
+    def read() -> BankBooks:
+        return read_bank_books(engine, bank, numbers, since, timeout_ms)
 
     return read

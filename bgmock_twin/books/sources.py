@@ -99,10 +99,17 @@ def progress_of(
 
 
 @dataclass(frozen=True, slots=True)
+class PaymentMeta:
+    transaction_id: uuid.UUID | None
+    intended_at: datetime  # UTC
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerSnapshot:
     deposits: list[DepositFact]
     payments: list[PaymentFact]
     accounts: set[AccountKey]  # every twin account the ledger names as deposited into
+    meta: dict[str, PaymentMeta] = field(default_factory=dict)  # listed payments only
 
 
 def _cents(column: Any, dialect: str) -> Any:
@@ -127,9 +134,12 @@ class LedgerReader:
         self.deposits = deposits
         self.flush = flush
 
-    def snapshot(self, changed_since: datetime, flush_timeout: float = 1.0) -> LedgerSnapshot:
+    def snapshot(self, changed_since: datetime, flush_timeout: float = 1.0,
+                 detail_since: datetime | None = None) -> LedgerSnapshot:
         """Deposits and payments as of now. Rows written at or after
-        ``changed_since`` (UTC) are taken as possibly ahead of the real state."""
+        ``changed_since`` (UTC) are taken as possibly ahead of the real state.
+        Payments intended at or after ``detail_since`` are listed one by one (with
+        their transaction ids), never summed."""
         if self.flush is not None:
             self.flush(flush_timeout)
         p, d = self.payments, self.deposits
@@ -140,6 +150,7 @@ class LedgerReader:
             old_finished = sa.and_(
                 p.c.finished.is_(True), p.c.updated_at < changed_since,
                 sa.not_(sa.and_(p.c.outcome == "rejected", p.c.state == "submitted")),
+                p.c.intended_at < (detail_since or changed_since),
             )
             group = (p.c.channel, p.c.outcome, p.c.state, p.c.final_status, p.c.from_clearing,
                      p.c.from_account, p.c.to_clearing, p.c.to_account)
@@ -147,18 +158,23 @@ class LedgerReader:
                 sa.cast(sa.null(), sa.String).label("payment_id"), *group,
                 sa.cast(sa.null(), sa.String).label("transaction_id"),
                 sa.cast(sa.null(), sa.String).label("message"),
+                sa.func.min(p.c.intended_at).label("intended_at"),
                 sa.literal(False).label("recent"),
                 sa.func.sum(_cents(p.c.amount, dialect)).label("cents"),
             ).where(old_finished).group_by(*group)
             single = sa.select(
-                p.c.payment_id, *group, p.c.transaction_id, p.c.message,
+                p.c.payment_id, *group, p.c.transaction_id, p.c.message, p.c.intended_at,
                 (p.c.updated_at >= changed_since).label("recent"),
                 _cents(p.c.amount, dialect).label("cents"),
             ).where(sa.not_(old_finished))
             rows = [dict(r._mapping) for r in conn.execute(sa.union_all(summed, single))]
             deposit_rows = [dict(r._mapping) for r in conn.execute(sa.select(d))]
         payments: list[PaymentFact] = []
+        meta: dict[str, PaymentMeta] = {}
         for i, row in enumerate(rows):
+            if row["payment_id"] is not None:
+                meta[row["payment_id"]] = PaymentMeta(_uuid(row["transaction_id"]),
+                                                      _utc(row["intended_at"]))
             if row["recent"]:
                 progress = Progress.SUBMITTED
             else:
@@ -178,7 +194,7 @@ class LedgerReader:
                         Decimal(r["amount"]), confirmed=_utc(r["at"]) < changed_since)
             for r in deposit_rows
         ]
-        return LedgerSnapshot(deposits, payments, {dep.account for dep in deposits})
+        return LedgerSnapshot(deposits, payments, {dep.account for dep in deposits}, meta)
 
     def deposit_accounts(self) -> set[AccountKey]:
         """Every account the twin ever deposited into (its accounts)."""
@@ -216,6 +232,13 @@ class LedgerReader:
                 source_service=bank_of(row["from_clearing"]), destination_service=to_bank,
             )))
         return result
+
+
+def _uuid(value: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value)) if value else None
+    except ValueError:
+        return None
 
 
 def _utc(value: datetime) -> datetime:
@@ -359,24 +382,65 @@ def _stale(conn: Connection, table: sa.Table, service: str, cutoff: datetime,
     return [_stored(service, table.name, r._mapping, account_column) for r in rows]
 
 
-def read_accounts_sql(
-    engine: Engine, service: str, numbers: Iterable[str], statement_timeout_ms: int
-) -> dict[AccountKey, AccountReading | None]:
-    """The twin's accounts at one bank from its database (``None``: no such row)."""
-    a = schema.accounts
+@dataclass(frozen=True, slots=True)
+class BankBooks:
+    """The twin's accounts at one bank with the bank's own journal of them, read in
+    one snapshot: the journal says where each recent payment stood at that moment."""
+
+    service: str
+    accounts: dict[AccountKey, AccountReading | None]  # None: no such account
+    # transaction id -> (status, twin account number)
+    outgoing: dict[uuid.UUID, tuple[str, str]]  # from twin accounts: PENDING, or created since
+    incoming: dict[uuid.UUID, tuple[str, str]]  # to twin accounts, created since
+    since: datetime  # naive UTC: rows created before it (and not PENDING) are not listed
+    complete: bool  # False when a row limit was hit: absence proves nothing
+
+
+JOURNAL_ROW_LIMIT = 50_000
+
+
+def read_bank_books(
+    engine: Engine,
+    service: str,
+    numbers: Iterable[str],
+    since: datetime,
+    statement_timeout_ms: int,
+) -> BankBooks:
+    """The twin's accounts at one bank and its journal rows about them since
+    ``since`` (naive UTC), in one read-only snapshot."""
+    a, o, i = schema.accounts, schema.bank_outgoing_transactions, schema.incoming_transactions
     wanted = sorted(set(numbers))
     found: dict[AccountKey, AccountReading | None] = {AccountKey(service, n): None for n in wanted}
+    outgoing: dict[uuid.UUID, tuple[str, str]] = {}
+    incoming: dict[uuid.UUID, tuple[str, str]] = {}
+    complete = True
     with engine.connect() as conn, conn.begin():
         _readonly_transaction(conn, statement_timeout_ms)
         for start in range(0, len(wanted), ID_CHUNK):
+            chunk = wanted[start:start + ID_CHUNK]
             for row in conn.execute(
                 sa.select(a.c.account_number, a.c.balance, a.c.reserved_balance)
-                .where(a.c.account_number.in_(wanted[start:start + ID_CHUNK]))
+                .where(a.c.account_number.in_(chunk))
             ):
                 key = AccountKey(service, row.account_number)
                 found[key] = AccountReading(key, _money(row.balance),
                                             _money(row.reserved_balance), "sql")
-    return found
+            rows = conn.execute(
+                sa.select(o.c.transaction_id, o.c.status, o.c.from_account_number)
+                .where(o.c.from_account_number.in_(chunk),
+                       sa.or_(o.c.status == "PENDING", o.c.created_at >= since))
+                .limit(JOURNAL_ROW_LIMIT)
+            ).all()
+            complete = complete and len(rows) < JOURNAL_ROW_LIMIT
+            outgoing.update({r.transaction_id: (r.status, r.from_account_number) for r in rows})
+            rows = conn.execute(
+                sa.select(i.c.transaction_id, i.c.status, i.c.to_account_number)
+                .where(i.c.to_account_number.in_(chunk), i.c.created_at >= since)
+                .limit(JOURNAL_ROW_LIMIT)
+            ).all()
+            complete = complete and len(rows) < JOURNAL_ROW_LIMIT
+            incoming.update({r.transaction_id: (r.status, r.to_account_number) for r in rows})
+    return BankBooks(service, found, outgoing, incoming, since, complete)
 
 
 def read_bank_db(
