@@ -26,7 +26,7 @@ from tests.support.broker import TansuBroker
 from tests.support.ports import free_port, wait_for
 from tests.support.postgres import PostgresServer
 
-TOKEN = "books-test-token"  # noqa: S105 - a test credential
+TOKEN = "books-test-token"
 RECONCILE_INTERVAL = 2.0
 OUTBOX_AGE_LIMIT = 3.0
 
@@ -143,9 +143,17 @@ def test_clean_books_under_load_have_no_violation(twin: Twin) -> None:
     _wait_for_report(twin, lambda r: r["status"] == "ok")
     assert twin.status()["books"]["status"] == "ok"
     # the lag of every group is exported and never negative
-    for group in [*twin.settings.lag_groups, twin.settings.consumer_group]:
-        wait_for(lambda g=group: _gauge("bgmock_kafka_consumer_last_progress_timestamp_seconds",
-                                        group=g) is not None, timeout=20, message=group)
+    groups = [*twin.settings.lag_groups, twin.settings.consumer_group]
+
+    def progress_of_every_group() -> bool:
+        return all(_gauge("bgmock_kafka_consumer_last_progress_timestamp_seconds", group=g)
+                   is not None for g in groups)
+
+    wait_for(progress_of_every_group, timeout=20, message="lag of every group")
+    lags = [sample for family in REGISTRY.collect() if family.name == "bgmock_kafka_consumer_lag"
+            for sample in family.samples]
+    assert {s.labels["group"] for s in lags} >= set(groups) - {twin.settings.consumer_group}
+    assert all(s.value >= 0 for s in lags)
 
 
 def test_run_needs_the_token_and_get_is_open(twin: Twin) -> None:
