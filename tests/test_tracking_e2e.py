@@ -116,7 +116,8 @@ def make_twin(bgmock: BGMock, tmp_path: Path) -> Iterator[Callable[..., Twin]]:
             twin.tracking.stop(5)
             twin.scheduler.shutdown(wait=False)
         for target in ("bank_a", "bank_b", "clearing"):
-            bgmock.emulator.faults.apply(target, {"paused": False, "latency_seconds": 0})
+            bgmock.emulator.faults.apply(target, {"paused": False, "latency_seconds": 0,
+                                                  "down": False})
 
 
 def sample(name: str, **labels: str) -> float:
@@ -570,3 +571,29 @@ def test_mutations_need_the_token_and_curl_style_bodies_work(
         assert operation["summary"], (path, method)
     detail = schema["components"]["schemas"]["SimulationDetail"]["properties"]
     assert {"latency", "outcomes", "progress", "sendLag"} <= set(detail)
+
+
+def test_an_unreachable_source_bank_rejects_payments_and_tracking_goes_on(
+    bgmock: BGMock, make_twin: Callable[..., Twin],
+) -> None:
+    twin = make_twin()
+    api = twin.api
+    bgmock.emulator.faults.apply("bank_a", {"down": True})
+    try:
+        answer = api.post("/api/v1/transactions", json={"fromBank": "a"})
+        assert answer.status_code == 502 and "bank_a" in answer.json()["error"]
+        sim = api.post("/api/v1/simulations", json={
+            "count": 6, "rate": 20, "direction": "a_to_b"}).json()["id"]
+        detail = wait_finished(api, sim, timeout=30)
+        assert detail["outcomes"] == {"success": 0, "failed": 0, "rejected": 6, "stuck": 0}
+        for row in sim_rows(twin, sim):
+            assert row["transaction_id"] is None
+            assert row["message"].startswith("not accepted by bank_a")
+    finally:
+        bgmock.emulator.faults.apply("bank_a", {"down": False})
+    again = api.post("/api/v1/transactions", json={"fromBank": "a"})
+    assert again.status_code == 202
+    payment_id = again.json()["paymentId"]
+    wait_for(lambda: api.get(f"/api/v1/transactions/{payment_id}").json()["status"]
+             == "success", timeout=20, message="success once the bank is back")
+    assert twin.tracking.ready()

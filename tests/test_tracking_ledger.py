@@ -87,9 +87,10 @@ def test_newer_snapshots_replace_older_ones_and_unfinished_ones_reload(ledger: L
     assert done.outcome is Outcome.SUCCESS
     ledger.write_payment(done, NOW)
     assert ledger.flush(5)
-    unfinished = ledger.load_unfinished()
+    unfinished = ledger.load_unfinished("test")
     assert [r["payment_id"] for r in unfinished] == [open_.payment_id]
-    recent = ledger.load_recent_finished(NOW - timedelta(hours=1))
+    assert ledger.load_unfinished("another-replica") == []
+    recent = ledger.load_recent_finished("test", NOW - timedelta(hours=1))
     assert [r["payment_id"] for r in recent] == [done.payment_id]
     assert ledger.durable_seq == ledger.last_seq
 

@@ -125,6 +125,7 @@ class TransactionView(_Out):
     payment_id: str
     transaction_id: str | None
     simulation_id: str | None
+    instance_id: str = Field(description="the twin replica that sent it")
     channel: str
     route: str
     kind: str
@@ -240,7 +241,8 @@ def transaction_view(row: dict[str, Any]) -> TransactionView:
     duration = row.get(final) if row.get("outcome") in ("success", "failed") else None
     return TransactionView(
         payment_id=row["payment_id"], transaction_id=row["transaction_id"],
-        simulation_id=row["simulation_id"], channel=row["channel"], route=row["route"],
+        simulation_id=row["simulation_id"], instance_id=row["instance_id"],
+        channel=row["channel"], route=row["route"],
         kind=row["kind"], from_clearing_number=row["from_clearing"],
         from_account_number=row["from_account"], to_bankgood_number=row["to_bankgood"],
         to_clearing_number=row["to_clearing"], to_account_number=row["to_account"],

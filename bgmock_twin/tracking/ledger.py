@@ -440,16 +440,21 @@ class Ledger:
         except Exception as exc:
             raise LedgerUnavailable(_short(exc)) from None
 
-    def load_unfinished(self, limit: int = 200_000) -> list[dict[str, Any]]:
+    def load_unfinished(self, instance_id: str, limit: int = 200_000) -> list[dict[str, Any]]:
+        """This instance's payments still in flight (replicas sharing a ledger each
+        follow only their own)."""
         return self._read(
-            sa.select(payments).where(payments.c.finished.is_(False))
+            sa.select(payments)
+            .where(payments.c.finished.is_(False), payments.c.instance_id == instance_id)
             .order_by(payments.c.intended_at).limit(limit)
         )
 
-    def load_recent_finished(self, since: datetime, limit: int = 20_000) -> list[dict[str, Any]]:
+    def load_recent_finished(self, instance_id: str, since: datetime,
+                             limit: int = 20_000) -> list[dict[str, Any]]:
         return self._read(
             sa.select(payments)
-            .where(payments.c.finished.is_(True), payments.c.intended_at >= since)
+            .where(payments.c.finished.is_(True), payments.c.instance_id == instance_id,
+                   payments.c.intended_at >= since)
             .order_by(payments.c.intended_at.desc()).limit(limit)
         )
 

@@ -150,8 +150,9 @@ class Tracking:
         if self._resumed.is_set():
             return
         try:
-            rows = self.ledger.load_unfinished()
-            rows += self.ledger.load_recent_finished(self.tracker.recent_horizon)
+            instance = self.settings.instance_id
+            rows = self.ledger.load_unfinished(instance)
+            rows += self.ledger.load_recent_finished(instance, self.tracker.recent_horizon)
         except LedgerUnavailable as exc:
             log.warning("tracking_resume_failed", error=str(exc))
             return
@@ -306,8 +307,8 @@ class Tracking:
             **counts,
             "dropped": self.sender.dropped,
             "senderBusy": self.sender.busy,
-            "simulationsActive": sum(
-                1 for s in self.simulations.summaries() if s["state"] == "running"),
+            "simulationsActive": sum(1 for s in self.simulations.summaries()
+                                     if s["state"] in ("running", "resuming")),
             "provisioned": fixtures is not None and fixtures.complete(),
             "provisionError": self.provisioner.last_error,
             "following": self.follower.ready(),
