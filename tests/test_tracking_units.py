@@ -236,3 +236,14 @@ def test_amounts_are_whole_cents_within_the_range() -> None:
     assert mix.random_amount(rng, Decimal("3.33"), Decimal("3.33")) == Decimal("3.33")
     with pytest.raises(ValueError):
         mix.random_amount(rng, Decimal("1.001"), Decimal("1.009"))
+
+
+def test_invalid_message_logging_is_rate_limited() -> None:
+    import time
+
+    from bgmock_twin.tracking.follower import LogBudget
+
+    budget = LogBudget("held_back", per_window=2, window_seconds=0.05)
+    assert [budget.allow() for _ in range(5)] == [True, True, False, False, False]
+    time.sleep(0.06)
+    assert budget.allow() and budget.allow() and not budget.allow()

@@ -5,7 +5,8 @@ feeds every event to the tracker.
   starts at the end of each topic, an existing one at its committed offsets.
 - A message that is not a valid event is counted
   (``bgmock_kafka_messages_invalid_total{topic,reason}``), logged once with its
-  topic/partition/offset, and skipped; the follower keeps going.
+  topic/partition/offset (a flood is rate-limited to a summary line), and skipped;
+  the follower keeps going.
 - Offsets are committed only once the ledger has stored what the records changed
   (the ledger's durable sequence number), so a restart neither loses an event nor
   applies one twice (a redelivered event is a repeat to the lifecycle anyway).
@@ -55,6 +56,7 @@ class Follower:
         self.records_seen = 0
         self.invalid_seen = 0
         self.last_commit_error: str | None = None
+        self._log_budget = LogBudget("kafka_messages_invalid_not_logged")
 
     def start(self) -> None:
         if self._thread is None:
@@ -139,8 +141,9 @@ class Follower:
         except InvalidEvent as exc:
             self.invalid_seen += 1
             metrics.KAFKA_MESSAGES_INVALID.labels(record.topic, exc.reason).inc()
-            log.warning("kafka_message_invalid", topic=record.topic, partition=record.partition,
-                        offset=record.offset, reason=exc.reason)
+            if self._log_budget.allow():
+                log.warning("kafka_message_invalid", topic=record.topic,
+                            partition=record.partition, offset=record.offset, reason=exc.reason)
             self.tracker.record_invalid(record, exc.reason)
             return
         self.tracker.on_event(record, event)
@@ -185,3 +188,28 @@ def _last_per_partition(records: Sequence[Record]) -> list[Record]:
         if key not in last or record.offset > last[key].offset:
             last[key] = record
     return list(last.values())
+
+
+class LogBudget:
+    """At most ``per_window`` log lines per window; what is held back is summed up in
+    one line when the next window opens (the counter has every message anyway)."""
+
+    def __init__(self, event: str, per_window: int = 20, window_seconds: float = 10.0) -> None:
+        self.event = event
+        self.per_window = per_window
+        self.window_seconds = window_seconds
+        self._window_start = time.monotonic()
+        self._used = 0
+        self._suppressed = 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        if now - self._window_start >= self.window_seconds:
+            if self._suppressed:
+                log.warning(self.event, count=self._suppressed)
+            self._window_start, self._used, self._suppressed = now, 0, 0
+        if self._used < self.per_window:
+            self._used += 1
+            return True
+        self._suppressed += 1
+        return False

@@ -162,7 +162,6 @@ deposits = sa.Table(
 
 TABLES = {"payment": payments, "simulation": simulations, "deposit": deposits}
 PRIMARY_KEYS = {"payment": "payment_id", "simulation": "simulation_id", "deposit": "deposit_id"}
-STATUSES = ("in_flight", "success", "failed", "rejected", "stuck")
 
 
 # --- rows <-> payments (pure) -----------------------------------------------------------

@@ -140,11 +140,6 @@ class StatusPoller:
     def settle_soon(self, payment_id: str) -> None:
         self.schedule(payment_id, Purpose.SETTLE)
 
-    @property
-    def queued(self) -> int:
-        with self._cond:
-            return len(self._queued)
-
     def _next(self) -> tuple[str, Purpose, int] | None:
         with self._cond:
             while not self._stop.is_set():

@@ -18,7 +18,7 @@ import math
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -119,7 +119,6 @@ class Simulation:
     dropped_before: int = 0
     expected_seconds: float = 0.0
     resumed: bool = False
-    lags: list[float] = field(default_factory=list)
 
     @property
     def dispatched(self) -> int:

@@ -411,10 +411,6 @@ class Tracker:
                 "parkedEvents": self._parked_count,
             }
 
-    def live_ids(self) -> list[str]:
-        with self._lock:
-            return list(self._live)
-
     @property
     def recent_horizon(self) -> datetime:
         return self.clock.now() - timedelta(seconds=self.follow_horizon)
