@@ -192,11 +192,16 @@ class SimulationList(_Out):
 
 
 class Percentiles(_Out):
+    """Nearest-rank percentiles in seconds (null when there is no value yet)."""
+
     count: int
     p50: float | None
     p95: float | None
     p99: float | None
-    max: float | None = None
+
+
+class LagPercentiles(Percentiles):
+    max: float | None
 
 
 class Latency(_Out):
@@ -223,7 +228,7 @@ class SimulationDetail(SimulationSummary):
     outcomes: dict[str, int]
     current_status: dict[str, int]
     latency: Latency
-    send_lag: Percentiles
+    send_lag: LagPercentiles = Field(description="actual minus intended send time")
 
 
 # --- conversions ------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ from bgmock_twin.tracking.lifecycle import (
 log = get_logger(__name__)
 
 STUCK_POLL_SECONDS = 5.0
+MAX_STUCK_POLLS_PER_CHECK = 200
 
 
 class Clock(Protocol):
@@ -254,10 +255,14 @@ class Tracker:
                     self._apply(payment, change)
                 if payment.stuck_step is not None:
                     stuck[payment.stuck_step.value] += 1
+                    # ask less often the longer it is stuck, and only so many per run
+                    age = now_mono - payment.intended_mono
                     if payment.channel is Channel.REST and payment.transaction_id is not None \
+                            and len(to_poll) < MAX_STUCK_POLLS_PER_CHECK \
                             and now_mono - self._last_poll.get(payment.payment_id, -1e9) \
-                            > STUCK_POLL_SECONDS:
+                            > max(STUCK_POLL_SECONDS, age / 4):
                         to_poll.append(payment.payment_id)
+                        self._last_poll[payment.payment_id] = now_mono
                 if now_mono - payment.intended_mono > self.follow_horizon:
                     self._forget(payment)
             for step in Step:
