@@ -50,7 +50,7 @@ from bgmock_twin.emulator.common import (
     path_uuid,
     query_amount,
 )
-from bgmock_twin.emulator.db import Database, money, utcnow
+from bgmock_twin.emulator.db import Database, money, run_in, utcnow
 from bgmock_twin.emulator.outbox import add_event
 from bgmock_twin.emulator.web import ApiError, Request, Response, Router
 from bgmock_twin.logs import get_logger
@@ -74,6 +74,30 @@ def account_json(row: Row[Any]) -> dict[str, Any]:
     }
 
 
+class _Statements:
+    """The hot statements, built once: SQLAlchemy then skips building and keying them
+    on every call (most of the cost of a small statement)."""
+
+    def __init__(self, db: Database) -> None:
+        out, inc = bank_outgoing_transactions, incoming_transactions
+        self.account = sa.select(accounts).where(
+            accounts.c.account_number == sa.bindparam("number"))
+        self.account_locked = db.locked(self.account)
+        self.set_money = accounts.update().where(
+            accounts.c.account_id == sa.bindparam("p_id")).values(
+            balance=sa.bindparam("p_balance"), reserved_balance=sa.bindparam("p_reserved"),
+            updated_at=sa.bindparam("p_now"), version=sa.bindparam("p_version"))
+        self.outgoing = sa.select(out).where(out.c.transaction_id == sa.bindparam("id"))
+        self.outgoing_locked = db.locked(self.outgoing)
+        self.insert_outgoing = out.insert()
+        self.set_outgoing_status = out.update().where(
+            out.c.transaction_id == sa.bindparam("p_id")).values(
+            status=sa.bindparam("p_status"), updated_at=sa.bindparam("p_now"))
+        self.incoming = sa.select(inc.c.transaction_id).where(
+            inc.c.transaction_id == sa.bindparam("id"))
+        self.insert_incoming = inc.insert()
+
+
 class BankService:
     """One bank: its database, its REST routes and its event handlers."""
 
@@ -84,11 +108,21 @@ class BankService:
         self.name = name
         self.clearing_number = clearing_number
         self.db = db
+        self.sql = _Statements(db)
 
     # --- accounts -------------------------------------------------------------------
     def _account(self, conn: Connection, number: str | None, lock: bool) -> Row[Any] | None:
-        query = sa.select(accounts).where(accounts.c.account_number == number)
-        return conn.execute(self.db.locked(query) if lock else query).first()
+        query = self.sql.account_locked if lock else self.sql.account
+        return conn.execute(query, {"number": number}).first()
+
+    def _set_money(self, conn: Connection, row: Row[Any], *, balance: Decimal | None = None,
+                   reserved: Decimal | None = None) -> None:
+        conn.execute(self.sql.set_money, {
+            "p_id": row.account_id,
+            "p_balance": money(row.balance) if balance is None else balance,
+            "p_reserved": money(row.reserved_balance) if reserved is None else reserved,
+            "p_now": utcnow(), "p_version": (row.version or 0) + 1,
+        })
 
     def _set_account(self, conn: Connection, row: Row[Any], **values: Any) -> None:
         conn.execute(accounts.update().where(accounts.c.account_id == row.account_id).values(
@@ -184,7 +218,7 @@ class BankService:
                 if reserved < amount:
                     raise ApiError(400, "Not enough reserved funds to release")
                 reserved -= amount
-            self._set_account(conn, row, balance=balance, reserved_balance=reserved)
+            self._set_money(conn, row, balance=balance, reserved=reserved)
             updated = self._account(conn, row.account_number, lock=False)
         assert updated is not None
         return Response.json(200, account_json(updated))
@@ -199,8 +233,7 @@ class BankService:
         raw_amount = opt_amount(body, "amount")
         if client_id is not None:
             with self.db.begin() as conn:
-                seen = conn.execute(sa.select(bank_outgoing_transactions.c.transaction_id).where(
-                    bank_outgoing_transactions.c.transaction_id == client_id)).first()
+                seen = conn.execute(self.sql.outgoing, {"id": client_id}).first()
             if seen is not None:
                 return accepted("Transaction already processed", client_id)
         if raw_amount is None or from_account is None:
@@ -216,15 +249,14 @@ class BankService:
                 money(account.balance) - money(account.reserved_balance) < amount
             ):
                 status = Status.FAILED
-            conn.execute(bank_outgoing_transactions.insert().values(
-                transaction_id=transaction_id, from_clearing_number=self.clearing_number,
-                from_account_number=from_account, to_bankgood_number=to_bankgood,
-                amount=amount, status=status.value, created_at=now, updated_at=now,
-            ))
+            conn.execute(self.sql.insert_outgoing, {
+                "transaction_id": transaction_id, "from_clearing_number": self.clearing_number,
+                "from_account_number": from_account, "to_bankgood_number": to_bankgood,
+                "amount": amount, "status": status.value, "created_at": now, "updated_at": now,
+            })
             if status is Status.PENDING:
                 assert account is not None
-                self._set_account(conn, account,
-                                  reserved_balance=money(account.reserved_balance) + amount)
+                self._set_money(conn, account, reserved=money(account.reserved_balance) + amount)
                 # The bank copies the timestamps before the database fills them: null dates.
                 add_event(conn, self.outbox, TOPIC_INITIATED, self.clearing_number,
                           OutgoingTransactionEvent(
@@ -254,27 +286,29 @@ class BankService:
             raise ApiError(404, "Outgoing transaction not found", spring=False)
         return Response.json(200, {"message": "Outgoing transaction deleted successfully"})
 
-    def handle_completed(self, event: TransactionResponseEvent) -> str:
+    def handle_completed(self, event: TransactionResponseEvent,
+                         conn: Connection | None = None) -> str:
         """Step 6: settle (SUCCESS) or release (FAILED) the reservation, once."""
-        table = bank_outgoing_transactions
-        with self.db.begin() as conn:
-            tx = conn.execute(self.db.locked(
-                sa.select(table).where(table.c.transaction_id == event.transaction_id))).first()
-            if tx is None:
-                return UNKNOWN_TRANSACTION  # e.g. a payment injected straight into Kafka
-            if tx.status != Status.PENDING.value or event.status is Status.PENDING:
-                return DUPLICATE
-            account = self._account(conn, tx.from_account_number, lock=True)
-            if account is not None:
-                amount = money(tx.amount)
-                reserved = money(account.reserved_balance) - amount
-                if event.status is Status.SUCCESS:
-                    self._set_account(conn, account, reserved_balance=reserved,
-                                      balance=money(account.balance) - amount)
-                else:
-                    self._set_account(conn, account, reserved_balance=reserved)
-            conn.execute(table.update().where(table.c.transaction_id == event.transaction_id)
-                         .values(status=event.status.value, updated_at=utcnow()))
+        return run_in(self.db, conn, functools.partial(self._completed, event=event))
+
+    def _completed(self, conn: Connection, event: TransactionResponseEvent) -> str:
+        tx = conn.execute(self.sql.outgoing_locked, {"id": event.transaction_id}).first()
+        if tx is None:
+            return UNKNOWN_TRANSACTION  # e.g. a payment injected straight into Kafka
+        if tx.status != Status.PENDING.value or event.status is Status.PENDING:
+            return DUPLICATE
+        account = self._account(conn, tx.from_account_number, lock=True)
+        if account is not None:
+            amount = money(tx.amount)
+            reserved = money(account.reserved_balance) - amount
+            if event.status is Status.SUCCESS:
+                self._set_money(conn, account, reserved=reserved,
+                                balance=money(account.balance) - amount)
+            else:
+                self._set_money(conn, account, reserved=reserved)
+        conn.execute(self.sql.set_outgoing_status, {
+            "p_id": event.transaction_id, "p_status": event.status.value,
+            "p_now": utcnow()})
         return HANDLED
 
     def post_completed(self, request: Request) -> Response:
@@ -283,32 +317,32 @@ class BankService:
         return accepted("Completed transaction accepted", event.transaction_id)
 
     # --- incoming payments ------------------------------------------------------------
-    def handle_forwarded(self, event: IncomingTransactionEvent) -> str:
+    def handle_forwarded(self, event: IncomingTransactionEvent,
+                         conn: Connection | None = None) -> str:
         """Step 4: credit the payee (or fail), store it, emit ``transactions.processed``."""
-        try:
-            with self.db.begin() as conn:
-                seen = conn.execute(sa.select(incoming_transactions.c.transaction_id).where(
-                    incoming_transactions.c.transaction_id == event.transaction_id)).first()
-                if seen is not None:
-                    return DUPLICATE
-                amount = money(event.amount)
-                account = self._account(conn, event.to_account_number, lock=True)
-                if account is not None:
-                    self._set_account(conn, account, balance=money(account.balance) + amount)
-                    status, message = Status.SUCCESS, PROCESSED_MESSAGE
-                else:
-                    status, message = Status.FAILED, UNKNOWN_ACCOUNT_MESSAGE
-                now = utcnow()
-                conn.execute(incoming_transactions.insert().values(
-                    transaction_id=event.transaction_id,
-                    to_clearing_number=event.to_clearing_number,
-                    to_account_number=event.to_account_number,
-                    amount=amount, status=status.value, created_at=now, updated_at=now,
-                ))
-                add_event(conn, self.outbox, TOPIC_PROCESSED, self.clearing_number,
-                          TransactionResponseEvent(event.transaction_id, status, message))
-        except IntegrityError:
-            return DUPLICATE  # the same event handled concurrently (REST door + Kafka)
+        return run_in(self.db, conn, functools.partial(self._forwarded, event=event))
+
+    def _forwarded(self, conn: Connection, event: IncomingTransactionEvent) -> str:
+        seen = conn.execute(self.sql.incoming, {"id": event.transaction_id}).first()
+        if seen is not None:
+            return DUPLICATE
+        amount = money(event.amount)
+        account = self._account(conn, event.to_account_number, lock=True)
+        if account is not None:
+            self._set_money(conn, account, balance=money(account.balance) + amount)
+            status, message = Status.SUCCESS, PROCESSED_MESSAGE
+        else:
+            status, message = Status.FAILED, UNKNOWN_ACCOUNT_MESSAGE
+        now = utcnow()
+        conn.execute(self.sql.insert_incoming, {
+            "transaction_id": event.transaction_id,
+            "to_clearing_number": event.to_clearing_number,
+            "to_account_number": event.to_account_number,
+            "amount": amount, "status": status.value, "created_at": now,
+            "updated_at": now,
+        })
+        add_event(conn, self.outbox, TOPIC_PROCESSED, self.clearing_number,
+                  TransactionResponseEvent(event.transaction_id, status, message))
         return HANDLED
 
     def post_incoming(self, request: Request) -> Response:

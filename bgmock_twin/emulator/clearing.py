@@ -11,6 +11,7 @@ redelivered ``transactions.processed`` yields a second ``transactions.completed`
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import sqlalchemy as sa
@@ -42,7 +43,7 @@ from bgmock_twin.emulator.common import (
     outgoing_json,
     path_uuid,
 )
-from bgmock_twin.emulator.db import Database, money, utcnow
+from bgmock_twin.emulator.db import Database, money, run_in, utcnow
 from bgmock_twin.emulator.outbox import add_event
 from bgmock_twin.emulator.web import ApiError, Request, Response, Router
 
@@ -70,11 +71,20 @@ class ClearingService:
     def __init__(self, db: Database) -> None:
         self.name = "clearing"
         self.db = db
+        table = clearing_outgoing_transactions
+        # The hot statements, built once (see bank._Statements).
+        self._select_mapping = sa.select(bank_mappings).where(
+            bank_mappings.c.bankgood_number == sa.bindparam("bankgood"))
+        self._select_tx = sa.select(table).where(table.c.transaction_id == sa.bindparam("id"))
+        self._select_tx_locked = db.locked(self._select_tx)
+        self._insert_tx = table.insert()
+        self._set_status = table.update().where(
+            table.c.transaction_id == sa.bindparam("p_id")).values(
+            status=sa.bindparam("p_status"), updated_at=sa.bindparam("p_now"))
 
     # --- bank mappings ------------------------------------------------------------------
     def _mapping(self, conn: Connection, bankgood: str | None) -> Row[Any] | None:
-        return conn.execute(sa.select(bank_mappings).where(
-            bank_mappings.c.bankgood_number == bankgood)).first()
+        return conn.execute(self._select_mapping, {"bankgood": bankgood}).first()
 
     def create_mapping(self, request: Request) -> Response:
         body = request.json_object()
@@ -135,65 +145,69 @@ class ClearingService:
         return Response.empty(204)
 
     # --- payments ------------------------------------------------------------------------
-    def handle_initiated(self, event: OutgoingTransactionEvent) -> str:
+    def handle_initiated(self, event: OutgoingTransactionEvent,
+                         conn: Connection | None = None) -> str:
         """Step 3: forward to the destination bank, or fail an unknown bankgood number."""
-        table = clearing_outgoing_transactions
-        transaction_id = event.transaction_id
-        if transaction_id is None or event.amount is None:
+        if event.transaction_id is None or event.amount is None:
             raise ValueError("an initiated event needs transactionId and amount")
+        money(event.amount)
+        return run_in(self.db, conn, functools.partial(self._initiated, event=event))
+
+    def _initiated(self, conn: Connection, event: OutgoingTransactionEvent) -> str:
+        transaction_id = event.transaction_id
+        assert transaction_id is not None and event.amount is not None
         amount = money(event.amount)
-        try:
-            with self.db.begin() as conn:
-                seen = conn.execute(sa.select(table.c.transaction_id).where(
-                    table.c.transaction_id == transaction_id)).first()
-                if seen is not None:
-                    return DUPLICATE
-                mapping = self._mapping(conn, event.to_bankgood_number)
-                status = Status.PENDING if mapping is not None else Status.FAILED
-                now = utcnow()
-                conn.execute(table.insert().values(
-                    transaction_id=transaction_id,
-                    from_clearing_number=event.from_clearing_number,
-                    from_account_number=event.from_account_number,
-                    to_bankgood_number=event.to_bankgood_number,
-                    amount=amount, status=status.value, created_at=now, updated_at=now,
-                ))
-                if mapping is None:
-                    add_event(conn, self.outbox, TOPIC_COMPLETED, event.from_clearing_number,
-                              TransactionResponseEvent(transaction_id, Status.FAILED,
-                                                       UNKNOWN_BANKGOOD_MESSAGE))
-                else:
-                    # The clearing fills its timestamps itself: Jackson's array form.
-                    add_event(conn, self.outbox, TOPIC_FORWARDED, mapping.clearing_number,
-                              IncomingTransactionEvent(
-                                  transaction_id=transaction_id,
-                                  to_clearing_number=mapping.clearing_number,
-                                  to_account_number=mapping.account_number,
-                                  amount=amount, status=Status.PENDING,
-                                  created_at=now, updated_at=now,
-                              ), dates="array")
-        except IntegrityError:
+        seen = conn.execute(self._select_tx, {"id": transaction_id}).first()
+        if seen is not None:
             return DUPLICATE
+        mapping = self._mapping(conn, event.to_bankgood_number)
+        status = Status.PENDING if mapping is not None else Status.FAILED
+        now = utcnow()
+        conn.execute(self._insert_tx, {
+            "transaction_id": transaction_id,
+            "from_clearing_number": event.from_clearing_number,
+            "from_account_number": event.from_account_number,
+            "to_bankgood_number": event.to_bankgood_number,
+            "amount": amount, "status": status.value, "created_at": now,
+            "updated_at": now,
+        })
+        if mapping is None:
+            add_event(conn, self.outbox, TOPIC_COMPLETED, event.from_clearing_number,
+                      TransactionResponseEvent(transaction_id, Status.FAILED,
+                                               UNKNOWN_BANKGOOD_MESSAGE))
+        else:
+            # The clearing fills its timestamps itself: Jackson's array form.
+            add_event(conn, self.outbox, TOPIC_FORWARDED, mapping.clearing_number,
+                      IncomingTransactionEvent(
+                          transaction_id=transaction_id,
+                          to_clearing_number=mapping.clearing_number,
+                          to_account_number=mapping.account_number,
+                          amount=amount, status=Status.PENDING,
+                          created_at=now, updated_at=now,
+                      ), dates="array")
         return HANDLED
 
-    def handle_processed(self, event: TransactionResponseEvent) -> str:
+    def handle_processed(self, event: TransactionResponseEvent,
+                         conn: Connection | None = None) -> str:
         """Step 5: record the destination's answer and tell the source (every time)."""
-        table = clearing_outgoing_transactions
-        with self.db.begin() as conn:
-            tx = conn.execute(self.db.locked(sa.select(table).where(
-                table.c.transaction_id == event.transaction_id))).first()
-            if tx is None:
-                raise UnknownTransaction(str(event.transaction_id))
-            conn.execute(table.update().where(table.c.transaction_id == event.transaction_id)
-                         .values(status=event.status.value, updated_at=utcnow()))
-            add_event(conn, self.outbox, TOPIC_COMPLETED, tx.from_clearing_number,
-                      TransactionResponseEvent(event.transaction_id, event.status,
-                                               event.message))
+        return run_in(self.db, conn, functools.partial(self._processed, event=event),
+                      duplicates=False)
+
+    def _processed(self, conn: Connection, event: TransactionResponseEvent) -> str:
+        tx = conn.execute(self._select_tx_locked, {"id": event.transaction_id}).first()
+        if tx is None:
+            raise UnknownTransaction(str(event.transaction_id))
+        conn.execute(self._set_status, {"p_id": event.transaction_id,
+                                        "p_status": event.status.value, "p_now": utcnow()})
+        add_event(conn, self.outbox, TOPIC_COMPLETED, tx.from_clearing_number,
+                  TransactionResponseEvent(event.transaction_id, event.status,
+                                           event.message))
         return HANDLED
 
-    def process_processed(self, event: TransactionResponseEvent) -> str:
+    def process_processed(self, event: TransactionResponseEvent,
+                          conn: Connection | None = None) -> str:
         try:
-            return self.handle_processed(event)
+            return self.handle_processed(event, conn)
         except UnknownTransaction:
             return UNKNOWN_TRANSACTION
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -19,6 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import QueuePool
 
 from bgmock_twin.contract import CENT
@@ -104,3 +105,23 @@ class Database:
         if self._sqlite_memory is not None:
             self._sqlite_memory.really_close()
             self._sqlite_memory = None
+
+
+def run_in(
+    db: Database,
+    conn: Connection | None,
+    body: Callable[[Connection], str],
+    duplicates: bool = True,
+) -> str:
+    """Run an event handler's ``body`` in the caller's transaction (a listener's
+    batch) or in a transaction of its own. In its own transaction, a unique
+    violation means the same event was handled concurrently: ``"duplicate"``."""
+    if conn is not None:
+        return body(conn)
+    try:
+        with db.begin() as own:
+            return body(own)
+    except IntegrityError:
+        if not duplicates:
+            raise
+        return "duplicate"

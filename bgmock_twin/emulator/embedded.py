@@ -28,16 +28,12 @@ from bgmock_twin.contract import (
     TOPIC_INITIATED,
     TOPIC_PROCESSED,
     TOPICS,
-    Event,
-    IncomingTransactionEvent,
-    OutgoingTransactionEvent,
-    TransactionResponseEvent,
 )
 from bgmock_twin.emulator.bank import BankService
 from bgmock_twin.emulator.clearing import ClearingService
 from bgmock_twin.emulator.db import Database
 from bgmock_twin.emulator.faults import SERVICES, FaultController
-from bgmock_twin.emulator.listener import Listener
+from bgmock_twin.emulator.listener import EventHandler, Listener
 from bgmock_twin.emulator.outbox import OutboxPublisher, drop_oldest_unpublished
 from bgmock_twin.emulator.web import FaultSource, HttpService
 from bgmock_twin.logs import get_logger
@@ -199,27 +195,25 @@ class EmbeddedBGMock:
         clearing = self.clearing
 
         def listener(service: str, group: str, topics: Sequence[str],
-                     handlers: dict[str, Any], own_key: str | None) -> None:
+                     handlers: dict[str, EventHandler], own_key: str | None) -> None:
             consumer: EventConsumer = bus.consumer(group, list(topics),
                                                    from_beginning_if_new=True)
-            item = Listener(service, consumer, handlers, own_key=own_key,
-                            paused=lambda: self.faults.consumers_paused(service),
+            item = Listener(service, consumer, self._dbs[service], handlers, own_key=own_key,
+                            paused=functools.partial(self.faults.consumers_paused, service),
                             unavailable=lambda: self.faults.bus_down)
             self._listeners.append(item)
             item.start()
 
         listener("clearing", CLEARING_GROUP, [TOPIC_INITIATED, TOPIC_PROCESSED], {
-            TOPIC_INITIATED: _typed(clearing.handle_initiated, OutgoingTransactionEvent),
-            TOPIC_PROCESSED: _typed(clearing.process_processed, TransactionResponseEvent),
+            TOPIC_INITIATED: clearing.handle_initiated,
+            TOPIC_PROCESSED: clearing.process_processed,
         }, None)
         for bank in (self.bank_a, self.bank_b):
             forwarded_group, completed_group = bank_groups(bank.clearing_number)
-            listener(bank.name, forwarded_group, [TOPIC_FORWARDED], {
-                TOPIC_FORWARDED: _typed(bank.handle_forwarded, IncomingTransactionEvent),
-            }, bank.clearing_number)
-            listener(bank.name, completed_group, [TOPIC_COMPLETED], {
-                TOPIC_COMPLETED: _typed(bank.handle_completed, TransactionResponseEvent),
-            }, bank.clearing_number)
+            listener(bank.name, forwarded_group, [TOPIC_FORWARDED],
+                     {TOPIC_FORWARDED: bank.handle_forwarded}, bank.clearing_number)
+            listener(bank.name, completed_group, [TOPIC_COMPLETED],
+                     {TOPIC_COMPLETED: bank.handle_completed}, bank.clearing_number)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.config.ready_timeout_seconds
@@ -285,14 +279,3 @@ class EmbeddedBGMock:
     def drop_outbox_row(self, service: str) -> dict[str, Any] | None:
         target = self._services[service]
         return drop_oldest_unpublished(self._dbs[service], target.outbox)
-
-
-def _typed(handler: Any, kind: type) -> Any:
-    """A listener handler that rejects an event of the wrong class."""
-
-    def handle(event: Event) -> str:
-        if not isinstance(event, kind):
-            raise ValueError(f"expected {kind.__name__}")
-        return str(handler(event))
-
-    return handle

@@ -58,14 +58,26 @@ def add_event(
 ) -> None:
     """Insert the outbox row of ``event`` (inside the caller's transaction)."""
     payload, _headers = encode_event(event, dates=dates)
-    conn.execute(table.insert().values(
-        transaction_id=event.transaction_id,
-        topic=topic,
-        message_key=key,
-        payload=payload.decode(),
-        published=False,
-        created_at=utcnow(),
-    ))
+    conn.execute(_insert(table), {
+        "transaction_id": event.transaction_id,
+        "topic": topic,
+        "message_key": key,
+        "payload": payload.decode(),
+        "published": False,
+        "created_at": utcnow(),
+    })
+
+
+_INSERTS: dict[str, sa.Insert] = {}
+
+
+def _insert(table: sa.Table) -> sa.Insert:
+    """One insert statement object per outbox table (built once, cached by SQLAlchemy)."""
+    key = f"{table.metadata.info.get('service')}.{table.name}"
+    statement = _INSERTS.get(key)
+    if statement is None:
+        statement = _INSERTS[key] = table.insert()
+    return statement
 
 
 class OutboxPublisher:
@@ -91,6 +103,11 @@ class OutboxPublisher:
                                         daemon=True)
         self._failing = False
         self.cycles = 0
+        self._select_pending = (
+            sa.select(table.c.id, table.c.topic, table.c.message_key, table.c.payload)
+            .where(table.c.published.is_(False)).order_by(table.c.id).limit(BATCH))
+        self._mark_published = table.update().where(
+            table.c.id.in_(sa.bindparam("ids", expanding=True))).values(published=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -138,14 +155,8 @@ class OutboxPublisher:
         """Send every unpublished row; return how many were marked published."""
         total = 0
         while not self._stop.is_set():
-            table = self._table
             with self._db.begin() as conn:
-                rows = conn.execute(
-                    sa.select(table.c.id, table.c.topic, table.c.message_key, table.c.payload)
-                    .where(table.c.published.is_(False))
-                    .order_by(table.c.id)
-                    .limit(BATCH)
-                ).all()
+                rows = conn.execute(self._select_pending).all()
             if not rows:
                 break
             for row in rows:
@@ -154,7 +165,7 @@ class OutboxPublisher:
             self._producer.flush(FLUSH_TIMEOUT_SECONDS)
             ids = [row.id for row in rows]
             with self._db.begin() as conn:
-                conn.execute(table.update().where(table.c.id.in_(ids)).values(published=True))
+                conn.execute(self._mark_published, {"ids": ids})
             total += len(ids)
             metrics.EMULATOR_OUTBOX_PUBLISHED.labels(service=self.service).inc(len(ids))
             if len(rows) < BATCH:
