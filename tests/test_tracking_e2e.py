@@ -169,9 +169,9 @@ def test_a_simulation_over_both_channels_and_directions_accounts_for_every_payme
               for o in ("success", "failed", "rejected", "stuck")]
     completed_before = {k: sample("bgmock_payments_completed_total", channel=k[0], route=k[1],
                                   outcome=k[2]) for k in labels}
-    submitted_before = {k[:2]: sample("bgmock_payments_submitted_total", channel=k[0],
-                                      route=k[1]) for k in labels}
-    specs = {
+    submitted_before = {(k[0], k[1]): sample("bgmock_payments_submitted_total", channel=k[0],
+                                             route=k[1]) for k in labels}
+    specs: dict[str, dict[str, Any]] = {
         "rest": {"count": 200, "rate": 40, "direction": "both", "failureShare": 0.25,
                  "name": "rest mix"},
         "kafka": {"count": 100, "rate": 40, "channel": "kafka", "failure_share": 0.25},
@@ -232,9 +232,9 @@ def test_a_simulation_over_both_channels_and_directions_accounts_for_every_payme
         delta = sample("bgmock_payments_completed_total", channel=key[0], route=key[1],
                        outcome=key[2]) - completed_before[key]
         assert delta == completed_by_labels[key], key
-    for key, n in submitted_by_labels.items():
-        assert sample("bgmock_payments_submitted_total", channel=key[0], route=key[1]) \
-            - submitted_before[key] == n
+    for route_key, n in submitted_by_labels.items():
+        assert sample("bgmock_payments_submitted_total", channel=route_key[0],
+                      route=route_key[1]) - submitted_before[route_key] == n
     exposition = generate_latest(REGISTRY).decode()
     for step in ("accepted", "initiated", "forwarded", "processed", "completed", "settled"):
         assert f'bgmock_payment_step_duration_seconds_count{{step="{step}"}}' in exposition
@@ -278,7 +278,8 @@ def test_deliberate_failures_end_as_the_right_outcome(
         return view if view["status"] != "in_flight" else None
 
     for (channel, kind), payment_id in answers.items():
-        view = wait_for(lambda p=payment_id: final(p), timeout=20, message=f"{channel} {kind}")
+        view = wait_for(lambda p=payment_id: final(p), timeout=20,  # type: ignore[misc]
+                        message=f"{channel} {kind}")
         assert view["outcome"] == EXPECTED[(channel, kind)], view
         steps = [e["step"] for e in view["timeline"]]
         if kind is Kind.INSUFFICIENT_FUNDS:

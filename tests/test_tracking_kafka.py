@@ -21,6 +21,7 @@ from bgmock_twin.emulator import EmbeddedBGMock, EmulatorConfig
 from bgmock_twin.scheduler import JobScheduler
 from bgmock_twin.settings import load_settings
 from bgmock_twin.tracking.ledger import PaymentQuery
+from bgmock_twin.tracking.lifecycle import Channel, Outcome
 from bgmock_twin.tracking.service import Tracking
 from bgmock_twin.tracking.simulations import SimulationSpec
 from tests.support.broker import TansuBroker
@@ -79,15 +80,17 @@ def spec(**values: Any) -> SimulationSpec:
 
 
 def test_a_small_simulation_over_real_kafka_accounts_for_every_payment(world: World) -> None:
-    from bgmock_twin.tracking.lifecycle import Channel
-
     tracking = world.tracking
     rest = tracking.simulations.create(spec(count=30, rate=15, failure_share=0.2))
     kafka = tracking.simulations.create(spec(count=16, rate=15, channel=Channel.KAFKA,
                                              failure_share=0.25))
+    def finished(simulation_id: str) -> bool:
+        current = tracking.simulations.get_sim(simulation_id)
+        return current is not None and current.state == "finished"
+
     for sim in (rest, kafka):
-        wait_for(lambda s=sim: tracking.simulations.get_sim(s.simulation_id).state == "finished",
-                 timeout=60, interval=0.2, message=f"{sim.spec.channel} simulation")
+        wait_for(lambda s=sim.simulation_id: finished(s), timeout=60, interval=0.2,  # type: ignore[misc]
+                 message=f"{sim.spec.channel} simulation")
         detail = tracking.simulations.detail(sim)
         rows = tracking.ledger.query(PaymentQuery(simulation_id=sim.simulation_id, limit=1000))
         assert detail["progress"]["dispatched"] + detail["progress"]["dropped"] == sim.spec.count
@@ -137,6 +140,7 @@ def test_poison_messages_on_every_topic_are_skipped_and_counted(world: World) ->
     payment = world.tracking.submit_one(from_bank="a")
     wait_for(lambda: (p := world.tracking.tracker.get(payment.payment_id)) is not None
              and p.finished, timeout=30, message="payment after poison")
-    assert world.tracking.tracker.get(payment.payment_id).outcome.value == "success"
+    followed = world.tracking.tracker.get(payment.payment_id)
+    assert followed is not None and followed.outcome is Outcome.SUCCESS
     assert world.tracking.follower.alive
 

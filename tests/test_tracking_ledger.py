@@ -167,9 +167,9 @@ def test_postgres_stores_numeric_and_timestamptz(pg_database: str) -> None:
     book = Ledger(pg_database)
     assert book.open()
     with book.engine.connect() as conn:
-        types = dict(conn.execute(sa.text(
+        types: dict[str, str] = dict(conn.execute(sa.text(
             "SELECT column_name, data_type FROM information_schema.columns "
-            "WHERE table_name = 'twin_payments'")).all())
+            "WHERE table_name = 'twin_payments'")).tuples().all())
     book.close()
     assert types["amount"] == "numeric"
     assert types["intended_at"] == "timestamp with time zone"
