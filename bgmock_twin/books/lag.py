@@ -87,14 +87,19 @@ class LagMonitor:
         """One collection; a group that cannot be read keeps no stale figures."""
         results: dict[str, GroupLag] = {}
         committed: dict[str, dict[TopicPartition, int]] = {}
+        failure: str | None = None
         for group in self.groups:
+            if failure is not None:  # the broker failed this run: do not wait on it again
+                self._errors[group] = failure
+                continue
             try:
                 committed[group] = self.source.committed(group)
                 self._errors.pop(group, None)
             except Exception as exc:
                 if self._errors.get(group) is None:
                     log.warning("consumer_lag_unavailable", group=group, error=str(exc)[:200])
-                self._errors[group] = str(exc)[:200]
+                failure = str(exc)[:200] or type(exc).__name__
+                self._errors[group] = failure
         wanted = sorted({tp for offsets in committed.values() for tp in offsets})
         try:
             highs = self.source.high_watermarks(wanted) if wanted else {}
