@@ -487,7 +487,7 @@ def test_a_simulation_can_be_stopped_and_profiles_are_accepted(
     stopped = api.delete(f"/api/v1/simulations/{ramp.json()['id']}")
     assert stopped.status_code == 200 and stopped.json()["state"] == "stopped"
     detail = api.get(f"/api/v1/simulations/{ramp.json()['id']}").json()
-    assert detail["spec"]["ramp_to"] == 20 and detail["state"] == "stopped"
+    assert detail["spec"]["rampTo"] == 20 and detail["spec"]["amountMax"] == "2.00" and detail["state"] == "stopped"
     assert detail["progress"]["dispatched"] < 1000
     wait_finished(api, spike.json()["id"], timeout=20)
 

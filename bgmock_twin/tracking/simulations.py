@@ -102,8 +102,9 @@ class SimulationSpec:
         return cls(**data)
 
     def public(self) -> dict[str, Any]:
+        """The spec as the API shows it: camelCase, money as strings, unset left out."""
         data = json.loads(self.to_json())
-        return {k: v for k, v in data.items() if v is not None}
+        return {_camel(k): v for k, v in data.items() if v is not None}
 
 
 @dataclass
@@ -344,6 +345,11 @@ class SimulationManager:
                 "max": round(run.lag_max, 6) if run else None},
         })
         return result
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
 
 
 def percentile(sorted_values: Sequence[float], p: float) -> float:

@@ -99,7 +99,7 @@ class Tracker:
         step_deadline: float,
         sla: float,
         clock: Clock | None = None,
-        recent_limit: int = 20_000,
+        recent_limit: int = 10_000,
         park_seconds: float = 7.0,
         park_limit: int = 10_000,
         follow_horizon_seconds: float = 3600.0,
