@@ -124,11 +124,16 @@ def test_retention_by_age_and_by_count(ledger: Ledger) -> None:
     new = [make_payment(i) for i in range(5)]
     for p in old + new:
         ledger.write_payment(p, NOW)
+    ledger.write("deposit", {"deposit_id": str(uuid.uuid4()), "instance_id": "test",
+                             "clearing_number": "01", "account_number": "TWIN-A-001",
+                             "amount": Decimal("1000000.00"), "reason": "initial",
+                             "at": NOW - timedelta(days=30)})
     assert ledger.flush(5)
     assert ledger.prune(timedelta(days=7), 1000, NOW) == 3
     assert ledger.prune(timedelta(days=7), 2, NOW) == 3
     left = ledger.query(PaymentQuery())
     assert [r["payment_id"] for r in left] == [new[4].payment_id, new[3].payment_id]
+    assert len(ledger.load_deposits()) == 1  # the books need every deposit
 
 
 def test_writes_survive_an_outage_up_to_the_bound(tmp_path: Path) -> None:

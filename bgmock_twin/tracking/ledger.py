@@ -529,7 +529,8 @@ class Ledger:
     # --- retention --------------------------------------------------------------------------
     def prune(self, max_age: timedelta, max_payments: int, now_utc: datetime) -> int:
         """Delete payments older than ``max_age`` and the oldest beyond
-        ``max_payments``; returns how many were deleted."""
+        ``max_payments`` (and finished simulations older than ``max_age``); returns how
+        many payments were deleted."""
         cutoff = now_utc - max_age
         deleted = 0
         with self.engine.begin() as conn:
@@ -558,7 +559,8 @@ class Ledger:
                     ).rowcount or 0
             conn.execute(sa.delete(simulations).where(
                 simulations.c.created_at < cutoff, simulations.c.state != "running"))
-            conn.execute(sa.delete(deposits).where(deposits.c.at < cutoff))
+            # deposits are kept: they are few, and the books need all of them to tell
+            # money the twin put in from money that appeared
         return deleted
 
 
