@@ -165,6 +165,17 @@ def test_stale_pending_and_outbox_integrity() -> None:
             "bank_b": [], "clearing": []}
     result = c.stale_pending(rows, NOW, 30)
     assert [v.evidence["age_seconds"] for v in result.violations] == [31.0]
+    # the clearing's mapping of the payee goes into the evidence when it was looked up
+    routed = {"clearing": [StoredRow("clearing", "outgoing_transactions", uuid.UUID(int=8),
+                                     "A", D("2"), "PENDING", NOW - timedelta(seconds=60),
+                                     "BG-9")]}
+    lost = c.stale_pending(routed, NOW, 30, ["clearing"], {"BG-9": ("03", "ACC")})
+    assert lost.violations[0].evidence["mapping"] == {"clearing_number": "03",
+                                                      "account_number": "ACC"}
+    unmapped = c.stale_pending(routed, NOW, 30, ["clearing"], {"BG-9": None})
+    assert unmapped.violations[0].evidence["mapping"] is None
+    assert "mapping" not in c.stale_pending(routed, NOW, 30, ["clearing"], {}).violations[
+        0].evidence
     integrity = c.outbox_integrity({"bank_a": [_row("bank_a", 1)], "bank_b": [],
                                     "clearing": []})
     assert integrity.status is CheckStatus.VIOLATED

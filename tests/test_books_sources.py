@@ -142,9 +142,10 @@ def test_clearing_snapshot(pg_database: str) -> None:
                                         "bank_name": "Bank B"}])
         conn.execute(sa.insert(out), [
             {"transaction_id": _tx(1), "from_account_number": "TWIN-A-001", "amount": D("1"),
-             "status": "PENDING", "created_at": NOW - timedelta(seconds=100)},
+             "status": "PENDING", "created_at": NOW - timedelta(seconds=100),
+             "to_bankgood_number": "TWIN-BG-X"},
             {"transaction_id": _tx(2), "from_account_number": "TWIN-A-001", "amount": D("1"),
-             "status": "FAILED", "created_at": NOW},
+             "status": "FAILED", "created_at": NOW, "to_bankgood_number": "TWIN-BG-B-001"},
         ])
         conn.execute(sa.insert(box), [
             {"transaction_id": _tx(1), "topic": "transactions.forwarded", "message_key": "02",
@@ -163,7 +164,8 @@ def test_clearing_snapshot(pg_database: str) -> None:
     assert snap.missing_outbox == []
     assert [r.transaction_id for r in snap.stale] == [_tx(1)]
     assert snap.outbox.unpublished == 1
-    assert snap.mappings == {"TWIN-BG-B-001": ("02", "TWIN-B-001")}
+    assert snap.mappings == {"TWIN-BG-B-001": ("02", "TWIN-B-001"), "NONE": None,
+                             "TWIN-BG-X": None}
 
 
 # --- ledger ----------------------------------------------------------------------------------

@@ -144,6 +144,7 @@ class StoredRow:
     amount: Decimal | None
     status: str | None
     created_at: datetime | None
+    bankgood_number: str | None = None  # outgoing rows: the payee's bankgood number
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,9 +436,13 @@ def stale_pending(
     now_utc_naive: datetime,
     sla_seconds: float,
     services_expected: Iterable[str] = SERVICES,
+    mappings: Mapping[str, tuple[str | None, str | None] | None] | None = None,
 ) -> CheckResult:
     """No transaction stays PENDING in a service's database longer than the payment
-    SLA, synthetic or not (nothing in BGMock times a payment out)."""
+    SLA, synthetic or not (nothing in BGMock times a payment out).
+
+    ``mappings`` (the clearing's bank mappings of the payees) go into the evidence:
+    a payee mapped to a clearing number no bank serves is a classic cause."""
     violations: list[Violation] = []
     for service in sorted(rows):
         for row in rows[service]:
@@ -446,13 +451,20 @@ def stale_pending(
             age = (now_utc_naive - row.created_at).total_seconds()
             if age <= sla_seconds:
                 continue
+            evidence: dict[str, Any] = {
+                "service": service, "table": row.table,
+                "transaction_id": str(row.transaction_id), "account": row.account_number,
+                "amount": money(row.amount), "age_seconds": round(age, 1),
+                "created_at": row.created_at.isoformat()}
+            if row.bankgood_number is not None:
+                evidence["bankgood_number"] = row.bankgood_number
+                if mappings is not None and row.bankgood_number in mappings:
+                    mapped = mappings[row.bankgood_number]
+                    evidence["mapping"] = None if mapped is None else {
+                        "clearing_number": mapped[0], "account_number": mapped[1]}
             violations.append(Violation(
                 STALE_PENDING, f"{service} transaction {row.transaction_id}",
-                f"PENDING for {age:.0f}s at {service} (SLA {sla_seconds:g}s)",
-                {"service": service, "table": row.table,
-                 "transaction_id": str(row.transaction_id), "account": row.account_number,
-                 "amount": money(row.amount), "age_seconds": round(age, 1),
-                 "created_at": row.created_at.isoformat()},
+                f"PENDING for {age:.0f}s at {service} (SLA {sla_seconds:g}s)", evidence,
             ))
     missing = sorted(set(services_expected) - set(rows))
     return CheckResult.of(STALE_PENDING, violations,

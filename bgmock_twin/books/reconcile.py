@@ -343,8 +343,9 @@ class Reconciler:
                 stats, naive_now, self.config.outbox_max_pending,
                 self.config.outbox_max_age_seconds, configured)
             results[c.OUTBOX_INTEGRITY] = c.outbox_integrity(missing, configured)
-            results[c.STALE_PENDING] = c.stale_pending(stale, naive_now,
-                                                       self.config.sla_seconds, configured)
+            results[c.STALE_PENDING] = c.stale_pending(
+                stale, naive_now, self.config.sla_seconds, configured,
+                clearing.mappings if clearing is not None else None)
         else:
             for name in (c.OUTBOX_BACKLOG, c.OUTBOX_INTEGRITY, c.STALE_PENDING):
                 results[name] = CheckResult.skipped(name, "no BGMock database configured")

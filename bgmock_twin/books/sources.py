@@ -318,7 +318,8 @@ class ClearingSnapshot:
     missing_outbox: list[StoredRow]
     stale: list[StoredRow]
     status: dict[uuid.UUID, str]
-    mappings: dict[str, tuple[str | None, str | None]]  # bankgood → (clearing, account)
+    # bankgood -> (clearing, account), None when looked up but not mapped
+    mappings: dict[str, tuple[str | None, str | None] | None]
 
 
 def _readonly_transaction(conn: Connection, statement_timeout_ms: int) -> None:
@@ -337,7 +338,7 @@ def _stored(service: str, table: str, row: Any, account_key: str) -> StoredRow:
     amount = row.get("amount")
     return StoredRow(service, table, row["transaction_id"], row.get(account_key),
                      None if amount is None else _money(amount), row.get("status"),
-                     row.get("created_at"))
+                     row.get("created_at"), row.get("to_bankgood_number"))
 
 
 def _outbox(conn: Connection, table: sa.Table, service: str) -> OutboxStats:
@@ -505,13 +506,16 @@ def read_clearing_db(
     statement_timeout_ms: int,
     service: str = "clearing",
 ) -> ClearingSnapshot:
-    """Everything the checks need from the clearing's database, in one snapshot."""
+    """Everything the checks need from the clearing's database, in one snapshot;
+    ``mappings`` covers ``bankgood_numbers`` and the payees of stale rows."""
     o, e, m = (schema.clearing_outgoing_transactions, schema.clearing_outbox_events,
                schema.bank_mappings)
-    wanted = sorted(set(bankgood_numbers))
     with engine.connect() as conn, conn.begin():
         _readonly_transaction(conn, statement_timeout_ms)
-        mappings: dict[str, tuple[str | None, str | None]] = {}
+        stale = _stale(conn, o, service, stale_cutoff, "from_account_number")
+        wanted = sorted(set(bankgood_numbers) | {r.bankgood_number for r in stale
+                                                 if r.bankgood_number is not None})
+        mappings: dict[str, tuple[str | None, str | None] | None] = {b: None for b in wanted}
         for start in range(0, len(wanted), ID_CHUNK):
             for row in conn.execute(
                 sa.select(m.c.bankgood_number, m.c.clearing_number, m.c.account_number)
@@ -522,7 +526,7 @@ def read_clearing_db(
             service=service,
             outbox=_outbox(conn, e, service),
             missing_outbox=_missing_outbox(conn, o, e, TOPIC_FORWARDED, service),
-            stale=_stale(conn, o, service, stale_cutoff, "from_account_number"),
+            stale=stale,
             status=_statuses(conn, o, ids),
             mappings=mappings,
         )
