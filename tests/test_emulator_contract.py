@@ -211,6 +211,11 @@ def test_health_endpoints_answer_plain_ok(world: World) -> None:
         assert answer.text == "OK"
         assert answer.headers["Content-Type"].startswith("text/plain")
     assert world.emulator.admin_url is None
+    head = world.http.head(f"{world.a}/bank/health")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["Content-Length"] == "2"
+    # Spring Boot 3 matches no trailing slash.
+    assert world.http.get(f"{world.a}/bank/health/").status_code == 404
 
 
 def test_account_crud_shapes_and_status_codes(world: World) -> None:

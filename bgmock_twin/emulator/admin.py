@@ -3,7 +3,10 @@
 - ``GET  /_emulator``                       → URLs, bus, fault state
 - ``GET  /_emulator/faults``                → every switch
 - ``POST /_emulator/faults``                → ``{"service": "bank_b", "down": true, ...}``
-  or ``{"service": "bus", "down": true}``; answers the target's new state
+  or ``{"service": "bus", "down": true}``; answers the target's new state. A
+  service takes any of ``down``, ``hang``, ``garbage``, ``paused`` (its Kafka
+  consumers), ``stall_outbox`` (booleans), ``latency_seconds`` (0-60) and
+  ``error_rate`` (0-1)
 - ``POST /_emulator/faults/reset``          → every switch off
 - ``POST /_emulator/books/corrupt-balance`` → ``{"bank": "bank_a", "accountNumber": "X",
   "delta": 10.5}``; answers the new balance (404 if no such account)

@@ -39,7 +39,7 @@ from bgmock_twin.logs import get_logger
 log = get_logger(__name__)
 
 BATCH = 500
-FLUSH_TIMEOUT_SECONDS = 10.0
+FLUSH_TIMEOUT_SECONDS = 5.0
 TYPE_BY_TOPIC = {
     TOPIC_INITIATED: TYPE_OUTGOING,
     TOPIC_FORWARDED: TYPE_INCOMING,

@@ -122,7 +122,8 @@ class Router:
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
 
     def add(self, method: str, pattern: str, handler: Handler) -> None:
-        regex = "^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "/?$"
+        # Spring Boot 3 no longer matches a trailing slash: neither do we.
+        regex = "^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$"
         self._routes.append((method, re.compile(regex), handler))
 
     def dispatch(self, request: Request) -> Response:
@@ -210,6 +211,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._handle("GET")
 
+    def do_HEAD(self) -> None:
+        self._handle("HEAD")
+
     def do_POST(self) -> None:
         self._handle("POST")
 
@@ -249,7 +253,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             response = Response(200, GARBAGE_BODY, "application/json")
         else:
             request = Request(
-                method=method, path=path.path,
+                method="GET" if method == "HEAD" else method, path=path.path,
                 query=parse_qs(path.query, keep_blank_values=True),
                 headers={k.lower(): v for k, v in self.headers.items()},
                 body=body,
@@ -259,7 +263,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             except Exception:
                 log.exception("emulator_handler_failed", service=owner.name, method=method)
                 response = spring_error(500, path.path)
-        self._send(response)
+        self._send(response, head_only=method == "HEAD")
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -296,7 +300,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             parts.append(self.rfile.read(size))
             self.rfile.readline(16)
 
-    def _send(self, response: Response) -> None:
+    def _send(self, response: Response, head_only: bool = False) -> None:
         status = HTTPStatus(response.status)
         head = [f"HTTP/1.1 {status.value} {status.phrase}",
                 f"Date: {formatdate(usegmt=True)}",
@@ -305,7 +309,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
             head.append(f"Content-Type: {response.content_type}")
         if self.close_connection:
             head.append("Connection: close")
-        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body
+        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        if not head_only:
+            data += response.body
         try:
             self.wfile.write(data)
             self.wfile.flush()
