@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,8 @@ def test_a_hand_edit_is_detected(tmp_path: Path) -> None:
 
 
 def test_check_mode_exit_code() -> None:
-    result = subprocess.run([str(ROOT / ".venv/bin/python"), str(GRAFANA / "build.py"),
-                             "--check"], capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run([sys.executable, str(GRAFANA / "build.py"), "--check"],
+                            capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
 
 
