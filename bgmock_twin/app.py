@@ -75,7 +75,7 @@ class Twin:
     def start(self) -> None:
         settings = self.settings
         metrics.TWIN_INFO.info(
-            {"version": __version__, "mode": self.mode, "instance": settings.instance_id}
+            {"version": __version__, "mode": self.mode, "instance_id": settings.instance_id}
         )
         self._export_slo_targets()
         self.bus = build_bus(settings)
