@@ -243,8 +243,14 @@ class Twin:
 
         if self.emulator is None:
             raise HTTPException(409, detail="faults apply to the embedded emulator only")
+        from bgmock_twin.emulator import FaultError
+
         target = fault.pop("target")
-        return {"target": target, "applied": self.emulator.faults.apply(target, fault)}
+        try:
+            applied = self.emulator.faults.apply(target, fault)
+        except FaultError as exc:
+            raise HTTPException(422, detail=f"invalid fault: {exc}") from None
+        return {"target": target, "applied": applied}
 
 
 def _bind(func: Callable[[str], Any], arg: str) -> Callable[[], Any]:
