@@ -53,17 +53,20 @@ SERVICE_LAST_UP = Gauge(
 )
 
 # --- scheduler ---------------------------------------------------------------------
-JOB_RUNS = Counter("bgmock_scheduler_job_runs", "Scheduled job runs by result.", ["job", "result"])
+# The label is "task", not "job": a "job" label would clash with Prometheus' own.
+JOB_RUNS = Counter(
+    "bgmock_scheduler_job_runs", "Scheduled job runs by result.", ["task", "result"]
+)
 JOB_DURATION = Histogram(
-    "bgmock_scheduler_job_duration_seconds", "Duration of scheduled job runs.", ["job"],
+    "bgmock_scheduler_job_duration_seconds", "Duration of scheduled job runs.", ["task"],
     buckets=JOB_BUCKETS,
 )
 JOB_MISSED = Counter(
-    "bgmock_scheduler_job_missed", "Job runs skipped because they were too late.", ["job"]
+    "bgmock_scheduler_job_missed", "Job runs skipped because they were too late.", ["task"]
 )
 JOB_MAX_INSTANCES = Counter(
     "bgmock_scheduler_job_max_instances",
-    "Job runs skipped because the previous run was still going.", ["job"],
+    "Job runs skipped because the previous run was still going.", ["task"],
 )
 
 # --- REST calls to BGMock --------------------------------------------------------------
@@ -111,13 +114,17 @@ KAFKA_CONSUMER_LAST_PROGRESS = Gauge(
 PAYMENTS_SUBMITTED = Counter(
     "bgmock_payments_submitted", "Synthetic payments submitted.", ["channel", "route"]
 )
+KINDS = ("normal", "insufficient_funds", "unknown_bankgood", "unknown_payee_account")
 PAYMENTS_COMPLETED = Counter(
-    "bgmock_payments_completed", "Synthetic payments that reached an outcome.",
-    ["channel", "route", "outcome"],
+    "bgmock_payments_completed",
+    "Synthetic payments that reached an outcome, by kind: normal payments should "
+    "succeed, the deliberate failure kinds should not.",
+    ["channel", "route", "kind", "outcome"],
 )
 PAYMENT_DURATION = Histogram(
     "bgmock_payment_duration_seconds",
-    "Intended send time to settled at the source bank, on the twin's monotonic clock.",
+    "Intended send time to settled at the source bank of normal (not deliberately "
+    "failing) payments, on the twin's monotonic clock.",
     ["channel", "route"], buckets=LATENCY_BUCKETS,
 )
 PAYMENT_STEP_DURATION = Histogram(

@@ -249,14 +249,17 @@ def dashboard(uid: str, title: str, description: str, rows: Sequence[Row],
 # --- the dashboards ------------------------------------------------------------------------
 COMPLETED = "bgmock_payments_completed_total"
 SUCCESS = 'outcome="success"'
+NORMAL = 'kind="normal"'
+DELIBERATE = 'kind!="normal"'
 NOT_2XX = 'code!~"2.."'
 
 
 def success_ratio(by: str = "", window: str = RI) -> str:
-    """Share of completed payments that succeeded; 0 (not empty) when none did."""
+    """Share of completed normal payments that succeeded (deliberate failures are
+    excluded: they are meant to fail); 0 (not empty) when none did."""
     agg = f"sum by ({by})" if by else "sum"
-    total = f"{agg} ({rate(COMPLETED, window=window)})"
-    success = f"{agg} ({rate(COMPLETED, SUCCESS, window=window)})"
+    total = f"{agg} ({rate(COMPLETED, NORMAL, window=window)})"
+    success = f"{agg} ({rate(COMPLETED, NORMAL, SUCCESS, window=window)})"
     return f"({success} or {total} * 0) / {total}"
 
 
@@ -270,9 +273,9 @@ def overview() -> g.Dashboard:
              text_mode="value_and_name"),
         stat("Success ratio (10m)", "Share of the twin's synthetic payments that reached "
              "SUCCESS over the last 10 minutes (failed, rejected and stuck count against "
-             "it). Thresholds mirror the default TWIN_SLO_SUCCESS_RATIO=0.99; the alert "
-             "compares with bgmock_slo_target{slo=\"success_ratio\"}. A simulation with "
-             "failure_share > 0 lowers it on purpose.", "percentunit",
+             "it). Deliberate failures of simulations (failure_share) are left out: they "
+             "are meant to fail. Thresholds mirror the default TWIN_SLO_SUCCESS_RATIO=0.99; "
+             "the alert compares with bgmock_slo_target{slo=\"success_ratio\"}.", "percentunit",
              [target(success_ratio(window="10m"), "success ratio")],
              steps=thresholds((RED, None), (ORANGE, 0.95), (GREEN, 0.99)), decimals=2),
         stat("p95 end-to-end (10m)", "95th percentile of the time from the twin's intended "
@@ -370,8 +373,16 @@ def payments() -> g.Dashboard:
                    "(source and destination bank).", "ops",
                    [target(f"sum by (route, outcome) ({rate(COMPLETED)})",
                            "{{route}} {{outcome}}")], stack=True),
-        timeseries("Success ratio by channel and route", "Share of completed payments that "
-                   "succeeded, per channel and route. 0 % (not empty) when none did.",
+        timeseries("Deliberate failures by kind and outcome", "Payments a simulation sent "
+                   "to fail on purpose (failure_share), by kind and by how they ended: "
+                   "insufficient_funds should end rejected, unknown_bankgood and "
+                   "unknown_payee_account failed. Any success here means BGMock accepted a "
+                   "payment it must refuse (alert BGMockDeliberateFailureSucceeded).", "ops",
+                   [target(f"sum by (kind, outcome) ({rate(COMPLETED, DELIBERATE)})",
+                           "{{kind}} {{outcome}}")], stack=True),
+        timeseries("Success ratio by channel and route", "Share of completed normal payments "
+                   "that succeeded, per channel and route (deliberate failures left out). "
+                   "0 % (not empty) when none did.",
                    "percentunit", [target(success_ratio("channel, route"),
                                           "{{channel}} {{route}}")],
                    steps=thresholds((RED, None), (ORANGE, 0.95), (GREEN, 0.99)),
@@ -623,21 +634,21 @@ def twin() -> g.Dashboard:
     scheduler = Row("Scheduler", [
         timeseries("Job duration p95", "95th percentile duration of each scheduled job "
                    "(health probes, reconciliation, lag, load ...).", "s",
-                   [target(quantile(0.95, "bgmock_scheduler_job_duration_seconds", ("job",)),
-                           "{{job}}")],
+                   [target(quantile(0.95, "bgmock_scheduler_job_duration_seconds", ("task",)),
+                           "{{task}}")],
                    steps=thresholds((GREEN, None), (ORANGE, 1), (RED, 10)), w=8),
         timeseries("Job runs by result", "Scheduled job runs per second by job and result.",
-                   "ops", [target(f"sum by (job, result) ({rate(jobs)})",
-                                  "{{job}} {{result}}")], stack=True, w=8),
+                   "ops", [target(f"sum by (task, result) ({rate(jobs)})",
+                                  "{{task}} {{result}}")], stack=True, w=8),
         timeseries("Missed and overlapping runs", "Runs per interval skipped because they "
                    "started too late (missed) or the previous run was still going "
                    "(overlap); 0 per job when none.", "none", targets(
-                       (f"sum by (job) "
+                       (f"sum by (task) "
                         f"({rate('bgmock_scheduler_job_missed_total', fn='increase')}) or "
-                        f"sum by (job) ({rate(jobs)}) * 0", "missed {{job}}"),
-                       (f"sum by (job) "
+                        f"sum by (task) ({rate(jobs)}) * 0", "missed {{task}}"),
+                       (f"sum by (task) "
                         f"({rate('bgmock_scheduler_job_max_instances_total', fn='increase')})"
-                        f" or sum by (job) ({rate(jobs)}) * 0", "overlap {{job}}"),
+                        f" or sum by (task) ({rate(jobs)}) * 0", "overlap {{task}}"),
                    ), steps=thresholds((GREEN, None), (RED, 1)), line_thresholds=True, w=8),
     ])
     process = Row("Process", [

@@ -121,7 +121,13 @@ def make_twin(bgmock: BGMock, tmp_path: Path) -> Iterator[Callable[..., Twin]]:
 
 
 def sample(name: str, **labels: str) -> float:
-    return float(REGISTRY.get_sample_value(name, labels) or 0.0)
+    """The sum of every sample of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for family in REGISTRY.collect():
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
 
 
 def wait_finished(api: TestClient, sim_id: str, timeout: float = 60) -> dict[str, Any]:
@@ -262,6 +268,9 @@ def test_deliberate_failures_end_as_the_right_outcome(
     twin = make_twin()
     api = twin.api
     cases = [(c, k) for (c, k) in EXPECTED]
+    counted_before = {(c, k): sample("bgmock_payments_completed_total", channel=c.value,
+                                     kind=k.value, outcome=EXPECTED[(c, k)])
+                      for (c, k) in cases}
     answers = {}
     for channel, kind in cases:
         answer = api.post("/api/v1/transactions", json={
@@ -302,6 +311,10 @@ def test_deliberate_failures_end_as_the_right_outcome(
         row = twin.tracking.ledger.get(payment_id) if twin.tracking.ledger.flush(5) else None
         assert row is not None
         verify_against_emulator(bgmock, row)
+    # each is counted once under its own kind, so the success SLO leaves them out
+    for (channel, kind) in cases:
+        assert sample("bgmock_payments_completed_total", channel=channel.value, kind=kind.value,
+                      outcome=EXPECTED[(channel, kind)]) - counted_before[(channel, kind)] == 1
     timeline_csv = api.get(f"/api/v1/transactions/{answers[(Channel.REST, Kind.NORMAL)]}",
                            params={"format": "csv"}).text.splitlines()
     assert timeline_csv[0] == "step,at,since_intended_seconds,duration_seconds"

@@ -41,6 +41,7 @@ from bgmock_twin.tracking.lifecycle import (
     TOPIC_STEP,
     Change,
     Channel,
+    Kind,
     Outcome,
     Payment,
     Step,
@@ -303,13 +304,16 @@ class Tracker:
         if change.counted is not None:
             labels = (payment.channel.value, payment.route.value, change.counted.value)
             self.counted[labels] += 1
-            metrics.PAYMENTS_COMPLETED.labels(*labels).inc()
+            metrics.PAYMENTS_COMPLETED.labels(
+                payment.channel.value, payment.route.value, payment.kind.value,
+                change.counted.value,
+            ).inc()
             if payment.simulation_id:
                 self._sim_uncounted[payment.simulation_id] -= 1
                 if self._sim_uncounted[payment.simulation_id] <= 0:
                     del self._sim_uncounted[payment.simulation_id]
         if change.finished is not None:
-            if change.total_duration is not None:
+            if change.total_duration is not None and payment.kind is Kind.NORMAL:
                 metrics.PAYMENT_DURATION.labels(payment.channel.value, payment.route.value) \
                     .observe(change.total_duration)
             self._live.pop(payment.payment_id, None)
