@@ -34,7 +34,7 @@ lint: venv-test
 
 bench: venv-test
 	$(PIP) install -c constraints.txt -e '.[test,bench]'
-	$(VENV)/bin/python -m benchmarks
+	$(VENV)/bin/python -m tests.benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
