@@ -82,7 +82,7 @@ def _gauge(name: str, **labels: str) -> float | None:
 
 def _job_runs(job: str) -> float:
     return REGISTRY.get_sample_value("bgmock_scheduler_job_runs_total",
-                                     {"job": job, "result": "success"}) or 0.0
+                                     {"task": job, "result": "success"}) or 0.0
 
 
 def test_lag_rises_exactly_while_a_group_is_paused_and_falls_after(twin: Twin) -> None:

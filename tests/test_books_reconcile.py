@@ -295,7 +295,7 @@ def test_a_drift_that_disappears_on_the_second_look_is_not_reported(world: World
 def test_journal_views_pin_payments_only_where_the_journal_proves_it() -> None:
     from bgmock_twin.books.model import Channel, DestinationView, PaymentFact, Progress, SourceView
     from bgmock_twin.books.reconcile import with_views
-    from bgmock_twin.books.sources import BankBooks, PaymentMeta
+    from bgmock_twin.books.sources import BankBooks, JournalRow, PaymentMeta
 
     now = datetime.now(UTC)
     since = now - timedelta(minutes=4)
@@ -307,26 +307,71 @@ def test_journal_views_pin_payments_only_where_the_journal_proves_it() -> None:
     meta = {"known": PaymentMeta(known, now), "idless": PaymentMeta(idless, now),
             "old": PaymentMeta(old, now - timedelta(minutes=10))}
 
-    def books(out: dict[uuid.UUID, tuple[str, str]], inc: dict[uuid.UUID, tuple[str, str]],
+    def books(out: dict[uuid.UUID, JournalRow], inc: dict[uuid.UUID, JournalRow],
               complete: bool = True) -> dict[str, BankBooks]:
         naive = _naive(since)
         return {"bank_a": BankBooks("bank_a", {}, out, {}, naive, complete),
                 "bank_b": BankBooks("bank_b", {}, {}, inc, naive, complete)}
 
-    def views(b: dict[str, BankBooks]) -> dict[str, tuple[object, object]]:
+    def views(b: dict[str, BankBooks],
+              absent: dict[str, datetime] | None = None) -> dict[str, tuple[object, object]]:
+        absent = {"bank_a": since, "bank_b": since} if absent is None else absent
         return {p.payment_id: (p.source_view, p.destination_view)
-                for p in with_views([fact("known"), fact("idless"), fact("old")], meta, b, since)}
+                for p in with_views([fact("known"), fact("idless"), fact("old")], meta, b,
+                                    absent)}
 
-    clean = views(books({known: ("PENDING", A1.number)}, {}))
+    clean = views(books({known: ("PENDING", A1.number, None)}, {}))
     assert clean == {"known": (SourceView.PENDING, DestinationView.NOT_CREDITED),
                      "idless": (SourceView.ABSENT, DestinationView.NOT_CREDITED),
                      "old": (None, None)}
     # a row the ledger cannot explain may be the id-less payment's: no claim there
     stray = uuid.UUID(int=99)
-    unexplained = views(books({known: ("SUCCESS", A1.number), stray: ("PENDING", A1.number)},
-                              {known: ("SUCCESS", B1.number)}))
+    unexplained = views(books({known: ("SUCCESS", A1.number, None),
+                               stray: ("PENDING", A1.number, None)},
+                              {known: ("SUCCESS", B1.number, None)}))
     assert unexplained["idless"] == (None, DestinationView.NOT_CREDITED)
     assert unexplained["known"] == (SourceView.SUCCESS, DestinationView.CREDITED)
     # an incomplete journal proves nothing by absence
     partial = views(books({}, {}, complete=False))
     assert partial == {"known": (None, None), "idless": (None, None), "old": (None, None)}
+    # a bank whose clock is not known yet proves nothing by absence either
+    unknown_clock = views(books({}, {}), {"bank_b": since})
+    assert unknown_clock["known"] == (None, DestinationView.NOT_CREDITED)
+
+
+def test_clock_offset_is_the_smallest_delay() -> None:
+    from bgmock_twin.books.reconcile import clock_offset
+
+    sent = datetime(2025, 11, 20, 10, 0, tzinfo=UTC)
+    local = datetime(2025, 11, 20, 5, 0)  # a service writing UTC-5 local time
+    assert clock_offset([(local + timedelta(seconds=3), sent),
+                         (local + timedelta(seconds=1), sent)]) == timedelta(hours=-5, seconds=1)
+    assert clock_offset([]) is None
+
+
+def test_a_bank_on_local_time_is_measured_on_its_own_clock(world: World) -> None:
+    """Bank B writes its timestamps in UTC-5 (LocalDateTime on a server not in UTC).
+    Its fresh outbox row and PENDING payment are not five hours old: no violation."""
+    writer = sa.create_engine(world.urls["db_bank_b"])
+    shift = timedelta(hours=-5)
+    local_now = _naive(datetime.now(UTC)) + shift
+    with writer.begin() as conn:
+        for table in (schema.incoming_transactions, schema.bank_outbox_events):
+            conn.execute(sa.update(table).values(created_at=table.c.created_at + shift))
+        conn.execute(sa.insert(schema.incoming_transactions).values(
+            transaction_id=uuid.uuid4(), to_account_number="SOMEONE", amount=D("1"),
+            status="PENDING", created_at=local_now - timedelta(seconds=5)))
+        conn.execute(sa.insert(schema.bank_outbox_events).values(
+            transaction_id=uuid.uuid4(), topic="transactions.processed", message_key="02",
+            payload="{}", published=False, created_at=local_now - timedelta(seconds=5)))
+    writer.dispose()
+    reconciler = _reconciler(world)
+    try:
+        report = reconciler.run()
+    finally:
+        reconciler.close()
+    assert _violated(report.results) == set(), report.as_dict()
+    offset = report.clock_offsets["bank_b"]
+    assert abs(offset - shift) < timedelta(minutes=3)  # the payment's row, minutes after
+    backlog = report.results[c.OUTBOX_BACKLOG].detail["services"]["bank_b"]
+    assert backlog["unpublished"] == 1 and backlog["oldest_age_seconds"] < 200

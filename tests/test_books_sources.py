@@ -99,9 +99,11 @@ def test_bank_snapshot_reads_every_invariant_input(bank_db: tuple[str, sa.Engine
     assert reading is not None and (reading.balance, reading.reserved, reading.source) == \
         (D("100.10"), D("30.00"), "sql")
     # the journal of the twin's accounts: PENDING whatever its age, the rest if recent
-    assert books.outgoing == {_tx(1): ("PENDING", "TWIN-A-001"),
-                              _tx(2): ("PENDING", "TWIN-A-001")}
-    assert books.incoming == {_tx(4): ("SUCCESS", "TWIN-A-002")}
+    assert books.outgoing == {
+        _tx(1): ("PENDING", "TWIN-A-001", NOW - timedelta(seconds=5)),
+        _tx(2): ("PENDING", "TWIN-A-001", NOW - timedelta(seconds=300))}
+    assert books.incoming == {_tx(4): ("SUCCESS", "TWIN-A-002", NOW)}
+    assert snapshot.created_at[_tx(3)] == NOW - timedelta(seconds=300)
     assert books.complete
 
 

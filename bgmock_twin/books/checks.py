@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -157,6 +157,7 @@ class FinishedPayment:
     outcome: str  # success, failed or rejected
     source_service: str  # bank_a / bank_b
     destination_service: str | None  # None when the destination bank is unknown
+    intended_at: datetime | None = None  # UTC, when the twin meant to send it
 
 
 # --- balance checks --------------------------------------------------------------------------
@@ -378,16 +379,21 @@ def outbox_backlog(
     max_pending: float,
     max_age_seconds: float,
     services_expected: Iterable[str] = SERVICES,
+    clock_offsets: Mapping[str, timedelta] | None = None,
 ) -> CheckResult:
     """Unpublished outbox rows drain: their count and the age of the oldest stay
-    within the SLO. ``detail`` carries the figures per service (the gauges)."""
+    within the SLO. ``detail`` carries the figures per service (the gauges).
+
+    Ages are measured on the service's clock: ``clock_offsets[service]`` (its
+    timestamps minus the twin's UTC) corrects a service that writes local time."""
     violations: list[Violation] = []
     figures: dict[str, dict[str, Any]] = {}
     for service in sorted(stats):
         s = stats[service]
         age = 0.0
+        now = now_utc_naive + (clock_offsets or {}).get(service, timedelta(0))
         if s.oldest_created_at is not None and s.unpublished > 0:
-            age = max(0.0, (now_utc_naive - s.oldest_created_at).total_seconds())
+            age = max(0.0, (now - s.oldest_created_at).total_seconds())
         figures[service] = {"unpublished": s.unpublished, "oldest_age_seconds": round(age, 3)}
         reasons = []
         if s.unpublished > max_pending:
@@ -437,18 +443,21 @@ def stale_pending(
     sla_seconds: float,
     services_expected: Iterable[str] = SERVICES,
     mappings: Mapping[str, tuple[str | None, str | None] | None] | None = None,
+    clock_offsets: Mapping[str, timedelta] | None = None,
 ) -> CheckResult:
     """No transaction stays PENDING in a service's database longer than the payment
     SLA, synthetic or not (nothing in BGMock times a payment out).
 
     ``mappings`` (the clearing's bank mappings of the payees) go into the evidence:
-    a payee mapped to a clearing number no bank serves is a classic cause."""
+    a payee mapped to a clearing number no bank serves is a classic cause. Ages are
+    measured on the service's clock (``clock_offsets``, as for the outbox)."""
     violations: list[Violation] = []
     for service in sorted(rows):
+        now = now_utc_naive + (clock_offsets or {}).get(service, timedelta(0))
         for row in rows[service]:
             if row.status != "PENDING" or row.created_at is None:
                 continue
-            age = (now_utc_naive - row.created_at).total_seconds()
+            age = (now - row.created_at).total_seconds()
             if age <= sla_seconds:
                 continue
             evidence: dict[str, Any] = {

@@ -99,6 +99,7 @@ class Report:
     duration_seconds: float
     results: dict[str, CheckResult]
     sources: dict[str, str]
+    clock_offsets: dict[str, timedelta] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -118,6 +119,8 @@ class Report:
             "checks": {name: self.results[name].as_dict() for name in c.CHECKS
                        if name in self.results},
             "sources": dict(sorted(self.sources.items())),
+            "clock_offsets_seconds": {service: round(offset.total_seconds(), 3)
+                                      for service, offset in sorted(self.clock_offsets.items())},
         }
 
 
@@ -182,26 +185,42 @@ class _BalancePass:
     sources: dict[str, str] = field(default_factory=dict)
 
 
+def clock_offset(samples: Iterable[tuple[datetime, datetime]]) -> timedelta | None:
+    """A service's clock minus the twin's, from (created_at on the service's clock,
+    naive; intended send time on the twin's, UTC) pairs of the same payments.
+
+    A row is written after the twin meant to send, so each difference is the
+    offset plus a delay: the smallest is the closest estimate (None without data).
+    """
+    best: timedelta | None = None
+    for created_at, intended_at in samples:
+        difference = created_at - intended_at.astimezone(UTC).replace(tzinfo=None)
+        if best is None or difference < best:
+            best = difference
+    return best
+
+
 def with_views(
     payments: Sequence[PaymentFact],
     meta: Mapping[str, PaymentMeta],
     books: Mapping[str, BankBooks],
-    absent_since: datetime,
+    absent_since: Mapping[str, datetime],
 ) -> list[PaymentFact]:
     """Pin each uncertain payment to what the banks' journals showed (pure).
 
     A row's status says where the payment stood. A missing row says "not there
     yet" only when the journal was read completely and the payment is recent
-    enough (intended at or after ``absent_since``) for its rows to be in the window.
-    A payment whose transaction id is not known yet (the bank's 202 is on its way)
-    is "not there" at an account whose journal holds no row the ledger cannot
-    explain: ``meta`` must list every payment intended since ``absent_since``.
+    enough (intended at or after ``absent_since[bank]``, UTC; banks without an
+    entry prove nothing by absence) for its rows to be in the window. A payment
+    whose transaction id is not known yet (the bank's 202 is on its way) is "not
+    there" at an account whose journal holds no row the ledger cannot explain:
+    ``meta`` must list every payment intended since the window began.
     """
     known = {info.transaction_id for info in meta.values() if info.transaction_id is not None}
-    unexplained_out = {(bank, account) for bank, b in books.items()
-                       for tx, (_status, account) in b.outgoing.items() if tx not in known}
-    unexplained_in = {(bank, account) for bank, b in books.items()
-                      for tx, (_status, account) in b.incoming.items() if tx not in known}
+    unexplained_out = {(bank, row[1]) for bank, b in books.items()
+                       for tx, row in b.outgoing.items() if tx not in known}
+    unexplained_in = {(bank, row[1]) for bank, b in books.items()
+                      for tx, row in b.incoming.items() if tx not in known}
     result: list[PaymentFact] = []
     for payment in payments:
         info = meta.get(payment.payment_id)
@@ -209,32 +228,37 @@ def with_views(
             result.append(payment)
             continue
         tx = info.transaction_id
-        recent = info.intended_at >= absent_since
         source_view: SourceView | None = None
-        src = books.get(payment.source.bank)
+        src_bank = payment.source.bank
+        src = books.get(src_bank)
         if src is not None and payment.channel is Channel.REST:
             row = src.outgoing.get(tx) if tx is not None else None
             if row is not None:
                 source_view = {"PENDING": SourceView.PENDING, "SUCCESS": SourceView.SUCCESS,
                                "FAILED": SourceView.FAILED}.get(row[0])
-            elif src.complete and recent and (tx is not None or (
-                    payment.source.bank, payment.source.number) not in unexplained_out):
+            elif src.complete and _recent(info, absent_since.get(src_bank)) and (
+                    tx is not None or (src_bank, payment.source.number) not in unexplained_out):
                 source_view = SourceView.ABSENT
         destination_view: DestinationView | None = None
-        dst = books.get(payment.destination.bank)
+        dst_bank = payment.destination.bank
+        dst = books.get(dst_bank)
         if dst is not None:
             row = dst.incoming.get(tx) if tx is not None else None
             if row is not None and row[0] == "SUCCESS":
                 destination_view = DestinationView.CREDITED
             elif (row is not None and row[0] == "FAILED") or (
-                    row is None and dst.complete and recent and (tx is not None or (
-                        payment.destination.bank, payment.destination.number)
-                    not in unexplained_in)):
+                    row is None and dst.complete and _recent(info, absent_since.get(dst_bank))
+                    and (tx is not None or (dst_bank, payment.destination.number)
+                         not in unexplained_in)):
                 destination_view = DestinationView.NOT_CREDITED
         result.append(PaymentFact(payment.payment_id, payment.channel, payment.source,
                                   payment.destination, payment.amount, payment.progress,
                                   source_view, destination_view))
     return result
+
+
+def _recent(info: PaymentMeta, since: datetime | None) -> bool:
+    return since is not None and info.intended_at >= since
 
 
 class Reconciler:
@@ -261,6 +285,12 @@ class Reconciler:
         self._status_hold: dict[str, FinishedPayment] = {}
         self._pending_diffs: dict[AccountKey, Decimal] = {}
         self._known_accounts: set[AccountKey] = set()
+        # each service's clock minus the twin's (its timestamps are LocalDateTime)
+        self._offsets: dict[str, timedelta] = {}
+
+    @property
+    def clock_offsets(self) -> dict[str, timedelta]:
+        return dict(self._offsets)
 
     def close(self) -> None:
         self._reads.close()
@@ -279,7 +309,12 @@ class Reconciler:
 
         # 2. the real state, in parallel
         naive_now = ran_at.astimezone(UTC).replace(tzinfo=None)
-        stale_cutoff = naive_now - timedelta(seconds=self.config.sla_seconds)
+        sla = timedelta(seconds=self.config.sla_seconds)
+        offsets = self.clock_offsets  # as estimated so far; 0 until known
+
+        def stale_cutoff(service: str) -> datetime:
+            return naive_now + offsets.get(service, timedelta(0)) - sla
+
         bank_futures: dict[str, Future[BankSnapshot]] = {}
         ids_out: dict[str, list[uuid.UUID]] = {b: [] for b in BANKS}
         ids_in: dict[str, list[uuid.UUID]] = {b: [] for b in BANKS}
@@ -293,14 +328,14 @@ class Reconciler:
             if engine is not None:
                 bank_futures[bank] = self._reads.submit(
                     DB_OF_SERVICE[bank], _bind_bank(engine, bank, ids_out[bank], ids_in[bank],
-                                                    stale_cutoff,
+                                                    stale_cutoff(bank),
                                                     self.config.statement_timeout_ms))
         clearing_future: Future[ClearingSnapshot] | None = None
         clearing_engine = self.engines.get("db_switch")
         if clearing_engine is not None:
             clearing_future = self._reads.submit("db_switch", _bind_clearing(
-                clearing_engine, [p.transaction_id for p in candidates], stale_cutoff,
-                self.config.statement_timeout_ms))
+                clearing_engine, [p.transaction_id for p in candidates],
+                stale_cutoff("clearing"), self.config.statement_timeout_ms))
         balance = self._balance_pass(accounts, deadline, ledger_ok=ledger_state == "ok")
         sources.update(balance.sources)
 
@@ -315,6 +350,9 @@ class Reconciler:
             clearing_read = _outcome(clearing_future, deadline)
             clearing = clearing_read.value
             sources["db_switch"] = clearing_read.state
+
+        self._learn_offsets(candidates, banks, clearing)
+        offsets = self.clock_offsets  # the ages below are measured on each service's clock
 
         # 3. confirm balance suspicions with a second look
         if CheckStatus.VIOLATED in (balance.drift.status, balance.conservation.status):
@@ -341,20 +379,42 @@ class Reconciler:
         if configured:
             results[c.OUTBOX_BACKLOG] = c.outbox_backlog(
                 stats, naive_now, self.config.outbox_max_pending,
-                self.config.outbox_max_age_seconds, configured)
+                self.config.outbox_max_age_seconds, configured, offsets)
             results[c.OUTBOX_INTEGRITY] = c.outbox_integrity(missing, configured)
             results[c.STALE_PENDING] = c.stale_pending(
                 stale, naive_now, self.config.sla_seconds, configured,
-                clearing.mappings if clearing is not None else None)
+                clearing.mappings if clearing is not None else None, offsets)
         else:
             for name in (c.OUTBOX_BACKLOG, c.OUTBOX_INTEGRITY, c.STALE_PENDING):
                 results[name] = CheckResult.skipped(name, "no BGMock database configured")
         for result in results.values():
             if result.status is CheckStatus.UNKNOWN and not result.reason:
                 result.reason = "data source unavailable"
-        return Report(ran_at, time.monotonic() - started, results, sources)
+        return Report(ran_at, time.monotonic() - started, results, sources, self.clock_offsets)
 
     # --- pieces ----------------------------------------------------------------------------
+    def _learn_offsets(self, candidates: Sequence[FinishedPayment],
+                       banks: Mapping[str, BankSnapshot],
+                       clearing: ClearingSnapshot | None) -> None:
+        """Estimate each service's clock offset from the rows of the payments whose
+        statuses were just read (found by id, so whatever the offset)."""
+        samples: dict[str, list[tuple[datetime, datetime]]] = {}
+        for payment in candidates:
+            if payment.intended_at is None:
+                continue
+            found: list[tuple[str, datetime | None]] = []
+            for bank, snapshot in banks.items():
+                found.append((bank, snapshot.created_at.get(payment.transaction_id)))
+            if clearing is not None:
+                found.append(("clearing", clearing.created_at.get(payment.transaction_id)))
+            for service, created_at in found:
+                if created_at is not None:
+                    samples.setdefault(service, []).append((created_at, payment.intended_at))
+        for service, pairs in samples.items():
+            offset = clock_offset(pairs)
+            if offset is not None:
+                self._offsets[service] = offset
+
     def _configured_services(self) -> list[str]:
         return [s for s, db in DB_OF_SERVICE.items() if db in self.engines]
 
@@ -399,8 +459,10 @@ class Reconciler:
         sources: dict[str, str] = {}
         read_started = self.now()
         window_start = read_started - JOURNAL_WINDOW
+        naive_start = window_start.astimezone(UTC).replace(tzinfo=None)
+        used = {bank: self._offsets.get(bank, timedelta(0)) for bank in BANKS}
         readings, banks_read, ordered, books = self._read_balances(
-            accounts, deadline, sources, window_start.astimezone(UTC).replace(tzinfo=None))
+            accounts, deadline, sources, {bank: naive_start + used[bank] for bank in BANKS})
         snapshot: LedgerSnapshot | None = None
         if self.ledger is not None and ledger_ok:
             ledger = self.ledger
@@ -418,8 +480,24 @@ class Reconciler:
             return _BalancePass(readings, banks_read, CheckResult.unknown(c.BALANCE_DRIFT, reason),
                                 CheckResult.unknown(c.CONSERVATION, reason), sources)
         self._known_accounts |= snapshot.accounts
-        payments = with_views(snapshot.payments, snapshot.meta, books,
-                              window_start + JOURNAL_SKEW)
+        absent_since: dict[str, datetime] = {}
+        intended = {info.transaction_id: info.intended_at for info in snapshot.meta.values()
+                    if info.transaction_id is not None}
+        for bank, bank_books in books.items():
+            rows = [*bank_books.outgoing.items(), *bank_books.incoming.items()]
+            estimate = clock_offset((row[2], intended[tx]) for tx, row in rows
+                                    if row[2] is not None and tx in intended)
+            if estimate is not None:
+                self._offsets[bank] = estimate
+            else:
+                estimate = self._offsets.get(bank)
+            if estimate is None:
+                continue  # the bank's clock is not known yet: absence proves nothing
+            # the window began at ``used`` on the bank's clock: rows of payments sent
+            # after this are surely in it
+            absent_since[bank] = window_start + JOURNAL_SKEW + max(timedelta(0),
+                                                                   used[bank] - estimate)
+        payments = with_views(snapshot.payments, snapshot.meta, books, absent_since)
         model = expect(accounts | snapshot.accounts, snapshot.deposits, payments,
                        READ_ORDER if ordered else None)
         return _BalancePass(
@@ -430,7 +508,7 @@ class Reconciler:
         )
 
     def _read_balances(self, accounts: set[AccountKey], deadline: float,
-                       sources: dict[str, str], since: datetime) -> tuple[
+                       sources: dict[str, str], since: Mapping[str, datetime]) -> tuple[
             dict[AccountKey, AccountReading | None], list[str], bool, dict[str, BankBooks]]:
         """Each bank from its database (balances with the journal) when configured,
         else - or when that fails - through REST, Bank A before Bank B."""
@@ -444,7 +522,7 @@ class Reconciler:
                 numbers = [a.number for a in accounts if a.bank == bank]
                 futures[bank] = self._reads.submit(
                     f"{DB_OF_SERVICE[bank]}_books", _bind_books(
-                        engine, bank, numbers, since, self.config.statement_timeout_ms))
+                        engine, bank, numbers, since[bank], self.config.statement_timeout_ms))
         for bank, future in futures.items():
             got = _outcome(future, deadline)
             sources[f"{DB_OF_SERVICE[bank]}_books"] = got.state
@@ -532,6 +610,11 @@ class Reconciler:
         offending = {v.evidence["payment_id"] for v in result.violations}
         complete = set(statuses) == {"clearing", *(f"{b}:{t}" for b in BANKS
                                                    for t in ("outgoing", "incoming"))}
+        if not complete and result.status is CheckStatus.OK:  # even with nothing to compare
+            unread = [DB_OF_SERVICE[b] for b in BANKS if b not in banks]
+            unread += [] if clearing is not None else ["db_switch"]
+            result.status = CheckStatus.UNKNOWN
+            result.reason = f"not read: {', '.join(unread)}"
         hold = {p.payment_id: p for p in candidates
                 if p.payment_id in offending or not complete}
         if len(hold) > STATUS_HOLD_LIMIT:

@@ -210,7 +210,7 @@ class LedgerReader:
         p = self.payments
         statement = (
             sa.select(p.c.payment_id, p.c.transaction_id, p.c.channel, p.c.outcome, p.c.state,
-                      p.c.from_clearing, p.c.to_clearing, p.c.finished_at)
+                      p.c.from_clearing, p.c.to_clearing, p.c.finished_at, p.c.intended_at)
             .where(p.c.finished.is_(True), p.c.transaction_id.is_not(None),
                    p.c.finished_at > since, p.c.finished_at <= until)
             .order_by(p.c.finished_at).limit(limit)
@@ -230,6 +230,7 @@ class LedgerReader:
                 payment_id=row["payment_id"], transaction_id=transaction_id,
                 channel=row["channel"], outcome=row["outcome"],
                 source_service=bank_of(row["from_clearing"]), destination_service=to_bank,
+                intended_at=_utc(row["intended_at"]),
             )))
         return result
 
@@ -309,6 +310,7 @@ class BankSnapshot:
     stale: list[StoredRow]
     outgoing_status: dict[uuid.UUID, str]
     incoming_status: dict[uuid.UUID, str]
+    created_at: dict[uuid.UUID, datetime]  # of the rows found by id (the bank's clock)
 
 
 @dataclass(slots=True)
@@ -318,6 +320,7 @@ class ClearingSnapshot:
     missing_outbox: list[StoredRow]
     stale: list[StoredRow]
     status: dict[uuid.UUID, str]
+    created_at: dict[uuid.UUID, datetime]  # of the rows found by id (the clearing's clock)
     # bankgood -> (clearing, account), None when looked up but not mapped
     mappings: dict[str, tuple[str | None, str | None] | None]
 
@@ -349,16 +352,19 @@ def _outbox(conn: Connection, table: sa.Table, service: str) -> OutboxStats:
     return OutboxStats(service, int(count or 0), oldest)
 
 
-def _statuses(conn: Connection, table: sa.Table, ids: Sequence[uuid.UUID]) -> dict[
-        uuid.UUID, str]:
+def _statuses(conn: Connection, table: sa.Table, ids: Sequence[uuid.UUID],
+              created: dict[uuid.UUID, datetime]) -> dict[uuid.UUID, str]:
+    """Status of each transaction found; its ``created_at`` goes into ``created``."""
     found: dict[uuid.UUID, str] = {}
     for start in range(0, len(ids), ID_CHUNK):
         chunk = list(ids[start:start + ID_CHUNK])
-        for tx, status in conn.execute(
-            sa.select(table.c.transaction_id, table.c.status)
+        for tx, status, created_at in conn.execute(
+            sa.select(table.c.transaction_id, table.c.status, table.c.created_at)
             .where(table.c.transaction_id.in_(chunk))
         ):
             found[tx] = status
+            if created_at is not None:
+                created[tx] = created_at
     return found
 
 
@@ -383,6 +389,9 @@ def _stale(conn: Connection, table: sa.Table, service: str, cutoff: datetime,
     return [_stored(service, table.name, r._mapping, account_column) for r in rows]
 
 
+JournalRow = tuple[str, str, datetime | None]
+
+
 @dataclass(frozen=True, slots=True)
 class BankBooks:
     """The twin's accounts at one bank with the bank's own journal of them, read in
@@ -390,9 +399,9 @@ class BankBooks:
 
     service: str
     accounts: dict[AccountKey, AccountReading | None]  # None: no such account
-    # transaction id -> (status, twin account number)
-    outgoing: dict[uuid.UUID, tuple[str, str]]  # from twin accounts: PENDING, or created since
-    incoming: dict[uuid.UUID, tuple[str, str]]  # to twin accounts, created since
+    # transaction id -> (status, twin account number, created_at on the bank's clock)
+    outgoing: dict[uuid.UUID, JournalRow]  # from twin accounts: PENDING, or created since
+    incoming: dict[uuid.UUID, JournalRow]  # to twin accounts, created since
     since: datetime  # naive UTC: rows created before it (and not PENDING) are not listed
     complete: bool  # False when a row limit was hit: absence proves nothing
 
@@ -412,8 +421,8 @@ def read_bank_books(
     a, o, i = schema.accounts, schema.bank_outgoing_transactions, schema.incoming_transactions
     wanted = sorted(set(numbers))
     found: dict[AccountKey, AccountReading | None] = {AccountKey(service, n): None for n in wanted}
-    outgoing: dict[uuid.UUID, tuple[str, str]] = {}
-    incoming: dict[uuid.UUID, tuple[str, str]] = {}
+    outgoing: dict[uuid.UUID, JournalRow] = {}
+    incoming: dict[uuid.UUID, JournalRow] = {}
     complete = True
     with engine.connect() as conn, conn.begin():
         _readonly_transaction(conn, statement_timeout_ms)
@@ -427,20 +436,24 @@ def read_bank_books(
                 found[key] = AccountReading(key, _money(row.balance),
                                             _money(row.reserved_balance), "sql")
             rows = conn.execute(
-                sa.select(o.c.transaction_id, o.c.status, o.c.from_account_number)
+                sa.select(o.c.transaction_id, o.c.status, o.c.from_account_number,
+                          o.c.created_at)
                 .where(o.c.from_account_number.in_(chunk),
                        sa.or_(o.c.status == "PENDING", o.c.created_at >= since))
                 .limit(JOURNAL_ROW_LIMIT)
             ).all()
             complete = complete and len(rows) < JOURNAL_ROW_LIMIT
-            outgoing.update({r.transaction_id: (r.status, r.from_account_number) for r in rows})
+            outgoing.update({r.transaction_id: (r.status, r.from_account_number, r.created_at)
+                             for r in rows})
             rows = conn.execute(
-                sa.select(i.c.transaction_id, i.c.status, i.c.to_account_number)
+                sa.select(i.c.transaction_id, i.c.status, i.c.to_account_number,
+                          i.c.created_at)
                 .where(i.c.to_account_number.in_(chunk), i.c.created_at >= since)
                 .limit(JOURNAL_ROW_LIMIT)
             ).all()
             complete = complete and len(rows) < JOURNAL_ROW_LIMIT
-            incoming.update({r.transaction_id: (r.status, r.to_account_number) for r in rows})
+            incoming.update({r.transaction_id: (r.status, r.to_account_number, r.created_at)
+                             for r in rows})
     return BankBooks(service, found, outgoing, incoming, since, complete)
 
 
@@ -456,6 +469,7 @@ def read_bank_db(
     ``stale_cutoff`` is naive UTC, like the services' timestamps."""
     a, o, i, e = (schema.accounts, schema.bank_outgoing_transactions,
                   schema.incoming_transactions, schema.bank_outbox_events)
+    created: dict[uuid.UUID, datetime] = {}
     with engine.connect() as conn, conn.begin():
         _readonly_transaction(conn, statement_timeout_ms)
         out_of_bounds = [
@@ -493,8 +507,9 @@ def read_bank_db(
             missing_outbox=_missing_outbox(conn, o, e, TOPIC_INITIATED, service),
             stale=_stale(conn, o, service, stale_cutoff, "from_account_number")
             + _stale(conn, i, service, stale_cutoff, "to_account_number"),
-            outgoing_status=_statuses(conn, o, outgoing_ids),
-            incoming_status=_statuses(conn, i, incoming_ids),
+            outgoing_status=_statuses(conn, o, outgoing_ids, created),
+            incoming_status=_statuses(conn, i, incoming_ids, created),
+            created_at=created,
         )
 
 
@@ -510,6 +525,7 @@ def read_clearing_db(
     ``mappings`` covers ``bankgood_numbers`` and the payees of stale rows."""
     o, e, m = (schema.clearing_outgoing_transactions, schema.clearing_outbox_events,
                schema.bank_mappings)
+    created: dict[uuid.UUID, datetime] = {}
     with engine.connect() as conn, conn.begin():
         _readonly_transaction(conn, statement_timeout_ms)
         stale = _stale(conn, o, service, stale_cutoff, "from_account_number")
@@ -527,6 +543,7 @@ def read_clearing_db(
             outbox=_outbox(conn, e, service),
             missing_outbox=_missing_outbox(conn, o, e, TOPIC_FORWARDED, service),
             stale=stale,
-            status=_statuses(conn, o, ids),
+            status=_statuses(conn, o, ids, created),
+            created_at=created,
             mappings=mappings,
         )
