@@ -47,6 +47,10 @@ def test_memory_bus_lag_rises_when_a_group_stops_and_falls_when_it_resumes() -> 
     first = monitor.run()
     assert first["lag-test-group"].lag == {TOPIC_FORWARDED: 0}
     assert "lag-test-absent" in first and first["lag-test-absent"].lag == {}
+    # a group without committed offsets exports no "progress" that would hide a stall
+    assert _sample("bgmock_kafka_consumer_last_progress_timestamp_seconds",
+                   group="lag-test-absent") is None
+    assert monitor.status()["groups"]["lag-test-absent"]["committed_offsets"] is False
     assert _sample("bgmock_kafka_consumer_lag", group="lag-test-group",
                    topic=TOPIC_FORWARDED) == 0
     progress_before = _sample("bgmock_kafka_consumer_last_progress_timestamp_seconds",

@@ -82,6 +82,7 @@ class LagMonitor:
     _latest: dict[str, GroupLag] = field(default_factory=dict)
     _errors: dict[str, str] = field(default_factory=dict)
     _exported: set[tuple[str, str]] = field(default_factory=set)
+    _empty: set[str] = field(default_factory=set)
 
     def run(self) -> dict[str, GroupLag]:
         """One collection; a group that cannot be read keeps no stale figures."""
@@ -114,6 +115,14 @@ class LagMonitor:
         for group, offsets in committed.items():
             result = compute_lag(group, offsets, highs)
             results[group] = result
+            if not offsets:
+                # never committed (or a wrong group name): no lag and no progress to
+                # export - a stall alert must not be silenced by "no data = fine"
+                if group not in self._empty:
+                    log.info("consumer_group_without_offsets", group=group)
+                    self._empty.add(group)
+                continue
+            self._empty.discard(group)
             for topic, value in result.lag.items():
                 metrics.KAFKA_CONSUMER_LAG.labels(group, topic).set(value)
                 seen.add((group, topic))
@@ -139,6 +148,7 @@ class LagMonitor:
                     "last_progress": self._progress[group].at if group in self._progress
                     else None,
                     "error": self._errors.get(group),
+                    "committed_offsets": group not in self._empty,
                 }
                 for group in self.groups
             }
