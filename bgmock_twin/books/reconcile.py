@@ -4,9 +4,11 @@ run every check, and keep what is needed between runs.
 Order of reads, and why:
 1. from the ledger, the finished payments whose statuses must agree, and the
    twin's accounts;
-2. at the same time, on separate threads: the twin's accounts through REST (Bank A
-   then Bank B) and each configured database (one snapshot each);
-3. after the accounts were read, the ledger snapshot for the balance model: rows
+2. at the same time, on separate threads: each configured database (one snapshot
+   for the invariants, one with the twin's balances and the bank's journal of
+   them) and, for a bank without a database, its twin accounts through REST
+   (Bank A then Bank B);
+3. after the balances were read, the ledger snapshot for the balance model: rows
    that changed since step 2 began are taken as "may be anywhere", so the model
    is never behind what the banks showed.
 
@@ -310,10 +312,10 @@ class Reconciler:
         # 2. the real state, in parallel
         naive_now = ran_at.astimezone(UTC).replace(tzinfo=None)
         sla = timedelta(seconds=self.config.sla_seconds)
-        offsets = self.clock_offsets  # as estimated so far; 0 until known
+        known_offsets = self.clock_offsets  # as estimated so far; 0 until known
 
         def stale_cutoff(service: str) -> datetime:
-            return naive_now + offsets.get(service, timedelta(0)) - sla
+            return naive_now + known_offsets.get(service, timedelta(0)) - sla
 
         bank_futures: dict[str, Future[BankSnapshot]] = {}
         ids_out: dict[str, list[uuid.UUID]] = {b: [] for b in BANKS}
