@@ -9,9 +9,9 @@ anomaly. ``bgmock_kafka_consumer_last_progress_timestamp_seconds{group}`` is the
 last time the group's committed offsets moved or it had no lag, so alerts can say
 "stalled" rather than "big".
 
-Two sources: the in-process bus's own offsets, and Kafka through the admin API
-(committed offsets) and a metadata-only consumer (watermarks), every call with a
-timeout so a slow broker costs one run, never a hung job.
+Two sources: the in-process bus's own offsets, and Kafka through consumers that
+never subscribe (committed offsets, watermarks), every call with a timeout so a
+slow broker costs one run, never a hung job.
 """
 
 from __future__ import annotations
@@ -187,40 +187,60 @@ class MemoryLagSource:
 
 
 class KafkaLagSource:
-    """Committed offsets through the admin API, watermarks through a consumer that
-    never subscribes (it only asks for metadata). Both are created lazily and kept."""
+    """Committed offsets and watermarks through plain consumers that never subscribe:
+    one per group for its committed offsets (created lazily and kept, so at most one
+    per configured group) and one that only asks for metadata and watermarks.
+
+    Not the admin API's ``list_consumer_group_offsets``: librdkafka (up to 2.16 at
+    least, confluentinc/librdkafka#4605) aborts the whole process with
+    ``rd_kafka_enq_once_del_source_return: Assertion `eonce->refcnt > 0'`` when the
+    coordinator connection drops during that request - a broker restart killed the
+    daemon. A consumer's own ``committed`` takes another code path and survives it.
+    """
 
     def __init__(self, bootstrap: str, timeout: float, client_id: str = "bgmock-twin-lag") -> None:
         self.bootstrap = bootstrap
         self.timeout = timeout
         self.client_id = client_id
-        self._admin: Any = None
         self._consumer: Any = None
+        self._group_consumers: dict[str, Any] = {}
 
-    def _clients(self) -> tuple[Any, Any]:
+    def _config(self, group: str) -> dict[str, Any]:
+        return {"bootstrap.servers": self.bootstrap, "client.id": self.client_id,
+                "group.id": group, "enable.auto.commit": False, "log_level": 3}
+
+    def _metadata_consumer(self) -> Any:
         from confluent_kafka import Consumer
-        from confluent_kafka.admin import AdminClient
 
-        if self._admin is None:
-            self._admin = AdminClient({"bootstrap.servers": self.bootstrap,
-                                       "client.id": self.client_id, "log_level": 3})
         if self._consumer is None:
-            self._consumer = Consumer({
-                "bootstrap.servers": self.bootstrap, "client.id": self.client_id,
-                "group.id": f"{self.client_id}-watermarks", "enable.auto.commit": False,
-                "log_level": 3,
-            })
-        return self._admin, self._consumer
+            self._consumer = Consumer(self._config(f"{self.client_id}-watermarks"))
+        return self._consumer
+
+    def _group_consumer(self, group: str) -> Any:
+        from confluent_kafka import Consumer
+
+        consumer = self._group_consumers.get(group)
+        if consumer is None:
+            consumer = self._group_consumers[group] = Consumer(self._config(group))
+        return consumer
 
     def committed(self, group: str) -> dict[TopicPartition, int]:
-        from confluent_kafka import ConsumerGroupTopicPartitions
+        from confluent_kafka import TopicPartition as KafkaTopicPartition
 
-        admin, _ = self._clients()
-        futures = admin.list_consumer_group_offsets(
-            [ConsumerGroupTopicPartitions(group)], request_timeout=self.timeout)
-        answer = futures[group].result(timeout=self.timeout + 1)
+        deadline = time.monotonic() + self.timeout
+        metadata = self._metadata_consumer().list_topics(timeout=self.timeout)
+        partitions = [KafkaTopicPartition(name, p)
+                      for name, topic in sorted(metadata.topics.items())
+                      if not name.startswith("__") and topic.error is None
+                      for p in sorted(topic.partitions)]
+        if not partitions:
+            return {}
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("committed offsets not read within the timeout")
+        answer = self._group_consumer(group).committed(partitions, timeout=remaining)
         result: dict[TopicPartition, int] = {}
-        for tp in answer.topic_partitions or []:
+        for tp in answer:
             if tp.error is None and tp.offset >= 0:
                 result[(tp.topic, tp.partition)] = int(tp.offset)
         return result
@@ -228,7 +248,7 @@ class KafkaLagSource:
     def high_watermarks(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         from confluent_kafka import TopicPartition as KafkaTopicPartition
 
-        _, consumer = self._clients()
+        consumer = self._metadata_consumer()
         deadline = time.monotonic() + self.timeout
         result: dict[TopicPartition, int] = {}
         for topic, partition in partitions:
@@ -242,13 +262,15 @@ class KafkaLagSource:
         return result
 
     def close(self) -> None:
-        if self._consumer is not None:
+        consumers = [*self._group_consumers.values(),
+                     *([self._consumer] if self._consumer is not None else [])]
+        self._group_consumers = {}
+        self._consumer = None
+        for consumer in consumers:
             try:
-                self._consumer.close()
+                consumer.close()
             except Exception as exc:  # closing a consumer of a dead broker may fail
                 log.debug("lag_consumer_close_failed", error=repr(exc))
-            self._consumer = None
-        self._admin = None
 
 
 def lag_source_for(bus: Any, bootstrap: str | None, timeout: float) -> LagSource | None:
