@@ -139,11 +139,18 @@ def test_alert_rules_evaluate_without_errors(live: LiveStack, prom: Prometheus) 
                  "BGMockAlertThresholdsMissing"):
         assert states[name] == "inactive", f"{name} is {states[name]} for a healthy twin"
 
-    # ... while the simulation's injected failures (failure_share 0.2) put the success
-    # ratio below its 0.99 target, which the ratio alert sees through the join.
-    def ratio_alert_active() -> bool:
-        state = {r["name"]: r["state"] for r in prom.alert_rules()}
-        return state["BGMockPaymentSuccessRatioLow"] in ("pending", "firing")
-
-    poll(ratio_alert_active, 45, "BGMockPaymentSuccessRatioLow to become pending",
+    # ... and the simulation's deliberate failures (failure_share 0.2) neither lower
+    # the success ratio nor count as BGMock settling what it must refuse. The ratio's
+    # join on the twin's real labels resolves: the rule's left side compared the other
+    # way round against the twin's own target returns this twin.
+    ratio = ('(sum by (namespace, instance) (rate(bgmock_payments_completed_total'
+             '{kind="normal",outcome="success"}[10m])) / sum by (namespace, instance) '
+             '(rate(bgmock_payments_completed_total{kind="normal"}[10m]))) >= on (namespace, '
+             'instance) max by (namespace, instance) (bgmock_slo_target{slo="success_ratio"})')
+    poll(lambda: prom.query(ratio), 45, "the normal success ratio to meet its target",
          alive=lambda: None if live.twin.poll() is None else "twin exited")  # type: ignore[union-attr]
+    deliberate = 'sum(bgmock_payments_completed_total{kind!="normal"})'
+    poll(lambda: prom.query(deliberate), 45, "deliberate failures to be counted")
+    states = {r["name"]: r["state"] for r in prom.alert_rules()}
+    for name in ("BGMockPaymentSuccessRatioLow", "BGMockDeliberateFailureSucceeded"):
+        assert states[name] == "inactive", f"{name} is {states[name]} during a failure drill"
