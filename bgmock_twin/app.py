@@ -246,11 +246,22 @@ class Twin:
         from bgmock_twin.emulator import FaultError
 
         target = fault.pop("target")
+        corrupt = fault.pop("corrupt_balance", None)
+        drop = fault.pop("drop_outbox_row", None)
+        result: dict[str, Any] = {"target": target}
         try:
-            applied = self.emulator.faults.apply(target, fault)
-        except FaultError as exc:
+            if corrupt is not None:
+                result["new_balance"] = str(self.emulator.faults.corrupt_balance(
+                    target, corrupt["account_number"], corrupt["delta"]))
+            if drop:
+                dropped = self.emulator.faults.drop_outbox_row(target)
+                result["dropped_outbox_row"] = None if dropped is None else {
+                    k: str(v) for k, v in dropped.items()}
+            if fault:
+                result["applied"] = self.emulator.faults.apply(target, fault)
+        except (FaultError, KeyError) as exc:
             raise HTTPException(422, detail=f"invalid fault: {exc}") from None
-        return {"target": target, "applied": applied}
+        return result
 
 
 def _bind(func: Callable[[str], Any], arg: str) -> Callable[[], Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from decimal import Decimal
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -20,6 +21,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from bgmock_twin import __version__, metrics
+
+MAX_DELTA = Decimal("1000000000")
 from bgmock_twin.api.auth import require_token
 from bgmock_twin.api.errors import error_body, install_error_handlers
 from bgmock_twin.logs import get_logger
@@ -39,6 +42,16 @@ class TwinView(Protocol):
     def apply_fault(self, fault: dict[str, Any]) -> dict[str, Any]: ...
 
 
+class CorruptBalance(BaseModel):
+    """Change a bank account's balance behind BGMock's back (a books fault)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    account_number: str = Field(..., min_length=1, max_length=64, pattern=r"^[\w.-]+$")
+    delta: Decimal = Field(..., ge=-MAX_DELTA, le=MAX_DELTA, decimal_places=2,
+                           allow_inf_nan=False)
+
+
 class FaultRequest(BaseModel):
     """A fault for the embedded emulator (demos and tests)."""
 
@@ -55,6 +68,12 @@ class FaultRequest(BaseModel):
     garbage: bool | None = None
     paused: bool | None = Field(None, description="pause the service's Kafka consumers")
     stall_outbox: bool | None = None
+    corrupt_balance: CorruptBalance | None = Field(
+        None, description="bank_a or bank_b only: change an account's balance"
+    )
+    drop_outbox_row: bool | None = Field(
+        None, description="delete the oldest unpublished outbox row of the service"
+    )
 
 
 class RateLimiter:
