@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
-from decimal import Decimal
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import Any, Protocol
 
 import uvicorn
@@ -21,13 +21,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from bgmock_twin import __version__, metrics
-
-MAX_DELTA = Decimal("1000000000")
 from bgmock_twin.api.auth import require_token
 from bgmock_twin.api.errors import error_body, install_error_handlers
 from bgmock_twin.logs import get_logger
 
 log = get_logger(__name__)
+
+MAX_DELTA = Decimal("1000000000")
 
 
 class TwinView(Protocol):
