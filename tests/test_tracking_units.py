@@ -247,3 +247,31 @@ def test_invalid_message_logging_is_rate_limited() -> None:
     assert [budget.allow() for _ in range(5)] == [True, True, False, False, False]
     time.sleep(0.06)
     assert budget.allow() and budget.allow() and not budget.allow()
+
+
+def test_a_settle_request_behind_a_queued_accept_check_is_not_lost() -> None:
+    """A settle check asked for while an (earlier) accept check of the same payment
+    is queued rides on it: the check that runs is the settle one, which retries
+    until the bank's status is final. Losing it left payments unsettled until
+    the step deadline."""
+    import threading
+
+    from bgmock_twin.tracking.poller import Purpose, Result, StatusPoller
+
+    seen: list[Purpose] = []
+    done = threading.Event()
+
+    def check(payment_id: str, purpose: Purpose) -> Result:
+        seen.append(purpose)
+        done.set()
+        return Result.DONE
+
+    poller = StatusPoller(check, threads=1)
+    poller.schedule("p1", Purpose.ACCEPT, delay=0.2)
+    poller.schedule("p1", Purpose.SETTLE, delay=0.3)  # later due: merged, not dropped
+    poller.start()
+    try:
+        assert done.wait(5)
+    finally:
+        poller.stop()
+    assert seen == [Purpose.SETTLE]

@@ -48,6 +48,11 @@ class Purpose(Enum):
     STUCK = "stuck"
 
 
+# Which purpose wins when two checks of one payment merge: an accept check gives up
+# as soon as events flow, a settle check retries until the bank's status is final.
+_STRENGTH = {Purpose.ACCEPT: 0, Purpose.ACCEPT_NOW: 1, Purpose.STUCK: 2, Purpose.SETTLE: 3}
+
+
 class Result(Enum):
     DONE = "done"    # nothing more to ask for this purpose
     RETRY = "retry"  # not final yet, or the bank could not be asked
@@ -104,6 +109,8 @@ class StatusPoller:
         self.max_attempts = max_attempts
         self._heap: list[tuple[float, int, str, Purpose, int]] = []
         self._queued: dict[str, float] = {}
+        # a later request with a stronger purpose rides on an earlier queued check
+        self._upgraded: dict[str, Purpose] = {}
         self._counter = 0
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -131,6 +138,8 @@ class StatusPoller:
         with self._cond:
             queued = self._queued.get(payment_id)
             if queued is not None and queued <= due:
+                if _STRENGTH[purpose] > _STRENGTH[self._upgraded.get(payment_id, Purpose.ACCEPT)]:
+                    self._upgraded[payment_id] = purpose
                 return
             self._queued[payment_id] = due
             self._counter += 1
@@ -155,6 +164,9 @@ class StatusPoller:
                 if self._queued.get(payment_id) != due:
                     continue  # superseded by an earlier schedule
                 del self._queued[payment_id]
+                stronger = self._upgraded.pop(payment_id, None)
+                if stronger is not None and _STRENGTH[stronger] > _STRENGTH[purpose]:
+                    return payment_id, stronger, 0
                 return payment_id, purpose, attempt
         return None
 
