@@ -1,0 +1,303 @@
+"""Event processing: Kafka events decoded and correlated per second on one core.
+
+A Tansu broker is pre-filled with N events shaped exactly as the emulated services
+write them (``transactions.initiated`` with null dates and the bank's key,
+``forwarded`` with Jackson array dates, ``processed``/``completed`` responses), four
+per payment: most belong to payments the twin registered (half REST, half Kafka
+channel), the rest are foreign. The twin's real ``Follower`` (consumer poll →
+``decode_event`` → ``Tracker.on_event`` → ledger write → offset commit after the
+ledger stored it) then reads them from the beginning with this whole process pinned
+to one CPU. The end is detected by count (Tansu's watermarks count batches, not
+records). Figures: events/s while following, events per CPU second, and the rate
+until the ledger had stored every change; plus the decode + correlate path alone
+(no Kafka client) for comparison.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from bgmock_twin.bus.base import EventConsumer, EventProducer, Record
+from bgmock_twin.bus.kafka import KafkaBus
+from bgmock_twin.contract import (
+    BANK_A_CLEARING,
+    BANK_B_CLEARING,
+    TOPIC_COMPLETED,
+    TOPIC_FORWARDED,
+    TOPIC_INITIATED,
+    TOPIC_PROCESSED,
+    TOPICS,
+    IncomingTransactionEvent,
+    OutgoingTransactionEvent,
+    Status,
+    TransactionResponseEvent,
+    encode_event,
+)
+from bgmock_twin.logs import configure_logging
+from bgmock_twin.tracking.follower import Follower
+from bgmock_twin.tracking.ledger import Ledger
+from bgmock_twin.tracking.lifecycle import Channel, Kind, Outcome, Payment, Route
+from bgmock_twin.tracking.poller import StatusPoller
+from bgmock_twin.tracking.tracker import Tracker
+from tests.benchmarks.common import (
+    Reporter,
+    Result,
+    arguments,
+    banner,
+    own_cpu_seconds,
+)
+from tests.support.broker import TansuBroker
+
+TARGET = 20_000.0
+TWIN_SHARE = 0.8
+GROUP = "bench-events"
+
+
+@dataclass
+class Flow:
+    """One payment's four events as the services write them."""
+
+    transaction_id: uuid.UUID
+    payment: Payment | None  # None: a foreign payment
+    records: list[tuple[str, str, bytes, dict[str, bytes]]]
+
+
+def make_flows(count: int, rng: random.Random) -> list[Flow]:
+    flows = []
+    now = datetime.now(UTC).replace(tzinfo=None)
+    for i in range(count):
+        tx = uuid.uuid4()
+        a_to_b = rng.random() < 0.5
+        source, destination = (BANK_A_CLEARING, BANK_B_CLEARING) if a_to_b else \
+            (BANK_B_CLEARING, BANK_A_CLEARING)
+        letter, other = ("A", "B") if a_to_b else ("B", "A")
+        payer = f"TWIN-{letter}-{rng.randint(1, 4):03d}"
+        payee_n = rng.randint(1, 4)
+        amount = Decimal(rng.randint(100, 5000)) / 100
+        events = [
+            (TOPIC_INITIATED, source, OutgoingTransactionEvent(
+                tx, source, payer, f"TWIN-BG-{other}-{payee_n:03d}", amount, Status.PENDING),
+             "null"),
+            (TOPIC_FORWARDED, destination, IncomingTransactionEvent(
+                tx, destination, f"TWIN-{other}-{payee_n:03d}", amount, Status.PENDING,
+                now, now), "array"),
+            (TOPIC_PROCESSED, destination,
+             TransactionResponseEvent(tx, Status.SUCCESS, "Transaction processed"), "null"),
+            (TOPIC_COMPLETED, source,
+             TransactionResponseEvent(tx, Status.SUCCESS, "Transaction processed"), "null"),
+        ]
+        records = []
+        for topic, key, event, dates in events:
+            value, headers = encode_event(event, dates=dates)  # type: ignore[arg-type]
+            records.append((topic, key, value, headers))
+        payment = None
+        if rng.random() < TWIN_SHARE:
+            channel = Channel.REST if i % 2 == 0 else Channel.KAFKA
+            payment = Payment(
+                payment_id=str(uuid.uuid4()), channel=channel,
+                route=Route.A_TO_B if a_to_b else Route.B_TO_A, kind=Kind.NORMAL,
+                from_clearing=source, from_account=payer,
+                to_bankgood=f"TWIN-BG-{other}-{payee_n:03d}", to_clearing=destination,
+                to_account=f"TWIN-{other}-{payee_n:03d}", amount=amount,
+                intended_at=datetime.now(UTC), intended_mono=time.monotonic(),
+                instance_id="bench", transaction_id=tx if channel is Channel.KAFKA else None,
+            )
+        flows.append(Flow(tx, payment, records))
+    return flows
+
+
+def register(tracker: Tracker, flows: Sequence[Flow]) -> None:
+    """What the sender did before the events came: register (and for REST, the 202)."""
+    for flow in flows:
+        payment = flow.payment
+        if payment is None:
+            continue
+        tracker.register(payment)
+        if payment.channel is Channel.REST:
+            tracker.accepted(payment.payment_id, flow.transaction_id)
+
+
+def produce(producer: EventProducer, flows: Sequence[Flow], chunk: int = 2000) -> None:
+    """Payments interleave as in production: a chunk's initiated events, then their
+    forwarded events, and so on."""
+    for start in range(0, len(flows), chunk):
+        part = flows[start:start + chunk]
+        for step in range(4):
+            for flow in part:
+                topic, key, value, headers = flow.records[step]
+                producer.produce(topic, key, value, headers)
+        producer.flush(60)
+
+
+class _OneConsumerBus:
+    """Hands the follower a consumer positioned at the start of the pre-filled topics
+    (a twin restarting with a backlog); everything else is the real Kafka bus."""
+
+    def __init__(self, bus: KafkaBus, consumer: EventConsumer) -> None:
+        self._bus = bus
+        self._consumer = consumer
+        self.name = bus.name
+
+    def consumer(self, group_id: str, topics: Sequence[str], **_kwargs: Any) -> EventConsumer:
+        return self._consumer
+
+    def producer(self) -> EventProducer:
+        return self._bus.producer()
+
+    def ensure_topics(self, topics: Sequence[str], partitions: int = 3) -> None:
+        self._bus.ensure_topics(topics, partitions)
+
+    def check(self, timeout: float) -> None:
+        self._bus.check(timeout)
+
+    def close(self) -> None:
+        self._bus.close()
+
+
+def pin_to_one_cpu() -> int:
+    """Pin every thread of this process (and every thread started later) to one CPU."""
+    cpu = max(os.sched_getaffinity(0))
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(tid), {cpu})
+    return cpu
+
+
+def tracker_and_ledger(workdir: Path, name: str) -> tuple[Tracker, Ledger]:
+    ledger = Ledger(f"sqlite:///{workdir}/{name}.db", buffer_size=100_000)
+    assert ledger.open()
+    ledger.start()
+    tracker = Tracker(ledger, step_deadline=10, sla=30, park_seconds=7)
+    tracker.on_completed = StatusPoller(lambda _pid, _purpose: None).settle_soon  # type: ignore[arg-type,return-value]
+    return tracker, ledger
+
+
+def check_correlated(tracker: Tracker, flows: Sequence[Flow]) -> str:
+    """Proof the events were really followed: every twin Kafka-channel payment
+    succeeded and every REST one reached ``completed``."""
+    kafka = [f.payment for f in flows if f.payment and f.payment.channel is Channel.KAFKA]
+    rest = [f.payment for f in flows if f.payment and f.payment.channel is Channel.REST]
+    done = sum(1 for p in kafka if (t := tracker.get(p.payment_id)) and
+               t.outcome is Outcome.SUCCESS)
+    completed = sum(1 for p in rest if (t := tracker.get(p.payment_id)) and
+                    t.state == "completed")
+    counts = tracker.counts()
+    if done != len(kafka) or completed != len(rest):
+        raise AssertionError(f"not every payment was followed: kafka {done}/{len(kafka)}, "
+                             f"rest {completed}/{len(rest)}")
+    return (f"{len(kafka)} kafka-channel payments succeeded, {len(rest)} rest payments "
+            f"completed, in flight {counts['inFlight']}")
+
+
+def decode_and_correlate_only(workdir: Path, flows: Sequence[Flow]) -> tuple[float, float]:
+    """The same path without the Kafka client: Records in memory → the follower's handler."""
+    tracker, ledger = tracker_and_ledger(workdir, "inproc")
+    try:
+        register(tracker, flows)
+        ledger.flush(60)
+        follower = Follower(_NoBus(), GROUP, tracker, ledger)  # type: ignore[arg-type]
+        records = []
+        for step in range(4):
+            for i, flow in enumerate(flows):
+                topic, key, value, headers = flow.records[step]
+                records.append(Record(topic, i % 3, i, key.encode(), value,
+                                      tuple(headers.items())))
+        cpu0, t0 = own_cpu_seconds(), time.monotonic()
+        for start in range(0, len(records), 500):
+            for record in records[start:start + 500]:
+                follower._handle(record)
+            tracker.expire_parked()
+        cpu1, t1 = own_cpu_seconds(), time.monotonic()
+        check_correlated(tracker, flows)
+        return len(records) / (t1 - t0), len(records) / max(cpu1 - cpu0, 1e-9)
+    finally:
+        ledger.stop(30)
+        ledger.close()
+
+
+class _NoBus:
+    name = "none"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = arguments(__doc__.splitlines()[0], argv, extra=lambda p: p.add_argument(
+        "--events", type=int, help="events to pre-fill (default 200,000; quick 8,000)"))
+    configure_logging("WARNING", "json")
+    reporter = Reporter(args.results)
+    events = args.events or (8_000 if args.quick else 200_000)
+    flows_count = events // 4
+    events = flows_count * 4
+    banner(f"event processing: {events:,} events pre-filled in Tansu, one core")
+    rng = random.Random(7)
+    flows = make_flows(flows_count, rng)
+    with tempfile.TemporaryDirectory(prefix="bench-events-") as tmp:
+        workdir = Path(tmp)
+        broker = TansuBroker(workdir)
+        broker.start()
+        try:
+            bus = KafkaBus(broker.bootstrap, session_timeout_ms=6000, client_id="bench-events")
+            bus.ensure_topics(list(TOPICS), 3)
+            producer = bus.producer()
+            started = time.monotonic()
+            produce(producer, flows)
+            producer.close()
+            reporter.note(f"pre-filled {events:,} events in {time.monotonic() - started:.1f} s")
+
+            cpu = pin_to_one_cpu()
+            tracker, ledger = tracker_and_ledger(workdir, "ledger")
+            register(tracker, flows)
+            ledger.flush(60)
+            consumer = bus.consumer(GROUP, list(TOPICS), manual_assign=True,
+                                    from_beginning_if_new=True)
+            follower = Follower(_OneConsumerBus(bus, consumer), GROUP, tracker, ledger)
+            reporter.note(f"following from the beginning on CPU {cpu}")
+            cpu0, t0 = own_cpu_seconds(), time.monotonic()
+            follower.start()
+            deadline = t0 + 600
+            while follower.records_seen < events:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"followed {follower.records_seen}/{events} events")
+                time.sleep(0.005)
+            cpu1, t1 = own_cpu_seconds(), time.monotonic()
+            ledger.flush(120)
+            t2 = time.monotonic()
+            follower.stop(10)
+            proof = check_correlated(tracker, flows)
+            ledger.stop(30)
+            ledger.close()
+            wall, cpu_used = t1 - t0, cpu1 - cpu0
+            rate = events / wall
+            reporter.emit(Result(
+                "events.followed_per_second", rate, "events/s", f">= {TARGET:,.0f}/s",
+                rate >= TARGET,
+                f"{events:,} events in {wall:.2f} s on CPU {cpu}, real Follower + Tracker + "
+                f"ledger; {proof}; invalid {follower.invalid_seen}"))
+            reporter.emit(Result(
+                "events.per_cpu_second", events / cpu_used, "events/CPU-s",
+                detail=f"{cpu_used:.2f} CPU s for {events:,} events (all threads)"))
+            reporter.emit(Result(
+                "events.persisted_per_second", events / (t2 - t0), "events/s",
+                detail="until the ledger had stored every change (SQLite file)"))
+        finally:
+            broker.stop()
+        inproc_rate, inproc_cpu = decode_and_correlate_only(workdir, flows)
+        reporter.emit(Result(
+            "events.decode_correlate_only", inproc_rate, "events/s",
+            detail=f"{inproc_cpu:,.0f} events/CPU-s; same records from memory, no Kafka "
+                   "client: decode_event + Tracker.on_event + ledger buffer"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""The benchmarks run: ``python -m tests.benchmarks --quick`` starts every benchmark in
+its seconds-long mode, each prints its figure lines with the machine's conditions,
+and the summary is written to ``--out``. Speed is never asserted here: the figures
+of a quick run on a busy machine mean nothing, only that they are produced."""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = (
+    "pacing.rate_50.achieved", "pacing.rate_50.send_lag_p99",
+    "pacing.rate_200.achieved", "pacing.rate_200.send_lag_p99", "pacing.max_sustained_rate",
+    "events.followed_per_second", "events.per_cpu_second", "events.persisted_per_second",
+    "events.decode_correlate_only",
+    "locust.twin_payments_per_core", "locust.fasthttpuser_requests_per_core",
+    "locust.ratio_twin_vs_fasthttpuser",
+    "footprint.idle_cpu", "footprint.metrics_scrape_median", "footprint.rss_finished",
+    "footprint.rss_in_flight",
+)
+# Figures that are a count of work done or memory held: never zero when the run worked.
+POSITIVE = {name for name in FIGURES if not name.endswith(
+    ("max_sustained_rate", "idle_cpu", "send_lag_p99"))}
+LINE = re.compile(
+    r"^RESULT (?P<name>\S+) = (?P<value>[-\d,.]+|nan) (?P<unit>.+?)(  \[target .+: (MET|MISSED)\])?"
+    r"(  \(.*\))?  \{cores=\d+ load1/5/15=[\d.]+/[\d.]+/[\d.]+ python=[\d.]+ cpu='.+'\}$")
+
+
+def test_every_benchmark_prints_its_figures_in_quick_mode(tmp_path: Path) -> None:
+    out = tmp_path / "summary.txt"
+    completed = subprocess.run(
+        [sys.executable, "-m", "tests.benchmarks", "--quick", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240, check=False,
+    )
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output[-4000:]
+    values: dict[str, float] = {}
+    for line in completed.stdout.splitlines():
+        if line.startswith("RESULT "):
+            match = LINE.match(line)
+            assert match, f"malformed result line: {line}"
+            values[match["name"]] = float(match["value"].replace(",", ""))
+    assert set(FIGURES) <= set(values), f"missing: {sorted(set(FIGURES) - set(values))}"
+    for name in FIGURES:
+        assert math.isfinite(values[name]) and values[name] >= 0, (name, values[name])
+    for name in POSITIVE:
+        assert values[name] > 0, (name, values[name])
+    summary = out.read_text()
+    assert "machine at start: cores=" in summary
+    assert all(name in summary for name in FIGURES)
+    assert "failed to run" not in summary
