@@ -395,10 +395,19 @@ class Sender:
         try:
             producer = self._get_producer()
             producer.produce(TOPIC_INITIATED, payment.from_clearing, value, headers)
-            producer.flush(PRODUCE_TIMEOUT_SECONDS)
-        except BusError as exc:
+        except BusError as exc:  # not even queued: it can never reach the clearing
             metrics.KAFKA_CLIENT_ERRORS.labels("sender", "produce").inc()
             self.tracker.reject(payment.payment_id, f"not produced: {str(exc)[:120]}")
+            return
+        try:
+            producer.flush(PRODUCE_TIMEOUT_SECONDS)
+        except BusError as exc:
+            # queued but not confirmed in time: the producer keeps trying, so it may
+            # still arrive (a broker back within the message timeout). Not rejected:
+            # it stays in flight, and its events or its step deadline tell.
+            metrics.KAFKA_CLIENT_ERRORS.labels("sender", "unconfirmed").inc()
+            log.warning("kafka_payment_unconfirmed", payment_id=payment.payment_id,
+                        error=str(exc)[:200])
 
     def _get_producer(self) -> EventProducer:
         with self._producer_lock:
