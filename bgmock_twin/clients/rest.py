@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
 from bgmock_twin import metrics
 from bgmock_twin.contract import dumps_json, loads_json
@@ -24,12 +25,17 @@ class ServiceError(Exception):
     """A BGMock service could not be reached or answered unexpectedly.
 
     ``reason`` is a short bounded label: timeout, connection, http_<code>, bad_body.
+    ``maybe_processed`` is True when the request reached the service but no answer
+    came back (read timeout, connection lost mid-request): the service may have
+    acted on it, so a payment sent that way is not known to be refused.
     """
 
-    def __init__(self, service: str, reason: str, detail: str = "") -> None:
+    def __init__(self, service: str, reason: str, detail: str = "",
+                 maybe_processed: bool = False) -> None:
         super().__init__(f"{service}: {reason}{': ' + detail if detail else ''}")
         self.service = service
         self.reason = reason
+        self.maybe_processed = maybe_processed
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +97,13 @@ class RestClient:
             code = str(raw.status_code)
         except requests.Timeout as exc:
             code = "timeout"
-            raise ServiceError(self.service, "timeout", str(exc)) from None
+            raise ServiceError(self.service, "timeout", str(exc),
+                               maybe_processed=not isinstance(exc, requests.ConnectTimeout)) \
+                from None
         except requests.RequestException as exc:
             code = "connection"
-            raise ServiceError(self.service, "connection", type(exc).__name__) from None
+            raise ServiceError(self.service, "connection", type(exc).__name__,
+                               maybe_processed=_maybe_processed(exc)) from None
         finally:
             metrics.REST_REQUESTS.labels(self.service, method, route, code).inc()
             metrics.REST_DURATION.labels(self.service, method, route).observe(
@@ -104,6 +113,12 @@ class RestClient:
 
     def close(self) -> None:
         self.session.close()
+
+
+def _maybe_processed(exc: requests.RequestException) -> bool:
+    """False only when the request surely never reached the service (no connection)."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return not isinstance(reason, NewConnectionError | ConnectTimeoutError | NameResolutionError)
 
 
 def _decode(raw: requests.Response) -> Any:
