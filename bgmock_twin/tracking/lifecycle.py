@@ -22,8 +22,10 @@ monotonic clock, never from service timestamps:
 
 Outcomes (``Outcome``): ``success`` / ``failed`` follow the status of the final
 step; ``rejected`` means the source refused the payment outright (the bank's
-202-then-FAILED without any event, or no 202 at all / the broker refused the
-Kafka write).
+202-then-FAILED without any event, an error answer or no connection at all / the
+Kafka write was never queued). A request that reached the bank but whose answer
+never came (read timeout), or a Kafka write queued but not confirmed, is not a
+refusal - the payment may have moved money - so it stays unfinished instead.
 
 Repeats and disorder: delivery is at least once and the four topics are read
 independently, so a step seen twice is a repeat (ignored), and a step may arrive

@@ -371,6 +371,14 @@ class Sender:
                 transaction_id = bank.submit_payment(
                     payment.from_account, payment.to_bankgood, payment.amount)
             except ServiceError as exc:
+                if exc.maybe_processed:
+                    # the bank got the request but its answer never came (a read
+                    # timeout): it may well have stored and reserved the payment, so
+                    # it is not "rejected". Without the bank's id it cannot be followed:
+                    # it stays unfinished (stuck at "accepted" past the deadline).
+                    log.warning("payment_unconfirmed", payment_id=payment.payment_id,
+                                service=exc.service, reason=exc.reason)
+                    return
                 self.tracker.reject(payment.payment_id,
                                     f"not accepted by {exc.service}: {exc.reason}")
                 return
