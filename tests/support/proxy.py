@@ -14,6 +14,7 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 
 from tests.support.ports import free_port
 
@@ -28,6 +29,7 @@ class TcpProxy:
         self._pairs: set[tuple[socket.socket, socket.socket]] = set()
         self._closed = False
         self.accepted = 0
+        self.latency = 0.0
         self.restore()
 
     @property
@@ -106,17 +108,19 @@ class TcpProxy:
                     return
                 self._pairs.add(pair)
                 self.accepted += 1
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink, pair),
+            for source, sink, slow in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pump, args=(source, sink, pair, slow),
                                  name=f"proxy-pump-{self.port}", daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket,
-              pair: tuple[socket.socket, socket.socket]) -> None:
+              pair: tuple[socket.socket, socket.socket], slow: bool) -> None:
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
+                if slow and self.latency > 0:
+                    time.sleep(self.latency)
                 sink.sendall(data)
         except OSError:
             pass
