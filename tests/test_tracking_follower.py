@@ -130,6 +130,8 @@ def test_poison_on_every_topic_is_counted_logged_and_skipped(
     }
     before = {(t, r): sample("bgmock_kafka_messages_invalid_total", {"topic": t, "reason": r})
               for t in TOPICS for r in poison}
+    foreign_before = sample("bgmock_kafka_messages_total",
+                            {"topic": TOPIC_COMPLETED, "status": "FAILED", "origin": "foreign"})
     for topic in TOPICS:
         for body in poison.values():
             produce(bus, topic, "01", body)
@@ -137,8 +139,6 @@ def test_poison_on_every_topic_is_counted_logged_and_skipped(
     foreign = uuid.uuid4()
     produce(bus, TOPIC_COMPLETED, "01",
             json.dumps({"transactionId": str(foreign), "status": "FAILED"}))
-    foreign_before = sample("bgmock_kafka_messages_total",
-                            {"topic": TOPIC_COMPLETED, "status": "FAILED", "origin": "foreign"})
     wait_for(lambda: follower.invalid_seen >= 4 * 5, timeout=5, message="poison consumed")
     wait_for(lambda: sample("bgmock_kafka_messages_total", {
         "topic": TOPIC_COMPLETED, "status": "FAILED", "origin": "foreign"}) > foreign_before,

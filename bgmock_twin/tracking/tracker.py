@@ -17,6 +17,7 @@ no submission is pending). Foreign events are counted, never tracked.
 from __future__ import annotations
 
 import copy
+import functools
 import threading
 import time
 import uuid
@@ -24,7 +25,11 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, Protocol
+
+from prometheus_client import Counter as CounterMetric
+from prometheus_client import Histogram
 
 from bgmock_twin import metrics
 from bgmock_twin.bus.base import Record
@@ -240,7 +245,7 @@ class Tracker:
     @staticmethod
     def _count_message(topic: str, event: Event, origin: str) -> None:
         status = getattr(event, "status", None)
-        metrics.KAFKA_MESSAGES.labels(topic, status.value if status else "none", origin).inc()
+        _messages_counter(topic, status.value if status else "none", origin).inc()
 
     # --- deadlines (a scheduled job) --------------------------------------------------------
     def check_deadlines(self) -> list[str]:
@@ -296,8 +301,7 @@ class Tracker:
         if change.repeat or not change.changed:
             return
         if change.new_step is not None and change.step_duration is not None:
-            metrics.PAYMENT_STEP_DURATION.labels(change.new_step.value).observe(
-                change.step_duration)
+            _step_histogram(change.new_step.value).observe(change.step_duration)
             if change.new_step is Step.COMPLETED and payment.channel is Channel.REST \
                     and not payment.finished and self.on_completed is not None:
                 self.on_completed(payment.payment_id)  # time to read the settled status
@@ -394,16 +398,15 @@ class Tracker:
         with self._lock:
             items = [dict(e) for e in reversed(self._events)
                      if (topic is None or e["topic"] == topic)
-                     and (origin is None or e["origin"] == origin)]
-        return items[:limit]
+                     and (origin is None or e["origin"] == origin)][:limit]
+        return [_public(item) for item in items]
 
     def record_invalid(self, record: Record, reason: str) -> None:
         with self._lock:
             self._events.append({
                 "topic": record.topic, "partition": record.partition, "offset": record.offset,
-                "key": _text(record.key), "transactionId": None, "status": None,
-                "origin": "invalid", "reason": reason,
-                "observedAt": self.clock.now().isoformat(),
+                "key": record.key, "transactionId": None, "status": None,
+                "origin": "invalid", "reason": reason, "observedAt": self.clock.now(),
             })
 
     def counts(self) -> dict[str, Any]:
@@ -432,20 +435,46 @@ def _text(raw: bytes | None) -> str | None:
 
 
 def _event_entry(record: Record, event: Event, now_utc: datetime) -> dict[str, Any]:
+    """An entry of the recent-events view, kept as the objects it was made of: most are
+    never read, so turning them into text waits for ``_public``."""
     status = getattr(event, "status", None)
     entry: dict[str, Any] = {
         "topic": record.topic,
         "partition": record.partition,
         "offset": record.offset,
-        "key": _text(record.key),
-        "transactionId": str(event.transaction_id) if event.transaction_id else None,
+        "key": record.key,
+        "transactionId": event.transaction_id,
         "status": status.value if status else None,
         "origin": "twin",
-        "observedAt": now_utc.isoformat(),
+        "observedAt": now_utc,
     }
     if isinstance(event, OutgoingTransactionEvent | IncomingTransactionEvent) and \
             event.amount is not None:
-        entry["amount"] = format(event.amount, "f")
+        entry["amount"] = event.amount
     if isinstance(event, TransactionResponseEvent) and event.message:
         entry["message"] = event.message[:200]
     return entry
+
+
+def _public(entry: dict[str, Any]) -> dict[str, Any]:
+    """An event entry as the API shows it: text for the id, key, time and amount."""
+    key, tx, at = entry["key"], entry["transactionId"], entry["observedAt"]
+    entry["key"] = _text(key) if isinstance(key, bytes) else key
+    entry["transactionId"] = str(tx) if tx else None
+    entry["observedAt"] = at.isoformat() if isinstance(at, datetime) else at
+    amount = entry.get("amount")
+    if isinstance(amount, Decimal):
+        entry["amount"] = format(amount, "f")
+    return entry
+
+
+# The labelled children of the two metrics touched by every event, looked up once per
+# label set (every label comes from a small fixed set, so the caches stay small).
+@functools.lru_cache(maxsize=256)
+def _messages_counter(topic: str, status: str, origin: str) -> CounterMetric:
+    return metrics.KAFKA_MESSAGES.labels(topic, status, origin)
+
+
+@functools.lru_cache(maxsize=64)
+def _step_histogram(step: str) -> Histogram:
+    return metrics.PAYMENT_STEP_DURATION.labels(step)
