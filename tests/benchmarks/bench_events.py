@@ -16,6 +16,7 @@ until the ledger had stored every change; plus the decode + correlate path alone
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import random
 import tempfile
@@ -174,10 +175,12 @@ def pin_to_one_cpu() -> int:
     return cpu
 
 
-def tracker_and_ledger(workdir: Path, name: str) -> tuple[Tracker, Ledger]:
+def tracker_and_ledger(workdir: Path, name: str,
+                       writer: bool = True) -> tuple[Tracker, Ledger]:
     ledger = Ledger(f"sqlite:///{workdir}/{name}.db", buffer_size=100_000)
     assert ledger.open()
-    ledger.start()
+    if writer:
+        ledger.start()
     tracker = Tracker(ledger, step_deadline=10, sla=30, park_seconds=7)
     tracker.on_completed = StatusPoller(lambda _pid, _purpose: None).settle_soon  # type: ignore[arg-type,return-value]
     return tracker, ledger
@@ -201,11 +204,12 @@ def check_correlated(tracker: Tracker, flows: Sequence[Flow]) -> str:
 
 
 def decode_and_correlate_only(workdir: Path, flows: Sequence[Flow]) -> tuple[float, float]:
-    """The same path without the Kafka client: Records in memory → the follower's handler."""
-    tracker, ledger = tracker_and_ledger(workdir, "inproc")
+    """The same records from memory through the follower's handler (decode_event,
+    Tracker.on_event, metrics, the ledger's buffer); the ledger's writer starts only
+    afterwards, so neither the Kafka client nor SQLite is in the figure."""
+    tracker, ledger = tracker_and_ledger(workdir, "inproc", writer=False)
     try:
         register(tracker, flows)
-        ledger.flush(60)
         follower = Follower(_NoBus(), GROUP, tracker, ledger)  # type: ignore[arg-type]
         records = []
         for step in range(4):
@@ -220,6 +224,7 @@ def decode_and_correlate_only(workdir: Path, flows: Sequence[Flow]) -> tuple[flo
             tracker.expire_parked()
         cpu1, t1 = own_cpu_seconds(), time.monotonic()
         check_correlated(tracker, flows)
+        ledger.start()
         return len(records) / (t1 - t0), len(records) / max(cpu1 - cpu0, 1e-9)
     finally:
         ledger.stop(30)
@@ -241,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     banner(f"event processing: {events:,} events pre-filled in Tansu, one core")
     rng = random.Random(7)
     flows = make_flows(flows_count, rng)
+    pristine = copy.deepcopy(flows)  # the followed payments change; the second pass needs new
     with tempfile.TemporaryDirectory(prefix="bench-events-") as tmp:
         workdir = Path(tmp)
         broker = TansuBroker(workdir)
@@ -291,11 +297,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 detail="until the ledger had stored every change (SQLite file)"))
         finally:
             broker.stop()
-        inproc_rate, inproc_cpu = decode_and_correlate_only(workdir, flows)
+        inproc_rate, inproc_cpu = decode_and_correlate_only(workdir, pristine)
         reporter.emit(Result(
             "events.decode_correlate_only", inproc_rate, "events/s",
-            detail=f"{inproc_cpu:,.0f} events/CPU-s; same records from memory, no Kafka "
-                   "client: decode_event + Tracker.on_event + ledger buffer"))
+            detail=f"{inproc_cpu:,.0f} events/CPU-s; the same records from memory: "
+                   "decode_event + Tracker.on_event + metrics + ledger buffer, without the "
+                   "Kafka client and without SQLite"))
     return 0
 
 
