@@ -35,7 +35,7 @@ from bgmock_twin.tracking.lifecycle import Channel, Kind, Payment, Route
 from bgmock_twin.tracking.tracker import Tracker
 
 
-def reference(raw: bytes | str) -> Any:
+def reference(raw: bytes | bytearray | str) -> Any:
     def reject(name: str) -> Any:
         raise ValueError(name)
 

@@ -43,14 +43,14 @@ def _sampler(environment: Environment, path: str) -> None:
             gevent.sleep(0.5)
 
 
-@events.test_start.add_listener
+@events.test_start.add_listener  # type: ignore[untyped-decorator]
 def _start_sampling(environment: Environment, **_kwargs: Any) -> None:
     path = os.environ.get("BENCH_LOCUST_SAMPLES")
     if path:
         gevent.spawn(_sampler, environment, path)
 
 
-class _Payer(BASE):  # type: ignore[misc,valid-type]
+class _Payer(BASE):  # type: ignore[misc]
     abstract = True
     wait_time = constant(0)
     payers: list[list[str]] = []
