@@ -58,6 +58,9 @@ log = get_logger(__name__)
 CLEARING = {Route.A_TO_B: (BANK_A_CLEARING, BANK_B_CLEARING),
             Route.B_TO_A: (BANK_B_CLEARING, BANK_A_CLEARING)}
 PRODUCE_TIMEOUT_SECONDS = 5.0
+# How long a send waits for the ledger to store the payment's row before it goes on
+# regardless (a slow or unavailable ledger must not stop the load; it buffers).
+LEDGER_WAIT_SECONDS = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,8 +365,19 @@ class Sender:
         else:
             self._send_rest(payment, check_now)
 
+    def _stored(self) -> None:
+        """Wait until the ledger holds every row written so far (bounded, and only
+        while it is available). A twin killed during the call that follows then
+        still knows the payment and its transaction id after its restart; without
+        this, up to one flush interval of payments - already in BGMock - were
+        unknown to the restarted twin, and a resumed simulation sent them again."""
+        ledger = self.tracker.ledger
+        if ledger.available:
+            ledger.flush(LEDGER_WAIT_SECONDS)
+
     def _send_rest(self, payment: Payment, check_now: bool) -> None:
         self.tracker.register(payment)
+        self._stored()
         bank = self.clients.bank(payment.from_clearing)
         self.tracker.begin_submit()
         try:
@@ -385,6 +399,7 @@ class Sender:
             self.tracker.accepted(payment.payment_id, transaction_id)
         finally:
             self.tracker.end_submit()
+        self._stored()
         if not check_now or \
                 self.checker.check(payment.payment_id, Purpose.ACCEPT_NOW) is Result.RETRY:
             self.poller.schedule(payment.payment_id, Purpose.ACCEPT, ACCEPT_CHECK_DELAY)
@@ -392,6 +407,7 @@ class Sender:
     def _send_kafka(self, payment: Payment) -> None:
         assert payment.transaction_id is not None
         self.tracker.register(payment)
+        self._stored()
         value, headers = encode_event(OutgoingTransactionEvent(
             transaction_id=payment.transaction_id,
             from_clearing_number=payment.from_clearing,
