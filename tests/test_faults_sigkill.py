@@ -1,0 +1,117 @@
+"""Fault: the twin is SIGKILLed in the middle of a simulation and started again.
+
+BGMock outlives the twin here: ``bgmock-twin emulate`` runs as its own process on
+Tansu, its databases on PostgreSQL, and the twin runs in external mode against it.
+The restarted twin (same instance id, same ledger, same consumer group) must resume
+the simulation from its ledger and its committed offsets: every payment sent, the
+ones BGMock finished while no twin was watching included, ends accounted for - and
+BGMock's own tables agree with the twin's ledger, payment by payment.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from tests.support.broker import TansuBroker
+from tests.support.daemon import running_daemon
+from tests.support.emulator_process import running_emulator
+from tests.support.faultkit import (
+    FAST_ENV,
+    FLOW,
+    KAFKA_FLOW,
+    assert_accounted,
+    metric_sum,
+    payments,
+    simulation,
+    start_simulation,
+    steps,
+    wait_dispatched,
+    wait_finished,
+    wait_provisioned,
+)
+from tests.support.postgres import PostgresServer
+
+
+def test_sigkill_mid_simulation_resumes_from_ledger_and_offsets(
+        tmp_path: Path, kafka_broker: TansuBroker, postgres: PostgresServer) -> None:
+    databases = {name: postgres.create_database(f"kill_{name}")
+                 for name in ("bank_a", "bank_b", "switch")}
+    emulator_env = {"KAFKA_BOOTSTRAP_SERVERS": kafka_broker.bootstrap,
+                    "TWIN_KAFKA_SESSION_TIMEOUT_MS": "6000",
+                    "TWIN_EMULATOR_OUTBOX_INTERVAL_SECONDS": "0.2",
+                    "TWIN_EMULATOR_DB_BANK_A": databases["bank_a"],
+                    "TWIN_EMULATOR_DB_BANK_B": databases["bank_b"],
+                    "TWIN_EMULATOR_DB_SWITCH": databases["switch"]}
+    with running_emulator(tmp_path, **emulator_env) as bgmock:
+        env = {**FAST_ENV, **bgmock.external_env(),
+               "KAFKA_BOOTSTRAP_SERVERS": kafka_broker.bootstrap,
+               "TWIN_INSTANCE_ID": "killed", "TWIN_DATABASE_URL": f"sqlite:///{tmp_path}/ledger.db"}
+        with running_daemon(tmp_path, **env) as first:
+            wait_provisioned(first)
+            rest = start_simulation(first, count=40, rate=5, channel="rest", name="killed-rest")
+            kafka = start_simulation(first, count=12, rate=1.5, channel="kafka",
+                                     name="killed-kafka")
+            wait_dispatched(first, rest, 15)
+            created = datetime.fromisoformat(simulation(first, rest)["createdAt"])
+            # the worst moment: 30 ms after a payment left, its rows still in the
+            # ledger's write buffer (no API call in between: a read flushes it)
+            due = created + timedelta(seconds=17 / 5 + 0.03)
+            time.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()))
+            first.process.send_signal(signal.SIGKILL)
+            late_ms = (datetime.now(UTC) - due).total_seconds() * 1000
+            assert first.process.wait(timeout=10) == -signal.SIGKILL
+            killed = time.monotonic()
+        print(f"SIGKILL {late_ms + 30:.0f} ms after payment 18 of the REST simulation was due")
+        # BGMock goes on alone: what was in flight finishes without a twin watching
+        restart_at = datetime.now(UTC).isoformat()
+        with running_daemon(tmp_path, **env) as second:
+            restarted = time.monotonic() - killed
+            status = second.get("/api/v1/status").json()["payments"]
+            print(f"restarted in {restarted:.1f}s: {status['inFlight']} payments resumed "
+                  f"in flight")
+            details = {sim: wait_finished(second, sim, timeout=60) for sim in (rest, kafka)}
+            for sim, flow in ((rest, FLOW), (kafka, KAFKA_FLOW)):
+                detail, rows = assert_accounted(second, sim)
+                print(f"{detail['channel']}: resumed={detail['resumed']} "
+                      f"{dict(Counter(r['status'] for r in rows))} "
+                      f"latency {detail['latency']['total']}")
+                assert detail["resumed"] is True, detail
+                assert detail["dispatched"] == detail["planned"], detail
+                assert detail["dropped"] == 0, detail
+                # every payment finished: BGMock worked on, the twin caught up from
+                # its committed offsets and the banks' own records
+                incomplete = [(r["status"], steps(r)) for r in rows if r["status"] != "success"
+                              or set(steps(r)) != set(flow)]
+                assert not incomplete, incomplete
+            assert details[rest]["outcomes"]["success"] == 40
+            assert details[kafka]["outcomes"]["success"] == 12
+            ledger = {row["transactionId"]: row for sim in (rest, kafka)
+                      for row in payments(second, sim)}
+            # the counters restarted with the process: they hold what it sent itself
+            sent_again = sum(1 for row in ledger.values() if row["intendedAt"] >= restart_at)
+            assert metric_sum(second, "bgmock_payments_submitted_total") == sent_again
+            assert len(ledger) == 52, len(ledger)
+
+    # BGMock's own records, payment by payment: nothing the twin sent is unknown to it
+    at_banks = outgoing_ids(databases["bank_a"]) | outgoing_ids(databases["bank_b"])
+    at_clearing = outgoing_ids(databases["switch"])
+    rest_ids = {tx for tx, row in ledger.items() if row["channel"] == "rest"}
+    kafka_ids = {tx for tx, row in ledger.items() if row["channel"] == "kafka"}
+    assert at_banks == rest_ids, (sorted(at_banks - rest_ids), sorted(rest_ids - at_banks))
+    assert at_clearing == rest_ids | kafka_ids, sorted(at_clearing ^ (rest_ids | kafka_ids))
+
+
+def outgoing_ids(url: str) -> set[str]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return {str(row[0]) for row in conn.execute(
+                sa.text("SELECT transaction_id FROM outgoing_transactions"))}
+    finally:
+        engine.dispose()
