@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIGURES = (
     "pacing.rate_50.achieved", "pacing.rate_50.send_lag_p99",
     "pacing.rate_200.achieved", "pacing.rate_200.send_lag_p99", "pacing.max_sustained_rate",
+    "pacing.max_rate_within_1pct",
     "events.followed_per_second", "events.per_cpu_second", "events.persisted_per_second",
     "events.decode_correlate_only",
     "locust.twin_payments_per_core", "locust.fasthttpuser_requests_per_core",
@@ -24,7 +25,7 @@ FIGURES = (
 )
 # Figures that are a count of work done or memory held: never zero when the run worked.
 POSITIVE = {name for name in FIGURES if not name.endswith(
-    ("max_sustained_rate", "idle_cpu", "send_lag_p99"))}
+    ("max_sustained_rate", "max_rate_within_1pct", "idle_cpu", "send_lag_p99"))}
 LINE = re.compile(
     r"^RESULT (?P<name>\S+) = (?P<value>[-\d,.]+|nan) (?P<unit>.+?)(  \[target .+: (MET|MISSED)\])?"
     r"(  \(.*\))?  \{cores=\d+ load1/5/15=[\d.]+/[\d.]+/[\d.]+ python=[\d.]+ cpu='.+'\}$")

@@ -8,9 +8,11 @@ time to the moment its POST is handed to the HTTP client. A rate passes when the
 achieved rate (payments between the first and last actual send) is within 1 % of
 the requested one and the p99 send lag is under 10 ms. Rates are stepped up
 (50, 100, 200, 300, 400, 500, ...) until one fails after the required 50, 200 and
-500/s were measured; a failing step is repeated once (the machine is shared), and
-one bisection step between the last pass and the first failure narrows down the
-highest sustained rate.
+500/s were measured and the rate alone has been missed too; a failing step is
+repeated once (the machine is shared), and one bisection step between the last
+pass and the first failure narrows down the highest sustained rate. The highest
+rate whose achieved rate was within 1 % whatever the lag is printed as well (the
+Locust comparison drives the twin at it).
 """
 
 from __future__ import annotations
@@ -34,8 +36,12 @@ PAUSE_SECONDS = 2.0  # let the last payments of a step finish before the next
 QUICK_PAUSE_SECONDS = 0.5
 
 
+def rate_ok(figures: RunFigures) -> bool:
+    return figures.rate_error <= RATE_TOLERANCE
+
+
 def passes(figures: RunFigures) -> bool:
-    return figures.rate_error <= RATE_TOLERANCE and figures.lag_p99 < LAG_TARGET_SECONDS
+    return rate_ok(figures) and figures.lag_p99 < LAG_TARGET_SECONDS
 
 
 def describe(f: RunFigures, others: dict[str, float]) -> str:
@@ -54,7 +60,9 @@ class Ladder:
         self.reporter = reporter
         self.figures: dict[float, RunFigures] = {}
 
-    def step(self, rate: float, retry: bool = True) -> bool:
+    def step(self, rate: float, retry: bool = True) -> RunFigures:
+        """Run ``rate``; a miss of either target is tried once more. Returns the passing
+        attempt, else the last one (both are printed)."""
         assert self.world.twin is not None
         attempts = 2 if retry else 1
         for attempt in range(attempts):
@@ -69,10 +77,9 @@ class Ladder:
             self.figures[rate] = figures
             time.sleep(self.pause)
             if ok:
-                self._emit(rate, figures, others)
-                return True
+                break
         self._emit(rate, figures, others)
-        return False
+        return figures
 
     def _emit(self, rate: float, f: RunFigures, others: dict[str, float]) -> None:
         name = f"pacing.rate_{rate:g}"
@@ -106,36 +113,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.quick:
             for rate in QUICK_RATES:
                 ladder.step(rate, retry=False)
-            passed = [r for r in QUICK_RATES if passes(ladder.figures[r])]
-            best = max(passed, default=0)
-            reporter.emit(Result("pacing.max_sustained_rate", best, "payments/s",
-                                 detail="quick mode: only " +
-                                        ", ".join(f"{r}/s" for r in QUICK_RATES) + " tried"))
+            tried_figures = [ladder.figures[r] for r in QUICK_RATES]
+            tried = "quick mode: only " + ", ".join(f"{r}/s" for r in QUICK_RATES) + " tried"
+            reporter.emit(Result(
+                "pacing.max_sustained_rate",
+                max((f.rate for f in tried_figures if passes(f)), default=0), "payments/s",
+                detail=tried))
+            reporter.emit(Result(
+                "pacing.max_rate_within_1pct",
+                max((f.rate for f in tried_figures if rate_ok(f)), default=0), "payments/s",
+                detail=tried))
             return 0
-        last_pass: float | None = None
-        first_fail: float | None = None
+        sustained, first_fail = 0.0, None  # both targets
+        throughput, rate_fail = 0.0, None  # the rate alone
         for rate in LADDER:
-            ok = ladder.step(rate)
-            if ok and first_fail is None:
-                last_pass = rate
-            if not ok and first_fail is None:
-                first_fail = rate
-            if first_fail is not None and rate >= max(REQUIRED):
+            figures = ladder.step(rate)
+            if first_fail is None:
+                if passes(figures):
+                    sustained = rate
+                else:
+                    first_fail = rate
+            if rate_fail is None:
+                if rate_ok(figures):
+                    throughput = rate
+                else:
+                    rate_fail = rate
+            if rate >= max(REQUIRED) and first_fail is not None and rate_fail is not None:
                 break
-        if last_pass is None:
+        if first_fail is not None and not sustained:
             for rate in BELOW:
-                if ladder.step(rate):
-                    last_pass = rate
+                if passes(ladder.step(rate)):
+                    sustained = rate
                     break
         elif first_fail is not None:
-            middle = round((last_pass + first_fail) / 2 / 25) * 25
-            if last_pass < middle < first_fail and ladder.step(middle):
-                last_pass = middle
+            middle = round((sustained + first_fail) / 2 / 25) * 25
+            if sustained < middle < first_fail and passes(ladder.step(middle)):
+                sustained = middle
         reporter.emit(Result(
-            "pacing.max_sustained_rate", last_pass or 0, "payments/s",
-            detail=("highest rate within 1% and p99 lag < 10 ms before the first failure "
-                    f"({first_fail:g}/s)" if first_fail else "no failure up to "
-                    f"{LADDER[-1]}/s") if last_pass else "no rate tried passed"))
+            "pacing.max_sustained_rate", sustained, "payments/s",
+            detail="highest rate with the achieved rate within 1% and p99 send lag < 10 ms; "
+                   + (f"first miss at {first_fail:g}/s" if first_fail else
+                      f"none missed up to {LADDER[-1]}/s")))
+        reporter.emit(Result(
+            "pacing.max_rate_within_1pct", throughput, "payments/s",
+            detail="highest rate whose achieved rate was within 1%, whatever the lag; "
+                   + (f"first miss at {rate_fail:g}/s" if rate_fail else
+                      f"none missed up to {LADDER[-1]}/s")))
     return 0
 
 
