@@ -3,7 +3,10 @@
 Like a Spring ``@KafkaListener`` with manual acknowledgement: poll, hand every
 record to the service's handler, commit the batch. A bank listener keeps only
 records keyed with its own clearing number (a null key is dropped). A record
-that is not a valid event is counted and skipped.
+that is not a valid event is counted and skipped; its log line is rate-limited
+(``INVALID_LOG_LINES`` per ``INVALID_LOG_WINDOW_SECONDS``, then one summary line),
+so a flood of poison messages cannot flood the log - or, in the daemon's embedded
+mode, slow every other thread of the process down with it.
 
 For throughput, the records of one poll are handled in one database transaction
 (in chunks): each record's state change and outbox row still commit together,
@@ -35,6 +38,8 @@ log = get_logger(__name__)
 POLL_TIMEOUT_SECONDS = 0.2
 HANDLER_ATTEMPTS = 3
 CHUNK = 100
+INVALID_LOG_LINES = 20
+INVALID_LOG_WINDOW_SECONDS = 10.0
 
 # handler(event, connection or None) -> result label
 EventHandler = Callable[[Any, Connection | None], str]
@@ -65,6 +70,9 @@ class Listener:
         self._ready = threading.Event()
         self._failing = False
         self._counters: dict[tuple[str, str], Any] = {}
+        self._invalid_window = time.monotonic()
+        self._invalid_logged = 0
+        self._invalid_quiet = 0
         self._thread = threading.Thread(
             target=self._run, name=f"emulator-listener-{service}-{'+'.join(handlers)}",
             daemon=True,
@@ -162,9 +170,24 @@ class Listener:
         try:
             return decode_event(record.topic, record.value), None
         except InvalidEvent as exc:
-            log.warning("emulator_invalid_event", service=self.service, topic=record.topic,
-                        reason=exc.reason, partition=record.partition, offset=record.offset)
+            if self._may_log_invalid():
+                log.warning("emulator_invalid_event", service=self.service, topic=record.topic,
+                            reason=exc.reason, partition=record.partition,
+                            offset=record.offset)
             return None, "invalid"
+
+    def _may_log_invalid(self) -> bool:
+        now = time.monotonic()
+        if now - self._invalid_window >= INVALID_LOG_WINDOW_SECONDS:
+            if self._invalid_quiet:
+                log.warning("emulator_invalid_events_not_logged", service=self.service,
+                            count=self._invalid_quiet)
+            self._invalid_window, self._invalid_logged, self._invalid_quiet = now, 0, 0
+        if self._invalid_logged < INVALID_LOG_LINES:
+            self._invalid_logged += 1
+            return True
+        self._invalid_quiet += 1
+        return False
 
     def _call(self, record: Record, event: Event, conn: Connection | None) -> str:
         try:
