@@ -119,21 +119,35 @@ def test_queries_filter_page_and_count(ledger: Ledger) -> None:
     assert durations["total"] == [pytest.approx(1.0)]
 
 
-def test_retention_by_age_and_by_count(ledger: Ledger) -> None:
-    old = [make_payment(i, intended_at=NOW - timedelta(days=10)) for i in range(3)]
-    new = [make_payment(i) for i in range(5)]
-    for p in old + new:
-        ledger.write_payment(p, NOW)
+def test_retention_by_age_and_by_count_keeps_unfinished_payments(ledger: Ledger) -> None:
+    """Age and count both prune only finished payments; unfinished ones stay whatever
+    their age or number (they may still move money), and deposits are all kept."""
+    written = NOW - timedelta(hours=1)
+
+    def settle(p: Payment) -> Payment:
+        observe_step(p, Step.SETTLED, p.intended_mono + 1, written, Status.FAILED)
+        return p
+
+    old = [settle(make_payment(i, intended_at=NOW - timedelta(days=10))) for i in range(3)]
+    old_open = make_payment(9, intended_at=NOW - timedelta(days=10))
+    new = [settle(make_payment(i)) for i in range(5)]
+    new_open = make_payment(7)
+    for p in [*old, old_open, *new, new_open]:
+        ledger.write_payment(p, written)
     ledger.write("deposit", {"deposit_id": str(uuid.uuid4()), "instance_id": "test",
                              "clearing_number": "01", "account_number": "TWIN-A-001",
                              "amount": Decimal("1000000.00"), "reason": "initial",
                              "at": NOW - timedelta(days=30)})
     assert ledger.flush(5)
     assert ledger.prune(timedelta(days=7), 1000, NOW) == 3
-    assert ledger.prune(timedelta(days=7), 2, NOW) == 3
+    assert ledger.prune(timedelta(days=7), 4, NOW) == 3  # 7 rows: the 3 oldest finished
     left = ledger.query(PaymentQuery())
-    assert [r["payment_id"] for r in left] == [new[4].payment_id, new[3].payment_id]
-    assert len(ledger.load_deposits()) == 1  # the books need every deposit
+    assert [r["payment_id"] for r in left] == [new_open.payment_id, new[4].payment_id,
+                                               new[3].payment_id, old_open.payment_id]
+    assert ledger.prune(timedelta(days=7), 1, NOW) == 2  # never the unfinished ones
+    assert {r["payment_id"] for r in ledger.query(PaymentQuery())} == \
+        {old_open.payment_id, new_open.payment_id}
+    assert len(ledger.load_deposits()) == 1  # failures moved no money: nothing to carry
 
 
 def test_writes_survive_an_outage_up_to_the_bound(tmp_path: Path) -> None:

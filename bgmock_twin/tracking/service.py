@@ -220,10 +220,14 @@ class Tracking:
         self.simulations.refresh()
 
     def _retention_job(self) -> None:
+        if not self._resumed.is_set():
+            return  # the payments resumed from the ledger must be followed before any prune
         s = self.settings
         try:
             deleted = self.ledger.prune(timedelta(days=s.retention_days), s.retention_max_payments,
-                                        self.tracker.clock.now())
+                                        self.tracker.clock.now(),
+                                        followed=self.tracker.followed_ids,
+                                        instance_id=s.instance_id)
         except Exception as exc:
             log.warning("retention_failed", error=str(exc)[:200])
             return

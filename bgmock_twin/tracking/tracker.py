@@ -389,6 +389,12 @@ class Tracker:
                 Step.COMPLETED in payment.steps,
             )
 
+    def followed_ids(self) -> set[str]:
+        """Payments still followed (in flight or recently finished): the only ones
+        whose ledger rows may be written again."""
+        with self._lock:
+            return set(self._live) | set(self._recent)
+
     def sim_uncounted(self, simulation_id: str) -> int:
         with self._lock:
             return self._sim_uncounted.get(simulation_id, 0)
