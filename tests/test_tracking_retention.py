@@ -1,13 +1,15 @@
-"""Retention keeps the books right, on SQLite and PostgreSQL.
+"""Retention and opening balances keep the books right, on SQLite and PostgreSQL.
 
 The books derive every expected balance from the ledger (deposits plus the effect of
-each payment), so pruning payments must carry their effect forward. Each test
-compares the books' own model (``LedgerReader`` + ``expect``, the code the
-reconciliation runs) before and after.
+each payment), so pruning payments must carry their effect forward, and a fresh
+ledger must start from what the banks hold. Each test compares the books' own model
+(``LedgerReader`` + ``expect``, the code the reconciliation runs) before and after,
+or against the real balances of the embedded emulator.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -23,9 +25,15 @@ from hypothesis import strategies as st
 from bgmock_twin.books import checks as c
 from bgmock_twin.books.checks import AccountReading, CheckStatus
 from bgmock_twin.books.model import AccountKey, Expectations, expect
+from bgmock_twin.books.reconcile import ReconcileConfig, Reconciler
 from bgmock_twin.books.sources import AMBIGUOUS_REJECTIONS as BOOKS_AMBIGUOUS
-from bgmock_twin.books.sources import LedgerReader, bank_of
+from bgmock_twin.books.sources import LedgerReader, bank_of, read_rest_accounts
+from bgmock_twin.bus.memory import InMemoryBus
+from bgmock_twin.clients.bgmock import BGMockClients
 from bgmock_twin.contract import Status
+from bgmock_twin.emulator import EmbeddedBGMock, EmulatorConfig
+from bgmock_twin.scheduler import JobScheduler
+from bgmock_twin.settings import load_settings
 from bgmock_twin.tracking.ledger import (
     AMBIGUOUS_REJECTIONS,
     CARRY_FORWARD,
@@ -45,6 +53,9 @@ from bgmock_twin.tracking.lifecycle import (
     observe_step,
     reject,
 )
+from bgmock_twin.tracking.provisioning import Fixtures, Provisioner, new_deposit_row
+from bgmock_twin.tracking.service import Tracking
+from tests.support.ports import wait_for
 
 NOW = datetime(2025, 11, 20, 10, 0, tzinfo=UTC)
 OLD = NOW - timedelta(days=30)
@@ -426,3 +437,230 @@ def test_any_prune_leaves_the_books_model_unchanged(
     finally:
         book.stop(1)
         book.close()
+
+
+# --- opening balances of adopted accounts (the embedded emulator) ----------------------------
+@dataclass
+class Bank:
+    emulator: EmbeddedBGMock
+    clients: BGMockClients
+    bus: InMemoryBus
+
+
+@pytest.fixture(scope="module")
+def bgmock() -> Iterator[Bank]:
+    bus = InMemoryBus()
+    emulator = EmbeddedBGMock(EmulatorConfig(
+        host="127.0.0.1", bus=bus, db_urls={"bank_a": None, "bank_b": None, "clearing": None},
+        outbox_interval_seconds=0.05,
+    ))
+    emulator.start()
+    clients = BGMockClients.build(dict(emulator.urls), timeout=5, pool_size=8)
+    try:
+        yield Bank(emulator, clients, bus)
+    finally:
+        clients.close()
+        emulator.stop()
+        bus.close()
+
+
+def provisioner(bank: Bank, prefix: str, ledger: Ledger | None, **options: float) -> Provisioner:
+    """A twin's provisioner; without a ledger it stands for an earlier life whose
+    ledger was lost."""
+    if ledger is None:
+        return Provisioner(bank.clients, prefix, 2, D("1000.00"))
+
+    def record(clearing: str, account: str, amount: Decimal, reason: str) -> None:
+        ledger.write("deposit", new_deposit_row("test", clearing, account, amount, reason))
+
+    return Provisioner(bank.clients, prefix, 2, D("1000.00"), record_deposit=record,
+                       has_history=ledger.has_history, **options)
+
+
+def pay(bank: Bank, p: Provisioner, source: str, n: int, payee: int, amount: str) -> uuid.UUID:
+    """A payment the twin made in an earlier life (no ledger has it)."""
+    destination = "02" if source == "01" else "01"
+    return bank.clients.bank(source).submit_payment(
+        p.account_name(source, n), p.bankgood_name(destination, payee), D(amount))
+
+
+def settled(bank: Bank, source: str, transaction_id: uuid.UUID) -> bool:
+    stored = bank.clients.bank(source).get_outgoing(transaction_id)
+    return stored is not None and stored.status is not Status.PENDING
+
+
+def twin_accounts(fixtures: Fixtures) -> set[AccountKey]:
+    """The accounts the books check (as ``Books`` lists them)."""
+    accounts = {AccountKey(bank_of(c), n) for c, ns in fixtures.payers.items() for n in ns}
+    return accounts | {AccountKey(bank_of(c), n) for c, n in fixtures.low_accounts.items()}
+
+
+def books_check(bank: Bank, ledger: Ledger, fixtures: Fixtures) -> tuple[CheckStatus,
+                                                                         CheckStatus]:
+    """balance_drift and conservation as a reconciliation over REST sees them."""
+    accounts = twin_accounts(fixtures)
+    rest = read_rest_accounts(bank.clients, accounts, READ_ORDER, timeout=5)
+    assert rest.banks_read == list(READ_ORDER), rest.errors
+    reader = LedgerReader(ledger.engine, payments, deposits, flush=ledger.flush)
+    snapshot = reader.snapshot(datetime.now(UTC) + timedelta(seconds=5))  # all confirmed
+    model = expect(accounts | snapshot.accounts, snapshot.deposits, snapshot.payments,
+                   READ_ORDER)
+    return (c.balance_drift(model, rest.readings, rest.banks_read).status,
+            c.conservation(model, rest.readings).status)
+
+
+def reasons(ledger: Ledger) -> dict[tuple[str, str], list[tuple[str, Decimal]]]:
+    assert ledger.flush(5)
+    result: dict[tuple[str, str], list[tuple[str, Decimal]]] = {}
+    for row in ledger.load_deposits():
+        result.setdefault((row["clearing_number"], row["account_number"]), []).append(
+            (row["reason"], row["amount"]))
+    return {k: sorted(v) for k, v in result.items()}
+
+
+def test_a_fresh_ledger_opens_adopted_accounts_once_their_old_payments_settled(
+    bgmock: Bank, ledger: Ledger,
+) -> None:
+    prefix = "OP" + uuid.uuid4().hex[:6].upper()
+    earlier = provisioner(bgmock, prefix, None)
+    assert earlier.provision().complete()
+    # the earlier life's payments, settled...
+    done = [("01", pay(bgmock, earlier, "01", 1, 1, "600.00")),
+            ("02", pay(bgmock, earlier, "02", 2, 2, "40.00"))]
+    wait_for(lambda: all(settled(bgmock, s, tx) for s, tx in done), timeout=10)
+    # ... and one still in flight when the twin comes back with a fresh ledger
+    bgmock.emulator.faults.pause_consumers("clearing")
+    try:
+        in_flight = pay(bgmock, earlier, "02", 1, 1, "70.00")
+        account = bgmock.clients.bank_b.get_account(f"{prefix}-B-001")
+        assert account is not None and account.reserved_balance == D("70.00")
+        twin = provisioner(bgmock, prefix, ledger, quiet_wait_seconds=0.3,
+                           stuck_after_seconds=60)
+        held = twin.provision()
+        assert not held.complete() and held.payers == {"01": [], "02": []}
+        assert held.awaiting_opening == {"01": [f"{prefix}-A-001", f"{prefix}-A-002",
+                                                f"{prefix}-A-LOW"],
+                                         "02": [f"{prefix}-B-001", f"{prefix}-B-002",
+                                                f"{prefix}-B-LOW"]}
+        assert reasons(ledger) == {}  # nothing recorded, nothing topped up
+    finally:
+        bgmock.emulator.faults.resume_consumers("clearing")
+    # the next pass waits until that payment settled, then opens at the real balances
+    fixtures = twin.provision()
+    assert settled(bgmock, "02", in_flight) and fixtures.complete()
+    assert fixtures.awaiting_opening == {}
+    a1, a2 = ("01", f"{prefix}-A-001"), ("01", f"{prefix}-A-002")
+    b1, b2 = ("02", f"{prefix}-B-001"), ("02", f"{prefix}-B-002")
+    assert reasons(ledger) == {
+        a1: [("opening", D("470.00")), ("top_up", D("530.00"))],  # 1000 - 600 + 70
+        a2: [("opening", D("1040.00"))],
+        b1: [("opening", D("1530.00"))],  # 1000 + 600 - 70
+        b2: [("opening", D("960.00"))],
+    }  # the empty LOW accounts need no opening
+    assert books_check(bgmock, ledger, fixtures) == (CheckStatus.OK, CheckStatus.OK)
+
+    # the books start from the opening, not blind: a transfer behind the twin's back
+    # (in no ledger) is drift on both accounts, though it conserves the total
+    tx = pay(bgmock, twin, "01", 2, 1, "15.00")
+    wait_for(lambda: settled(bgmock, "01", tx), timeout=10)
+    assert books_check(bgmock, ledger, fixtures) == (CheckStatus.VIOLATED, CheckStatus.OK)
+
+    # restarted with this ledger: everything is known, nothing is recorded again
+    before = reasons(ledger)
+    again = provisioner(bgmock, prefix, ledger).provision()
+    assert again.complete() and reasons(ledger) == before
+
+
+def test_a_reservation_that_outlasts_the_sla_is_taken_as_stuck(
+    bgmock: Bank, ledger: Ledger,
+) -> None:
+    """BGMock never times a payment out: a reservation still there after the SLA stays
+    where it is, and the account is opened at its balance rather than held forever."""
+    prefix = "OS" + uuid.uuid4().hex[:6].upper()
+    earlier = provisioner(bgmock, prefix, None)
+    assert earlier.provision().complete()
+    bgmock.emulator.faults.pause_consumers("clearing")
+    try:
+        pay(bgmock, earlier, "01", 2, 2, "25.00")
+        twin = provisioner(bgmock, prefix, ledger, quiet_wait_seconds=0.2,
+                           stuck_after_seconds=0.3)
+        assert not twin.provision().complete()
+        time.sleep(0.3)
+        fixtures = twin.provision()
+        assert fixtures.complete()
+        opening = reasons(ledger)[("01", f"{prefix}-A-002")]
+        assert opening == [("opening", D("1000.00"))]  # the balance, 25.00 still reserved
+        assert books_check(bgmock, ledger, fixtures) == (CheckStatus.OK, CheckStatus.OK)
+    finally:
+        bgmock.emulator.faults.resume_consumers("clearing")
+
+
+def test_a_restarted_twin_with_a_fresh_ledger_reconciles_clean_also_after_pruning(
+    bgmock: Bank, tmp_path: Path,
+) -> None:
+    """The whole daemon's tracking: a twin pays and dies with its ledger; the next
+    one, on a fresh SQLite file, adopts the accounts, pays, prunes everything it may,
+    and a reconciliation over REST finds nothing wrong before and after."""
+    prefix = "RS" + uuid.uuid4().hex[:6].upper()
+    started: list[tuple[Tracking, JobScheduler]] = []
+
+    def start(life: int) -> Tracking:
+        scheduler = JobScheduler()
+        scheduler.start()
+        tracking = Tracking(load_settings(
+            instance_id=f"{prefix.lower()}-{life}", account_prefix=prefix,
+            twin_database_url=f"sqlite:///{tmp_path / f'life{life}.db'}",
+            accounts_per_bank=2, account_initial_deposit="1000.00",
+            kafka_group_id="twin-retention", load_rate_per_second=0,
+            step_deadline_seconds=5, payment_sla_seconds=120, rest_timeout_seconds=5,
+        ), bgmock.clients, bgmock.bus, scheduler)
+        started.append((tracking, scheduler))
+        tracking.start()
+        wait_for(tracking.following, timeout=10, message="follower positioned")
+        wait_for(lambda: tracking.status()["provisioned"], timeout=15, message="provisioned")
+        return tracking
+
+    def pay_and_settle(tracking: Tracking, kinds: list[tuple[Channel, Kind]]) -> None:
+        done = sum(tracking.tracker.counted.values())
+        for channel, kind in kinds:
+            tracking.submit_one(channel=channel, kind=kind)
+        wait_for(lambda: sum(tracking.tracker.counted.values()) == done + len(kinds),
+                 timeout=20, message="payments finished")
+
+    def reconcile(tracking: Tracking) -> dict[str, CheckStatus]:
+        fixtures = tracking.provisioner.fixtures
+        assert fixtures is not None
+        ledger = tracking.ledger
+        report = Reconciler(
+            ReconcileConfig(budget_seconds=10, rest_timeout_seconds=5,
+                            statement_timeout_ms=1000, sla_seconds=120,
+                            outbox_max_pending=100, outbox_max_age_seconds=30),
+            ledger=LedgerReader(ledger.engine, payments, deposits, flush=ledger.flush),
+            clients=bgmock.clients, engines={}, twin_accounts=lambda: twin_accounts(fixtures),
+        ).run()
+        return {name: report.results[name].status for name in (c.BALANCE_DRIFT,
+                                                                c.CONSERVATION)}
+
+    mix = [(Channel.REST, Kind.NORMAL)] * 3 + [(Channel.KAFKA, Kind.NORMAL),
+                                               (Channel.REST, Kind.UNKNOWN_BANKGOOD)]
+    clean = {c.BALANCE_DRIFT: CheckStatus.OK, c.CONSERVATION: CheckStatus.OK}
+    try:
+        first = start(1)
+        pay_and_settle(first, mix)
+        first.stop(5)
+        second = start(2)  # a fresh ledger: the earlier deposits and payments are gone
+        assert second.ledger.flush(5)
+        assert {r["reason"] for r in second.ledger.load_deposits()} == {"opening"}
+        pay_and_settle(second, mix)
+        assert reconcile(second) == clean
+        # everything is settled and old enough (quiet margin and age both zero here)
+        deleted = second.ledger.prune(timedelta(0), 1_000_000, datetime.now(UTC),
+                                      quiet=timedelta(0))
+        assert deleted == len(mix) and second.ledger.query(PaymentQuery()) == []
+        assert {r["reason"] for r in second.ledger.load_deposits()} == {"opening",
+                                                                        CARRY_FORWARD}
+        assert reconcile(second) == clean
+    finally:
+        for tracking, scheduler in started:
+            tracking.stop(5)
+            scheduler.shutdown(wait=False)

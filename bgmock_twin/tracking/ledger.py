@@ -172,7 +172,10 @@ deposits = sa.Table(
 TABLES = {"payment": payments, "simulation": simulations, "deposit": deposits}
 PRIMARY_KEYS = {"payment": "payment_id", "simulation": "simulation_id", "deposit": "deposit_id"}
 
-# The deposit reason of the folded effect of pruned payments.
+# Deposit reasons written by the tracking package (provisioning writes "initial" and
+# "top_up" too): the balance an adopted account had when this ledger first saw it,
+# and the folded effect of pruned payments.
+OPENING = "opening"
 CARRY_FORWARD = "carry_forward"
 
 # Rejection messages after which the request may still have reached the bank (the
@@ -574,6 +577,30 @@ class Ledger:
 
     def load_deposits(self) -> list[dict[str, Any]]:
         return self._read(sa.select(deposits).order_by(deposits.c.at))
+
+    def has_history(self, clearing: str, account: str, flush_timeout: float = 2.0) -> bool:
+        """Whether the ledger holds anything that moved money on this account: a
+        deposit of any reason (carried-forward payments included) or a payment from
+        or to it. Rows still buffered are stored first. Raises ``LedgerUnavailable``
+        when that cannot be told."""
+        if not self.available or not self.flush(flush_timeout):
+            raise LedgerUnavailable("ledger not writable: buffered rows not stored")
+        d, p = deposits.c, payments.c
+        checks = [
+            sa.select(d.deposit_id).where(d.clearing_number == clearing,
+                                          d.account_number == account).limit(1),
+            sa.select(p.payment_id).where(p.from_clearing == clearing,
+                                          p.from_account == account).limit(1),
+            sa.select(p.payment_id).where(p.to_clearing == clearing,
+                                          p.to_account == account).limit(1),
+        ]
+        try:
+            with self.engine.connect() as conn:
+                # one by one: the deposits answer for nearly every account, the scans of
+                # the (unindexed) payment columns only run for a really new account
+                return any(conn.execute(check).first() is not None for check in checks)
+        except Exception as exc:
+            raise LedgerUnavailable(_short(exc)) from None
 
     # --- retention --------------------------------------------------------------------------
     def prune(

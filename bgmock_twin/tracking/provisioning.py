@@ -14,12 +14,36 @@ and reuses them. Rules:
   mapped to a ``-GHOST`` account that is verified not to exist (unknown payee);
 - payer accounts are topped up to the initial deposit once their available
   balance falls below half of it. Every deposit is recorded in the ledger so the
-  books can tell deposits from payments.
+  books can tell deposits from payments;
+- an account the twin created in an earlier life but that this ledger knows nothing
+  about (no deposit, no payment: a fresh SQLite file after a pod restart) gets its
+  current balance recorded as an ``opening`` deposit, so the books start from what
+  the bank holds instead of showing it all as drift.
+
+Opening balances and reservations. For the books a deposit is *balance* (the model
+adds it to the expected balance; the reserved amount is never derived from
+deposits, and the ``reserved_*`` checks read only the banks). A reservation at
+adoption belongs to a payment of the earlier life that the new ledger does not
+know: recording the balance while it is held would be wrong once it settles (the
+source loses the amount, and a payee among the twin's accounts may still gain it),
+recording the available amount would be wrong until then, and forever if it is
+released. So the opening is recorded only once the adopted accounts are *quiet*:
+no reservation on any of them in two consecutive reads, the balances taken from
+the second (every payment between them then settled before it, credit included).
+The first pass waits up to ``quiet_wait_seconds`` for that (a healthy payment
+finishes within seconds); meanwhile, and on later passes if need be, the accounts
+are held back: not offered to the sender and not topped up, so nothing of this
+life mixes with the unknown old payments. A reservation that lasts
+``stuck_after_seconds`` (the payment SLA) belongs to a payment the twin would count
+stuck - BGMock never times one out - so the account is adopted with its balance
+then, the money still reserved is taken as staying where it is. Payments of the
+earlier life on the Kafka channel reserve nothing and cannot be waited for.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +53,7 @@ from decimal import Decimal
 from bgmock_twin.clients.bgmock import Account, BankClient, BankMapping, BGMockClients
 from bgmock_twin.contract import BANK_A_CLEARING, BANK_B_CLEARING
 from bgmock_twin.logs import get_logger
+from bgmock_twin.tracking.ledger import OPENING
 
 log = get_logger(__name__)
 
@@ -36,6 +61,7 @@ HOLDER = "bgmock-twin"
 BANK_LETTER = {BANK_A_CLEARING: "A", BANK_B_CLEARING: "B"}
 BANK_NAMES = {BANK_A_CLEARING: "Bank A", BANK_B_CLEARING: "Bank B"}
 SPARE_NAMES = 5
+QUIET_POLL_SECONDS = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +80,8 @@ class Fixtures:
     low_available: dict[str, Decimal] = field(default_factory=dict)
     ghost_payees: dict[str, Payee] = field(default_factory=dict)
     unknown_bankgood: str | None = None
+    # adopted accounts held back until their opening balance can be recorded
+    awaiting_opening: dict[str, list[str]] = field(default_factory=dict)
 
     def complete(self) -> bool:
         return all(self.payers.get(c) and self.payees.get(c) for c in BANK_LETTER)
@@ -65,10 +93,13 @@ class Fixtures:
             "lowAccounts": self.low_accounts,
             "ghostPayees": {c: p.bankgood_number for c, p in self.ghost_payees.items()},
             "unknownBankgood": self.unknown_bankgood,
+            "awaitingOpening": self.awaiting_opening,
         }
 
 
 DepositRecorder = Callable[[str, str, Decimal, str], None]
+HistoryCheck = Callable[[str, str], bool]  # (clearing, account): the ledger knows it
+AccountKey = tuple[str, str]  # (clearing number, account number)
 
 
 class Provisioner:
@@ -79,13 +110,25 @@ class Provisioner:
         accounts_per_bank: int,
         initial_deposit: Decimal,
         record_deposit: DepositRecorder | None = None,
+        has_history: HistoryCheck | None = None,
+        quiet_wait_seconds: float = 10.0,
+        stuck_after_seconds: float = 30.0,
     ) -> None:
+        """Opening balances are recorded only with both ``record_deposit`` and
+        ``has_history`` (the ledger's ``has_history``)."""
         self.clients = clients
         self.prefix = prefix
         self.accounts_per_bank = accounts_per_bank
         self.initial_deposit = initial_deposit
         self.record_deposit = record_deposit
+        self.has_history = has_history
+        self.quiet_wait_seconds = quiet_wait_seconds
+        self.stuck_after_seconds = stuck_after_seconds
         self._lock = threading.Lock()
+        # accounts whose starting point the ledger holds (created, found in the
+        # ledger or opened in this life): never looked up again
+        self._settled: set[AccountKey] = set()
+        self._held_since: dict[AccountKey, float] = {}
         self._fixtures: Fixtures | None = None
         self.last_error: str | None = None
         self.provisioned_at: datetime | None = None
@@ -113,23 +156,40 @@ class Provisioner:
         """
         with self._lock:
             fixtures = Fixtures()
+            owned: dict[AccountKey, Account] = {}
+            for clearing in BANK_LETTER:
+                bank = self.clients.bank(clearing)
+                for name in [*(self.account_name(clearing, n)
+                               for n in range(1, self.accounts_per_bank + 1)),
+                             self._low_name(clearing)]:
+                    account = self._own(bank, name)
+                    if account is not None:
+                        owned[(clearing, name)] = account
+            held = self._open_adopted(owned)
             for clearing in BANK_LETTER:
                 bank = self.clients.bank(clearing)
                 payers: list[str] = []
                 payees: list[Payee] = []
                 for n in range(1, self.accounts_per_bank + 1):
                     number = self.account_name(clearing, n)
-                    if self._ensure_account(bank, number, self.initial_deposit) is None:
+                    if (clearing, number) not in owned:
                         continue
-                    payers.append(number)
                     payee = Payee(number, self.bankgood_name(clearing, n))
-                    if self._ensure_mapping(payee.bankgood_number, clearing, number):
+                    mapped = self._ensure_mapping(payee.bankgood_number, clearing, number)
+                    if (clearing, number) in held:
+                        fixtures.awaiting_opening.setdefault(clearing, []).append(number)
+                        continue
+                    self._fund(bank, owned[(clearing, number)], self.initial_deposit)
+                    payers.append(number)
+                    if mapped:
                         payees.append(payee)
                 fixtures.payers[clearing] = payers
                 fixtures.payees[clearing] = payees
-                low = f"{self.prefix}-{BANK_LETTER[clearing]}-LOW"
-                low_account = self._ensure_account(bank, low, Decimal("0"))
-                if low_account is not None:
+                low = self._low_name(clearing)
+                low_account = owned.get((clearing, low))
+                if (clearing, low) in held:
+                    fixtures.awaiting_opening.setdefault(clearing, []).append(low)
+                elif low_account is not None:
                     fixtures.low_accounts[clearing] = low
                     fixtures.low_available[clearing] = low_account.available
                 ghost = self._ghost(bank, clearing)
@@ -141,16 +201,31 @@ class Provisioner:
             self.provisioned_at = datetime.now(UTC)
             return fixtures
 
+    def _low_name(self, clearing: str) -> str:
+        return f"{self.prefix}-{BANK_LETTER[clearing]}-LOW"
+
     def _ensure_account(self, bank: BankClient, number: str, target: Decimal) -> Account | None:
         """The twin's account ``number`` (created if missing, topped up to ``target``),
         or None when the name belongs to someone else."""
+        account = self._own(bank, number)
+        return None if account is None else self._fund(bank, account, target)
+
+    def _own(self, bank: BankClient, number: str) -> Account | None:
+        """The twin's account ``number``, created if missing; None when the name
+        belongs to someone else."""
         account = bank.get_account(number)
         if account is None:
             account = bank.create_account(number, HOLDER, Decimal("0"))
+            self._settled.add((bank.clearing_number, number))  # starts at zero, in this life
             log.info("twin_account_created", bank=bank.service, account=number)
         elif account.account_holder != HOLDER:
             log.warning("twin_account_name_taken", bank=bank.service, account=number)
             return None
+        return account
+
+    def _fund(self, bank: BankClient, account: Account, target: Decimal) -> Account:
+        """Top ``account`` up to ``target`` once its available balance is below half."""
+        number = account.account_number
         if target > 0 and account.available < target / 2:
             amount = target - account.available
             account = bank.deposit(number, amount)
@@ -160,6 +235,80 @@ class Provisioner:
             log.info("twin_account_funded", bank=bank.service, account=number,
                      amount=format(amount, "f"))
         return account
+
+    # --- opening balances -------------------------------------------------------------------
+    def _open_adopted(self, owned: dict[AccountKey, Account]) -> set[AccountKey]:
+        """Record the opening balance of every adopted account the ledger knows
+        nothing about, once they are quiet (module docstring); ``owned`` gets the
+        readings the openings were taken from. Returns the accounts held back."""
+        if self.record_deposit is None or self.has_history is None:
+            return set()
+        adopted: dict[AccountKey, Account] = {}
+        for key, account in owned.items():
+            if key in self._settled:
+                continue
+            try:
+                known = self.has_history(*key)
+            except Exception as exc:
+                # the ledger cannot tell: use the account as before rather than stop the
+                # canary; only a ledger both lost and down at start is left without one
+                log.warning("opening_balance_unknown", clearing=key[0], account=key[1],
+                            error=str(exc)[:200])
+                known = True
+            if known:
+                self._settled.add(key)
+            else:
+                adopted[key] = account
+        if not adopted:
+            return set()
+        quiet, readings = self._await_quiet(adopted)
+        now = time.monotonic()
+        if not quiet:
+            for key in adopted:
+                self._held_since.setdefault(key, now)
+            waited = min(now - self._held_since[key] for key in adopted)
+            reserved = {f"{clearing}/{number}": format(a.reserved_balance, "f")
+                        for (clearing, number), a in readings.items()
+                        if a is not None and a.reserved_balance}
+            if waited < self.stuck_after_seconds:
+                log.info("twin_accounts_awaiting_opening", accounts=len(adopted),
+                         reserved=reserved, waited_seconds=round(waited, 1))
+                return set(adopted)
+            log.warning("twin_accounts_opened_with_reservations", reserved=reserved,
+                        waited_seconds=round(waited, 1))
+        held: set[AccountKey] = set()
+        for key, reading in readings.items():
+            if reading is None:  # deleted meanwhile: recreated (from zero) next pass
+                held.add(key)
+                continue
+            if reading.balance:
+                assert self.record_deposit is not None
+                self.record_deposit(key[0], key[1], reading.balance, OPENING)
+            log.info("twin_account_adopted", clearing=key[0], account=key[1],
+                     balance=format(reading.balance, "f"),
+                     reserved=format(reading.reserved_balance, "f"))
+            self._settled.add(key)
+            self._held_since.pop(key, None)
+            owned[key] = reading
+        return held
+
+    def _await_quiet(self, accounts: dict[AccountKey, Account]) -> tuple[
+            bool, dict[AccountKey, Account | None]]:
+        """Read the accounts again until two reads in a row show no reservation on any
+        of them (True and the second read) or ``quiet_wait_seconds`` pass (False and
+        the last read)."""
+        deadline = time.monotonic() + self.quiet_wait_seconds
+        readings: dict[AccountKey, Account | None] = dict(accounts)
+        quiet_before = _quiet(readings)
+        while True:
+            if not quiet_before:
+                if time.monotonic() >= deadline:
+                    return False, readings
+                time.sleep(QUIET_POLL_SECONDS)
+            readings = {key: self.clients.bank(key[0]).get_account(key[1]) for key in readings}
+            if quiet_before and _quiet(readings):
+                return True, readings
+            quiet_before = _quiet(readings)
 
     def _ensure_mapping(self, bankgood: str, clearing: str, account: str) -> bool:
         mapping = self.clients.clearing.get_mapping(bankgood)
@@ -205,6 +354,11 @@ class Provisioner:
                 bank = self.clients.bank(clearing)
                 for number in numbers:
                     self._ensure_account(bank, number, self.initial_deposit)
+
+
+def _quiet(readings: dict[AccountKey, Account | None]) -> bool:
+    """No reservation on any account (a missing account holds none)."""
+    return all(a is None or a.reserved_balance == 0 for a in readings.values())
 
 
 def new_deposit_row(instance_id: str, clearing: str, account: str, amount: Decimal,

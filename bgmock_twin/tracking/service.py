@@ -75,6 +75,8 @@ class Tracking:
         self.provisioner = Provisioner(
             clients, settings.account_prefix, settings.accounts_per_bank,
             settings.account_initial_deposit, record_deposit=self._record_deposit,
+            has_history=self.ledger.has_history,
+            stuck_after_seconds=settings.payment_sla_seconds,
         )
         self.checker = StatusChecker(clients, self.tracker)
         self.poller = StatusPoller(self.checker.check)
@@ -189,6 +191,10 @@ class Tracking:
             raise FixturesUnavailable(
                 f"twin accounts not provisioned: {exc.service} {exc.reason}") from None
         if not fixtures.complete():
+            if fixtures.awaiting_opening:
+                raise FixturesUnavailable(
+                    "twin accounts incomplete: adopted accounts still reserve money of "
+                    "payments from before the ledger, retried at the next provisioning")
             raise FixturesUnavailable("twin accounts incomplete: names taken by others")
         self.simulations.resume_pending()
         return fixtures
