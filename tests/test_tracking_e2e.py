@@ -336,7 +336,10 @@ def test_a_paused_destination_bank_makes_payments_stuck_at_processed_until_it_re
     wait_for(lambda: twin.tracking.status()["stuck"] == {"processed": 10}, timeout=15,
              message="stuck at processed")
     assert sample("bgmock_payments_stuck", step="processed") == 10
-    view = api.get("/api/v1/transactions", params={"simulation": sim}).json()["items"][0]
+    # the list is read from the ledger, whose writer batches: wait for it to catch up
+    view = wait_for(lambda: next(
+        (v for v in api.get("/api/v1/transactions", params={"simulation": sim}).json()["items"]
+         if v["stuckStep"] == "processed"), None), timeout=10, message="ledger shows stuck")
     assert view["stuckStep"] == "processed" and view["status"] == "in_flight"
     assert view["state"] == "forwarded"
     bgmock.emulator.faults.apply("bank_b", {"paused": False})
