@@ -361,6 +361,9 @@ ISOLATE = r"""
 set -euo pipefail
 newroot=$1; data=$2; shift 2
 mount -t tmpfs -o mode=0755 tmpfs "$newroot"
+# /tmp first: a checkout that lives under /tmp (CI's may) is bound on top of it
+mkdir -p "$newroot/tmp"
+mount -t tmpfs -o mode=1777,size=64m tmpfs "$newroot/tmp"
 for dir in /usr /etc /bin /sbin /lib /lib64 "$BASE_PREFIX" "$REPO"; do
     [ -e "$dir" ] || continue
     if [ -L "$dir" ]; then ln -s "$(readlink "$dir")" "$newroot$dir"; continue; fi
@@ -368,9 +371,8 @@ for dir in /usr /etc /bin /sbin /lib /lib64 "$BASE_PREFIX" "$REPO"; do
     mount --bind "$dir" "$newroot$dir"
     mount -o remount,bind,ro "$newroot$dir"
 done
-mkdir -p "$newroot/data" "$newroot/tmp" "$newroot/proc" "$newroot/dev" "$newroot/app"
+mkdir -p "$newroot/data" "$newroot/proc" "$newroot/dev" "$newroot/app"
 mount --bind "$data" "$newroot/data"
-mount -t tmpfs -o mode=1777,size=64m tmpfs "$newroot/tmp"
 mount -t proc proc "$newroot/proc"
 mount --rbind /dev "$newroot/dev"
 mount -o remount,ro "$newroot"
