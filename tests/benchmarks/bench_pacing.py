@@ -18,6 +18,7 @@ Locust comparison drives the twin at it).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Sequence
 
@@ -98,18 +99,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                             help="the emulator's event bus (kafka: Tansu, the twin follows)")
         parser.add_argument("--seconds", type=float,
                             help="seconds per rate (default 10; quick 1.5)")
+        parser.add_argument("--rates", help="comma-separated rates to run instead of the ladder")
+        parser.add_argument("--switch-interval", type=float,
+                            help="sys.setswitchinterval for the twin's process (default: "
+                                 "Python's 0.005 s), to see how GIL hand-overs shape the lag")
 
     args = arguments(__doc__.splitlines()[0], argv, extra)
     configure_logging("ERROR", "json")
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
     reporter = Reporter(args.results)
     seconds = args.seconds or (1.5 if args.quick else 10.0)
-    banner(f"pacing over REST against bgmock-twin emulate ({args.bus} bus), {seconds:g} s per rate")
+    banner(f"pacing over REST against bgmock-twin emulate ({args.bus} bus), {seconds:g} s per "
+           f"rate, GIL switch interval {sys.getswitchinterval() * 1e3:g} ms")
     with world(args.bus) as w:
         assert w.twin is not None
         pause = QUICK_PAUSE_SECONDS if args.quick else PAUSE_SECONDS
         w.twin.run(50, 0.5 if args.quick else 1.0)  # warm-up: connections, lazy imports
         time.sleep(pause)
         ladder = Ladder(w, seconds, reporter, pause)
+        if args.rates:
+            for rate in (float(r) for r in args.rates.split(",")):
+                ladder.step(rate, retry=False)
+            return 0
         if args.quick:
             for rate in QUICK_RATES:
                 ladder.step(rate, retry=False)
