@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 
 from bgmock_twin.logs import configure_logging
+from bgmock_twin.tracking.load import Sender
 from tests.benchmarks.common import Reporter, Result, arguments, banner, fmt
 from tests.benchmarks.twin import RunFigures
 from tests.benchmarks.world import World, world
@@ -100,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument("--seconds", type=float,
                             help="seconds per rate (default 10; quick 1.5)")
         parser.add_argument("--rates", help="comma-separated rates to run instead of the ladder")
+        parser.add_argument("--no-ledger-wait", action="store_true",
+                            help="experiment, not the twin's behaviour: skip the sender's wait "
+                                 "for the ledger to store a payment's row before and after the "
+                                 "POST, to see what that durability costs")
         parser.add_argument("--switch-interval", type=float,
                             help="sys.setswitchinterval for the twin's process (default: "
                                  "Python's 0.005 s), to see how GIL hand-overs shape the lag")
@@ -108,10 +113,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("ERROR", "json")
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
+    if args.no_ledger_wait:
+        Sender._stored = lambda self: None  # type: ignore[method-assign]
     reporter = Reporter(args.results)
     seconds = args.seconds or (1.5 if args.quick else 10.0)
     banner(f"pacing over REST against bgmock-twin emulate ({args.bus} bus), {seconds:g} s per "
-           f"rate, GIL switch interval {sys.getswitchinterval() * 1e3:g} ms")
+           f"rate, GIL switch interval {sys.getswitchinterval() * 1e3:g} ms"
+           + (", EXPERIMENT: no ledger wait around each send" if args.no_ledger_wait else ""))
     with world(args.bus) as w:
         assert w.twin is not None
         pause = QUICK_PAUSE_SECONDS if args.quick else PAUSE_SECONDS
