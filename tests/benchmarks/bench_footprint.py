@@ -202,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             help=argparse.SUPPRESS)
 
     args = arguments(__doc__.splitlines()[0], argv, extra)
-    count = args.payments or (2_000 if args.quick else 100_000)
+    count = args.payments or (500 if args.quick else 100_000)
     if args.rss_child:
         print(json.dumps(rss_child(args.rss_child, count)))
         return 0

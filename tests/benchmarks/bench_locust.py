@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = arguments(__doc__.splitlines()[0], argv, extra)
     configure_logging("ERROR", "json")
     reporter = Reporter(args.results)
-    seconds = float(math.ceil(args.seconds or (3 if args.quick else 15)))  # whole seconds
+    seconds = float(math.ceil(args.seconds or (2 if args.quick else 15)))  # whole seconds
     warmup = 0.5 if args.quick else 2.0
     classes = ("fast",) if args.quick else ("fast", "http")
     bus_name = args.bus or ("memory" if args.quick else "kafka")
