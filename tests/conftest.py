@@ -45,3 +45,11 @@ def postgres() -> Iterator[PostgresServer]:
 @pytest.fixture
 def pg_database(postgres: PostgresServer) -> str:
     return postgres.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A twin ledger URL, once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    return str(request.getfixturevalue("pg_database"))

@@ -25,28 +25,16 @@ from bgmock_twin.tracking.lifecycle import (
     check_deadline,
     observe_step,
 )
+from tests.support.ledgers import running_ledger
 from tests.support.ports import wait_for
 
 NOW = datetime(2025, 11, 20, 10, 0, tzinfo=UTC)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    return str(request.getfixturevalue("pg_database"))
-
-
 @pytest.fixture
 def ledger(ledger_url: str) -> Iterator[Ledger]:
-    book = Ledger(ledger_url, buffer_size=1000, flush_interval=0.02)
-    assert book.open()
-    book.start()
-    try:
+    with running_ledger(ledger_url, buffer_size=1000, flush_interval=0.02) as book:
         yield book
-    finally:
-        book.stop(2)
-        book.close()
 
 
 def make_payment(i: int = 0, sim: str | None = None, channel: Channel = Channel.REST,

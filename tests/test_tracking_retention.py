@@ -55,6 +55,7 @@ from bgmock_twin.tracking.lifecycle import (
 )
 from bgmock_twin.tracking.provisioning import Fixtures, Provisioner, new_deposit_row
 from bgmock_twin.tracking.service import Tracking
+from tests.support.ledgers import running_ledger
 from tests.support.ports import wait_for
 
 NOW = datetime(2025, 11, 20, 10, 0, tzinfo=UTC)
@@ -67,23 +68,10 @@ ACCOUNTS = (A1, A2, B1, B2)
 READ_ORDER = ("bank_a", "bank_b")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    return str(request.getfixturevalue("pg_database"))
-
-
 @pytest.fixture
 def ledger(ledger_url: str) -> Iterator[Ledger]:
-    book = Ledger(ledger_url, buffer_size=10_000, flush_interval=0.02)
-    assert book.open()
-    book.start()
-    try:
+    with running_ledger(ledger_url, buffer_size=10_000, flush_interval=0.02) as book:
         yield book
-    finally:
-        book.stop(2)
-        book.close()
 
 
 # --- building realistic rows with the lifecycle rules ----------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from pathlib import Path
 import requests
 
 from tests.support.ports import free_port, wait_for
+from tests.support.processes import stop_process
 
 BGMOCK_ENV_PREFIXES = ("TWIN_", "KAFKA_", "BANK_", "DB_", "CLEARING_")
 
@@ -88,10 +88,4 @@ def running_daemon(tmp_path: Path, ready: bool = True, **overrides: str) -> Iter
             wait_for(is_ready, timeout=40, interval=0.1, message="daemon /readyz")
         yield daemon
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        stop_process(process)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import requests
 
 from tests.support.daemon import daemon_env
 from tests.support.ports import free_port, wait_for
+from tests.support.processes import stop_process
 
 
 @dataclass
@@ -66,10 +66,4 @@ def running_emulator(tmp_path: Path, **overrides: str) -> Iterator[EmulatorProce
         wait_for(healthy, timeout=40, interval=0.1, message="bgmock-twin emulate healthy")
         yield emulator
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        stop_process(process)
