@@ -50,7 +50,7 @@ def twin(hole: Blackhole, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         mode="embedded",
         emulator_outbox_interval_seconds=0.05,
         # the clearing's database as the checks see it: accepts, never answers
-        db_switch=f"postgresql+psycopg2://nobody@127.0.0.1:{hole.port}/clearing",
+        db_switch=f"postgresql://nobody@127.0.0.1:{hole.port}/clearing",
         probe_timeout_seconds=10,
         health_interval_seconds=1,
         twin_database_url=f"sqlite:///{tmp}/twin.db",

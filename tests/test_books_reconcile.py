@@ -26,7 +26,7 @@ from bgmock_twin.clients.databases import readonly_engine
 from bgmock_twin.tracking import ledger as ledger_tables
 from bgmock_twin.tracking.ledger import Ledger
 from tests.support.blackhole import Blackhole
-from tests.support.postgres import PostgresServer
+from tests.support.postgres import PostgresServer, writable_engine
 
 D = Decimal
 TX = uuid.UUID(int=42)
@@ -57,7 +57,7 @@ def world(databases: dict[str, str], tmp_path: Path) -> Iterator[World]:
     urls = databases
     past = _naive(datetime.now(UTC) - timedelta(minutes=2))
     for name in ("db_bank_a", "db_bank_b"):
-        engine = sa.create_engine(urls[name])
+        engine = writable_engine(urls[name])
         schema.bank_metadata.drop_all(engine)
         schema.bank_metadata.create_all(engine)
         number, balance = ("TWIN-A-001", D("90")) if name == "db_bank_a" else \
@@ -81,7 +81,7 @@ def world(databases: dict[str, str], tmp_path: Path) -> Iterator[World]:
                 transaction_id=TX, topic=topic, message_key="01", payload="{}", published=True,
                 created_at=past))
         engine.dispose()
-    engine = sa.create_engine(urls["db_switch"])
+    engine = writable_engine(urls["db_switch"])
     schema.clearing_metadata.drop_all(engine)
     schema.clearing_metadata.create_all(engine)
     with engine.begin() as conn:
@@ -151,7 +151,7 @@ def test_consistent_books_are_all_ok(world: World) -> None:
 def test_a_slow_database_is_unknown_and_bounded(world: World) -> None:
     """Bank B's tables are locked: its reads hit the statement timeout. Bank B's
     checks are unknown, nothing is reported violated, the run ends in its budget."""
-    locker = sa.create_engine(world.urls["db_bank_b"])
+    locker = writable_engine(world.urls["db_bank_b"])
     release = threading.Event()
     locked = threading.Event()
 
@@ -191,8 +191,8 @@ def test_a_slow_database_is_unknown_and_bounded(world: World) -> None:
 
 def test_a_dead_or_hung_database_is_unknown(world: World) -> None:
     hole = Blackhole()
-    dead = readonly_engine("postgresql+psycopg2://x@127.0.0.1:1/none", 500, connect_timeout_s=1)
-    hung = readonly_engine(f"postgresql+psycopg2://x@127.0.0.1:{hole.port}/none", 500,
+    dead = readonly_engine("postgresql://x@127.0.0.1:1/none", 500, connect_timeout_s=1)
+    hung = readonly_engine(f"postgresql://x@127.0.0.1:{hole.port}/none", 500,
                            connect_timeout_s=1)
     engines = {**world.engines, "db_switch": dead, "db_bank_a": hung}
     reconciler = _reconciler(world, engines, budget=3.0)
@@ -225,7 +225,7 @@ def _violated(report_results: dict[str, c.CheckResult]) -> set[str]:
 def test_each_corruption_is_found_by_its_check(world: World) -> None:
     reconciler = _reconciler(world)
     try:
-        writer = sa.create_engine(world.urls["db_bank_a"])
+        writer = writable_engine(world.urls["db_bank_a"])
         with writer.begin() as conn:  # money moved behind the twin's back
             conn.execute(sa.update(schema.accounts).values(balance=D("95.50")))
         report = reconciler.run()
@@ -239,7 +239,7 @@ def test_each_corruption_is_found_by_its_check(world: World) -> None:
             conn.execute(sa.update(schema.accounts).values(balance=D("90")))
         writer.dispose()
 
-        clearing = sa.create_engine(world.urls["db_switch"])
+        clearing = writable_engine(world.urls["db_switch"])
         with clearing.begin() as conn:  # the clearing remembers it differently
             conn.execute(sa.update(schema.clearing_outgoing_transactions)
                          .values(status="FAILED"))
@@ -268,7 +268,7 @@ def test_each_corruption_is_found_by_its_check(world: World) -> None:
 
 def test_a_drift_that_disappears_on_the_second_look_is_not_reported(world: World) -> None:
     """A deposit the bank applied but the ledger records a moment later is no drift."""
-    writer = sa.create_engine(world.urls["db_bank_b"])
+    writer = writable_engine(world.urls["db_bank_b"])
     with writer.begin() as conn:
         conn.execute(sa.update(schema.accounts).values(balance=D("160")))
     writer.dispose()
@@ -352,7 +352,7 @@ def test_clock_offset_is_the_smallest_delay() -> None:
 def test_a_bank_on_local_time_is_measured_on_its_own_clock(world: World) -> None:
     """Bank B writes its timestamps in UTC-5 (LocalDateTime on a server not in UTC).
     Its fresh outbox row and PENDING payment are not five hours old: no violation."""
-    writer = sa.create_engine(world.urls["db_bank_b"])
+    writer = writable_engine(world.urls["db_bank_b"])
     shift = timedelta(hours=-5)
     local_now = _naive(datetime.now(UTC)) + shift
     with writer.begin() as conn:

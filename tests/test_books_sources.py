@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -25,6 +24,8 @@ from bgmock_twin.books.sources import (
 from bgmock_twin.clients.databases import readonly_engine
 from bgmock_twin.tracking import ledger as ledger_tables
 from bgmock_twin.tracking.ledger import Ledger
+from tests.support.ledgers import running_ledger
+from tests.support.postgres import writable_engine
 
 D = Decimal
 NOW = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
@@ -37,7 +38,7 @@ def _tx(n: int) -> uuid.UUID:
 @pytest.fixture
 def bank_db(pg_database: str) -> Iterator[tuple[str, sa.Engine]]:
     """A bank database in the contract layout with a few rows of every kind."""
-    writer = sa.create_engine(pg_database)
+    writer = writable_engine(pg_database)
     schema.bank_metadata.create_all(writer)
     acc, out, inc, box = (schema.accounts, schema.bank_outgoing_transactions,
                           schema.incoming_transactions, schema.bank_outbox_events)
@@ -111,8 +112,8 @@ def test_reads_are_read_only_even_on_a_writable_engine(bank_db: tuple[str, sa.En
     """The embedded emulator hands over its own (writable) engines: the reader's
     transaction is still read-only and bounded by the statement timeout."""
     url, _ = bank_db
-    writable = sa.create_engine(url)
-    locker = sa.create_engine(url)
+    writable = writable_engine(url)
+    locker = writable_engine(url)
     try:
         with locker.connect() as conn:
             conn.execute(sa.text("BEGIN"))
@@ -134,7 +135,7 @@ def test_reads_are_read_only_even_on_a_writable_engine(bank_db: tuple[str, sa.En
 
 
 def test_clearing_snapshot(pg_database: str) -> None:
-    writer = sa.create_engine(pg_database)
+    writer = writable_engine(pg_database)
     schema.clearing_metadata.create_all(writer)
     out, box, maps = (schema.clearing_outgoing_transactions, schema.clearing_outbox_events,
                       schema.bank_mappings)
@@ -189,20 +190,10 @@ def _payment_row(pid: str, amount: str, *, channel: str = "rest", outcome: str |
     return row
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/ledger.db"
-    else:
-        url = request.getfixturevalue("pg_database")
-    led = Ledger(url)
-    assert led.open()
-    led.start()
-    try:
+@pytest.fixture
+def ledger(ledger_url: str) -> Iterator[Ledger]:
+    with running_ledger(ledger_url) as led:
         yield led
-    finally:
-        led.stop(2)
-        led.close()
 
 
 def test_ledger_snapshot_sums_old_rows_and_details_recent_ones(ledger: Ledger) -> None:

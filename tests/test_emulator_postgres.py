@@ -20,7 +20,7 @@ from bgmock_twin.contract_schema import (
     clearing_outgoing_transactions,
 )
 from bgmock_twin.emulator import EmbeddedBGMock, EmulatorConfig
-from tests.support.postgres import PostgresServer
+from tests.support.postgres import PostgresServer, writable_engine
 from tests.test_emulator_contract import FAST_OUTBOX, Spy, World
 
 
@@ -71,7 +71,7 @@ def test_payments_on_postgres_keep_the_books_straight(pg_world: World) -> None:
     assert w.balances("02", payee) == (Decimal("100.00"), Decimal("0.00"))
 
     # An independent connection sees the real layout, committed and drained.
-    engine = sa.create_engine(w.emulator.database_urls["bank_a"] or "")
+    engine = writable_engine(w.emulator.database_urls["bank_a"] or "")
     try:
         with engine.connect() as conn:
             row = conn.execute(sa.select(accounts.c.balance, accounts.c.reserved_balance)

@@ -35,7 +35,7 @@ from tests.support.faultkit import (
     wait_finished,
     wait_provisioned,
 )
-from tests.support.postgres import PostgresServer
+from tests.support.postgres import PostgresServer, writable_engine
 
 
 def test_sigkill_mid_simulation_resumes_from_ledger_and_offsets(
@@ -108,7 +108,7 @@ def test_sigkill_mid_simulation_resumes_from_ledger_and_offsets(
 
 
 def outgoing_ids(url: str) -> set[str]:
-    engine = sa.create_engine(url)
+    engine = writable_engine(url)
     try:
         with engine.connect() as conn:
             return {str(row[0]) for row in conn.execute(

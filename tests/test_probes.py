@@ -163,8 +163,8 @@ def test_database_probe_up_down_hung(pg_database: str) -> None:
     hole = Blackhole()
     engines = {
         "db_up": readonly_engine(pg_database, 1000, connect_timeout_s=1),
-        "db_down": readonly_engine("postgresql+psycopg2://nobody@127.0.0.1:1/none", 1000, 1),
-        "db_hung": readonly_engine(f"postgresql+psycopg2://x@127.0.0.1:{hole.port}/x", 1000, 1),
+        "db_down": readonly_engine("postgresql://nobody@127.0.0.1:1/none", 1000, 1),
+        "db_hung": readonly_engine(f"postgresql://x@127.0.0.1:{hole.port}/x", 1000, 1),
     }
     for name, engine in engines.items():
         health.register(name, lambda _t, e=engine: select_one(e))

@@ -8,11 +8,13 @@ so a slow database costs a check its timeout, never a hung job.
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
+
+from bgmock_twin.database_urls import resolve_database_url
 
 
 def readonly_engine(url: str, statement_timeout_ms: int, connect_timeout_s: int = 3) -> Engine:
-    parsed = make_url(url)
+    parsed = resolve_database_url(url)
     if parsed.get_backend_name() == "postgresql":
         options = f"-c default_transaction_read_only=on -c statement_timeout={statement_timeout_ms}"
         return sa.create_engine(

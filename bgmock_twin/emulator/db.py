@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import QueuePool
 
 from bgmock_twin.contract import CENT
+from bgmock_twin.database_urls import resolve_database_url
 
 # SQLite has no DECIMAL; SQLAlchemy stores Numeric(19, 2) as REAL and says so once.
 # Amounts are always computed in Python as Decimal and written already rounded, so
@@ -77,15 +78,15 @@ class Database:
                 "sqlite://", creator=lambda: memory, poolclass=QueuePool,
                 pool_size=1, max_overflow=0, pool_timeout=SQLITE_CHECKOUT_TIMEOUT_SECONDS,
             )
-        elif url.startswith("sqlite"):
+        elif (resolved := resolve_database_url(url)).get_backend_name() == "sqlite":
             self.engine = sa.create_engine(
-                url, poolclass=QueuePool, pool_size=1, max_overflow=0,
+                resolved, poolclass=QueuePool, pool_size=1, max_overflow=0,
                 pool_timeout=SQLITE_CHECKOUT_TIMEOUT_SECONDS,
                 connect_args={"check_same_thread": False, "timeout": 30},
             )
         else:
             self.engine = sa.create_engine(
-                url, pool_size=10, max_overflow=20, pool_pre_ping=True, pool_timeout=30,
+                resolved, pool_size=10, max_overflow=20, pool_pre_ping=True, pool_timeout=30,
             )
         self.row_locks = self.engine.dialect.name == "postgresql"
         metadata.create_all(self.engine)

@@ -39,11 +39,12 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Dialect, Engine, make_url
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.pool import StaticPool
 
 from bgmock_twin import metrics
 from bgmock_twin.contract import CENT, Status
+from bgmock_twin.database_urls import resolve_database_url
 from bgmock_twin.logs import get_logger
 from bgmock_twin.settings import mask_url
 from bgmock_twin.tracking.lifecycle import (
@@ -738,7 +739,7 @@ def _carry_forward(conn: Connection, clearing: str, account: str, amount: Decima
 
 
 def _engine(url: str) -> Engine:
-    parsed = make_url(url)
+    parsed = resolve_database_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if database in ("", ":memory:"):

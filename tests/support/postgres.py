@@ -16,8 +16,15 @@ import uuid
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
+from bgmock_twin.database_urls import resolve_database_url
 from tests.support.ports import free_port, port_open, wait_for
+
+
+def writable_engine(url: str, **options: object) -> Engine:
+    """An engine for a test's own writes, from a URL in any form a user writes."""
+    return sa.create_engine(resolve_database_url(url), **options)  # type: ignore[arg-type]
 
 
 def _pg_bin(name: str) -> str | None:
@@ -60,7 +67,7 @@ class PostgresServer:
     def _can_connect(self, port: int) -> bool:
         for user in ("postgres", "root"):
             try:
-                engine = sa.create_engine(f"postgresql+psycopg2://{user}@127.0.0.1:{port}/postgres")
+                engine = writable_engine(f"postgresql://{user}@127.0.0.1:{port}/postgres")
                 with engine.connect() as conn:
                     conn.execute(sa.text("SELECT 1"))
                 engine.dispose()
@@ -71,12 +78,13 @@ class PostgresServer:
         return False
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql+psycopg2://{self.user}@127.0.0.1:{self.port}/{database}"
+        # The seed's own form: plain postgresql://, as users write it.
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
 
     def create_database(self, prefix: str = "bgmock_test") -> str:
         """Create a fresh database and return its SQLAlchemy URL."""
         name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-        engine = sa.create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        engine = writable_engine(self.url(), isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:
             conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
         engine.dispose()
@@ -84,7 +92,7 @@ class PostgresServer:
         return self.url(name)
 
     def stop(self) -> None:
-        engine = sa.create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        engine = writable_engine(self.url(), isolation_level="AUTOCOMMIT")
         try:
             with engine.connect() as conn:
                 for name in self.created:
