@@ -95,7 +95,8 @@ class Twin:
         self.books = self._build_books()
         routers = [r for r in (getattr(self.tracking, "router", None),
                                getattr(self.books, "router", None)) if r is not None]
-        token = settings.control_token.get_secret_value() if settings.control_token else None
+        token = (settings.control_token.get_secret_value()
+                 if settings.control_token is not None else None)
         app = create_api(self, token, settings.max_request_bytes, routers,
                          rate_limit_per_second=settings.api_rate_limit_per_second)
         self.api = ApiServer(app, settings.listen_host, settings.listen_port)

@@ -83,6 +83,13 @@ REST_DURATION = Histogram(
 API_REQUESTS = Counter(
     "bgmock_api_requests", "Requests to the twin's control API.", ["method", "route", "code"]
 )
+API_AUTH_FAILURES = Counter(
+    "bgmock_api_auth_failures",
+    "Control-API requests refused for a missing or wrong bearer token.",
+    ["reason"],
+)
+for _reason in ("missing", "scheme", "wrong_token"):
+    API_AUTH_FAILURES.labels(reason=_reason)
 
 # --- Kafka -------------------------------------------------------------------------------
 KAFKA_MESSAGES = Counter(

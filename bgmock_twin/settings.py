@@ -27,7 +27,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 from sqlalchemy.engine import make_url
 
+from bgmock_twin.database_urls import resolve_database_url
+
 MAX_AMOUNT = Decimal("1000000000000")
+MIN_CONTROL_TOKEN_LENGTH = 16
 DEFAULT_BANK_GROUPS = (
     "bank-service-forwarded.01",
     "bank-service-completed.01",
@@ -252,10 +255,24 @@ class Settings(BaseSettings):
     def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or value.get_secret_value() == "":
             return None
-        try:
-            make_url(value.get_secret_value())
-        except Exception:
-            raise ValueError("must be an SQLAlchemy database URL") from None
+        # Kept as written (check-config shows it so); every engine resolves it the same way.
+        resolve_database_url(value.get_secret_value())  # ValueError says why
+        return value
+
+    @field_validator("control_token")
+    @classmethod
+    def _control_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # Set-but-empty must not mean "no authentication", and a token with blanks
+        # around it could never be presented: both are mistakes, refused here.
+        if value is None:
+            return None
+        token = value.get_secret_value()
+        if not token.strip():
+            raise ValueError("must not be empty; unset it to run without a token on loopback")
+        if token != token.strip():
+            raise ValueError("must not start or end with whitespace")
+        if len(token) < MIN_CONTROL_TOKEN_LENGTH:
+            raise ValueError(f"must be at least {MIN_CONTROL_TOKEN_LENGTH} characters long")
         return value
 
     @field_validator("log_level")

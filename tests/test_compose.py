@@ -139,7 +139,7 @@ def test_docker_compose_up_runs_the_twin_embedded(monkeypatch: pytest.MonkeyPatc
     assert settings.embedded
     assert settings.listen_host == "0.0.0.0"
     assert settings.control_token is not None
-    assert settings.control_token.get_secret_value() == "local-dev-token"
+    assert settings.control_token.get_secret_value() == "local-dev-token-change-me"
     assert settings.kafka_bootstrap_servers is None
     assert settings.load_rate_per_second > 0, "dashboards need traffic"
 

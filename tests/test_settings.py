@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from bgmock_twin.clients.databases import readonly_engine, select_one
+from bgmock_twin.database_urls import resolve_database_url
 from bgmock_twin.settings import Settings, SettingsError, load_settings, mask_url
+from bgmock_twin.tracking.ledger import Ledger
+from tests.support.daemon import daemon_env
 
 SECRET = "hunter2-very-secret"
 
@@ -138,3 +142,92 @@ def test_run_with_bad_settings_exits_with_one_clear_line(tmp_path: Path) -> None
     assert any(line.startswith("bgmock-twin: invalid setting TWIN_LISTEN_PORT:") for line in lines)
     assert any(line.startswith("bgmock-twin: invalid setting DB_BANK_A:") for line in lines)
     assert SECRET not in result.stderr
+
+
+# --- database URLs: every form a user writes resolves to the driver we ship ----------------
+
+SEED_URL = "postgresql://bank_a_user:password@localhost:5432/bank_a_db"  # the seed's .env
+
+
+@pytest.mark.parametrize(
+    "url",
+    [SEED_URL, "postgres://bank_a_user:password@localhost:5432/bank_a_db",
+     "postgresql+psycopg2://bank_a_user:password@localhost:5432/bank_a_db"],
+)
+@pytest.mark.parametrize("setting", ["DB_BANK_A", "DB_BANK_B", "DB_SWITCH", "TWIN_DATABASE_URL"])
+def test_every_postgres_url_form_resolves_to_psycopg2(
+    monkeypatch: pytest.MonkeyPatch, url: str, setting: str
+) -> None:
+    monkeypatch.setenv(setting, url)
+    field = {"DB_BANK_A": "db_bank_a", "DB_BANK_B": "db_bank_b", "DB_SWITCH": "db_switch",
+             "TWIN_DATABASE_URL": "twin_database_url"}[setting]
+    value = getattr(load_settings(), field)
+    assert value is not None
+    assert value.get_secret_value() == url  # kept as written; engines resolve it
+    resolved = resolve_database_url(value.get_secret_value())
+    assert resolved.drivername == "postgresql+psycopg2"
+    assert (resolved.username, resolved.password, resolved.host, resolved.port,
+            resolved.database) == ("bank_a_user", "password", "localhost", 5432, "bank_a_db")
+    resolved.get_dialect().import_dbapi()  # the driver is really installed
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [("postgresql+psycopg://u:p@h/db", "driver 'psycopg' is not installed"),
+     ("postgresql+asyncpg://u:p@h/db", "driver 'asyncpg' is not installed"),
+     ("mysql://u:p@h/db", "backend 'mysql' is not supported"),
+     ("sqlite+aiosqlite:///x.db", "SQLite driver 'aiosqlite'"),
+     ("not a url at all", "must be a database URL")],
+)
+def test_an_unusable_database_url_is_a_startup_error_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, url: str, why: str
+) -> None:
+    monkeypatch.setenv("TWIN_DATABASE_URL", url.replace("p@", f"{SECRET}@"))
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert len(caught.value.lines) == 1
+    assert caught.value.lines[0].startswith("invalid setting TWIN_DATABASE_URL: ")
+    assert why in str(caught.value)
+    assert SECRET not in str(caught.value)
+
+
+def test_the_seed_url_opens_a_real_ledger_and_a_real_readonly_engine(pg_database: str) -> None:
+    assert pg_database.startswith("postgresql://"), pg_database  # the seed's form, as is
+    engine = readonly_engine(pg_database, 1000)
+    try:
+        select_one(engine)
+    finally:
+        engine.dispose()
+    ledger = Ledger(pg_database)
+    try:
+        assert ledger.open()
+    finally:
+        ledger.close()
+
+
+# --- the control token: empty never means "no authentication" ------------------------------
+
+@pytest.mark.parametrize(
+    ("token", "why"),
+    [("", "must not be empty"), ("   ", "must not be empty"), ("\t\n", "must not be empty"),
+     (" padded-token-0123456789 ", "whitespace"), ("short-token", "at least 16")],
+)
+def test_an_empty_blank_padded_or_short_token_is_refused(
+    monkeypatch: pytest.MonkeyPatch, token: str, why: str
+) -> None:
+    monkeypatch.setenv("TWIN_LISTEN_HOST", "0.0.0.0")
+    monkeypatch.setenv("TWIN_CONTROL_TOKEN", token)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert len(caught.value.lines) == 1
+    assert caught.value.lines[0].startswith("invalid setting TWIN_CONTROL_TOKEN: ")
+    assert why in caught.value.lines[0]
+
+
+def test_an_empty_token_stops_the_real_daemon_with_exit_2(tmp_path: Path) -> None:
+    env = daemon_env(tmp_path, TWIN_CONTROL_TOKEN="", TWIN_LISTEN_HOST="0.0.0.0")
+    result = subprocess.run([sys.executable, "-m", "bgmock_twin", "run"], env=env,
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "TWIN_CONTROL_TOKEN" in result.stderr + result.stdout
+    assert "control_api_listening" not in result.stderr + result.stdout

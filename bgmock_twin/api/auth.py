@@ -1,10 +1,47 @@
-"""Bearer-token protection for mutating endpoints (constant-time comparison)."""
+"""Bearer-token protection for mutating endpoints (constant-time comparison).
+
+The scheme is case-insensitive (RFC 7235); the token is compared byte for byte, so a
+padded token is not the token. Refusals are counted by reason and logged at most once
+per ``LOG_INTERVAL_SECONDS`` with the number refused since, so a flood of bad requests
+cannot flood the log.
+"""
 
 from __future__ import annotations
 
 import secrets
+import threading
+import time
 
 from fastapi import HTTPException, Request, status
+
+from bgmock_twin import metrics
+from bgmock_twin.logs import get_logger
+
+LOG_INTERVAL_SECONDS = 10.0
+
+log = get_logger(__name__)
+
+
+class _RefusalLog:
+    """One log line per interval, carrying how many refusals it stands for."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._last = -interval
+        self._unlogged = 0
+
+    def refused(self, reason: str, client: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._unlogged += 1
+            if now - self._last < self._interval:
+                return
+            count, self._unlogged, self._last = self._unlogged, 0, now
+        log.warning("api_auth_refused", reason=reason, client=client, refused=count)
+
+
+_refusals = _RefusalLog(LOG_INTERVAL_SECONDS)
 
 
 def require_token(request: Request) -> None:
@@ -13,16 +50,23 @@ def require_token(request: Request) -> None:
     With no token configured every caller is allowed (the daemon refuses to start
     beyond loopback without one unless explicitly told otherwise).
     """
-    token = request.app.state.control_token
+    token: str | None = request.app.state.control_token
     if token is None:
         return
     header = request.headers.get("authorization", "")
     scheme, _, presented = header.partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(
-        presented.strip().encode(), token.encode()
-    ):
-        raise HTTPException(
-            status_code=status.HTTP_401_UNAUTHORIZED,
-            detail="missing or wrong bearer token",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    if not header:
+        reason = "missing"
+    elif scheme.lower() != "bearer":
+        reason = "scheme"
+    elif not secrets.compare_digest(presented.encode(), token.encode()):
+        reason = "wrong_token"
+    else:
+        return
+    metrics.API_AUTH_FAILURES.labels(reason=reason).inc()
+    _refusals.refused(reason, request.client.host if request.client else "unknown")
+    raise HTTPException(
+        status_code=status.HTTP_401_UNAUTHORIZED,
+        detail="missing or wrong bearer token",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
