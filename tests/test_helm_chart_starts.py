@@ -1,0 +1,114 @@
+"""The chart's rendered environment starts a real daemon.
+
+A chart that renders but whose daemon cannot start is a failed chart: the default
+`helm install` once crash-looped on its own `postgresql://` URLs. Here the real Helm
+engine renders the chart, the container's environment is taken as the kubelet would
+build it, only the host names are pointed at local stand-ins (a real emulator, a real
+Tansu broker, the real local PostgreSQL with BGMock's own user names), and a real
+`bgmock-twin run` must come up and report every configured database up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from tests.support.broker import TansuBroker
+from tests.support.daemon import running_daemon
+from tests.support.emulator_process import EmulatorProcess, running_emulator
+from tests.support.ports import wait_for
+from tests.support.postgres import PostgresServer, writable_engine
+from tests.test_helm_chart import bgmock_postgres_secrets, container_env, full_values, render
+
+DATABASE_SETTINGS = {"DB_BANK_A": "db_bank_a", "DB_BANK_B": "db_bank_b", "DB_SWITCH": "db_switch"}
+REST_SETTINGS = {"BANK_A_URL": "bank_a", "BANK_B_URL": "bank_b", "CLEARING_SERVICE_URL": "clearing"}
+
+
+def _ensure_role(postgres: PostgresServer, user: str) -> None:
+    engine = writable_engine(postgres.url(), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            exists = conn.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :u"),
+                                  {"u": user}).first()
+            if exists is None:
+                conn.execute(sa.text(f'CREATE ROLE "{user}" LOGIN'))
+    finally:
+        engine.dispose()
+
+
+def _local(url: str, postgres: PostgresServer) -> str:
+    """The chart's URL, word for word but for host, port and database."""
+    parsed = make_url(url)
+    assert parsed.drivername == "postgresql", "the chart writes the plain form"
+    assert parsed.username
+    _ensure_role(postgres, parsed.username)
+    database = make_url(postgres.create_database("chart")).database
+    scheme, _, rest = url.partition("://")
+    credentials = rest.rpartition("@")[0]
+    return f"{scheme}://{credentials}@127.0.0.1:{postgres.port}/{database}"
+
+
+def _pointed_at_stand_ins(env: dict[str, str], bgmock: EmulatorProcess, broker: TansuBroker,
+                          postgres: PostgresServer, tmp_path: Path) -> dict[str, str]:
+    local = dict(env)
+    for name, service in REST_SETTINGS.items():
+        if name in local:
+            local[name] = bgmock.urls[service]
+    if "KAFKA_BOOTSTRAP_SERVERS" in local:
+        local["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
+    for name in (*DATABASE_SETTINGS, "TWIN_DATABASE_URL"):
+        if local.get(name, "").startswith("postgresql://"):
+            local[name] = _local(local[name], postgres)
+    if local.get("TWIN_DATABASE_URL", "").startswith("sqlite:"):
+        local["TWIN_DATABASE_URL"] = f"sqlite:///{tmp_path}/twin.db"
+    local["TWIN_LISTEN_HOST"] = "127.0.0.1"  # loopback only; the chart says 0.0.0.0
+    local.pop("TWIN_LISTEN_PORT")  # the test picks a free port
+    return local
+
+
+def _service_up(metrics_text: str) -> dict[str, float]:
+    up = {}
+    for line in metrics_text.splitlines():
+        if line.startswith("bgmock_service_up{"):
+            service = line.split('service="', 1)[1].split('"', 1)[0]
+            up[service] = float(line.rsplit(" ", 1)[1])
+    return up
+
+
+@pytest.fixture(scope="module")
+def chart() -> Any:
+    from tests.test_helm_chart import CHART
+
+    loaded = helm_python.Chart.load(CHART)
+    try:
+        yield loaded
+    finally:
+        loaded.close()
+
+
+@pytest.mark.parametrize("values", [dict, full_values], ids=["default", "external"])
+def test_the_rendered_environment_starts_a_daemon_with_its_databases_up(
+        chart: helm_python.Chart, values: Callable[[], dict[str, Any]], tmp_path: Path,
+        kafka_broker: TansuBroker, postgres: PostgresServer) -> None:
+    env = container_env(render(chart, values() or None), bgmock_postgres_secrets())
+    assert env["DB_BANK_A"].startswith("postgresql://")
+    expected_up = {service for name, service in DATABASE_SETTINGS.items() if name in env}
+    (tmp_path / "emulator").mkdir()
+    (tmp_path / "twin").mkdir()
+    with running_emulator(tmp_path / "emulator", KAFKA_BOOTSTRAP_SERVERS=kafka_broker.bootstrap,
+                          TWIN_KAFKA_SESSION_TIMEOUT_MS="6000") as bgmock:
+        local = _pointed_at_stand_ins(env, bgmock, kafka_broker, postgres, tmp_path)
+        with running_daemon(tmp_path / "twin", **local) as twin:
+            def databases_up() -> bool:
+                up = _service_up(twin.get("/metrics").text)
+                return all(up.get(service) == 1.0 for service in expected_up)
+
+            wait_for(databases_up, timeout=90, interval=0.25, message="databases up")
+            assert twin.process.poll() is None
+            assert "start_failed" not in twin.log()
