@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 
 from bgmock_twin import __version__, metrics
 from bgmock_twin.api.server import ApiServer, create_api
+from bgmock_twin.books.service import Books
 from bgmock_twin.bus.base import EventBus
 from bgmock_twin.clients.bgmock import BGMockClients
 from bgmock_twin.clients.databases import readonly_engine
@@ -155,11 +156,7 @@ class Twin:
                 engines[service] = self.emulator.engines[DB_SERVICES[service]]
         return engines
 
-    def _build_books(self) -> Any:
-        try:
-            from bgmock_twin.books.service import Books
-        except ImportError:
-            return None
+    def _build_books(self) -> Books:
         return Books(self)
 
     def _export_slo_targets(self) -> None:

@@ -358,8 +358,3 @@ def type_id(event: Event) -> str:
 def encode_event(event: Event, dates: str = "null") -> tuple[bytes, dict[str, bytes]]:
     """The value bytes and headers a Spring Kafka producer would write."""
     return dumps_json(event_to_dict(event, dates)), {TYPE_ID_HEADER: type_id(event).encode()}
-
-
-def quantize_amount(amount: Decimal) -> Decimal:
-    """Amounts as the databases store them (2 decimals)."""
-    return amount.quantize(CENT)

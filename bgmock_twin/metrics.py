@@ -16,16 +16,6 @@ LATENCY_BUCKETS = tuple(round(0.005 * 2**i, 3) for i in range(15))  # 5 ms .. 81
 PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 JOB_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
-SERVICES = ("bank_a", "bank_b", "clearing", "kafka", "db_bank_a", "db_bank_b", "db_switch")
-TOPICS = (
-    "transactions.initiated",
-    "transactions.forwarded",
-    "transactions.processed",
-    "transactions.completed",
-)
-STEPS = ("accepted", "initiated", "forwarded", "processed", "completed", "settled")
-OUTCOMES = ("success", "failed", "rejected", "stuck")
-
 # --- the twin itself -------------------------------------------------------------
 TWIN_INFO = Info("bgmock_twin", "Version, mode and instance of this twin.")
 SLO_TARGET = Gauge(
@@ -121,7 +111,6 @@ KAFKA_CONSUMER_LAST_PROGRESS = Gauge(
 PAYMENTS_SUBMITTED = Counter(
     "bgmock_payments_submitted", "Synthetic payments submitted.", ["channel", "route"]
 )
-KINDS = ("normal", "insufficient_funds", "unknown_bankgood", "unknown_payee_account")
 PAYMENTS_COMPLETED = Counter(
     "bgmock_payments_completed",
     "Synthetic payments that reached an outcome, by kind: normal payments should "

@@ -313,7 +313,3 @@ def check_deadline(
         payment.counted = Outcome.STUCK
         change.counted = Outcome.STUCK
     return change
-
-
-def route_of(from_clearing: str, a_clearing: str = "01") -> Route:
-    return Route.A_TO_B if from_clearing == a_clearing else Route.B_TO_A

@@ -86,16 +86,6 @@ class Fixtures:
     def complete(self) -> bool:
         return all(self.payers.get(c) and self.payees.get(c) for c in BANK_LETTER)
 
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "payers": self.payers,
-            "payees": {c: [p.account_number for p in ps] for c, ps in self.payees.items()},
-            "lowAccounts": self.low_accounts,
-            "ghostPayees": {c: p.bankgood_number for c, p in self.ghost_payees.items()},
-            "unknownBankgood": self.unknown_bankgood,
-            "awaitingOpening": self.awaiting_opening,
-        }
-
 
 DepositRecorder = Callable[[str, str, Decimal, str], None]
 HistoryCheck = Callable[[str, str], bool]  # (clearing, account): the ledger knows it
@@ -139,9 +129,6 @@ class Provisioner:
 
     def bankgood_name(self, clearing: str, n: int) -> str:
         return f"{self.prefix}-BG-{BANK_LETTER[clearing]}-{n:03d}"
-
-    def is_twin_account(self, account_number: str) -> bool:
-        return account_number.startswith(f"{self.prefix}-")
 
     @property
     def fixtures(self) -> Fixtures | None:
