@@ -23,7 +23,8 @@ from bgmock_twin.books.service import Books
 from bgmock_twin.bus.base import EventBus
 from bgmock_twin.clients.bgmock import BGMockClients
 from bgmock_twin.clients.databases import readonly_engine
-from bgmock_twin.emulator import EmbeddedBGMock, EmulatorConfig
+from bgmock_twin.emulator import EmbeddedBGMock, EmulatorConfig, FaultError
+from bgmock_twin.errors import InvalidRequest, NotInThisMode
 from bgmock_twin.logs import configure_logging, get_logger
 from bgmock_twin.probes import HealthRegistry, build_checks
 from bgmock_twin.scheduler import JobScheduler
@@ -237,12 +238,8 @@ class Twin:
         return result
 
     def apply_fault(self, fault: dict[str, Any]) -> dict[str, Any]:
-        from fastapi import HTTPException
-
         if self.emulator is None:
-            raise HTTPException(409, detail="faults apply to the embedded emulator only")
-        from bgmock_twin.emulator import FaultError
-
+            raise NotInThisMode("faults apply to the embedded emulator only")
         target = fault.pop("target")
         corrupt = fault.pop("corrupt_balance", None)
         drop = fault.pop("drop_outbox_row", None)
@@ -258,7 +255,7 @@ class Twin:
             if fault:
                 result["applied"] = self.emulator.faults.apply(target, fault)
         except (FaultError, KeyError) as exc:
-            raise HTTPException(422, detail=f"invalid fault: {exc}") from None
+            raise InvalidRequest(f"invalid fault: {exc}") from None
         return result
 
 

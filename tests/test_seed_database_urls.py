@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import requests
+
 from tests.support.daemon import running_daemon
 from tests.support.emulator_process import running_emulator
 from tests.support.ports import wait_for
@@ -60,3 +62,8 @@ def test_plain_postgresql_urls_start_the_daemon_and_report_the_databases_up(
             wait_for(databases_up, timeout=60, interval=0.2, message="databases up")
             assert "No module named" not in twin.log()
             assert PASSWORD not in twin.log() and PASSWORD not in bgmock.log()
+            # A domain refusal reaches the client as its status code, in the one error shape.
+            refused = requests.post(twin.url + "/api/v1/emulator/faults",
+                                    json={"target": "bank_a", "down": True}, timeout=10)
+            assert refused.status_code == 409, refused.text
+            assert refused.json() == {"error": "faults apply to the embedded emulator only"}

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bgmock_twin.clients.rest import ServiceError
+from bgmock_twin.errors import InvalidRequest, NotInThisMode, RequestRefused
 from bgmock_twin.logs import get_logger
 
 log = get_logger(__name__)
@@ -58,6 +59,16 @@ async def _service(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+_REFUSAL_STATUS: dict[type[RequestRefused], int] = {NotInThisMode: 409, InvalidRequest: 422}
+
+
+async def _refused(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestRefused)
+    code = next((status for kind, status in _REFUSAL_STATUS.items() if isinstance(exc, kind)),
+                400)
+    return JSONResponse(status_code=code, content=error_body(str(exc)))
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     reference = uuid.uuid4().hex[:12]
     log.error("api_unexpected_error", path=request.url.path, reference=reference,
@@ -71,4 +82,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(ServiceError, _service)
+    app.add_exception_handler(RequestRefused, _refused)
     app.add_exception_handler(Exception, _unexpected)
