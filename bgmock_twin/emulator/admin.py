@@ -18,14 +18,12 @@ Bad input is a 400 ``{"error": ...}``; nothing changes then.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from bgmock_twin.emulator.faults import FaultError
+from bgmock_twin.emulator.faults import FaultController, FaultError
 from bgmock_twin.emulator.web import ApiError, Request, Response, Router
-
-if TYPE_CHECKING:
-    from bgmock_twin.emulator.embedded import EmbeddedBGMock
 
 
 def _fields(body: dict[str, Any], allowed: set[str]) -> None:
@@ -41,11 +39,12 @@ def _text(body: dict[str, Any], key: str) -> str:
     return value
 
 
-def admin_router(emulator: EmbeddedBGMock) -> Router:
-    faults = emulator.faults
+def admin_router(faults: FaultController, urls: Callable[[], Mapping[str, str]],
+                 bus_name: str) -> Router:
+    """The admin routes over the emulator's fault controller; ``urls`` is read per request."""
 
     def overview(_request: Request) -> Response:
-        return Response.json(200, {"urls": emulator.urls, "bus": emulator.config.bus.name,
+        return Response.json(200, {"urls": dict(urls()), "bus": bus_name,
                                    "faults": faults.snapshot()})
 
     def get_faults(_request: Request) -> Response:

@@ -29,6 +29,7 @@ from bgmock_twin.contract import (
     TOPIC_PROCESSED,
     TOPICS,
 )
+from bgmock_twin.emulator.admin import admin_router
 from bgmock_twin.emulator.bank import BankService
 from bgmock_twin.emulator.clearing import ClearingService
 from bgmock_twin.emulator.db import Database
@@ -177,10 +178,9 @@ class EmbeddedBGMock:
             self._http[name] = http
             http.start()
         if config.admin_port is not None:
-            from bgmock_twin.emulator.admin import admin_router
-
             self._admin = HttpService("admin", config.host, config.admin_port,
-                                      admin_router(self), FaultSource())
+                                      admin_router(self.faults, lambda: self.urls, bus.name),
+                                      FaultSource())
             self._admin.start()
         self._wait_ready()
         log.info(
