@@ -10,7 +10,7 @@ Tansu broker, the real local PostgreSQL with BGMock's own user names), and a rea
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,13 @@ from tests.support.daemon import running_daemon
 from tests.support.emulator_process import EmulatorProcess, running_emulator
 from tests.support.ports import wait_for
 from tests.support.postgres import PostgresServer, writable_engine
-from tests.test_helm_chart import bgmock_postgres_secrets, container_env, full_values, render
+from tests.test_helm_chart import (
+    CHART,
+    bgmock_postgres_secrets,
+    container_env,
+    full_values,
+    render,
+)
 
 DATABASE_SETTINGS = {"DB_BANK_A": "db_bank_a", "DB_BANK_B": "db_bank_b", "DB_SWITCH": "db_switch"}
 REST_SETTINGS = {"BANK_A_URL": "bank_a", "BANK_B_URL": "bank_b", "CLEARING_SERVICE_URL": "clearing"}
@@ -72,19 +78,8 @@ def _pointed_at_stand_ins(env: dict[str, str], bgmock: EmulatorProcess, broker: 
     return local
 
 
-def _service_up(metrics_text: str) -> dict[str, float]:
-    up = {}
-    for line in metrics_text.splitlines():
-        if line.startswith("bgmock_service_up{"):
-            service = line.split('service="', 1)[1].split('"', 1)[0]
-            up[service] = float(line.rsplit(" ", 1)[1])
-    return up
-
-
 @pytest.fixture(scope="module")
-def chart() -> Any:
-    from tests.test_helm_chart import CHART
-
+def chart() -> Iterator[helm_python.Chart]:
     loaded = helm_python.Chart.load(CHART)
     try:
         yield loaded
@@ -106,8 +101,8 @@ def test_the_rendered_environment_starts_a_daemon_with_its_databases_up(
         local = _pointed_at_stand_ins(env, bgmock, kafka_broker, postgres, tmp_path)
         with running_daemon(tmp_path / "twin", **local) as twin:
             def databases_up() -> bool:
-                up = _service_up(twin.get("/metrics").text)
-                return all(up.get(service) == 1.0 for service in expected_up)
+                return all(twin.metric("bgmock_service_up", service=service) == 1.0
+                           for service in expected_up)
 
             wait_for(databases_up, timeout=90, interval=0.25, message="databases up")
             assert twin.process.poll() is None

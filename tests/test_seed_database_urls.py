@@ -32,15 +32,6 @@ def _with_password(url: str) -> str:
     return f"{scheme}://{user}:{PASSWORD}@{host}"
 
 
-def _service_up(metrics_text: str) -> dict[str, float]:
-    up = {}
-    for line in metrics_text.splitlines():
-        if line.startswith("bgmock_service_up{"):
-            service = line.split('service="', 1)[1].split('"', 1)[0]
-            up[service] = float(line.rsplit(" ", 1)[1])
-    return up
-
-
 def test_plain_postgresql_urls_start_the_daemon_and_report_the_databases_up(
     tmp_path: Path, postgres: PostgresServer
 ) -> None:
@@ -56,8 +47,8 @@ def test_plain_postgresql_urls_start_the_daemon_and_report_the_databases_up(
                     "DB_SWITCH": urls["db_switch"], "TWIN_LOAD_RATE": "0"}
         with running_daemon(tmp_path / "twin", **twin_env) as twin:
             def databases_up() -> bool:
-                up = _service_up(twin.get("/metrics").text)
-                return all(up.get(name) == 1.0 for name in DATABASES)
+                return all(twin.metric("bgmock_service_up", service=name) == 1.0
+                           for name in DATABASES)
 
             wait_for(databases_up, timeout=60, interval=0.2, message="databases up")
             assert "No module named" not in twin.log()
