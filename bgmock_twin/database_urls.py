@@ -13,7 +13,6 @@ from __future__ import annotations
 from sqlalchemy.engine import URL, make_url
 
 POSTGRES_DRIVER = "psycopg2"
-SUPPORTED_BACKENDS = ("postgresql", "sqlite")
 _POSTGRES_DRIVERS = (POSTGRES_DRIVER,)
 _SQLITE_DRIVERS = ("pysqlite",)
 
