@@ -2,7 +2,9 @@
 
 - ``kafka_broker``: a fresh Tansu broker per test module (in-memory, free port);
 - ``postgres``: the local PostgreSQL (or a throwaway cluster), one per session;
-- ``pg_database``: a fresh, empty database URL for one test.
+- ``pg_database``: a fresh, empty database URL for one test;
+- ``ledger_url``: a twin ledger URL, once on SQLite and once on PostgreSQL;
+- ``chart``: the Helm chart loaded by the real Helm engine, once per module.
 Every process started here is stopped in the fixture's teardown, also when a test fails.
 """
 
@@ -11,9 +13,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import helm_python
 import pytest
 
 from tests.support.broker import TansuBroker
+from tests.support.helm import CHART
 from tests.support.postgres import PostgresServer
 
 
@@ -53,3 +57,13 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'ledger.db'}"
     return str(request.getfixturevalue("pg_database"))
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm_python.Chart]:
+    """The chart loaded by the real Helm engine, once per test module."""
+    loaded = helm_python.Chart.load(CHART)
+    try:
+        yield loaded
+    finally:
+        loaded.close()

@@ -42,9 +42,9 @@ from pydantic import SecretStr
 
 from bgmock_twin.api.tracking_routes import SimulationRequest
 from bgmock_twin.settings import Settings, load_settings
+from tests.support.helm import CHART
 
 ROOT = Path(__file__).resolve().parent.parent
-CHART = ROOT / "helm" / "bgmock-twin"
 DASHBOARDS = ROOT / "grafana" / "dashboards"
 RULES = ROOT / "deploy" / "prometheus" / "rules"
 EXAMPLES = ROOT / "deploy" / "k8s"
@@ -153,13 +153,6 @@ def setting_default(env: str) -> Any:
 
 # --- rendering ----------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def chart() -> Iterator[helm_python.Chart]:
-    loaded = helm_python.Chart.load(CHART)
-    try:
-        yield loaded
-    finally:
-        loaded.close()
 
 
 def render_raw(chart: helm_python.Chart, values: dict[str, Any] | None = None) -> dict[str, str]:

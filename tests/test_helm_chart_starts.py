@@ -10,7 +10,7 @@ Tansu broker, the real local PostgreSQL with BGMock's own user names), and a rea
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,6 @@ from tests.support.emulator_process import EmulatorProcess, running_emulator
 from tests.support.ports import wait_for
 from tests.support.postgres import PostgresServer, writable_engine
 from tests.test_helm_chart import (
-    CHART,
     bgmock_postgres_secrets,
     container_env,
     full_values,
@@ -76,15 +75,6 @@ def _pointed_at_stand_ins(env: dict[str, str], bgmock: EmulatorProcess, broker: 
     local["TWIN_LISTEN_HOST"] = "127.0.0.1"  # loopback only; the chart says 0.0.0.0
     local.pop("TWIN_LISTEN_PORT")  # the test picks a free port
     return local
-
-
-@pytest.fixture(scope="module")
-def chart() -> Iterator[helm_python.Chart]:
-    loaded = helm_python.Chart.load(CHART)
-    try:
-        yield loaded
-    finally:
-        loaded.close()
 
 
 @pytest.mark.parametrize("values", [dict, full_values], ids=["default", "external"])
