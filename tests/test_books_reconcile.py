@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from bgmock_twin import contract_schema as schema
 from bgmock_twin.books import checks as c
 from bgmock_twin.books.checks import CheckStatus
 from bgmock_twin.books.model import AccountKey
 from bgmock_twin.books.reconcile import ReconcileConfig, Reconciler
 from bgmock_twin.books.sources import LedgerReader
 from bgmock_twin.clients.databases import readonly_engine
+from bgmock_twin.contract import tables as schema
 from bgmock_twin.tracking import ledger as ledger_tables
 from bgmock_twin.tracking.ledger import Ledger
 from tests.support.blackhole import Blackhole

@@ -12,7 +12,6 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from bgmock_twin import contract_schema as schema
 from bgmock_twin.books.model import AccountKey, Channel, DepositFact, Progress
 from bgmock_twin.books.sources import (
     LedgerReader,
@@ -22,6 +21,7 @@ from bgmock_twin.books.sources import (
     read_clearing_db,
 )
 from bgmock_twin.clients.databases import readonly_engine
+from bgmock_twin.contract import tables as schema
 from bgmock_twin.tracking import ledger as ledger_tables
 from bgmock_twin.tracking.ledger import Ledger
 from tests.support.ledgers import running_ledger

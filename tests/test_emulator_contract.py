@@ -43,7 +43,7 @@ from bgmock_twin.contract import (
     encode_event,
     loads_json,
 )
-from bgmock_twin.contract_schema import bank_outgoing_transactions, clearing_outbox_events
+from bgmock_twin.contract.tables import bank_outgoing_transactions, clearing_outbox_events
 from bgmock_twin.emulator import EmbeddedBGMock, EmulatorConfig
 from tests.support.ports import wait_for
 

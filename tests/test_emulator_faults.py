@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from bgmock_twin.bus.memory import InMemoryBus
 from bgmock_twin.contract import TOPIC_COMPLETED, TOPIC_FORWARDED, TOPIC_INITIATED
-from bgmock_twin.contract_schema import bank_outbox_events
+from bgmock_twin.contract.tables import bank_outbox_events
 from bgmock_twin.emulator import EmbeddedBGMock, EmulatorConfig, FaultError
 from tests.support.ports import free_port, port_open, wait_for
 from tests.test_emulator_contract import FAST_OUTBOX, Spy, World

@@ -12,7 +12,7 @@ import requests
 import sqlalchemy as sa
 
 from bgmock_twin.bus.memory import InMemoryBus
-from bgmock_twin.contract_schema import (
+from bgmock_twin.contract.tables import (
     accounts,
     bank_mappings,
     bank_outbox_events,

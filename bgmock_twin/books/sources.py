@@ -25,7 +25,6 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from bgmock_twin import contract_schema as schema
 from bgmock_twin.books.checks import (
     AccountReading,
     FinishedPayment,
@@ -44,6 +43,7 @@ from bgmock_twin.books.model import (
 from bgmock_twin.clients.bgmock import BGMockClients
 from bgmock_twin.clients.rest import ServiceError
 from bgmock_twin.contract import TOPIC_FORWARDED, TOPIC_INITIATED, parse_amount
+from bgmock_twin.contract import tables as schema
 
 CENTS = Decimal("100")
 ROW_LIMIT = 1000  # offending rows fetched per query; counts beyond it are noted

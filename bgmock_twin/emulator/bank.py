@@ -28,7 +28,7 @@ from bgmock_twin.contract import (
     Status,
     TransactionResponseEvent,
 )
-from bgmock_twin.contract_schema import (
+from bgmock_twin.contract.tables import (
     accounts,
     bank_metadata,
     bank_outbox_events,

@@ -26,7 +26,7 @@ from bgmock_twin.contract import (
     Status,
     TransactionResponseEvent,
 )
-from bgmock_twin.contract_schema import (
+from bgmock_twin.contract.tables import (
     bank_mappings,
     clearing_metadata,
     clearing_outbox_events,

@@ -1,4 +1,4 @@
-"""The BGMock wire contract: topics, event shapes and how to read and write them.
+"""The BGMock wire: topics, event shapes and how to read and write them.
 
 Pure functions only (no I/O), shared by the twin, its clients and the emulator so
 both sides speak exactly one dialect. See ``shared/bgmock-contract.md``:
@@ -25,9 +25,6 @@ TOPIC_PROCESSED = "transactions.processed"
 TOPIC_COMPLETED = "transactions.completed"
 TOPICS = (TOPIC_INITIATED, TOPIC_FORWARDED, TOPIC_PROCESSED, TOPIC_COMPLETED)
 PARTITIONS = 3
-
-BANK_A_CLEARING = "01"
-BANK_B_CLEARING = "02"
 
 TYPE_ID_HEADER = "__TypeId__"
 TYPE_OUTGOING = "com.bankgood.bank.event.OutgoingTransactionEvent"
