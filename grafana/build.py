@@ -1,10 +1,14 @@
-"""The six bgmock-twin dashboards, written as code with grafanalib.
+"""The six bgmock-twin dashboards, written as code with grafana-foundation-sdk.
 
 Run ``python grafana/build.py`` to regenerate ``grafana/dashboards/*.json`` and
 ``python grafana/build.py --check`` to verify the committed JSON is current (the
 test suite does the latter). Every query is written against the metric names in
-``bgmock_twin/metrics.py`` and filtered by the ``$namespace`` / ``$instance``
-variables, so one Grafana serves several twins.
+``bgmock_twin/metrics.py`` and filtered by the ``$cluster`` / ``$job`` /
+``$namespace`` / ``$instance`` variables, so one Grafana serves several twins.
+
+The dashboards' timezone comes from one place, ``timezone()``: ``--timezone``, else
+the ``BGMOCK_DASHBOARD_TIMEZONE`` environment variable, else ``utc`` (what the
+committed JSON uses). Any IANA zone name, ``utc`` or ``browser`` is accepted.
 
 Query conventions:
 - counters that may legitimately have no series yet (errors, misses, invalid
@@ -19,37 +23,74 @@ Query conventions:
 from __future__ import annotations
 
 import argparse
-import io
 import json
+import os
 import sys
+import zoneinfo
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from grafanalib import core as g
-from grafanalib._gen import DashboardEncoder
+from grafana_foundation_sdk.builders import common as cb
+from grafana_foundation_sdk.builders import dashboard as dash
+from grafana_foundation_sdk.builders import heatmap as heatmap_b
+from grafana_foundation_sdk.builders import prometheus as prom_b
+from grafana_foundation_sdk.builders import stat as stat_b
+from grafana_foundation_sdk.builders import statetimeline as statetimeline_b
+from grafana_foundation_sdk.builders import timeseries as timeseries_b
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models import heatmap as heatmap_m
+from grafana_foundation_sdk.models import prometheus as prom_m
 
 ROOT = Path(__file__).resolve().parent
 DASHBOARD_DIR = ROOT / "dashboards"
 
 DATASOURCE_UID = "bgmock-prometheus"
 DS: dict[str, str] = {"type": "prometheus", "uid": "${datasource}"}
-FILTER = 'namespace=~"$namespace", instance=~"$instance"'
+DS_REF = dm.DataSourceRef(type_val=DS["type"], uid=DS["uid"])
+# The variables every query is narrowed by, outermost first (as kube-prometheus-stack:
+# cluster, then the scrape job, then namespace and the twin instance).
+FILTER_VARIABLES = ("cluster", "job", "namespace", "instance")
+FILTER = ", ".join(f'{v}=~"${v}"' for v in FILTER_VARIABLES)
 RI = "$__rate_interval"
 TAGS = ["bgmock", "bgmock-twin"]
 
+# The committed JSON's timezone; see timezone().
+DEFAULT_TIMEZONE = "utc"
+TIMEZONE_ENV = "BGMOCK_DASHBOARD_TIMEZONE"
+
 GREEN, ORANGE, RED, BLUE, PURPLE = "green", "orange", "red", "blue", "purple"
 OUTCOME_COLORS = {"success": GREEN, "failed": RED, "rejected": ORANGE, "stuck": PURPLE}
-UP_DOWN = [{"type": "value", "options": {
-    "0": {"text": "DOWN", "color": RED, "index": 0},
-    "1": {"text": "UP", "color": GREEN, "index": 1},
-}}]
+
+
+def value_map(options: dict[str, tuple[str, str]]) -> list[dm.ValueMapping]:
+    """A value mapping: raw value -> (text, color), in the given order."""
+    return [dm.ValueMap(options={
+        raw: dm.ValueMappingResult(text=text, color=color, index=i)
+        for i, (raw, (text, color)) in enumerate(options.items())})]
+
+
+UP_DOWN = value_map({"0": ("DOWN", RED), "1": ("UP", GREEN)})
+
+
+def timezone(explicit: str | None = None) -> str:
+    """The dashboards' timezone: ``explicit``, else $BGMOCK_DASHBOARD_TIMEZONE, else utc."""
+    tz = explicit or os.environ.get(TIMEZONE_ENV) or DEFAULT_TIMEZONE
+    if tz not in ("utc", "browser"):
+        try:
+            zoneinfo.ZoneInfo(tz)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {tz!r}: use utc, browser or an IANA "
+                             "zone such as Europe/Stockholm") from None
+    return tz
 
 
 # --- PromQL helpers -------------------------------------------------------------------
 def sel(metric: str, *matchers: str) -> str:
-    """``metric{namespace=~"$namespace", instance=~"$instance", <matchers>}``."""
+    """``metric{cluster=~"$cluster", job=~"$job", namespace=~"$namespace",
+    instance=~"$instance", <matchers>}``."""
     return metric + "{" + ", ".join([FILTER, *matchers]) + "}"
 
 
@@ -69,119 +110,159 @@ def slo(name: str) -> str:
 
 
 # --- panel helpers ----------------------------------------------------------------------
-def thresholds(*steps: tuple[str, float | None]) -> list[dict[str, Any]]:
-    """Threshold steps; the first is the base (value null)."""
-    return [{"color": color, "value": value} for color, value in steps]
+Steps = list[tuple[str, float | None]]
+
+
+def thresholds(*steps: tuple[str, float | None]) -> Steps:
+    """Threshold steps (color, value); the first is the base (value None)."""
+    return list(steps)
 
 
 OK_ONLY = thresholds((GREEN, None))
 
 
+def thresholds_config(steps: Steps) -> dash.ThresholdsConfig:
+    return (dash.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE)
+            .steps([dm.Threshold(value=value, color=color) for color, value in steps]))
+
+
 def target(expr: str, legend: str = "", ref: str = "A", instant: bool = False,
-           fmt: str = "time_series") -> g.Target:
-    return g.Target(expr=expr, legendFormat=legend, refId=ref, datasource=DS,
-                    intervalFactor=1, instant=instant, format=fmt)
+           fmt: prom_m.PromQueryFormat = prom_m.PromQueryFormat.TIME_SERIES
+           ) -> prom_b.Dataquery:
+    query = (prom_b.Dataquery().expr(expr).legend_format(legend).ref_id(ref)
+             .datasource(DS_REF).format(fmt).interval_factor(1))
+    return query.instant() if instant else query.range()
 
 
-def targets(*pairs: tuple[str, str]) -> list[g.Target]:
+def targets(*pairs: tuple[str, str]) -> list[prom_b.Dataquery]:
     return [target(expr, legend, chr(ord("A") + i)) for i, (expr, legend) in enumerate(pairs)]
 
 
-def color_override(name: str, color: str) -> dict[str, Any]:
-    return {"matcher": {"id": "byName", "options": name},
-            "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": color}}]}
+def color_override(name: str, color: str) -> tuple[str, list[dm.DynamicConfigValue]]:
+    return name, [dm.DynamicConfigValue(id_val="color",
+                                        value={"mode": "fixed", "fixedColor": color})]
 
 
-def slo_line_override(name: str) -> dict[str, Any]:
+def slo_line_override(name: str) -> tuple[str, list[dm.DynamicConfigValue]]:
     """Draw an SLO series as a dashed red reference line, outside any stacking."""
-    return {"matcher": {"id": "byName", "options": name}, "properties": [
-        {"id": "color", "value": {"mode": "fixed", "fixedColor": RED}},
-        {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
-        {"id": "custom.fillOpacity", "value": 0},
-        {"id": "custom.stacking", "value": {"mode": "none", "group": "A"}},
-    ]}
+    return name, [
+        dm.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": RED}),
+        dm.DynamicConfigValue(id_val="custom.lineStyle",
+                              value={"fill": "dash", "dash": [10, 10]}),
+        dm.DynamicConfigValue(id_val="custom.fillOpacity", value=0),
+        dm.DynamicConfigValue(id_val="custom.stacking", value={"mode": "none", "group": "A"}),
+    ]
+
+
+PanelBuilder = (timeseries_b.Panel | stat_b.Panel | statetimeline_b.Panel
+                | heatmap_b.Panel)
 
 
 @dataclass
 class P:
     """A panel and its size; positions are assigned by ``layout``."""
 
-    panel: Any
+    panel: PanelBuilder
     w: int
     h: int
 
 
-def timeseries(title: str, description: str, unit: str, tgts: list[g.Target], *,
-               steps: list[dict[str, Any]] = OK_ONLY, w: int = 12, h: int = 8,
-               stack: bool = False, overrides: Iterable[dict[str, Any]] = (),
+def timeseries(title: str, description: str, unit: str, tgts: list[prom_b.Dataquery], *,
+               steps: Steps = OK_ONLY, w: int = 12, h: int = 8,
+               stack: bool = False,
+               overrides: Iterable[tuple[str, list[dm.DynamicConfigValue]]] = (),
                line_thresholds: bool = False, decimals: int | None = None,
                minimum: int | None = 0, max_value: int | None = None) -> P:
-    panel = g.TimeSeries(
-        title=title, description=description, dataSource=DS, targets=tgts, unit=unit,
-        thresholds=steps, thresholdsStyleMode="dashed" if line_thresholds else "off",
-        fillOpacity=25 if stack else 10, lineWidth=1, showPoints="never",
-        stacking={"mode": "normal", "group": "A"} if stack else {"mode": "none"},
-        legendDisplayMode="list", legendPlacement="bottom", tooltipMode="multi",
-        tooltipSort="desc", overrides=list(overrides), valueDecimals=decimals,
-        valueMin=minimum, valueMax=max_value, maxDataPoints=None,
+    panel = (
+        timeseries_b.Panel().title(title).description(description).datasource(DS_REF)
+        .targets(list(tgts)).unit(unit).thresholds(thresholds_config(steps))
+        .color_scheme(dash.FieldColor().mode(dm.FieldColorModeId.PALETTE_CLASSIC))
+        .draw_style(cm.GraphDrawStyle.LINE).line_interpolation(cm.LineInterpolation.LINEAR)
+        .line_width(1).fill_opacity(25 if stack else 10).gradient_mode(cm.GraphGradientMode.NONE)
+        .show_points(cm.VisibilityMode.NEVER).point_size(5).span_nulls(False)
+        .axis_placement(cm.AxisPlacement.AUTO)
+        .scale_distribution(cb.ScaleDistributionConfig().type(cm.ScaleDistribution.LINEAR))
+        .hide_from(cb.HideSeriesConfig().legend(False).tooltip(False).viz(False))
+        .thresholds_style(cb.GraphThresholdsStyleConfig().mode(
+            cm.GraphThresholdsStyleMode.DASHED if line_thresholds
+            else cm.GraphThresholdsStyleMode.OFF))
+        .stacking(cb.StackingConfig().mode(cm.StackingMode.NORMAL).group("A") if stack
+                  else cb.StackingConfig().mode(cm.StackingMode.NONE))
+        .legend(cb.VizLegendOptions().display_mode(cm.LegendDisplayMode.LIST)
+                .placement(cm.LegendPlacement.BOTTOM).show_legend(True).calcs([]))
+        .tooltip(cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI)
+                 .sort(cm.SortOrder.DESCENDING))
     )
+    for name, properties in overrides:
+        panel.override_by_name(name, properties)
+    if decimals is not None:
+        panel.decimals(decimals)
+    if minimum is not None:
+        panel.min(minimum)
+    if max_value is not None:
+        panel.max(max_value)
     return P(panel, w, h)
 
 
-def stat(title: str, description: str, unit: str, tgts: list[g.Target], *,
-         steps: list[dict[str, Any]], w: int = 4, h: int = 5,
-         mappings: list[dict[str, Any]] | None = None, decimals: int | None = None,
-         text_mode: str = "auto", no_value: str = "no data") -> P:
-    panel = g.Stat(
-        title=title, description=description, dataSource=DS, targets=tgts, format=unit,
-        thresholds=steps, mappings=mappings or [], decimals=decimals,
-        color={"mode": "thresholds"}, colorMode="background", graphMode="none",
-        reduceCalc="lastNotNull", textMode=text_mode, noValue=no_value, orientation="auto",
-        maxDataPoints=None,
+def stat(title: str, description: str, unit: str, tgts: list[prom_b.Dataquery], *,
+         steps: Steps, w: int = 4, h: int = 5,
+         mappings: list[dm.ValueMapping] | None = None, decimals: int | None = None,
+         text_mode: cm.BigValueTextMode = cm.BigValueTextMode.AUTO,
+         no_value: str = "no data") -> P:
+    panel = (
+        stat_b.Panel().title(title).description(description).datasource(DS_REF)
+        .targets(list(tgts)).unit(unit).thresholds(thresholds_config(steps))
+        .mappings(mappings or [])
+        .color_scheme(dash.FieldColor().mode(dm.FieldColorModeId.THRESHOLDS))
+        .color_mode(cm.BigValueColorMode.BACKGROUND).graph_mode(cm.BigValueGraphMode.NONE)
+        .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False)
+                        .fields(""))
+        .text_mode(text_mode).justify_mode(cm.BigValueJustifyMode.AUTO)
+        .orientation(cm.VizOrientation.AUTO).no_value(no_value)
     )
+    if decimals is not None:
+        panel.decimals(decimals)
     return P(panel, w, h)
 
 
-def state_timeline(title: str, description: str, tgts: list[g.Target], *,
-                   mappings: list[dict[str, Any]], steps: list[dict[str, Any]],
+def state_timeline(title: str, description: str, tgts: list[prom_b.Dataquery], *,
+                   mappings: list[dm.ValueMapping], steps: Steps,
                    unit: str = "none", w: int = 24, h: int = 7) -> P:
-    panel = g.StateTimeline(
-        title=title, description=description, dataSource=DS, targets=tgts,
-        mappings=mappings, thresholds=steps, fillOpacity=80, rowHeight=0.8,
-        showValue="never", mergeValues=True, maxDataPoints=None,
-        extraJson={"fieldConfig": {"defaults": {"unit": unit}}},
+    panel = (
+        statetimeline_b.Panel().title(title).description(description).datasource(DS_REF)
+        .targets(list(tgts)).unit(unit).thresholds(thresholds_config(steps))
+        .mappings(mappings)
+        .color_scheme(dash.FieldColor().mode(dm.FieldColorModeId.THRESHOLDS))
+        .fill_opacity(80).line_width(0).row_height(0.8).show_value(cm.VisibilityMode.NEVER)
+        .merge_values(True).align_value(cm.TimelineValueAlignment.LEFT)
+        .legend(cb.VizLegendOptions().display_mode(cm.LegendDisplayMode.LIST)
+                .placement(cm.LegendPlacement.BOTTOM).show_legend(True))
+        .tooltip(cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.SINGLE)
+                 .sort(cm.SortOrder.NONE))
     )
     return P(panel, w, h)
 
 
 def heatmap(title: str, description: str, expr: str, *, unit: str,
             w: int = 12, h: int = 8) -> P:
-    # grafanalib's Heatmap emits the legacy (pre-9) options; the modern heatmap is
-    # configured through extraJson so Grafana reads histogram buckets as they are.
-    panel = g.Heatmap(
-        title=title, description=description, dataSource=DS,
-        targets=[target(expr, "{{le}}", fmt="heatmap")], dataFormat="tsbuckets",
-        yBucketBound="upper", hideZeroBuckets=True, maxDataPoints=None,
-        thresholds=OK_ONLY,
-        extraJson={
-            "fieldConfig": {"defaults": {"unit": unit, "custom": {
-                "scaleDistribution": {"type": "linear"},
-                "hideFrom": {"legend": False, "tooltip": False, "viz": False}}}},
-            "options": {
-                "calculate": False,
-                "cellGap": 1,
-                "color": {"mode": "scheme", "scheme": "Oranges", "steps": 64,
-                          "exponent": 0.5, "fill": "dark-orange", "scale": "exponential",
-                          "reverse": False},
-                "filterValues": {"le": 1e-9},
-                "rowsFrame": {"layout": "le"},
-                "yAxis": {"axisPlacement": "left", "unit": unit, "reverse": False},
-                "tooltip": {"mode": "single", "yHistogram": True, "showColorScale": True},
-                "legend": {"show": True},
-                "exemplars": {"color": "rgba(255,0,255,0.7)"},
-                "cellValues": {"unit": "short"},
-            },
-        },
+    """The modern heatmap reading Prometheus histogram buckets as they are (le rows)."""
+    panel = (
+        heatmap_b.Panel().title(title).description(description).datasource(DS_REF)
+        .targets([target(expr, "{{le}}", fmt=prom_m.PromQueryFormat.HEATMAP)])
+        .unit(unit).thresholds(thresholds_config(OK_ONLY))
+        .scale_distribution(cb.ScaleDistributionConfig().type(cm.ScaleDistribution.LINEAR))
+        .hide_from(cb.HideSeriesConfig().legend(False).tooltip(False).viz(False))
+        .calculate(False).cell_gap(1)
+        .color(heatmap_b.HeatmapColorOptions().mode(heatmap_m.HeatmapColorMode.SCHEME)
+               .scheme("Oranges").steps(64).exponent(0.5).fill("dark-orange")
+               .scale(heatmap_m.HeatmapColorScale.EXPONENTIAL).reverse(False))
+        .filter_values(heatmap_b.FilterValueRange().le(1e-9))
+        .rows_frame(heatmap_b.RowsHeatmapOptions().layout(cm.HeatmapCellLayout.LE))
+        .y_axis(heatmap_b.YAxisConfig().axis_placement(cm.AxisPlacement.LEFT).unit(unit)
+                .reverse(False))
+        .mode(cm.TooltipDisplayMode.SINGLE).show_y_histogram().show_color_scale(True)
+        .show_legend().exemplars_color("rgba(255,0,255,0.7)")
+        .cell_values(heatmap_b.CellValues().unit("short"))
     )
     return P(panel, w, h)
 
@@ -192,58 +273,76 @@ class Row:
     panels: list[P] = field(default_factory=list)
 
 
-def layout(rows: Sequence[Row]) -> list[Any]:
-    """Place panels left to right, wrapping at 24 columns, with a row header each."""
-    out: list[Any] = []
-    y = 0
+def layout(board: dash.Dashboard, rows: Sequence[Row]) -> None:
+    """Add the rows and their panels to ``board``: panels left to right, wrapping at 24
+    columns, each row with a header; explicit positions and ids (1, 2, ... in order)."""
+    y, next_id = 0, 1
     for row in rows:
-        out.append(g.RowPanel(title=row.title, gridPos=g.GridPos(h=1, w=24, x=0, y=y)))
+        board.with_row(dash.Row(row.title).id(next_id).collapsed(False)
+                       .grid_pos(dm.GridPos(h=1, w=24, x=0, y=y)))
+        next_id += 1
         y += 1
         x, line_h = 0, 0
         for item in row.panels:
             if x + item.w > 24:
                 y += line_h
                 x, line_h = 0, 0
-            item.panel.gridPos = g.GridPos(h=item.h, w=item.w, x=x, y=y)
-            out.append(item.panel)
+            board.with_panel(item.panel.id(next_id)
+                             .grid_pos(dm.GridPos(h=item.h, w=item.w, x=x, y=y)))
+            next_id += 1
             x += item.w
             line_h = max(line_h, item.h)
         y += line_h
-    return out
 
 
-def multi_var(name: str, label: str, query: str) -> g.Template:
-    """A multi-value query variable defaulting to All (regex ``.*``)."""
-    var = g.Template(
-        name=name, label=label, dataSource=DS, query={"query": query, "refId": name},
-        includeAll=True, multi=True, allValue=".*", refresh=2, sort=1,
+def multi_var(name: str, label: str, query: str) -> dash.QueryVariable:
+    """A multi-value query variable defaulting to All (regex ``.*``, which also matches
+    a series without that label, e.g. no ``cluster`` outside a multi-cluster setup)."""
+    return (
+        dash.QueryVariable(name).label(label).datasource(DS_REF)
+        .query({"query": query, "refId": name, "qryType": 1})
+        .include_all(True).multi(True).all_value(".*")
+        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dm.VariableSort.ALPHABETICAL_ASC)
+        .current(dm.VariableOption(selected=True, text=["All"], value=["$__all"]))
     )
-    var._current = {"selected": True, "text": ["All"], "value": ["$__all"]}
-    return var
 
 
-def templating(extra: Sequence[g.Template] = ()) -> g.Templating:
-    datasource = g.Template(
-        name="datasource", label="Data source", type="datasource", query="prometheus",
-        default=DATASOURCE_UID, refresh=1, hide=0,
-    )
-    namespace = multi_var("namespace", "Namespace",
-                          "label_values(bgmock_twin_ready, namespace)")
-    instance = multi_var("instance", "Twin instance",
-                         'label_values(bgmock_twin_ready{namespace=~"$namespace"}, instance)')
-    return g.Templating(list=[datasource, namespace, instance, *extra])
+def narrowed(metric: str, *outer: str) -> str:
+    """``metric{v=~"$v", ...}`` over the given outer variables (or just ``metric``)."""
+    if not outer:
+        return metric
+    return metric + "{" + ", ".join(f'{v}=~"${v}"' for v in outer) + "}"
+
+
+def filter_variables() -> list[dash.QueryVariable]:
+    """cluster -> job -> namespace -> instance, each narrowed by those before it."""
+    labels = {"cluster": "Cluster", "job": "Job", "namespace": "Namespace",
+              "instance": "Twin instance"}
+    return [multi_var(var, labels[var], f"label_values("
+                      f"{narrowed('bgmock_twin_ready', *FILTER_VARIABLES[:i])}, {var})")
+            for i, var in enumerate(FILTER_VARIABLES)]
+
+
+def datasource_var() -> dash.DatasourceVariable:
+    return (dash.DatasourceVariable("datasource").label("Data source").type("prometheus")
+            .current(dm.VariableOption(selected=True, text=DATASOURCE_UID,
+                                       value=DATASOURCE_UID)))
 
 
 def dashboard(uid: str, title: str, description: str, rows: Sequence[Row],
-              extra_vars: Sequence[g.Template] = ()) -> g.Dashboard:
-    return g.Dashboard(
-        uid=uid, title=title, description=description, tags=TAGS,
-        panels=layout(rows), templating=templating(extra_vars),
-        time=g.Time("now-1h", "now"), refresh="30s", timezone="utc",
-        schemaVersion=39, graphTooltip=1, editable=True,
-        links=[g.DashboardLink(title="BGMock dashboards", tags=["bgmock"], asDropdown=True,
-                               includeVars=True, keepTime=True, type="dashboards")],
-    ).auto_panel_ids()
+              extra_vars: Sequence[dash.QueryVariable] = ()) -> dash.Dashboard:
+    board = (
+        dash.Dashboard(title).uid(uid).description(description).tags(TAGS)
+        .time("now-1h", "now").refresh("30s").editable()
+        .tooltip(dm.DashboardCursorSync.CROSSHAIR)
+        .variables([datasource_var(), *filter_variables(), *extra_vars])
+        .link(dash.DashboardLink("BGMock dashboards").type(dm.DashboardLinkType.DASHBOARDS)
+              .tags(["bgmock"]).as_dropdown(True).include_vars(True).keep_time(True)
+              .target_blank(False).icon("external link"))
+    )
+    layout(board, rows)
+    return board
 
 
 # --- the dashboards ------------------------------------------------------------------------
@@ -263,14 +362,14 @@ def success_ratio(by: str = "", window: str = RI) -> str:
     return f"({success} or {total} * 0) / {total}"
 
 
-def overview() -> g.Dashboard:
+def overview() -> dash.Dashboard:
     now = Row("Is payments working?", [
         stat("Services", "Last health probe of each BGMock service (banks, clearing, Kafka, "
              "databases): UP when it succeeded. Alert BGMockServiceDown / "
              "BGMockKafkaUnreachable after 1 minute DOWN.", "none",
              [target(f"min by (service) ({sel('bgmock_service_up')})", "{{service}}")],
              steps=thresholds((RED, None), (GREEN, 1)), mappings=UP_DOWN, w=8,
-             text_mode="value_and_name"),
+             text_mode=cm.BigValueTextMode.VALUE_AND_NAME),
         stat("Success ratio (10m)", "Share of the twin's synthetic payments that reached "
              "SUCCESS over the last 10 minutes (failed, rejected and stuck count against "
              "it). Deliberate failures of simulations (failure_share) are left out: they "
@@ -305,10 +404,12 @@ def overview() -> g.Dashboard:
                        (f"sum({rate('bgmock_payments_submitted_total')})", "submitted"),
                    ), stack=True, overrides=[
                        *(color_override(k, v) for k, v in OUTCOME_COLORS.items()),
-                       {"matcher": {"id": "byName", "options": "submitted"}, "properties": [
-                           {"id": "custom.stacking", "value": {"mode": "none", "group": "A"}},
-                           {"id": "custom.fillOpacity", "value": 0},
-                           {"id": "color", "value": {"mode": "fixed", "fixedColor": BLUE}}]},
+                       ("submitted", [
+                           dm.DynamicConfigValue(id_val="custom.stacking",
+                                                 value={"mode": "none", "group": "A"}),
+                           dm.DynamicConfigValue(id_val="custom.fillOpacity", value=0),
+                           dm.DynamicConfigValue(id_val="color", value={
+                               "mode": "fixed", "fixedColor": BLUE})]),
                    ]),
         timeseries("In flight", "Synthetic payments sent but not yet finished, and the "
                    "simulations running. In-flight growing without completions means the "
@@ -338,7 +439,7 @@ def overview() -> g.Dashboard:
                      [now, throughput, latency])
 
 
-def payments() -> g.Dashboard:
+def payments() -> dash.Dashboard:
     step_var = multi_var("step", "Step", "label_values(bgmock_payment_step_duration_seconds_count"
                          '{namespace=~"$namespace", instance=~"$instance"}, step)')
     step_hist = "bgmock_payment_step_duration_seconds"
@@ -418,7 +519,7 @@ def payments() -> g.Dashboard:
                      [per_step, outcomes, stuck], [step_var])
 
 
-def services() -> g.Dashboard:
+def services() -> dash.Dashboard:
     rest_total = rate("bgmock_rest_requests_total")
     health = Row("Health", [
         state_timeline("Service health", "Result of each health probe over time, per BGMock "
@@ -477,7 +578,7 @@ def services() -> g.Dashboard:
                      "twin's REST calls by service, route and status code.", [health, rest])
 
 
-def kafka() -> g.Dashboard:
+def kafka() -> dash.Dashboard:
     messages = rate("bgmock_kafka_messages_total")
     lag = sel("bgmock_kafka_consumer_lag")
     flow = Row("Messages", [
@@ -529,7 +630,7 @@ def kafka() -> g.Dashboard:
                      "status, invalid messages, consumer lag per group.", [flow, groups])
 
 
-def books() -> g.Dashboard:
+def books() -> dash.Dashboard:
     violations = sel("bgmock_invariant_violations")
     money = Row("Balances", [
         timeseries("Balance drift per bank", "Sum of |expected - actual| balance over the "
@@ -565,9 +666,7 @@ def books() -> g.Dashboard:
                        [target(f"max by (check) "
                                f"({sel('bgmock_reconciliation_check_unknown')})",
                                "{{check}}")],
-                       mappings=[{"type": "value", "options": {
-                           "0": {"text": "ran", "color": GREEN, "index": 0},
-                           "1": {"text": "UNKNOWN", "color": ORANGE, "index": 1}}}],
+                       mappings=value_map({"0": ("ran", GREEN), "1": ("UNKNOWN", ORANGE)}),
                        steps=thresholds((GREEN, None), (ORANGE, 1)), w=12, h=8),
         timeseries("Time since last reconciliation", "Seconds since the last reconciliation "
                    "run finished (TWIN_RECONCILE_INTERVAL_SECONDS, default 30 s).", "s",
@@ -601,7 +700,7 @@ def books() -> g.Dashboard:
                      [money, checks, outbox])
 
 
-def twin() -> g.Dashboard:
+def twin() -> dash.Dashboard:
     # Process metrics are exported by every Python target: keep only the twin's.
     only_twin = f"and on (namespace, instance) {sel('bgmock_twin_ready')}"
     status = Row("Status", [
@@ -610,14 +709,13 @@ def twin() -> g.Dashboard:
              [target(f"max by (instance) ({sel('up')} and on (namespace, instance) "
                      f"max_over_time({sel('bgmock_twin_ready')}[1h]))", "{{instance}}")],
              steps=thresholds((RED, None), (GREEN, 1)), mappings=UP_DOWN, w=6,
-             text_mode="value_and_name"),
+             text_mode=cm.BigValueTextMode.VALUE_AND_NAME),
         stat("Ready", "The daemon's readiness (scheduler running, control API serving).",
              "none", [target(f"max by (instance) ({sel('bgmock_twin_ready')})",
                              "{{instance}}")],
-             steps=thresholds((RED, None), (GREEN, 1)), w=6, text_mode="value_and_name",
-             mappings=[{"type": "value", "options": {
-                 "0": {"text": "NOT READY", "color": RED, "index": 0},
-                 "1": {"text": "READY", "color": GREEN, "index": 1}}}]),
+             steps=thresholds((RED, None), (GREEN, 1)), w=6,
+             text_mode=cm.BigValueTextMode.VALUE_AND_NAME,
+             mappings=value_map({"0": ("NOT READY", RED), "1": ("READY", GREEN)})),
         stat("Uptime", "Time since the twin process started.", "s",
              [target(f"time() - max by (instance) "
                      f"({sel('process_start_time_seconds')} {only_twin})", "{{instance}}")],
@@ -683,24 +781,35 @@ def twin() -> g.Dashboard:
                    [target(f"sum by (method, route, code) "
                            f"({rate('bgmock_api_requests_total')})",
                            "{{method}} {{route}} {{code}}")], w=8),
+        timeseries("Control API refused authentications", "Control-API requests refused "
+                   "per second for a missing bearer token (missing), another auth scheme "
+                   "(scheme) or a wrong token (wrong_token). A steady wrong_token rate is a "
+                   "client with a stale token, or someone guessing.", "reqps",
+                   [target(f"sum by (reason) ({rate('bgmock_api_auth_failures_total')})",
+                           "{{reason}}")],
+                   steps=thresholds((GREEN, None), (ORANGE, 0.1)), line_thresholds=True,
+                   w=8),
         timeseries("Send lag p99", "99th percentile of actual minus intended send time of "
                    "synthetic payments. High values mean the twin itself is saturated.", "s",
                    [target(quantile(0.99, "bgmock_payment_send_lag_seconds"), "p99")],
                    steps=thresholds((GREEN, None), (ORANGE, 0.1), (RED, 1)), w=8),
         timeseries("Ledger buffer", "Ledger writes waiting for the twin's database.", "none",
                    [target(f"sum({sel('bgmock_ledger_buffered')})", "buffered")],
-                   steps=thresholds((GREEN, None), (ORANGE, 1000)), decimals=0),
+                   steps=thresholds((GREEN, None), (ORANGE, 1000)), decimals=0, w=8),
         timeseries("Ledger errors and drops", "Failed ledger writes and writes dropped "
                    "because the buffer was full, per second; 0 when none.", "ops", targets(
                        (f"sum({rate('bgmock_ledger_write_errors_total')}) or vector(0)",
                         "write errors"),
                        (f"sum({rate('bgmock_ledger_dropped_total')}) or vector(0)", "dropped"),
-                   ), steps=thresholds((GREEN, None), (RED, 0.01)), line_thresholds=True),
+                   ), steps=thresholds((GREEN, None), (RED, 0.01)), line_thresholds=True,
+                   w=8),
     ])
     return dashboard("bgmock-twin", "BGMock twin",
                      "The bgmock-twin daemon's own health: scrape and readiness, scheduler "
                      "job durations and misses, process CPU/memory, Kafka client errors, "
-                     "control API and ledger.", [status, scheduler, process, internals])
+                     "control API (requests, refused authentications) and ledger.",
+                     [status, scheduler, process, internals])
+
 
 
 DASHBOARDS = {
@@ -713,21 +822,22 @@ DASHBOARDS = {
 }
 
 
-def render(name: str) -> str:
-    """The JSON text of one dashboard, exactly as committed."""
-    out = io.StringIO()
-    json.dump(DASHBOARDS[name]().to_json_data(), out, sort_keys=True, indent=2,
-              cls=DashboardEncoder)
-    out.write("\n")
-    return out.getvalue()
+def build(name: str, tz: str = DEFAULT_TIMEZONE) -> dm.Dashboard:
+    """One dashboard as the SDK's model, in timezone ``tz``."""
+    return DASHBOARDS[name]().timezone(timezone(tz)).build()
 
 
-def stale(directory: Path = DASHBOARD_DIR) -> list[str]:
+def render(name: str, tz: str = DEFAULT_TIMEZONE) -> str:
+    """The JSON text of one dashboard, exactly as committed (for tz=utc)."""
+    return json.dumps(build(name, tz), cls=JSONEncoder, sort_keys=True, indent=2) + "\n"
+
+
+def stale(directory: Path = DASHBOARD_DIR, tz: str = DEFAULT_TIMEZONE) -> list[str]:
     """Names of dashboards whose committed JSON differs from the code (or is missing)."""
     names = []
     for name in DASHBOARDS:
         path = directory / f"{name}.json"
-        if not path.exists() or path.read_text(encoding="utf-8") != render(name):
+        if not path.exists() or path.read_text(encoding="utf-8") != render(name, tz):
             names.append(name)
     extra = {p.stem for p in directory.glob("*.json")} - set(DASHBOARDS)
     return names + sorted(extra)
@@ -736,18 +846,28 @@ def stale(directory: Path = DASHBOARD_DIR) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true",
-                        help="exit 1 if grafana/dashboards/*.json differs from the code")
+                        help="exit 1 if the JSON in --out differs from the code")
+    parser.add_argument("--timezone", default=None,
+                        help=f"dashboard timezone: utc, browser or an IANA zone (default: "
+                             f"${TIMEZONE_ENV}, else {DEFAULT_TIMEZONE}; the committed JSON "
+                             f"uses {DEFAULT_TIMEZONE})")
+    parser.add_argument("--out", type=Path, default=DASHBOARD_DIR,
+                        help="directory of the JSON files (default: grafana/dashboards)")
     args = parser.parse_args(argv)
+    try:
+        tz = timezone(args.timezone)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.check:
-        bad = stale()
+        bad = stale(args.out, tz)
         if bad:
             print("out of date: " + ", ".join(bad) + " (run python grafana/build.py)",
                   file=sys.stderr)
             return 1
         return 0
-    DASHBOARD_DIR.mkdir(exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     for name in DASHBOARDS:
-        (DASHBOARD_DIR / f"{name}.json").write_text(render(name), encoding="utf-8")
+        (args.out / f"{name}.json").write_text(render(name, tz), encoding="utf-8")
     return 0
 
 

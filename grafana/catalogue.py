@@ -16,8 +16,9 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from bgmock_twin import metrics
 
-# Labels every scraped series carries (target labels), plus those Prometheus adds.
-TARGET_LABELS = frozenset({"namespace", "instance", "job"})
+# Labels every scraped series carries (target labels, `cluster` where a deployment
+# sets one), plus those Prometheus adds.
+TARGET_LABELS = frozenset({"cluster", "namespace", "instance", "job"})
 # Series made by Prometheus itself or by prometheus-client's default collectors.
 BUILTIN = {
     "up": frozenset(),

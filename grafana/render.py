@@ -49,6 +49,7 @@ from grafana.queries import (
     substitute,
 )
 
+TARGET_LABELS = ("cluster", "job", "instance", "namespace")  # the same on every series
 BG, PANEL_BG, TEXT, GRID = "#111217", "#181b1f", "#ccccdc", "#2c3235"
 NAMED = {"green": "#73BF69", "orange": "#FF9830", "red": "#F2495C", "blue": "#5794F2",
          "purple": "#B877D9", "yellow": "#FADE2A", "text": TEXT}
@@ -119,7 +120,7 @@ def fmt_value(value: float, unit: str, decimals: int | None = None) -> str:
 def legend(fmt: str, labels: Mapping[str, str], expr: str) -> str:
     if fmt:
         return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), fmt).strip()
-    shown = {k: v for k, v in labels.items() if k not in ("job", "instance", "namespace")}
+    shown = {k: v for k, v in labels.items() if k not in TARGET_LABELS}
     return "{" + ", ".join(f'{k}="{v}"' for k, v in shown.items()) + "}" if shown else expr[:40]
 
 
@@ -442,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step", type=float, default=0.0, help="query step in seconds")
     parser.add_argument("--scrape-interval", type=float, default=15.0,
                         help="the data source's scrape interval (for $__rate_interval)")
+    parser.add_argument("--cluster", action="append", help="select cluster(s); default All")
+    parser.add_argument("--job", action="append", help="select scrape job(s); default All")
     parser.add_argument("--namespace", action="append", help="select namespace(s); default All")
     parser.add_argument("--instance", action="append", help="select instance(s); default All")
     parser.add_argument("--dashboard", action="append", help="only these dashboards")
@@ -462,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
             step = args.step or max(1.0, (end - start) / 120)
             empty = render_all(Prometheus(stack.prometheus_url), args.out, start, end, step,
                                stack.scrape_interval,
-                               {"namespace": [args.namespace[0]] if args.namespace else None,
+                               {"cluster": None, "job": None,
+                                "namespace": [args.namespace[0]] if args.namespace else None,
                                 "instance": None, "step": None}, args.dashboard)
         stack.cleanup()
     else:
@@ -473,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         step = args.step or max(1.0, args.range_ / 120)
         empty = render_all(Prometheus(args.prometheus), args.out, start, end, step,
                            args.scrape_interval,
-                           {"namespace": args.namespace, "instance": args.instance,
+                           {"cluster": args.cluster, "job": args.job,
+                            "namespace": args.namespace, "instance": args.instance,
                             "step": None}, args.dashboard)
     return 1 if any(empty.values()) else 0
 

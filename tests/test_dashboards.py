@@ -1,14 +1,18 @@
 """The provisioned dashboards: generated from code, complete, and well-formed.
 
 Checks what Grafana will load (grafana/dashboards/*.json): it matches the code in
-grafana/build.py; every panel has a unit, a description and thresholds; every
-query is filtered by $namespace/$instance, uses only series the twin exports, and
-parses (promtool); provisioning points at the stable data source uid.
+grafana/build.py; grafana-foundation-sdk's own models accept it (and reject broken
+dashboards); every panel has a unit, a description and thresholds; every query is
+filtered by $cluster/$job/$namespace/$instance, uses only series the twin exports,
+and parses (promtool); the timezone is set in one place; provisioning points at the
+stable data source uid.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from grafana import build
+from grafana import build, validate
 from grafana.catalogue import TARGET_LABELS, exported_series, selectors
 from grafana.queries import (
     iter_panels,
@@ -74,23 +78,172 @@ def test_the_six_dashboards_with_stable_uids(dashboards: dict[str, dict[str, Any
         assert d["schemaVersion"] >= 36, name
 
 
-def test_templating_by_datasource_namespace_and_instance(
+FILTER_VARIABLES = ("cluster", "job", "namespace", "instance")
+
+
+def test_templating_by_datasource_cluster_job_namespace_and_instance(
     dashboards: dict[str, dict[str, Any]],
 ) -> None:
     for name, d in dashboards.items():
         variables = {v["name"]: v for v in d["templating"]["list"]}
+        names = [v["name"] for v in d["templating"]["list"]]
+        assert names[:5] == ["datasource", *FILTER_VARIABLES], name
         ds = variables["datasource"]
         assert ds["type"] == "datasource" and ds["query"] == "prometheus", name
         assert ds["current"]["value"] == build.DATASOURCE_UID, name
         queries = variable_queries(d)
-        for var in ("namespace", "instance"):
+        for i, var in enumerate(FILTER_VARIABLES):
             match, label = parse_label_values(queries[var])
             assert label == var and match is not None, (name, var)
             assert match.startswith("bgmock_twin_ready"), (name, var)
+            # All = ".*", which also matches a series without the label (no cluster
+            # label outside a multi-cluster setup), and All is the default.
             assert variables[var]["includeAll"] and variables[var]["multi"], (name, var)
             assert variables[var]["allValue"] == ".*", (name, var)
-        # instance narrows to the selected namespace(s)
-        assert 'namespace=~"$namespace"' in queries["instance"], name
+            assert variables[var]["current"]["value"] == ["$__all"], (name, var)
+            # each narrows by the ones before it: cluster -> job -> namespace -> instance
+            for outer in FILTER_VARIABLES[:i]:
+                assert f'{outer}=~"${outer}"' in match, (name, var, outer)
+            for inner in FILTER_VARIABLES[i:]:
+                assert f"${inner}" not in match, (name, var, inner)
+
+
+def test_regex_all_matches_an_absent_cluster_label(tmp_path: Path) -> None:
+    """What the $cluster default relies on, checked with promtool's own engine: a
+    series without a cluster label is selected by cluster=~".*" (All), and not by a
+    real cluster name."""
+    series = tmp_path / "series.yml"
+    series.write_text(yaml.safe_dump({
+        "rule_files": [], "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [{"series": 'bgmock_twin_ready{job="bgmock-twin", '
+                                        'namespace="ns", instance="a:1"}', "values": "1"}],
+            "promql_expr_test": [
+                {"expr": 'bgmock_twin_ready{cluster=~".*", job=~".*"}', "eval_time": "0m",
+                 "exp_samples": [{"labels": 'bgmock_twin_ready{job="bgmock-twin", '
+                                            'namespace="ns", instance="a:1"}', "value": 1}]},
+                {"expr": 'bgmock_twin_ready{cluster=~"eu-1"}', "eval_time": "0m",
+                 "exp_samples": []},
+            ],
+        }],
+    }))
+    result = subprocess.run(["/usr/bin/promtool", "test", "rules", str(series)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_dashboard_is_accepted_by_the_sdk_models(
+    dashboards: dict[str, dict[str, Any]],
+) -> None:
+    """grafana-foundation-sdk's decoder and typed models accept each committed
+    dashboard as it is: nothing unknown, nothing of the wrong type."""
+    for name, d in dashboards.items():
+        assert validate.problems(d) == [], name
+    assert validate.main([str(p) for p in sorted(build.DASHBOARD_DIR.glob("*.json"))]) == 0
+
+
+def _broken(d: dict[str, Any], change: Any) -> dict[str, Any]:
+    out = copy.deepcopy(d)
+    change(out)
+    return out
+
+
+@pytest.mark.parametrize(("what", "change", "expected"), [
+    ("unknown panel type", lambda d: d["panels"][1].update(type="graph-legacy"),
+     "unknown panel type 'graph-legacy'"),
+    ("grid width as a string", lambda d: d["panels"][1]["gridPos"].update(w="12"),
+     "grid_pos.w: expected int"),
+    ("title as a number", lambda d: d["panels"][1].update(title=5), "title: expected string"),
+    ("unknown legend mode", lambda d: d["panels"][1]["options"]["legend"].update(
+        displayMode="fancy"), "is not a LegendDisplayMode"),
+    ("field config of the wrong type", lambda d: d["panels"][1]["fieldConfig"]["defaults"]
+     ["custom"].update(fillOpacity="10"), "fill_opacity: expected number"),
+    ("threshold value as a string", lambda d: d["panels"][1]["fieldConfig"]["defaults"]
+     ["thresholds"]["steps"][0].update(value="0"), "value: expected number"),
+    ("unknown query format", lambda d: d["panels"][1]["targets"][0].update(format="graph"),
+     "is not a PromQueryFormat"),
+    ("unknown data source type", lambda d: d["panels"][1].update(
+        datasource={"type": "no-such-plugin", "uid": "x"}), "unknown data source type"),
+    ("variable refresh out of range", lambda d: d["templating"]["list"][1].update(refresh=7),
+     "is not a VariableRefresh"),
+    ("legacy field unknown to the schema", lambda d: d["panels"][1].update(minSpan=None),
+     "minSpan: not kept by the SDK's model"),
+    ("null where an object belongs", lambda d: d["templating"].update(list=None),
+     "decoder failed"),
+])
+def test_validation_rejects_a_broken_dashboard(
+    dashboards: dict[str, dict[str, Any]], what: str, change: Any, expected: str,
+) -> None:
+    base = dashboards["kafka"]  # panel 1: a timeseries with legend and custom config
+    assert base["panels"][1]["type"] == "timeseries"
+    assert validate.problems(base) == []
+    found = validate.problems(_broken(base, change))
+    assert any(expected in p for p in found), f"{what}: {found}"
+
+
+def grafanalib_style(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with the legacy fields grafanalib 0.7 wrote on every dashboard, panel and
+    variable (copied from the JSON it generated here before)."""
+    out = copy.deepcopy(d)
+    out.update({"__inputs": [], "gnetId": None, "hideControls": False, "id": None,
+                "rows": [], "sharedCrosshair": False, "style": "dark", "version": 0})
+    for panel in out["panels"]:
+        panel.update({"cacheTimeout": None, "editable": True, "error": False, "height": None,
+                      "interval": None, "maxDataPoints": None, "maxPerRow": None,
+                      "minSpan": None, "repeat": None, "span": None, "timeFrom": None,
+                      "timeShift": None})
+    for var in out["templating"]["list"]:
+        var.update({"regex": None, "tagValuesQuery": None, "tagsQuery": None,
+                    "useTags": False})
+    out["templating"]["list"][0]["datasource"] = None
+    return out
+
+
+def test_validation_rejects_grafanalib_output(dashboards: dict[str, dict[str, Any]],
+                                              tmp_path: Path) -> None:
+    found = validate.problems(grafanalib_style(dashboards["books"]))
+    assert found, "grafanalib-style JSON passed the SDK validation"
+    path = tmp_path / "books.json"
+    path.write_text(json.dumps(grafanalib_style(dashboards["books"])))
+    assert validate.main([str(path)]) == 1
+    # without the null data source of the first variable the decoder gets further, and
+    # the typed models still refuse the legacy nulls and fields
+    lenient = grafanalib_style(dashboards["books"])
+    del lenient["templating"]["list"][0]["datasource"]
+    found = validate.problems(lenient)
+    assert any("style: not kept by the SDK's model" in p for p in found), found
+    assert any("cacheTimeout" in p or "cache_timeout" in p for p in found), found
+
+
+def test_timezone_is_set_in_one_place(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                      dashboards: dict[str, dict[str, Any]]) -> None:
+    assert {d["timezone"] for d in dashboards.values()} == {build.DEFAULT_TIMEZONE} == {"utc"}
+    monkeypatch.delenv(build.TIMEZONE_ENV, raising=False)
+    assert build.timezone() == "utc"
+    monkeypatch.setenv(build.TIMEZONE_ENV, "browser")
+    assert build.timezone() == "browser"
+    assert build.timezone("Europe/Stockholm") == "Europe/Stockholm"  # argument wins
+    with pytest.raises(ValueError, match="unknown timezone"):
+        build.timezone("Mars/Olympus_Mons")
+    # the command line: env var and --timezone reach every dashboard
+    env = {**os.environ, build.TIMEZONE_ENV: "Europe/Stockholm"}
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, str(GRAFANA / "build.py"), "--out", str(out)],
+                   check=True, cwd=ROOT, env=env)
+    built = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+    assert set(built) == EXPECTED
+    assert {d["timezone"] for d in built.values()} == {"Europe/Stockholm"}
+    subprocess.run([sys.executable, str(GRAFANA / "build.py"), "--out", str(out),
+                    "--timezone", "browser"], check=True, cwd=ROOT, env=env)
+    assert {json.loads(p.read_text())["timezone"] for p in out.glob("*.json")} == {"browser"}
+    # only the timezone differs from the committed JSON
+    for name, d in built.items():
+        assert {**d, "timezone": "utc"} == dashboards[name], name
+    bad = subprocess.run([sys.executable, str(GRAFANA / "build.py"), "--out", str(out),
+                          "--timezone", "Nowhere/Land"], capture_output=True, text=True,
+                         cwd=ROOT)
+    assert bad.returncode == 2 and "unknown timezone" in bad.stderr
 
 
 def test_every_panel_has_unit_description_and_thresholds(
@@ -169,20 +322,21 @@ def test_required_visualisations(dashboards: dict[str, dict[str, Any]]) -> None:
                   "bgmock_outbox_pending", "bgmock_outbox_oldest_age_seconds"],
         "twin": ["bgmock_scheduler_job_duration_seconds_bucket",
                  "bgmock_scheduler_job_missed_total", "process_cpu_seconds_total",
-                 "process_resident_memory_bytes", "bgmock_kafka_client_errors_total"],
+                 "process_resident_memory_bytes", "bgmock_kafka_client_errors_total",
+                 "sum by (reason) (rate(bgmock_api_auth_failures_total"],
     }.items():
         for text in needed:
             assert text in exprs[name], f"{name} dashboard lacks {text}"
 
 
-def test_queries_filter_by_namespace_and_instance_and_use_real_series(
+def test_queries_filter_by_cluster_job_namespace_and_instance_and_use_real_series(
     dashboards: dict[str, dict[str, Any]],
 ) -> None:
     catalogue = exported_series()
     problems = []
     panel_exprs = [(q.name, q.expr, True) for q in panel_queries(dashboards)]
     # Variable queries select from the same series but narrow only by the
-    # variables before them (namespace -> instance -> step).
+    # variables before them (cluster -> job -> namespace -> instance -> step).
     var_exprs = [(f"{n} / ${v}", q, False) for n, d in dashboards.items()
                  for v, q in variable_queries(d).items()]
     for name, expr, filtered in panel_exprs + var_exprs:
@@ -198,7 +352,7 @@ def test_queries_filter_by_namespace_and_instance_and_use_real_series(
                          for label in sel.matchers if label not in allowed]
             if not filtered:
                 continue
-            for var in ("namespace", "instance"):
+            for var in FILTER_VARIABLES:
                 if sel.matchers.get(var) != f'=~"${var}"':
                     problems.append(f"{name}: {sel.metric} not filtered by ${var}")
     assert not problems, "\n".join(problems)
@@ -208,7 +362,8 @@ def test_every_query_parses(dashboards: dict[str, dict[str, Any]], tmp_path: Pat
     """promtool parses each panel query (variables filled in as Grafana would)."""
     rules = []
     for i, q in enumerate(panel_queries(dashboards)):
-        expr = substitute(q.expr, {"namespace": None, "instance": ["10.0.0.1:8080"],
+        expr = substitute(q.expr, {"cluster": None, "job": ["bgmock-twin"], "namespace": None,
+                                   "instance": ["10.0.0.1:8080"],
                                    "step": ["forwarded", "processed"]},
                           step=15, scrape_interval=15, range_seconds=3600)
         assert "$" not in expr, expr

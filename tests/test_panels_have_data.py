@@ -26,7 +26,7 @@ from grafana.queries import (
     substitute,
     variable_queries,
 )
-from grafana.stack import NAMESPACE, LiveStack, poll
+from grafana.stack import JOB, NAMESPACE, LiveStack, poll
 
 pytestmark = pytest.mark.slow
 
@@ -58,8 +58,11 @@ def prom(live: LiveStack) -> Iterator[Prometheus]:
 
 
 def selection(live: LiveStack) -> dict[str, Sequence[str] | None]:
-    """The variables as a user picks them: this deployment, this twin, all steps."""
-    return {"namespace": [NAMESPACE], "instance": [live.instance], "step": None}
+    """The variables as a user picks them: this scrape job, this deployment, this
+    twin, all steps, and cluster left at its default All (this Prometheus sets no
+    cluster label, as in a single-cluster setup: All must still match)."""
+    return {"cluster": None, "job": [JOB], "namespace": [NAMESPACE],
+            "instance": [live.instance], "step": None}
 
 
 def evaluate(prom: Prometheus, queries: Sequence[PanelQuery],
@@ -106,13 +109,18 @@ def test_every_panel_query_returns_data(live: LiveStack, prom: Prometheus) -> No
 
 def test_template_variables_resolve(live: LiveStack, prom: Prometheus) -> None:
     variables = selection(live)
-    expected = {"namespace": NAMESPACE, "instance": live.instance}
+    expected = {"job": JOB, "namespace": NAMESPACE, "instance": live.instance}
     for name, dashboard in load_dashboards().items():
         for var, query in variable_queries(dashboard).items():
             match, label = parse_label_values(query)
             if match is not None:
                 match = substitute(match, variables, step=STEP,
                                    scrape_interval=live.scrape_interval, range_seconds=60)
+            if var == "cluster":
+                # No cluster label here: the variable offers no value and its All
+                # (".*") is what the panels above were evaluated with.
+                assert prom.label_values(label, match) == [], f"{name}: ${var}"
+                continue
 
             def values(match: str | None = match, label: str = label) -> list[str]:
                 return prom.label_values(label, match)
