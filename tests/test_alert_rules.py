@@ -7,14 +7,19 @@ every alert has a severity, a summary and description naming what and where, a
 runbook section, a firing and a non-firing unit test, and takes its threshold from
 ``bgmock_slo_target`` rather than a number in the expression; the success SLO's
 burn-rate alerts follow the policy pinned below (their factors and minimum traffic
-are the only numbers allowed), and the example Alertmanager inhibit_rules name only
-real alerts and labels those alerts carry.
+are the only numbers allowed). The example Alertmanager inhibit_rules name only real
+alerts and labels those alerts carry, pass ``amtool check-config``, and a real
+Alertmanager (Debian's prometheus-alertmanager) mutes with them exactly what they
+are meant to mute.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import re
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +28,7 @@ import pytest
 import yaml
 
 from grafana.catalogue import TARGET_LABELS, exported_series, selectors
+from tests.support.ports import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PROM = ROOT / "deploy" / "prometheus"
@@ -31,6 +37,8 @@ TESTS = sorted((PROM / "tests").glob("*.yml"))
 RUNBOOK = PROM / "RUNBOOK.md"
 INHIBIT = ROOT / "deploy" / "alertmanager" / "inhibit-rules.yml"
 PROMTOOL = "/usr/bin/promtool"
+AMTOOL = "/usr/bin/amtool"
+ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 
 # The issue's required alerts (by what they detect) and the rule that covers each.
 REQUIRED = {
@@ -509,3 +517,125 @@ def test_inhibition_silences_the_storm_and_nothing_else(
     assert silenced_by("BGMockKafkaUnreachable", namespace="other") == set()
     assert silenced_by("BGMockServiceDown", service="other") == \
         OUTAGE_SYMPTOMS - {"BGMockOutboxBacklogGrowing", "BGMockOutboxStalled"}
+
+
+# --- the inhibit rules in a real Alertmanager ----------------------------------------
+
+def alertmanager_config(tmp_path: Path, inhibit_text: str) -> Path:
+    """A minimal alertmanager.yml with the example inhibit_rules pasted in."""
+    doc = {"route": {"receiver": "nowhere", "group_wait": "1h"},
+           "receivers": [{"name": "nowhere"}], **yaml.safe_load(inhibit_text)}
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_amtool_accepts_the_inhibit_rules(tmp_path: Path,
+                                          inhibit_rules: list[dict[str, Any]]) -> None:
+    config = alertmanager_config(tmp_path, INHIBIT.read_text())
+    result = subprocess.run([AMTOOL, "check-config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(inhibit_rules)} inhibit rules" in result.stdout
+    # ... and amtool would say so if a matcher were broken.
+    broken = INHIBIT.read_text().replace('alertname="BGMockTwinDown"', 'alertname=~"BGMock(("', 1)
+    config = alertmanager_config(tmp_path, broken)
+    result = subprocess.run([AMTOOL, "check-config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+
+
+def http_json(url: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        text = response.read().decode()
+    return json.loads(text) if text.strip() else None
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[str]:
+    """A real Alertmanager (no cluster) with the example inhibit rules, on a free port."""
+    port = free_port()
+    config = alertmanager_config(tmp_path, INHIBIT.read_text())
+    log_path = tmp_path / "alertmanager.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [ALERTMANAGER, f"--config.file={config}", f"--storage.path={tmp_path / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+            stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            def ready() -> bool:
+                if process.poll() is not None:
+                    raise AssertionError(f"alertmanager exited: {log_path.read_text()}")
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
+                    return bool(response.status == 200)
+
+            wait_for(ready, timeout=30, message="alertmanager to be ready")
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def test_real_alertmanager_inhibits_as_intended(alertmanager: str,
+                                                inhibit_rules: list[dict[str, Any]],
+                                                alerts: dict[str, list[dict[str, Any]]]) -> None:
+    """Every alert as promtool makes it fire, on three twins: a (bank_a down), b (no
+    cause) and c (not scraped). Alertmanager itself must mute exactly a's outage
+    symptoms (of the outboxes only bank_a's) and everything of c's but the causes and
+    the money, nothing of b's; and agree with inhibited() above, alert by alert."""
+    fired = firing_label_sets()
+    symptoms = [labels for name, sets in fired.items() if name not in CAUSES
+                for labels in sets[:1] if "instance" in labels]
+    outbox = {"BGMockOutboxBacklogGrowing", "BGMockOutboxStalled"}
+    posted: list[dict[str, str]] = []
+    for twin in ("a:8080", "b:8080", "c:8080"):
+        for labels in symptoms:
+            services = ["bank_a", "bank_b"] if labels["alertname"] in outbox else [None]
+            for service in services:
+                alert = {**labels, "namespace": "pay", "instance": twin}
+                if service:
+                    alert["service"] = service
+                posted.append(alert)
+    down = {**fired["BGMockServiceDown"][0], "namespace": "pay", "instance": "a:8080",
+            "service": "bank_a"}
+    not_scraped = {**fired["BGMockTwinDown"][0], "namespace": "pay", "instance": "c:8080"}
+    posted += [down, not_scraped]
+
+    expected = {}
+    for alert in posted:
+        key = json.dumps(alert, sort_keys=True)
+        twin, name = alert["instance"], alert["alertname"]
+        if alert is down or alert is not_scraped or twin == "b:8080":
+            expected[key] = False
+        elif twin == "a:8080":
+            expected[key] = name in OUTAGE_SYMPTOMS and alert.get("service") != "bank_b"
+        else:
+            expected[key] = name not in NEVER_INHIBITED
+        assert expected[key] == inhibited(alert, posted, inhibit_rules), alert
+    assert sum(expected.values()) > len(OUTAGE_SYMPTOMS)
+
+    now = datetime.datetime.now(datetime.UTC)
+    http_json(f"{alertmanager}/api/v2/alerts", [
+        {"labels": alert, "startsAt": now.isoformat(),
+         "endsAt": (now + datetime.timedelta(hours=1)).isoformat()} for alert in posted])
+
+    def states() -> dict[str, bool] | None:
+        got = {json.dumps(a["labels"], sort_keys=True): bool(a["status"]["inhibitedBy"])
+               for a in http_json(f"{alertmanager}/api/v2/alerts")}
+        return got if got == expected else None
+
+    try:
+        wait_for(states, timeout=30, interval=0.2, message="Alertmanager's inhibition")
+    except TimeoutError:
+        got = {json.dumps(a["labels"], sort_keys=True): bool(a["status"]["inhibitedBy"])
+               for a in http_json(f"{alertmanager}/api/v2/alerts")}
+        wrong = {k: (got.get(k), v) for k, v in expected.items() if got.get(k) != v}
+        raise AssertionError(f"(Alertmanager, intended) differ for {wrong}") from None
+
