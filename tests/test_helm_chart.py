@@ -12,8 +12,9 @@ One source of truth: files/dashboards and files/rules inside the chart are symli
 grafana/dashboards and deploy/prometheus/rules; Helm's loader and `helm package`
 resolve them (proven below).
 
-The `config` section of values.schema.json is derived from bgmock_twin/settings.py.
-After adding a setting run `.venv/bin/python tests/test_helm_chart.py --update-schema`.
+The `config` section of values.schema.json is derived from bgmock_twin/settings.py, and
+the alert names `prometheusRule.disabledAlerts` accepts from deploy/prometheus/rules.
+After adding a setting or an alert run `.venv/bin/python tests/test_helm_chart.py --update-schema`.
 """
 
 from __future__ import annotations
@@ -668,6 +669,11 @@ BAD_VALUES = [
     ({"probes": {"readiness": {"path": "readyz"}}}, "/probes/readiness/path"),
     ({"dashboards": {"labels": {"grafana_dashboard": 1}}}, "/dashboards/labels/grafana_dashboard"),
     ({"existingSecret": "Not_A_Name"}, "/existingSecret"),
+    ({"prometheusRule": {"disabledAlerts": ["BGMockNoSuchAlert"]}}, "/prometheusRule/disabledAlerts/0"),
+    ({"prometheusRule": {"disabledAlerts": "BGMockServiceDown"}}, "/prometheusRule/disabledAlerts"),
+    ({"prometheusRule": {"runbookUrlBase": "wiki/RUNBOOK.md"}}, "/prometheusRule/runbookUrlBase"),
+    ({"prometheusRule": {"runbookUrlBase": "https://wiki.example/RUNBOOK.md#x"}},
+     "/prometheusRule/runbookUrlBase"),
 ]
 
 
@@ -811,6 +817,88 @@ def test_prometheus_rule_adds_labels_to_alerts_only(chart: helm_python.Chart) ->
     assert alerts > 0
 
 
+def alert_names() -> list[str]:
+    """Every alert name of the rule files, each once, sorted."""
+    return sorted({rule["alert"] for group in rule_groups_from_files()
+                   for rule in group["rules"] if "alert" in rule})
+
+
+def rendered_rules(rule: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for group in rule["spec"]["groups"] for r in group["rules"]]
+
+
+def test_schema_knows_every_alert_name() -> None:
+    """disabledAlerts is checked at install time against the rule files' names."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    disabled = schema["properties"]["prometheusRule"]["properties"]["disabledAlerts"]
+    assert disabled["items"]["enum"] == alert_names(), (
+        "values.schema.json is behind deploy/prometheus/rules: run "
+        "`.venv/bin/python tests/test_helm_chart.py --update-schema`")
+
+
+def test_every_alert_can_be_disabled(chart: helm_python.Chart) -> None:
+    """Each alert, disabled by values, is gone from the PrometheusRule (every rule of
+    that name) and nothing else changed; the rest still passes promtool."""
+    originals = rule_groups_from_files()
+    for name in alert_names():
+        rule = find(render(chart, {"prometheusRule": {"enabled": True,
+                                                      "disabledAlerts": [name]}}),
+                    "PrometheusRule")
+        jsonschema.validate(rule, PROMETHEUS_RULE_SCHEMA)
+        expected = [{**group, "rules": [r for r in group["rules"] if r.get("alert") != name]}
+                    for group in originals]
+        assert rule["spec"]["groups"] == [g for g in expected if g["rules"]], name
+        assert name not in {r.get("alert") for r in rendered_rules(rule)}
+
+
+def test_disabled_alerts_leave_no_empty_group(chart: helm_python.Chart, tmp_path: Path) -> None:
+    services = next(g for g in rule_groups_from_files() if g["name"] == "bgmock-services")
+    gone = [r["alert"] for r in services["rules"]] + ["BGMockPaymentErrorBudgetBurn"]
+    rule = find(render(chart, {"prometheusRule": {"enabled": True, "disabledAlerts": gone}}),
+                "PrometheusRule")
+    assert "bgmock-services" not in {g["name"] for g in rule["spec"]["groups"]}
+    kept = rendered_rules(rule)
+    assert not {r.get("alert") for r in kept} & set(gone)
+    # The burn-rate recording rules stay (dashboards may use them); the rest is valid.
+    assert any(r.get("record", "").endswith(":burnrate1h") for r in kept)
+    path = tmp_path / "rendered.rules.yml"
+    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    result = subprocess.run([PROMTOOL, "check", "rules", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_disabling_every_alert_keeps_the_recording_rules(chart: helm_python.Chart) -> None:
+    """With every alert off the burn rates are still recorded (for dashboards)."""
+    values = {"prometheusRule": {"enabled": True, "disabledAlerts": alert_names()}}
+    rule = find(render(chart, values), "PrometheusRule")
+    assert rendered_rules(rule)
+    assert all("record" in r for r in rendered_rules(rule))
+
+
+@pytest.mark.parametrize("base", ["https://wiki.example.org/ops/bgmock/RUNBOOK.md",
+                                  "https://wiki.example.org/ops/bgmock/RUNBOOK.md#"])
+def test_runbook_url_base_is_replaced_everywhere(chart: helm_python.Chart, base: str) -> None:
+    values = {"prometheusRule": {"enabled": True, "runbookUrlBase": base}}
+    rule = find(render(chart, values), "PrometheusRule")
+    originals = rule_groups_from_files()
+    placeholder = next(r["annotations"]["runbook_url"] for g in originals for r in g["rules"]
+                       if "alert" in r).partition("#")[0]
+    assert placeholder not in yaml.safe_dump(rule), "the placeholder base is still rendered"
+    alerts = 0
+    for group, original in zip(rule["spec"]["groups"], originals, strict=True):
+        for rendered, source in zip(group["rules"], original["rules"], strict=True):
+            if "alert" not in source:
+                assert rendered == source
+                continue
+            alerts += 1
+            url = rendered["annotations"]["runbook_url"]
+            assert url == f"{base.rstrip('#')}#{source['alert'].lower()}"
+            assert {**rendered, "annotations": {**rendered["annotations"], "runbook_url": ""}} == \
+                {**source, "annotations": {**source["annotations"], "runbook_url": ""}}
+    assert alerts == sum(1 for g in originals for r in g["rules"] if "alert" in r)
+
+
 @pytest.mark.parametrize("values", ["default", "full"])
 def test_rendered_rules_pass_promtool(chart: helm_python.Chart, tmp_path: Path,
                                       values: str) -> None:
@@ -949,6 +1037,8 @@ def update_schema() -> None:
     path = CHART / "values.schema.json"
     schema = json.loads(path.read_text())
     schema["properties"]["config"] = config_schema()
+    rule_values = schema["properties"]["prometheusRule"]["properties"]
+    rule_values["disabledAlerts"]["items"]["enum"] = alert_names()
     path.write_text(json.dumps(schema, indent=2) + "\n")
     readme = CHART / "README.md"
     readme.write_text(readme_with_config_table(readme.read_text()))

@@ -159,6 +159,15 @@ def test_alert_rules_evaluate_without_errors(live: LiveStack, prom: Prometheus) 
          alive=lambda: None if live.twin.poll() is None else "twin exited")  # type: ignore[union-attr]
     deliberate = 'sum(bgmock_payments_completed_total{kind!="normal"})'
     poll(lambda: prom.query(deliberate), 45, "deliberate failures to be counted")
-    states = {r["name"]: r["state"] for r in prom.alert_rules()}
-    for name in ("BGMockPaymentSuccessRatioLow", "BGMockDeliberateFailureSucceeded"):
-        assert states[name] == "inactive", f"{name} is {states[name]} during a failure drill"
+    # The burn-rate recording rules join on the twin's real labels: every window has
+    # a finite rate for this twin, and the drill's deliberate failures burn nothing.
+    for window in ("5m", "30m", "1h", "2h", "6h", "1d", "3d"):
+        recorded = (f'namespace_instance:bgmock_payments_error_budget:burnrate{window}'
+                    f'{{instance="{live.instance}"}} < 1')
+        poll(lambda recorded=recorded: prom.query(recorded), 45, f"{recorded} to be recorded",
+             alive=lambda: None if live.twin.poll() is None else "twin exited")  # type: ignore[union-attr]
+    # (BGMockPaymentErrorBudgetBurn is one rule per burn window: every one of them.)
+    drill = [(r["name"], r.get("labels", {}).get("long"), r["state"]) for r in prom.alert_rules()
+             if r["name"] in ("BGMockPaymentErrorBudgetBurn", "BGMockDeliberateFailureSucceeded")]
+    assert len(drill) == 5, drill
+    assert all(state == "inactive" for _, _, state in drill), f"during a failure drill: {drill}"
