@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 
 from bgmock_twin import __version__, metrics
 from bgmock_twin.api.server import ApiServer, create_api
+from bgmock_twin.api.tracking_routes import build_router as tracking_router
 from bgmock_twin.books.service import Books
 from bgmock_twin.bus.base import EventBus
 from bgmock_twin.clients.bgmock import BGMockClients
@@ -95,8 +96,10 @@ class Twin:
         if self.bus is not None:
             self.tracking = Tracking(settings, self.clients, self.bus, self.scheduler)
         self.books = self._build_books()
-        routers = [r for r in (getattr(self.tracking, "router", None),
-                               getattr(self.books, "router", None)) if r is not None]
+        routers = [tracking_router(self.tracking)] if self.tracking is not None else []
+        books_router = getattr(self.books, "router", None)
+        if books_router is not None:
+            routers.append(books_router)
         token = (settings.control_token.get_secret_value()
                  if settings.control_token is not None else None)
         app = create_api(self, token, settings.max_request_bytes, routers,

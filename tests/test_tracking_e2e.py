@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY, generate_latest
 
 from bgmock_twin.api.errors import install_error_handlers
+from bgmock_twin.api.tracking_routes import build_router
 from bgmock_twin.bus.memory import InMemoryBus
 from bgmock_twin.clients.bgmock import BankMapping, BGMockClients
 from bgmock_twin.contract import Status
@@ -102,7 +103,7 @@ def make_twin(bgmock: BGMock, tmp_path: Path) -> Iterator[Callable[..., Twin]]:
         app = FastAPI()
         app.state.control_token = None
         install_error_handlers(app)
-        app.include_router(tracking.router)
+        app.include_router(build_router(tracking))
         twin = Twin(tracking, scheduler, TestClient(app), settings)
         started.append(twin)
         wait_for(tracking.following, timeout=10, message="follower positioned")

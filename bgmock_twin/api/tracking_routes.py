@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.routing import APIRoute
@@ -26,10 +26,8 @@ from bgmock_twin.contract import TOPICS
 from bgmock_twin.tracking.ledger import LedgerUnavailable, PaymentQuery, payment_row, payments
 from bgmock_twin.tracking.lifecycle import ALL_STEPS, FAILURE_KINDS, Channel, Kind
 from bgmock_twin.tracking.load import FixturesUnavailable
+from bgmock_twin.tracking.service import SenderBusy, Tracking
 from bgmock_twin.tracking.simulations import SimulationSpec, TooManySimulations
-
-if TYPE_CHECKING:
-    from bgmock_twin.tracking.service import Tracking
 
 MAX_AMOUNT = Decimal("1000000000")
 Amount = Annotated[Decimal, Field(gt=0, le=MAX_AMOUNT, max_digits=12, decimal_places=2)]
@@ -333,8 +331,6 @@ def build_router(tracking: Tracking) -> APIRouter:
     def post_transaction(
         request: Annotated[TransactionRequest | None, Body()] = None,
     ) -> TransactionView:
-        from bgmock_twin.tracking.service import SenderBusy
-
         req = request or TransactionRequest()
         try:
             payment = tracking.submit_one(

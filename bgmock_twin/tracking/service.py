@@ -1,7 +1,7 @@
 """The tracking facade the daemon wires in: one object that owns the ledger, the
 tracker, the sender, the Kafka follower, the status poller, the simulations and
-the scheduled jobs, with a small public surface (``start``, ``stop``, ``router``,
-``submit_one``, ``status``, ``ready``).
+the scheduled jobs, with a small public surface (``start``, ``stop``,
+``submit_one``, ``status``, ``ready``). Its HTTP routes live in ``api/``.
 
 Scheduled jobs (names as seen in ``bgmock_scheduler_*`` metrics):
 ``tracking_provision`` (provision/top up, every 60 s, first run at start; retried
@@ -18,7 +18,7 @@ import random
 import threading
 from datetime import timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bgmock_twin.bus.base import EventBus
 from bgmock_twin.clients.bgmock import BGMockClients
@@ -36,9 +36,6 @@ from bgmock_twin.tracking.poller import Purpose, StatusChecker, StatusPoller
 from bgmock_twin.tracking.provisioning import Fixtures, Provisioner, new_deposit_row
 from bgmock_twin.tracking.simulations import SimulationManager
 from bgmock_twin.tracking.tracker import Clock, Tracker
-
-if TYPE_CHECKING:
-    from fastapi import APIRouter
 
 log = get_logger(__name__)
 
@@ -95,7 +92,6 @@ class Tracking:
         self._background_index = 0
         self._background_carry = 0.0
         self._rng = random.Random()
-        self._router: APIRouter | None = None
         self._started = False
         self._stopping = False
         self._resumed = threading.Event()
@@ -293,14 +289,6 @@ class Tracking:
         return followed if followed is not None else payment
 
     # --- views ------------------------------------------------------------------------------
-    @property
-    def router(self) -> APIRouter:
-        if self._router is None:
-            from bgmock_twin.api.tracking_routes import build_router
-
-            self._router = build_router(self)
-        return self._router
-
     def ready(self) -> bool:
         """Started, not stopping, and the follower thread is alive. Deliberately not
         tied to Kafka or BGMock being reachable: the twin's job is to report them."""
