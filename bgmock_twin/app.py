@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from bgmock_twin import __version__, metrics
 from bgmock_twin.api.server import ApiServer, create_api
 from bgmock_twin.api.tracking_routes import build_router as tracking_router
+from bgmock_twin.api.twin import Fault, FaultResult, OutboxDrop, TwinStatus
 from bgmock_twin.books.service import Books
 from bgmock_twin.bus.base import EventBus
 from bgmock_twin.clients.bgmock import BGMockClients
@@ -225,41 +226,37 @@ class Twin:
             reasons.append("tracking not ready")
         return not reasons, reasons
 
-    def status(self) -> dict[str, Any]:
-        snapshot = self.health.snapshot()
-        result: dict[str, Any] = {
-            "mode": self.mode,
-            "instance": self.settings.instance_id,
-            "version": __version__,
-            "started_at": self.started_at.isoformat(),
-            "services": {name: state.as_dict() for name, state in snapshot.items()},
-        }
-        if self.tracking is not None:
-            result["payments"] = self.tracking.status()
-        if self.books is not None and hasattr(self.books, "status"):
-            result["books"] = self.books.status()
-        return result
+    def status(self) -> TwinStatus:
+        books = self.books.status() if self.books is not None and \
+            hasattr(self.books, "status") else None
+        return TwinStatus(
+            mode=self.mode,
+            instance=self.settings.instance_id,
+            version=__version__,
+            started_at=self.started_at,
+            services=self.health.snapshot(),
+            payments=self.tracking.status() if self.tracking is not None else None,
+            books=books,
+        )
 
-    def apply_fault(self, fault: dict[str, Any]) -> dict[str, Any]:
+    def apply_fault(self, fault: Fault) -> FaultResult:
         if self.emulator is None:
             raise NotInThisMode("faults apply to the embedded emulator only")
-        target = fault.pop("target")
-        corrupt = fault.pop("corrupt_balance", None)
-        drop = fault.pop("drop_outbox_row", None)
-        result: dict[str, Any] = {"target": target}
+        faults = self.emulator.faults
+        service = fault.service
         try:
-            if corrupt is not None:
-                result["new_balance"] = str(self.emulator.faults.corrupt_balance(
-                    target, corrupt["account_number"], corrupt["delta"]))
-            if drop:
-                dropped = self.emulator.faults.drop_outbox_row(target)
-                result["dropped_outbox_row"] = None if dropped is None else {
-                    k: str(v) for k, v in dropped.items()}
-            if fault:
-                result["applied"] = self.emulator.faults.apply(target, fault)
+            corrupt = fault.corrupt_balance
+            new_balance = None if corrupt is None else faults.corrupt_balance(
+                service, corrupt.account_number, corrupt.delta)
+            outbox_drop = None
+            if fault.drop_outbox_row:
+                dropped = faults.drop_outbox_row(service)
+                outbox_drop = OutboxDrop(None if dropped is None else {
+                    k: str(v) for k, v in dropped.items()})
+            applied = faults.apply(service, fault.switches) if fault.switches else None
         except (FaultError, KeyError) as exc:
             raise InvalidRequest(f"invalid fault: {exc}") from None
-        return result
+        return FaultResult(service, new_balance, outbox_drop, applied)
 
 
 def _bind(func: Callable[[str], Any], arg: str) -> Callable[[], Any]:
