@@ -25,6 +25,7 @@ from bgmock_twin.books.service import Books
 from bgmock_twin.bus.base import EventBus
 from bgmock_twin.clients.bgmock import BGMockClients
 from bgmock_twin.clients.databases import readonly_engine
+from bgmock_twin.contract import BANK_A, BANK_B, CLEARING
 from bgmock_twin.emulator import EmbeddedBGMock, EmulatorConfig, FaultError
 from bgmock_twin.errors import InvalidRequest, NotInThisMode
 from bgmock_twin.logs import configure_logging, get_logger
@@ -34,8 +35,6 @@ from bgmock_twin.settings import Settings, mask_url
 from bgmock_twin.tracking.service import Tracking
 
 log = get_logger(__name__)
-
-DB_SERVICES = {"db_bank_a": "bank_a", "db_bank_b": "bank_b", "db_switch": "clearing"}
 
 
 def build_bus(settings: Settings) -> EventBus | None:
@@ -121,8 +120,8 @@ class Twin:
         settings = self.settings
         if not settings.embedded:
             assert settings.bank_a_url and settings.bank_b_url and settings.clearing_url
-            return {"bank_a": settings.bank_a_url, "bank_b": settings.bank_b_url,
-                    "clearing": settings.clearing_url}
+            return {BANK_A.name: settings.bank_a_url, BANK_B.name: settings.bank_b_url,
+                    CLEARING.name: settings.clearing_url}
         assert self.bus is not None
 
         def secret(value: Any) -> str | None:
@@ -132,9 +131,9 @@ class Twin:
             host=settings.emulator_host,
             bus=self.bus,
             db_urls={
-                "bank_a": secret(settings.emulator_db_bank_a),
-                "bank_b": secret(settings.emulator_db_bank_b),
-                "clearing": secret(settings.emulator_db_switch),
+                BANK_A.name: secret(settings.emulator_db_bank_a),
+                BANK_B.name: secret(settings.emulator_db_bank_b),
+                CLEARING.name: secret(settings.emulator_db_switch),
             },
             outbox_interval_seconds=settings.emulator_outbox_interval_seconds,
         ))
@@ -146,19 +145,19 @@ class Twin:
         """Read-only engines for DB_*; in embedded mode the emulator's own databases
         stand in for any that are not configured."""
         settings = self.settings
-        configured = {"db_bank_a": settings.db_bank_a, "db_bank_b": settings.db_bank_b,
-                      "db_switch": settings.db_switch}
+        configured = {BANK_A: settings.db_bank_a, BANK_B: settings.db_bank_b,
+                      CLEARING: settings.db_switch}
         engines: dict[str, Engine] = {}
         for service, url in configured.items():
             if url is not None:
-                engines[service] = readonly_engine(
+                engines[service.database] = readonly_engine(
                     url.get_secret_value(), settings.db_statement_timeout_ms,
                     connect_timeout_s=max(1, int(settings.probe_timeout_seconds)),
                 )
-                log.info("database_configured", service=service,
+                log.info("database_configured", service=service.database,
                          url=mask_url(url.get_secret_value()))
             elif self.emulator is not None:
-                engines[service] = self.emulator.engines[DB_SERVICES[service]]
+                engines[service.database] = self.emulator.engines[service.name]
         return engines
 
     def _build_books(self) -> Books:
