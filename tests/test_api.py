@@ -170,6 +170,29 @@ def test_status_never_shows_the_token(daemon: Daemon) -> None:
     assert TOKEN not in daemon.log()
 
 
+def test_each_domain_refusal_has_its_status_code_and_message() -> None:
+    from bgmock_twin.api.errors import refusal
+    from bgmock_twin.errors import NotInThisMode, RequestRefused
+    from bgmock_twin.tracking.ledger import LedgerUnavailable
+    from bgmock_twin.tracking.load import FixturesUnavailable
+    from bgmock_twin.tracking.service import InvalidPayment, SenderBusy
+    from bgmock_twin.tracking.simulations import (
+        InvalidSimulation,
+        TooManySimulations,
+        UnknownSimulation,
+    )
+
+    assert refusal(FixturesUnavailable("no accounts")) == (503, "no accounts")
+    assert refusal(SenderBusy("busy")) == (503, "busy")
+    assert refusal(LedgerUnavailable("db down")) == (503, "ledger unavailable: db down")
+    assert refusal(InvalidPayment("same bank")) == (422, "same bank")
+    assert refusal(InvalidSimulation("bad ramp")) == (422, "bad ramp")
+    assert refusal(TooManySimulations("20")) == (409, "20")
+    assert refusal(NotInThisMode("embedded only")) == (409, "embedded only")
+    assert refusal(UnknownSimulation("no such simulation")) == (404, "no such simulation")
+    assert refusal(RequestRefused("no")) == (400, "no")
+
+
 def test_rate_limiter_buckets_are_per_client() -> None:
     from bgmock_twin.api.server import RateLimiter
 

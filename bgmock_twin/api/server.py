@@ -63,7 +63,6 @@ def create_api(
         "BGMock digital twin. Mutating endpoints need `Authorization: Bearer <token>` "
         "when TWIN_CONTROL_TOKEN is set.",
     )
-    app.state.twin = twin
     app.state.control_token = control_token
     install_error_handlers(app)
     limiter = RateLimiter(rate_limit_per_second, burst=max(5.0, rate_limit_per_second * 5))

@@ -320,8 +320,7 @@ class SimulationManager:
 
     # --- views ------------------------------------------------------------------------------
     def _gauge(self) -> None:
-        metrics.SIMULATIONS_ACTIVE.set(
-            sum(1 for s in self._sims.values() if s.state in ("running", "resuming")))
+        metrics.SIMULATIONS_ACTIVE.set(self.active())
 
     def _trim(self) -> None:
         finished = [s for s in self._sims.values() if s.state in ("finished", "stopped")]
