@@ -19,10 +19,13 @@ from sqlalchemy.engine import Engine
 
 from bgmock_twin import __version__, metrics
 from bgmock_twin.api.server import ApiServer, create_api
+from bgmock_twin.api.tracking_routes import build_router as tracking_router
+from bgmock_twin.api.twin import Fault, FaultResult, OutboxDrop, TwinStatus
 from bgmock_twin.books.service import Books
 from bgmock_twin.bus.base import EventBus
 from bgmock_twin.clients.bgmock import BGMockClients
 from bgmock_twin.clients.databases import readonly_engine
+from bgmock_twin.contract import BANK_A, BANK_B, CLEARING
 from bgmock_twin.emulator import EmbeddedBGMock, EmulatorConfig, FaultError
 from bgmock_twin.errors import InvalidRequest, NotInThisMode
 from bgmock_twin.logs import configure_logging, get_logger
@@ -32,8 +35,6 @@ from bgmock_twin.settings import Settings, mask_url
 from bgmock_twin.tracking.service import Tracking
 
 log = get_logger(__name__)
-
-DB_SERVICES = {"db_bank_a": "bank_a", "db_bank_b": "bank_b", "db_switch": "clearing"}
 
 
 def build_bus(settings: Settings) -> EventBus | None:
@@ -95,8 +96,10 @@ class Twin:
         if self.bus is not None:
             self.tracking = Tracking(settings, self.clients, self.bus, self.scheduler)
         self.books = self._build_books()
-        routers = [r for r in (getattr(self.tracking, "router", None),
-                               getattr(self.books, "router", None)) if r is not None]
+        routers = [tracking_router(self.tracking)] if self.tracking is not None else []
+        books_router = getattr(self.books, "router", None)
+        if books_router is not None:
+            routers.append(books_router)
         token = (settings.control_token.get_secret_value()
                  if settings.control_token is not None else None)
         app = create_api(self, token, settings.max_request_bytes, routers,
@@ -117,8 +120,8 @@ class Twin:
         settings = self.settings
         if not settings.embedded:
             assert settings.bank_a_url and settings.bank_b_url and settings.clearing_url
-            return {"bank_a": settings.bank_a_url, "bank_b": settings.bank_b_url,
-                    "clearing": settings.clearing_url}
+            return {BANK_A.name: settings.bank_a_url, BANK_B.name: settings.bank_b_url,
+                    CLEARING.name: settings.clearing_url}
         assert self.bus is not None
 
         def secret(value: Any) -> str | None:
@@ -128,9 +131,9 @@ class Twin:
             host=settings.emulator_host,
             bus=self.bus,
             db_urls={
-                "bank_a": secret(settings.emulator_db_bank_a),
-                "bank_b": secret(settings.emulator_db_bank_b),
-                "clearing": secret(settings.emulator_db_switch),
+                BANK_A.name: secret(settings.emulator_db_bank_a),
+                BANK_B.name: secret(settings.emulator_db_bank_b),
+                CLEARING.name: secret(settings.emulator_db_switch),
             },
             outbox_interval_seconds=settings.emulator_outbox_interval_seconds,
         ))
@@ -142,19 +145,19 @@ class Twin:
         """Read-only engines for DB_*; in embedded mode the emulator's own databases
         stand in for any that are not configured."""
         settings = self.settings
-        configured = {"db_bank_a": settings.db_bank_a, "db_bank_b": settings.db_bank_b,
-                      "db_switch": settings.db_switch}
+        configured = {BANK_A: settings.db_bank_a, BANK_B: settings.db_bank_b,
+                      CLEARING: settings.db_switch}
         engines: dict[str, Engine] = {}
         for service, url in configured.items():
             if url is not None:
-                engines[service] = readonly_engine(
+                engines[service.database] = readonly_engine(
                     url.get_secret_value(), settings.db_statement_timeout_ms,
                     connect_timeout_s=max(1, int(settings.probe_timeout_seconds)),
                 )
-                log.info("database_configured", service=service,
+                log.info("database_configured", service=service.database,
                          url=mask_url(url.get_secret_value()))
             elif self.emulator is not None:
-                engines[service] = self.emulator.engines[DB_SERVICES[service]]
+                engines[service.database] = self.emulator.engines[service.name]
         return engines
 
     def _build_books(self) -> Books:
@@ -222,41 +225,37 @@ class Twin:
             reasons.append("tracking not ready")
         return not reasons, reasons
 
-    def status(self) -> dict[str, Any]:
-        snapshot = self.health.snapshot()
-        result: dict[str, Any] = {
-            "mode": self.mode,
-            "instance": self.settings.instance_id,
-            "version": __version__,
-            "started_at": self.started_at.isoformat(),
-            "services": {name: state.as_dict() for name, state in snapshot.items()},
-        }
-        if self.tracking is not None:
-            result["payments"] = self.tracking.status()
-        if self.books is not None and hasattr(self.books, "status"):
-            result["books"] = self.books.status()
-        return result
+    def status(self) -> TwinStatus:
+        books = self.books.status() if self.books is not None and \
+            hasattr(self.books, "status") else None
+        return TwinStatus(
+            mode=self.mode,
+            instance=self.settings.instance_id,
+            version=__version__,
+            started_at=self.started_at,
+            services=self.health.snapshot(),
+            payments=self.tracking.status() if self.tracking is not None else None,
+            books=books,
+        )
 
-    def apply_fault(self, fault: dict[str, Any]) -> dict[str, Any]:
+    def apply_fault(self, fault: Fault) -> FaultResult:
         if self.emulator is None:
             raise NotInThisMode("faults apply to the embedded emulator only")
-        target = fault.pop("target")
-        corrupt = fault.pop("corrupt_balance", None)
-        drop = fault.pop("drop_outbox_row", None)
-        result: dict[str, Any] = {"target": target}
+        faults = self.emulator.faults
+        service = fault.service
         try:
-            if corrupt is not None:
-                result["new_balance"] = str(self.emulator.faults.corrupt_balance(
-                    target, corrupt["account_number"], corrupt["delta"]))
-            if drop:
-                dropped = self.emulator.faults.drop_outbox_row(target)
-                result["dropped_outbox_row"] = None if dropped is None else {
-                    k: str(v) for k, v in dropped.items()}
-            if fault:
-                result["applied"] = self.emulator.faults.apply(target, fault)
+            corrupt = fault.corrupt_balance
+            new_balance = None if corrupt is None else faults.corrupt_balance(
+                service, corrupt.account_number, corrupt.delta)
+            outbox_drop = None
+            if fault.drop_outbox_row:
+                dropped = faults.drop_outbox_row(service)
+                outbox_drop = OutboxDrop(None if dropped is None else {
+                    k: str(v) for k, v in dropped.items()})
+            applied = faults.apply(service, fault.switches) if fault.switches else None
         except (FaultError, KeyError) as exc:
             raise InvalidRequest(f"invalid fault: {exc}") from None
-        return result
+        return FaultResult(service, new_balance, outbox_drop, applied)
 
 
 def _bind(func: Callable[[str], Any], arg: str) -> Callable[[], Any]:

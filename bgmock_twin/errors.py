@@ -1,7 +1,9 @@
 """Errors the domain raises for a request it cannot carry out, free of HTTP.
 
-The control API (``api/errors.py``) maps each to its status code, so nothing below the
-HTTP layer needs FastAPI to refuse a request.
+The control API (``api/errors.py``) maps each to its status code in one place, so
+nothing below the HTTP layer needs FastAPI to refuse a request. A component defines
+its own refusals on these bases (``tracking.service.SenderBusy`` is an
+``Unavailable``); the message is what the caller is told.
 """
 
 from __future__ import annotations
@@ -11,9 +13,21 @@ class RequestRefused(Exception):
     """A request the twin understood but will not carry out; the message says why."""
 
 
-class NotInThisMode(RequestRefused):
+class InvalidRequest(RequestRefused):
+    """The request is well-formed but asks for something that cannot be (422)."""
+
+
+class NotFound(RequestRefused):
+    """The request names something the twin does not know (404)."""
+
+
+class Conflict(RequestRefused):
+    """The request clashes with the twin's current state (409)."""
+
+
+class NotInThisMode(Conflict):
     """The request needs a part the twin does not run in its current mode (409)."""
 
 
-class InvalidRequest(RequestRefused):
-    """The request is well-formed but names something that does not exist (422)."""
+class Unavailable(RequestRefused):
+    """Something the request needs is unreachable or busy right now; retry later (503)."""

@@ -132,12 +132,65 @@ def test_fault_endpoint_validates(daemon: Daemon) -> None:
     assert _post(daemon, "/api/v1/emulator/faults", '{"target": "mars"}').status_code == 422
     assert _post(daemon, "/api/v1/emulator/faults",
                  '{"target": "bank_a", "error_rate": 7}').status_code == 422
+    assert _post(daemon, "/api/v1/emulator/faults", '{"service": "mars"}').status_code == 422
+    assert _post(daemon, "/api/v1/emulator/faults",
+                 '{"service": "bank_a", "errorRate": 7}').status_code == 422
+    both = _post(daemon, "/api/v1/emulator/faults", '{"service": "bank_a", "target": "bank_a"}')
+    assert both.status_code == 422 and "target" in both.json()["error"], both.text
+
+
+def test_fault_names_are_camel_case_and_the_old_names_still_work(daemon: Daemon) -> None:
+    for body in ('{"service": "bank_a", "latencySeconds": 0, "errorRate": 0, '
+                 '"stallOutbox": false}',
+                 '{"target": "bank_a", "latency_seconds": 0, "error_rate": 0, '
+                 '"stall_outbox": false}'):
+        answer = _post(daemon, "/api/v1/emulator/faults", body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"service": "bank_a", "applied": {
+            "down": False, "hang": False, "latencySeconds": 0.0, "errorRate": 0.0,
+            "garbage": False, "paused": False, "stallOutbox": False}}
+
+
+def test_status_is_camel_case(daemon: Daemon) -> None:
+    status = daemon.get("/api/v1/status").json()
+    assert {"mode", "instance", "version", "startedAt", "services", "payments"} <= set(status)
+    assert set(status["services"]["bank_a"]) == {
+        "service", "up", "lastCheck", "lastUp", "latencySeconds", "reason",
+        "consecutiveFailures"}
+    payments = status["payments"]
+    assert {"inFlight", "parkedEvents", "senderBusy", "simulationsActive", "provisionError",
+            "kafkaConnected", "backgroundRate", "consumerGroup"} <= set(payments)
+    assert set(payments["ledger"]) == {"available", "buffered"}
+    assert not [key for key in [*status, *payments] if "_" in key]
 
 
 def test_status_never_shows_the_token(daemon: Daemon) -> None:
     text = daemon.get("/api/v1/status").text
     assert TOKEN not in text
     assert TOKEN not in daemon.log()
+
+
+def test_each_domain_refusal_has_its_status_code_and_message() -> None:
+    from bgmock_twin.api.errors import refusal
+    from bgmock_twin.errors import NotInThisMode, RequestRefused
+    from bgmock_twin.tracking.ledger import LedgerUnavailable
+    from bgmock_twin.tracking.load import FixturesUnavailable
+    from bgmock_twin.tracking.service import InvalidPayment, SenderBusy
+    from bgmock_twin.tracking.simulations import (
+        InvalidSimulation,
+        TooManySimulations,
+        UnknownSimulation,
+    )
+
+    assert refusal(FixturesUnavailable("no accounts")) == (503, "no accounts")
+    assert refusal(SenderBusy("busy")) == (503, "busy")
+    assert refusal(LedgerUnavailable("db down")) == (503, "ledger unavailable: db down")
+    assert refusal(InvalidPayment("same bank")) == (422, "same bank")
+    assert refusal(InvalidSimulation("bad ramp")) == (422, "bad ramp")
+    assert refusal(TooManySimulations("20")) == (409, "20")
+    assert refusal(NotInThisMode("embedded only")) == (409, "embedded only")
+    assert refusal(UnknownSimulation("no such simulation")) == (404, "no such simulation")
+    assert refusal(RequestRefused("no")) == (400, "no")
 
 
 def test_rate_limiter_buckets_are_per_client() -> None:

@@ -5,6 +5,7 @@ offending account as evidence; bad fault requests are 422."""
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 
 from tests.support.daemon import running_daemon
@@ -18,10 +19,10 @@ def test_corrupted_balance_lights_up_balance_drift(tmp_path: Path) -> None:
                  .get("checks", {}).get("balance_drift", {}).get("status") == "ok",
                  timeout=30, message="a clean reconciliation first")
         answer = daemon.post("/api/v1/emulator/faults", {
-            "target": "bank_b",
-            "corrupt_balance": {"account_number": "TWIN-B-002", "delta": "7.25"}})
+            "service": "bank_b",
+            "corruptBalance": {"accountNumber": "TWIN-B-002", "delta": "7.25"}})
         assert answer.status_code == 200, answer.text
-        assert "new_balance" in answer.json()
+        assert "newBalance" in answer.json()
 
         def drift_reported() -> dict[str, object] | None:
             report = daemon.get("/api/v1/reconciliation").json()
@@ -34,13 +35,19 @@ def test_corrupted_balance_lights_up_balance_drift(tmp_path: Path) -> None:
         assert daemon.metric("bgmock_invariant_violations", check="balance_drift") >= 1
         assert daemon.metric("bgmock_balance_drift", bank="bank_b") == 7.25
 
-        for bad in ({"target": "clearing", "corrupt_balance": {"account_number": "x",
+        for bad in ({"service": "clearing", "corruptBalance": {"accountNumber": "x",
                                                                "delta": "1"}},
-                    {"target": "bank_a", "corrupt_balance": {"account_number": "NOPE-1",
+                    {"service": "bank_a", "corruptBalance": {"accountNumber": "NOPE-1",
                                                              "delta": "1"}},
-                    {"target": "bank_a", "corrupt_balance": {"account_number": "TWIN-A-001",
+                    {"service": "bank_a", "corruptBalance": {"accountNumber": "TWIN-A-001",
                                                              "delta": "0.001"}}):
             assert daemon.post("/api/v1/emulator/faults", bad).status_code == 422, bad
         dropped = daemon.post("/api/v1/emulator/faults",
                               {"target": "clearing", "drop_outbox_row": True})
-        assert dropped.status_code == 200 and "dropped_outbox_row" in dropped.json()
+        assert dropped.status_code == 200 and "droppedOutboxRow" in dropped.json()
+        # the names of earlier versions still work: the same fault, undone
+        undone = daemon.post("/api/v1/emulator/faults", {
+            "target": "bank_b",
+            "corrupt_balance": {"account_number": "TWIN-B-002", "delta": "-7.25"}})
+        assert undone.status_code == 200, undone.text
+        assert Decimal(undone.json()["newBalance"]) >= 0

@@ -29,10 +29,14 @@ def test_embedded_daemon_reports_services_and_sees_a_fault(tmp_path: Path) -> No
         status = daemon.get("/api/v1/status").json()
         assert status["mode"] == "embedded"
         assert status["services"]["bank_a"]["up"] is True
-        assert status["services"]["bank_a"]["last_check"]
+        assert status["services"]["bank_a"]["lastCheck"]
+        assert status["startedAt"] and "started_at" not in status
 
-        answer = daemon.post("/api/v1/emulator/faults", {"target": "bank_b", "down": True})
+        answer = daemon.post("/api/v1/emulator/faults", {"service": "bank_b", "down": True})
         assert answer.status_code == 200, answer.text
+        assert answer.json()["service"] == "bank_b"
+        assert answer.json()["applied"]["down"] is True and "latencySeconds" in \
+            answer.json()["applied"]
         stopped = time.monotonic()
         # one interval (1 s) plus the probe timeout (1 s), with scheduling slack
         wait_for(lambda: daemon.metric("bgmock_service_up", service="bank_b") == 0.0,
@@ -41,7 +45,9 @@ def test_embedded_daemon_reports_services_and_sees_a_fault(tmp_path: Path) -> No
         assert daemon.metric("bgmock_service_up", service="bank_a") == 1.0
         assert (daemon.metric("bgmock_probe_failures_total", service="bank_b",
                               reason="connection") or 0) >= 1
-        daemon.post("/api/v1/emulator/faults", {"target": "bank_b", "down": False})
+        # the name of earlier versions, ``target``, is still accepted
+        cleared = daemon.post("/api/v1/emulator/faults", {"target": "bank_b", "down": False})
+        assert cleared.status_code == 200 and cleared.json()["service"] == "bank_b"
         wait_for(lambda: daemon.metric("bgmock_service_up", service="bank_b") == 1.0,
                  timeout=5, message="bank_b up again")
 

@@ -234,12 +234,28 @@ def test_admin_api_flips_faults_and_rejects_bad_input(world: World) -> None:
         requests.get(f"{world.b}/bank/health", timeout=2)
     state = requests.get(f"{admin}/_emulator/faults", timeout=5).json()
     assert state["services"]["bank_b"]["down"] is True
+    assert set(state["services"]["bank_b"]) == {"down", "hang", "latencySeconds", "errorRate",
+                                                "garbage", "paused", "stallOutbox"}
+    # camelCase switches, and the snake_case names of earlier versions still work
+    for body in ({"service": "bank_a", "latencySeconds": 0.01, "errorRate": 0.5,
+                  "stallOutbox": True},
+                 {"service": "bank_a", "latency_seconds": 0.01, "error_rate": 0.5,
+                  "stall_outbox": True}):
+        answer = requests.post(f"{admin}/_emulator/faults", json=body, timeout=5)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"service": "bank_a", "state": {
+            "down": False, "hang": False, "latencySeconds": 0.01, "errorRate": 0.5,
+            "garbage": False, "paused": False, "stallOutbox": True}}
+        assert world.emulator.faults.service("bank_a").error_rate == 0.5
+        world.emulator.faults.reset()
     assert requests.post(f"{admin}/_emulator/faults/reset", timeout=5).status_code == 200
     assert world.http.get(f"{world.b}/bank/health").text == "OK"
 
     for bad in ('{"service": "mars", "down": true}', '{"service": "bank_a", "down": 3}',
                 '{"service": "bank_a"}', '{"down": true}', "{broken", "[]",
-                '{"service": "bank_a", "error_rate": 1.5}'):
+                '{"service": "bank_a", "error_rate": 1.5}',
+                '{"service": "bank_a", "errorRate": 1.5}',
+                '{"service": "bank_a", "errorRate": 0, "error_rate": 0}'):
         answer = requests.post(f"{admin}/_emulator/faults", data=bad, timeout=5,
                                headers={"Content-Type": "application/json"})
         assert answer.status_code == 400, bad
@@ -255,14 +271,20 @@ def test_admin_api_books_faults(world: World) -> None:
     admin = world.emulator.admin_url
     number = world.account("01", "10.00")
     corrupt = requests.post(f"{admin}/_emulator/books/corrupt-balance", json={
-        "bank": "bank_a", "accountNumber": number, "delta": "2.50"}, timeout=5)
+        "service": "bank_a", "accountNumber": number, "delta": "2.50"}, timeout=5)
     assert corrupt.status_code == 200 and corrupt.json()["balance"] == 12.5
+    assert corrupt.json()["service"] == "bank_a"
+    # ``bank``, the name of earlier versions, is still accepted
+    old = requests.post(f"{admin}/_emulator/books/corrupt-balance", json={
+        "bank": "bank_a", "accountNumber": number, "delta": "-2.50"}, timeout=5)
+    assert old.status_code == 200 and old.json()["balance"] == 10
     assert requests.post(f"{admin}/_emulator/books/corrupt-balance", json={
-        "bank": "bank_a", "accountNumber": "NOPE", "delta": 1}, timeout=5).status_code == 404
-    for bad in ({"bank": "bank_c", "accountNumber": number, "delta": 1},
-                {"bank": "bank_a", "accountNumber": number, "delta": True},
-                {"bank": "bank_a", "accountNumber": number, "delta": "x"},
-                {"bank": "bank_a", "accountNumber": number, "delta": 1, "extra": 1}):
+        "service": "bank_a", "accountNumber": "NOPE", "delta": 1}, timeout=5).status_code == 404
+    for bad in ({"service": "bank_c", "accountNumber": number, "delta": 1},
+                {"service": "bank_a", "accountNumber": number, "delta": True},
+                {"service": "bank_a", "accountNumber": number, "delta": "x"},
+                {"service": "bank_a", "accountNumber": number, "delta": 1, "extra": 1},
+                {"service": "bank_a", "bank": "bank_a", "accountNumber": number, "delta": 1}):
         assert requests.post(f"{admin}/_emulator/books/corrupt-balance", json=bad,
                              timeout=5).status_code == 400, bad
     dropped = requests.post(f"{admin}/_emulator/books/drop-outbox-row",

@@ -41,7 +41,7 @@ import yaml
 from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen
 from pydantic import SecretStr
 
-from bgmock_twin.api.tracking_routes import SimulationRequest
+from bgmock_twin.api.simulation_routes import SimulationRequest
 from bgmock_twin.settings import Settings, load_settings
 from tests.support.helm import CHART
 

@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY, generate_latest
 
 from bgmock_twin.api.errors import install_error_handlers
+from bgmock_twin.api.tracking_routes import build_router
 from bgmock_twin.bus.memory import InMemoryBus
 from bgmock_twin.clients.bgmock import BankMapping, BGMockClients
 from bgmock_twin.contract import Status
@@ -102,11 +103,11 @@ def make_twin(bgmock: BGMock, tmp_path: Path) -> Iterator[Callable[..., Twin]]:
         app = FastAPI()
         app.state.control_token = None
         install_error_handlers(app)
-        app.include_router(tracking.router)
+        app.include_router(build_router(tracking))
         twin = Twin(tracking, scheduler, TestClient(app), settings)
         started.append(twin)
         wait_for(tracking.following, timeout=10, message="follower positioned")
-        wait_for(lambda: tracking.status()["provisioned"], timeout=10, message="provisioned")
+        wait_for(lambda: tracking.status().provisioned, timeout=10, message="provisioned")
         return twin
 
     try:
@@ -246,7 +247,7 @@ def test_a_simulation_over_both_channels_and_directions_accounts_for_every_payme
         assert f'bgmock_payment_step_duration_seconds_count{{step="{step}"}}' in exposition
     assert 'bgmock_payment_duration_seconds_count{channel="kafka",route="b_to_a"}' in exposition
     status = twin.tracking.status()
-    assert status["inFlight"] == 0 and status["simulationsActive"] == 0
+    assert status.in_flight == 0 and status.simulations_active == 0
 
     # the ledger can be paged and exported
     page = api.get("/api/v1/transactions", params={"simulation": sims["rest"], "limit": 100})
@@ -333,7 +334,7 @@ def test_a_paused_destination_bank_makes_payments_stuck_at_processed_until_it_re
     bgmock.emulator.faults.apply("bank_b", {"paused": True})
     sim = api.post("/api/v1/simulations", json={
         "count": 10, "rate": 50, "direction": "a_to_b"}).json()["id"]
-    wait_for(lambda: twin.tracking.status()["stuck"] == {"processed": 10}, timeout=15,
+    wait_for(lambda: twin.tracking.status().stuck == {"processed": 10}, timeout=15,
              message="stuck at processed")
     assert sample("bgmock_payments_stuck", step="processed") == 10
     # the list is read from the ledger, whose writer batches: wait for it to catch up

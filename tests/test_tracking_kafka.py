@@ -59,7 +59,7 @@ def world(kafka_broker: TansuBroker, postgres: PostgresServer) -> Iterator[World
     tracking.start()
     try:
         wait_for(tracking.following, timeout=20, message="follower positioned on Tansu")
-        wait_for(lambda: tracking.status()["provisioned"], timeout=20, message="provisioned")
+        wait_for(lambda: tracking.status().provisioned, timeout=20, message="provisioned")
         yield World(kafka_broker, bus, emulator, clients, tracking)
     finally:
         tracking.stop(5)
@@ -93,13 +93,13 @@ def test_a_small_simulation_over_real_kafka_accounts_for_every_payment(world: Wo
                  message=f"{sim.spec.channel} simulation")
         detail = tracking.simulations.detail(sim)
         rows = tracking.ledger.query(PaymentQuery(simulation_id=sim.simulation_id, limit=1000))
-        assert detail["progress"]["dispatched"] + detail["progress"]["dropped"] == sim.spec.count
-        assert len(rows) == detail["progress"]["dispatched"]
+        assert detail.progress.dispatched + detail.progress.dropped == sim.spec.count
+        assert len(rows) == detail.progress.dispatched
         outcomes = Counter(r["outcome"] for r in rows)
-        assert sum(detail["outcomes"].values()) == len(rows)
-        assert detail["outcomes"]["stuck"] == 0
+        assert sum(detail.outcomes.values()) == len(rows)
+        assert detail.outcomes["stuck"] == 0
         print(f"{sim.spec.channel.value} over Tansu: {dict(outcomes)} "
-              f"latency={detail['latency']['total']}")
+              f"latency={detail.latency.total}")
         for row in rows:
             tx = uuid.UUID(row["transaction_id"])
             expected = Status.SUCCESS if row["outcome"] == "success" else Status.FAILED

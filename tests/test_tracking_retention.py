@@ -605,7 +605,7 @@ def test_a_restarted_twin_with_a_fresh_ledger_reconciles_clean_also_after_prunin
         started.append((tracking, scheduler))
         tracking.start()
         wait_for(tracking.following, timeout=10, message="follower positioned")
-        wait_for(lambda: tracking.status()["provisioned"], timeout=15, message="provisioned")
+        wait_for(lambda: tracking.status().provisioned, timeout=15, message="provisioned")
         return tracking
 
     def pay_and_settle(tracking: Tracking, kinds: list[tuple[Channel, Kind]]) -> None:

@@ -1,4 +1,5 @@
-"""One JSON error shape for every failure: ``{"error": ..., "detail": [...]}``.
+"""One JSON error shape for every failure: ``{"error": ..., "detail": [...]}``, and
+the one place where the domain's refusals (``bgmock_twin.errors``) become status codes.
 
 Validation errors name the field (``body.amount``) and never echo the input;
 unexpected exceptions are logged with a reference and answered without internals.
@@ -15,8 +16,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bgmock_twin.clients.rest import ServiceError
-from bgmock_twin.errors import InvalidRequest, NotInThisMode, RequestRefused
+from bgmock_twin.errors import Conflict, InvalidRequest, NotFound, RequestRefused, Unavailable
 from bgmock_twin.logs import get_logger
+from bgmock_twin.tracking.ledger import LedgerUnavailable
 
 log = get_logger(__name__)
 
@@ -59,14 +61,30 @@ async def _service(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-_REFUSAL_STATUS: dict[type[RequestRefused], int] = {NotInThisMode: 409, InvalidRequest: 422}
+# The most specific class of a refusal decides; a plain ``RequestRefused`` is a 400.
+REFUSAL_STATUS: dict[type[RequestRefused], int] = {
+    RequestRefused: 400,
+    NotFound: 404,
+    Conflict: 409,  # NotInThisMode, TooManySimulations
+    InvalidRequest: 422,  # InvalidPayment, InvalidSimulation, invalid faults
+    Unavailable: 503,  # FixturesUnavailable, SenderBusy, LedgerUnavailable
+}
+# What the caller is told, where the domain's message alone would not say it.
+REFUSAL_PREFIX: dict[type[RequestRefused], str] = {LedgerUnavailable: "ledger unavailable: "}
+
+
+def refusal(exc: RequestRefused) -> tuple[int, str]:
+    """The status code and message of a refusal."""
+    kinds = type(exc).__mro__
+    status = next(REFUSAL_STATUS[k] for k in kinds if k in REFUSAL_STATUS)
+    prefix = next((REFUSAL_PREFIX[k] for k in kinds if k in REFUSAL_PREFIX), "")
+    return status, f"{prefix}{exc}"
 
 
 async def _refused(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestRefused)
-    code = next((status for kind, status in _REFUSAL_STATUS.items() if isinstance(exc, kind)),
-                400)
-    return JSONResponse(status_code=code, content=error_body(str(exc)))
+    status, message = refusal(exc)
+    return JSONResponse(status_code=status, content=error_body(message))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -1,8 +1,9 @@
-"""The control API application: liveness, readiness, status, metrics and the
-routers of the other components, behind one error shape and request limits.
+"""The control API application: liveness, readiness, metrics, the daemon's own routes
+(``twin_routes``) and the routers of the other components, behind one error shape
+and request limits.
 
 Kept thin: every route reads from or delegates to a component of the running
-daemon (``bgmock_twin.app.Twin``), which it reaches through ``app.state.twin``.
+daemon (``bgmock_twin.app.Twin``, seen as a ``TwinView``).
 """
 
 from __future__ import annotations
@@ -11,69 +12,19 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from decimal import Decimal
-from typing import Any, Protocol
 
 import uvicorn
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
 
 from bgmock_twin import __version__, metrics
-from bgmock_twin.api.auth import require_token
 from bgmock_twin.api.errors import error_body, install_error_handlers
+from bgmock_twin.api.twin import TwinView
+from bgmock_twin.api.twin_routes import build_twin_router
 from bgmock_twin.logs import get_logger
 
 log = get_logger(__name__)
-
-MAX_DELTA = Decimal("1000000000")
-
-
-class TwinView(Protocol):
-    """What the API needs from the daemon."""
-
-    mode: str
-
-    def is_ready(self) -> tuple[bool, list[str]]: ...
-
-    def status(self) -> dict[str, Any]: ...
-
-    def apply_fault(self, fault: dict[str, Any]) -> dict[str, Any]: ...
-
-
-class CorruptBalance(BaseModel):
-    """Change a bank account's balance behind BGMock's back (a books fault)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    account_number: str = Field(..., min_length=1, max_length=64, pattern=r"^[\w.-]+$")
-    delta: Decimal = Field(..., ge=-MAX_DELTA, le=MAX_DELTA, decimal_places=2,
-                           allow_inf_nan=False)
-
-
-class FaultRequest(BaseModel):
-    """A fault for the embedded emulator (demos and tests)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    target: str = Field(
-        ..., pattern=r"^(bank_a|bank_b|clearing|bus)$",
-        description="bank_a, bank_b, clearing or bus",
-    )
-    down: bool | None = None
-    hang: bool | None = None
-    latency_seconds: float | None = Field(None, ge=0, le=60)
-    error_rate: float | None = Field(None, ge=0, le=1)
-    garbage: bool | None = None
-    paused: bool | None = Field(None, description="pause the service's Kafka consumers")
-    stall_outbox: bool | None = None
-    corrupt_balance: CorruptBalance | None = Field(
-        None, description="bank_a or bank_b only: change an account's balance"
-    )
-    drop_outbox_row: bool | None = Field(
-        None, description="delete the oldest unpublished outbox row of the service"
-    )
 
 
 class RateLimiter:
@@ -112,7 +63,6 @@ def create_api(
         "BGMock digital twin. Mutating endpoints need `Authorization: Bearer <token>` "
         "when TWIN_CONTROL_TOKEN is set.",
     )
-    app.state.twin = twin
     app.state.control_token = control_token
     install_error_handlers(app)
     limiter = RateLimiter(rate_limit_per_second, burst=max(5.0, rate_limit_per_second * 5))
@@ -135,17 +85,7 @@ def create_api(
     def prometheus_metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/api/v1/status", summary="Mode, each service's health and counts",
-             tags=["status"])
-    def status() -> dict[str, Any]:
-        return twin.status()
-
-    @app.post("/api/v1/emulator/faults", summary="Inject or clear a fault in the embedded "
-              "emulator", tags=["emulator"], dependencies=[Depends(require_token)],
-              responses={409: {"description": "not in embedded mode"}})
-    def fault(request: FaultRequest) -> dict[str, Any]:
-        return twin.apply_fault(request.model_dump(exclude_none=True))
-
+    app.include_router(build_twin_router(twin))
     for router in routers or []:
         app.include_router(router)
     return app

@@ -1,9 +1,9 @@
-"""Control-API routes of tracking: one payment, simulations, the ledger, the event view.
+"""Control-API routes of tracking: one payment, the ledger, the event view, and (from
+``simulation_routes``) simulations, built from the ``Tracking`` component.
 
 Thin on purpose: request models bound every value (so bad input is a 422 naming
-the field, never a 500), each route delegates to ``Tracking`` and maps its
-exceptions to 4xx/5xx answers. Money is a decimal *string* in every response;
-field names are camelCase like BGMock's own JSON (requests also accept snake_case).
+the field, never a 500), each route delegates to ``Tracking``, whose refusals
+``api/errors.py`` maps to status codes. The wire conventions are ``api/wire.py``'s.
 """
 
 from __future__ import annotations
@@ -11,47 +11,26 @@ from __future__ import annotations
 import csv
 import io
 import uuid
-from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Response
-from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Response
+from pydantic import Field
 
 from bgmock_twin.api.auth import require_token
+from bgmock_twin.api.simulation_routes import build_simulation_router
+from bgmock_twin.api.wire import AccountNumber, Amount, JsonBodyRoute, WireRequest, WireResponse
 from bgmock_twin.contract import TOPICS
 from bgmock_twin.tracking.ledger import LedgerUnavailable, PaymentQuery, payment_row, payments
-from bgmock_twin.tracking.lifecycle import ALL_STEPS, FAILURE_KINDS, Channel, Kind
-from bgmock_twin.tracking.load import FixturesUnavailable
-from bgmock_twin.tracking.simulations import SimulationSpec, TooManySimulations
+from bgmock_twin.tracking.lifecycle import ALL_STEPS, Channel, Kind
+from bgmock_twin.tracking.service import Tracking
 
-if TYPE_CHECKING:
-    from bgmock_twin.tracking.service import Tracking
-
-MAX_AMOUNT = Decimal("1000000000")
-Amount = Annotated[Decimal, Field(gt=0, le=MAX_AMOUNT, max_digits=12, decimal_places=2)]
-AccountNumber = Annotated[str, Field(min_length=1, max_length=64,
-                                     pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
-Rate = Annotated[float, Field(gt=0, le=1000)]
-Seconds = Annotated[float, Field(gt=0, le=86_400)]
-FailureKind = Literal["insufficient_funds", "unknown_bankgood", "unknown_payee_account"]
 STATUS_VALUES = Literal["in_flight", "success", "failed", "rejected", "stuck"]
 
 
-class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel,
-                              allow_inf_nan=False)
-
-
-class _Out(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, alias_generator=to_camel)
-
-
 # --- requests ---------------------------------------------------------------------------------
-class TransactionRequest(_In):
+class TransactionRequest(WireRequest):
     """One payment. Every field is optional: by default a random amount from a random
     twin account of one bank to a twin payee of the other."""
 
@@ -66,62 +45,15 @@ class TransactionRequest(_In):
         "normal", description="a deliberate failure, or normal")
 
 
-class RampRequest(_In):
-    from_rate: float = Field(..., ge=0, le=1000, description="payments/s at the start")
-    to_rate: Rate = Field(..., description="payments/s at the end and after")
-    duration: Seconds = Field(..., description="seconds from from_rate to to_rate")
-
-
-class SpikeRequest(_In):
-    rate: Rate = Field(..., description="payments/s during the spike")
-    start: float = Field(..., ge=0, le=86_400, description="seconds after the start")
-    duration: Seconds = Field(..., description="seconds the spike lasts")
-
-
-class SimulationRequest(_In):
-    """A run of ``count`` payments. ``rate`` (payments/s) or the seed's fixed
-    ``delay`` (seconds between payments) is the base rate of the constant and spike
-    profiles; a ramp takes its rates from ``ramp``."""
-
-    count: int = Field(..., ge=1, le=100_000)
-    rate: Rate | None = None
-    delay: float | None = Field(None, ge=0.5, le=10)
-    profile: Literal["constant", "ramp", "spike"] = "constant"
-    ramp: RampRequest | None = None
-    spike: SpikeRequest | None = None
-    channel: Literal["rest", "kafka"] = "rest"
-    direction: Literal["a_to_b", "b_to_a", "both"] = "both"
-    amount_min: Amount | None = None
-    amount_max: Amount | None = None
-    failure_share: float = Field(0.0, ge=0, le=1, description="share of deliberate failures")
-    failure_kinds: list[FailureKind] | None = Field(None, min_length=1, max_length=3)
-    name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[\w .:/-]+$")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> SimulationRequest:
-        if self.rate is not None and self.delay is not None:
-            raise ValueError("give rate or delay, not both")
-        if self.profile in ("constant", "spike") and self.rate is None and self.delay is None:
-            raise ValueError(f"a {self.profile} profile needs rate or delay")
-        if self.profile == "ramp" and self.ramp is None:
-            raise ValueError("profile ramp needs ramp: {fromRate, toRate, duration}")
-        if self.profile == "spike" and self.spike is None:
-            raise ValueError("profile spike needs spike: {rate, start, duration}")
-        if self.amount_min is not None and self.amount_max is not None and \
-                self.amount_min > self.amount_max:
-            raise ValueError("amount_min must not exceed amount_max")
-        return self
-
-
 # --- responses --------------------------------------------------------------------------------
-class TimelineEntry(_Out):
+class TimelineEntry(WireResponse):
     step: str
     at: datetime
     since_intended_seconds: float = Field(description="monotonic, from the intended send time")
     duration_seconds: float = Field(description="since the previous step seen")
 
 
-class TransactionView(_Out):
+class TransactionView(WireResponse):
     payment_id: str
     transaction_id: str | None
     simulation_id: str | None
@@ -148,14 +80,14 @@ class TransactionView(_Out):
     timeline: list[TimelineEntry]
 
 
-class TransactionPage(_Out):
+class TransactionPage(WireResponse):
     items: list[TransactionView]
     limit: int
     offset: int
     next_offset: int | None
 
 
-class EventView(_Out):
+class EventView(WireResponse):
     topic: str
     partition: int
     offset: int
@@ -169,66 +101,8 @@ class EventView(_Out):
     reason: str | None = None
 
 
-class EventPage(_Out):
+class EventPage(WireResponse):
     items: list[EventView]
-
-
-class SimulationSummary(_Out):
-    id: str
-    name: str | None
-    state: str = Field(description="running, resuming, finished or stopped")
-    created_at: str
-    finished_at: str | None
-    planned: int
-    dispatched: int
-    dropped: int
-    unfinished: int
-    channel: str
-    profile: str
-
-
-class SimulationList(_Out):
-    items: list[SimulationSummary]
-
-
-class Percentiles(_Out):
-    """Nearest-rank percentiles in seconds (null when there is no value yet)."""
-
-    count: int
-    p50: float | None
-    p95: float | None
-    p99: float | None
-
-
-class LagPercentiles(Percentiles):
-    max: float | None
-
-
-class Latency(_Out):
-    total: Percentiles
-    steps: dict[str, Percentiles]
-
-
-class Progress(_Out):
-    planned: int
-    dispatched: int
-    dropped: int
-    not_yet_due: int
-    recorded: int
-    in_flight: int
-    finished: int
-    stuck_now: int
-
-
-class SimulationDetail(SimulationSummary):
-    spec: dict[str, Any]
-    expected_duration_seconds: float
-    resumed: bool
-    progress: Progress
-    outcomes: dict[str, int]
-    current_status: dict[str, int]
-    latency: Latency
-    send_lag: LagPercentiles = Field(description="actual minus intended send time")
 
 
 # --- conversions ------------------------------------------------------------------------------
@@ -295,30 +169,6 @@ CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
 }
 
 
-class JsonBodyRoute(APIRoute):
-    """Reads a request body as JSON whatever content type it came with.
-
-    ``curl -d '{"count": 500, "rate": 50}'`` sends its JSON as
-    ``application/x-www-form-urlencoded``; FastAPI would then see a string where a
-    JSON object is expected. The body is still validated against the model.
-    """
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            kind = request.headers.get("content-type", "")
-            if request.method in ("POST", "PUT", "PATCH") and "json" not in kind and \
-                    (kind == "" or kind.startswith(("application/x-www-form-urlencoded",
-                                                    "text/plain"))):
-                headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
-                request.scope["headers"] = [*headers, (b"content-type", b"application/json")]
-                request.__dict__.pop("_headers", None)  # starlette caches the parsed headers
-            return await handler(request)
-
-        return route
-
-
 def build_router(tracking: Tracking) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["tracking"], route_class=JsonBodyRoute)
     mutate = [Depends(require_token)]
@@ -333,21 +183,12 @@ def build_router(tracking: Tracking) -> APIRouter:
     def post_transaction(
         request: Annotated[TransactionRequest | None, Body()] = None,
     ) -> TransactionView:
-        from bgmock_twin.tracking.service import SenderBusy
-
         req = request or TransactionRequest()
-        try:
-            payment = tracking.submit_one(
-                from_bank=req.from_bank, to_bank=req.to_bank, from_account=req.from_account,
-                to_account=req.to_account, amount=req.amount, channel=Channel(req.channel),
-                kind=Kind(req.kind),
-            )
-        except FixturesUnavailable as exc:
-            raise HTTPException(status_code=503, detail=str(exc)) from None
-        except SenderBusy as exc:
-            raise HTTPException(status_code=503, detail=str(exc)) from None
-        except ValueError as exc:
-            raise HTTPException(status_code=422, detail=str(exc)) from None
+        payment = tracking.submit_one(
+            from_bank=req.from_bank, to_bank=req.to_bank, from_account=req.from_account,
+            to_account=req.to_account, amount=req.amount, channel=Channel(req.channel),
+            kind=Kind(req.kind),
+        )
         view = transaction_view(payment_row(payment, datetime.now(UTC)))
         if payment.outcome is not None and payment.outcome.value == "rejected" and \
                 payment.transaction_id is None and payment.channel is Channel.REST:
@@ -424,71 +265,5 @@ def build_router(tracking: Tracking) -> APIRouter:
         items = tracking.tracker.events(limit, topic=topic, origin=origin)
         return EventPage(items=[EventView.model_validate(item) for item in items])
 
-    @router.post(
-        "/simulations", status_code=202, response_model=SimulationSummary,
-        summary="Start a simulation (answers at once with its id)", dependencies=mutate,
-        responses={409: {"description": "too many simulations running"},
-                   503: {"description": "BGMock unreachable: accounts not provisioned"}},
-    )
-    def create_simulation(request: SimulationRequest) -> SimulationSummary:
-        settings = tracking.settings
-        kinds = tuple(Kind(k) for k in request.failure_kinds) if request.failure_kinds \
-            else FAILURE_KINDS
-        amount_min = request.amount_min or min(settings.load_amount_min,
-                                               request.amount_max or settings.load_amount_min)
-        amount_max = request.amount_max or max(settings.load_amount_max, amount_min)
-        spec = SimulationSpec(
-            count=request.count, amount_min=amount_min, amount_max=amount_max,
-            profile=request.profile, rate=request.rate, delay=request.delay,
-            ramp_from=request.ramp.from_rate if request.ramp else None,
-            ramp_to=request.ramp.to_rate if request.ramp else None,
-            ramp_duration=request.ramp.duration if request.ramp else None,
-            spike_rate=request.spike.rate if request.spike else None,
-            spike_start=request.spike.start if request.spike else None,
-            spike_duration=request.spike.duration if request.spike else None,
-            channel=Channel(request.channel), direction=request.direction,
-            failure_share=request.failure_share, failure_kinds=kinds, name=request.name,
-        )
-        try:
-            tracking.ensure_provisioned()
-            sim = tracking.simulations.create(spec)
-        except FixturesUnavailable as exc:
-            raise HTTPException(status_code=503, detail=str(exc)) from None
-        except TooManySimulations as exc:
-            raise HTTPException(status_code=409, detail=str(exc)) from None
-        except ValueError as exc:
-            raise HTTPException(status_code=422, detail=str(exc)) from None
-        return SimulationSummary.model_validate(tracking.simulations.summary(sim))
-
-    @router.get("/simulations", response_model=SimulationList,
-                summary="Every simulation this twin knows, newest first")
-    def list_simulations() -> SimulationList:
-        return SimulationList(items=[SimulationSummary.model_validate(s)
-                                     for s in tracking.simulations.summaries()])
-
-    @router.get(
-        "/simulations/{simulation_id}", response_model=SimulationDetail,
-        responses={404: {"description": "unknown simulation"}},
-        summary="Progress, outcomes so far and per-step latency percentiles",
-    )
-    def get_simulation(simulation_id: uuid.UUID) -> SimulationDetail:
-        sim = tracking.simulations.get_sim(str(simulation_id))
-        if sim is None:
-            raise HTTPException(status_code=404, detail="no such simulation")
-        try:
-            return SimulationDetail.model_validate(tracking.simulations.detail(sim))
-        except LedgerUnavailable as exc:
-            raise _unavailable(exc) from None
-
-    @router.delete(
-        "/simulations/{simulation_id}", response_model=SimulationSummary,
-        responses={404: {"description": "unknown simulation"}}, dependencies=mutate,
-        summary="Stop a simulation (payments already sent are still followed)",
-    )
-    def stop_simulation(simulation_id: uuid.UUID) -> SimulationSummary:
-        sim = tracking.simulations.stop(str(simulation_id))
-        if sim is None:
-            raise HTTPException(status_code=404, detail="no such simulation")
-        return SimulationSummary.model_validate(tracking.simulations.summary(sim))
-
+    router.include_router(build_simulation_router(tracking))
     return router

@@ -18,7 +18,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from bgmock_twin import metrics
 from bgmock_twin.bus.base import BusError
@@ -42,17 +41,6 @@ class ServiceHealth:
     latency_seconds: float | None = None
     reason: str | None = None
     consecutive_failures: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "service": self.service,
-            "up": self.up,
-            "last_check": self.last_check.isoformat() if self.last_check else None,
-            "last_up": self.last_up.isoformat() if self.last_up else None,
-            "latency_seconds": self.latency_seconds,
-            "reason": self.reason,
-            "consecutive_failures": self.consecutive_failures,
-        }
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -45,6 +45,7 @@ from sqlalchemy.pool import StaticPool
 from bgmock_twin import metrics
 from bgmock_twin.contract import CENT, Status
 from bgmock_twin.database_urls import resolve_database_url
+from bgmock_twin.errors import Unavailable
 from bgmock_twin.logs import get_logger
 from bgmock_twin.settings import mask_url
 from bgmock_twin.tracking.lifecycle import (
@@ -303,7 +304,7 @@ class PaymentQuery:
     offset: int = 0
 
 
-class LedgerUnavailable(Exception):
+class LedgerUnavailable(Unavailable):
     """The ledger database cannot be read right now."""
 
 

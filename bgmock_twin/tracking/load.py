@@ -40,6 +40,7 @@ from bgmock_twin.contract import (
     Status,
     encode_event,
 )
+from bgmock_twin.errors import Unavailable
 from bgmock_twin.logs import get_logger
 from bgmock_twin.tracking import mix
 from bgmock_twin.tracking.lifecycle import FAILURE_KINDS, Channel, Kind, Payment, Route
@@ -79,7 +80,7 @@ class LoadProfile:
         return mix.usable_kinds(self.channel, self.failure_kinds)
 
 
-class FixturesUnavailable(Exception):
+class FixturesUnavailable(Unavailable):
     """The twin's accounts are not provisioned (BGMock unreachable so far)."""
 
 

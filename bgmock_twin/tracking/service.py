@@ -1,7 +1,7 @@
 """The tracking facade the daemon wires in: one object that owns the ledger, the
 tracker, the sender, the Kafka follower, the status poller, the simulations and
-the scheduled jobs, with a small public surface (``start``, ``stop``, ``router``,
-``submit_one``, ``status``, ``ready``).
+the scheduled jobs, with a small public surface (``start``, ``stop``,
+``submit_one``, ``status``, ``ready``). Its HTTP routes live in ``api/``.
 
 Scheduled jobs (names as seen in ``bgmock_scheduler_*`` metrics):
 ``tracking_provision`` (provision/top up, every 60 s, first run at start; retried
@@ -16,14 +16,15 @@ from __future__ import annotations
 import math
 import random
 import threading
+from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
 
 from bgmock_twin.bus.base import EventBus
 from bgmock_twin.clients.bgmock import BGMockClients
 from bgmock_twin.clients.rest import ServiceError
-from bgmock_twin.contract import BANK_A_CLEARING, BANK_B_CLEARING
+from bgmock_twin.contract import BANK_A, BANKS, Bank, bank_by_letter
+from bgmock_twin.errors import InvalidRequest, Unavailable
 from bgmock_twin.logs import get_logger
 from bgmock_twin.scheduler import JobScheduler
 from bgmock_twin.settings import Settings
@@ -37,21 +38,48 @@ from bgmock_twin.tracking.provisioning import Fixtures, Provisioner, new_deposit
 from bgmock_twin.tracking.simulations import SimulationManager
 from bgmock_twin.tracking.tracker import Clock, Tracker
 
-if TYPE_CHECKING:
-    from fastapi import APIRouter
-
 log = get_logger(__name__)
 
 PROVISION_INTERVAL_SECONDS = 60.0
 DEADLINE_INTERVAL_SECONDS = 1.0
 RETENTION_INTERVAL_SECONDS = 600.0
 LEDGER_BUFFER_SIZE = 100_000
-BANKS = {"a": BANK_A_CLEARING, "b": BANK_B_CLEARING}
 JOBS = ("tracking_provision", "tracking_load", "tracking_deadlines", "tracking_retention")
 
 
-class SenderBusy(Exception):
+@dataclass(frozen=True, slots=True)
+class LedgerStatus:
+    available: bool
+    buffered: int  # rows waiting for the writer
+
+
+@dataclass(frozen=True, slots=True)
+class TrackingStatus:
+    """The payments section of the twin's status."""
+
+    in_flight: int
+    stuck: dict[str, int]  # step waited for -> payments
+    submitted: int
+    outcomes: dict[str, int]  # counted outcome -> payments
+    parked_events: int  # events that came before their payment's transaction id
+    dropped: int
+    sender_busy: int
+    simulations_active: int
+    provisioned: bool
+    provision_error: str | None
+    following: bool
+    kafka_connected: bool
+    ledger: LedgerStatus
+    background_rate: float
+    consumer_group: str
+
+
+class SenderBusy(Unavailable):
     """Every sender slot is taken; the payment was dropped and counted."""
+
+
+class InvalidPayment(InvalidRequest):
+    """A payment asked of ``submit_one`` that the twin's accounts cannot make."""
 
 
 class Tracking:
@@ -95,7 +123,6 @@ class Tracking:
         self._background_index = 0
         self._background_carry = 0.0
         self._rng = random.Random()
-        self._router: APIRouter | None = None
         self._started = False
         self._stopping = False
         self._resumed = threading.Event()
@@ -257,31 +284,35 @@ class Tracking:
         kind: Kind = Kind.NORMAL,
     ) -> Payment:
         """Send one payment now and return it as followed (with its transaction id
-        once the source accepted it). Raises ``FixturesUnavailable`` (BGMock
-        unreachable), ``ValueError`` (accounts that are not the twin's, or both
-        on one bank) or ``SenderBusy``."""
+        once the source accepted it). Banks are letters (``a``, ``b``). Raises
+        ``FixturesUnavailable`` (BGMock unreachable), ``InvalidPayment`` (accounts
+        that are not the twin's, or both on one bank) or ``SenderBusy``."""
         if channel is Channel.KAFKA and kind is Kind.INSUFFICIENT_FUNDS:
-            raise ValueError("insufficient_funds needs the rest channel (kafka bypasses the bank)")
+            raise InvalidPayment(
+                "insufficient_funds needs the rest channel (kafka bypasses the bank)")
         fixtures = self.ensure_provisioned()
-        source = _bank(from_bank) or _bank_of(fixtures, from_account, payer=True)
-        destination = _bank(to_bank) or _bank_of(fixtures, to_account, payer=False)
+        source = bank_by_letter(from_bank) or _bank_of(fixtures, from_account, payer=True)
+        destination = bank_by_letter(to_bank) or _bank_of(fixtures, to_account, payer=False)
         if source is None and destination is None:
-            source = self._rng.choice((BANK_A_CLEARING, BANK_B_CLEARING))
+            source = self._rng.choice(BANKS)
         if source is None:
-            source = BANK_A_CLEARING if destination == BANK_B_CLEARING else BANK_B_CLEARING
+            assert destination is not None
+            source = destination.other
         if destination is None:
-            destination = BANK_A_CLEARING if source == BANK_B_CLEARING else BANK_B_CLEARING
-        if source == destination:
-            raise ValueError("from and to must be different banks")
-        if from_account is not None and from_account not in fixtures.payers.get(source, []):
-            raise ValueError(f"from_account is not a twin account of bank {_letter(source)}")
-        if to_account is not None and to_account not in \
-                [p.account_number for p in fixtures.payees.get(destination, [])]:
-            raise ValueError(f"to_account is not a twin payee of bank {_letter(destination)}")
-        route = Route.A_TO_B if source == BANK_A_CLEARING else Route.B_TO_A
+            destination = source.other
+        if source is destination:
+            raise InvalidPayment("from and to must be different banks")
+        if from_account is not None and from_account not in _payers(fixtures, source):
+            raise InvalidPayment(f"from_account is not a twin account of bank {source.letter}")
+        if to_account is not None and to_account not in _payees(fixtures, destination):
+            raise InvalidPayment(f"to_account is not a twin payee of bank {destination.letter}")
+        route = Route.A_TO_B if source is BANK_A else Route.B_TO_A
         if amount is None:
-            amount = mix.random_amount(self._rng, self.settings.load_amount_min,
-                                       self.settings.load_amount_max)
+            try:
+                amount = mix.random_amount(self._rng, self.settings.load_amount_min,
+                                           self.settings.load_amount_max)
+            except ValueError as exc:
+                raise InvalidPayment(str(exc)) from None
         clock = self.tracker.clock
         payment = build_payment(
             fixtures, route, kind, channel, amount, self._rng, clock.now(), clock.monotonic(),
@@ -293,14 +324,6 @@ class Tracking:
         return followed if followed is not None else payment
 
     # --- views ------------------------------------------------------------------------------
-    @property
-    def router(self) -> APIRouter:
-        if self._router is None:
-            from bgmock_twin.api.tracking_routes import build_router
-
-            self._router = build_router(self)
-        return self._router
-
     def ready(self) -> bool:
         """Started, not stopping, and the follower thread is alive. Deliberately not
         tied to Kafka or BGMock being reachable: the twin's job is to report them."""
@@ -310,39 +333,40 @@ class Tracking:
         """The follower is positioned on every partition (events will be seen)."""
         return self.follower.ready()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> TrackingStatus:
         fixtures = self.provisioner.fixtures
         counts = self.tracker.counts()
-        return {
-            **counts,
-            "dropped": self.sender.dropped,
-            "senderBusy": self.sender.busy,
-            "simulationsActive": sum(1 for s in self.simulations.summaries()
-                                     if s["state"] in ("running", "resuming")),
-            "provisioned": fixtures is not None and fixtures.complete(),
-            "provisionError": self.provisioner.last_error,
-            "following": self.follower.ready(),
-            "kafkaConnected": self.follower.connected,
-            "ledger": {"available": self.ledger.available, "buffered": self.ledger.buffered},
-            "backgroundRate": self.settings.load_rate_per_second,
-            "consumerGroup": self.settings.consumer_group,
-        }
+        return TrackingStatus(
+            in_flight=counts["inFlight"],
+            stuck=counts["stuck"],
+            submitted=counts["submitted"],
+            outcomes=counts["outcomes"],
+            parked_events=counts["parkedEvents"],
+            dropped=self.sender.dropped,
+            sender_busy=self.sender.busy,
+            simulations_active=self.simulations.active(),
+            provisioned=fixtures is not None and fixtures.complete(),
+            provision_error=self.provisioner.last_error,
+            following=self.follower.ready(),
+            kafka_connected=self.follower.connected,
+            ledger=LedgerStatus(available=self.ledger.available, buffered=self.ledger.buffered),
+            background_rate=self.settings.load_rate_per_second,
+            consumer_group=self.settings.consumer_group,
+        )
 
 
-def _bank(letter: str | None) -> str | None:
-    return BANKS.get(letter.lower()) if letter else None
+def _payers(fixtures: Fixtures, bank: Bank) -> list[str]:
+    return fixtures.payers.get(bank.clearing_number, [])
 
 
-def _letter(clearing: str) -> str:
-    return "A" if clearing == BANK_A_CLEARING else "B"
+def _payees(fixtures: Fixtures, bank: Bank) -> list[str]:
+    return [p.account_number for p in fixtures.payees.get(bank.clearing_number, [])]
 
 
-def _bank_of(fixtures: Fixtures, account: str | None, payer: bool) -> str | None:
+def _bank_of(fixtures: Fixtures, account: str | None, payer: bool) -> Bank | None:
     if account is None:
         return None
-    for clearing in (BANK_A_CLEARING, BANK_B_CLEARING):
-        numbers = fixtures.payers.get(clearing, []) if payer else \
-            [p.account_number for p in fixtures.payees.get(clearing, [])]
-        if account in numbers:
-            return clearing
-    raise ValueError(f"{'from' if payer else 'to'}_account is not a twin account")
+    for bank in BANKS:
+        if account in (_payers(fixtures, bank) if payer else _payees(fixtures, bank)):
+            return bank
+    raise InvalidPayment(f"{'from' if payer else 'to'}_account is not a twin account")

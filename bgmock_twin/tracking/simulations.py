@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -24,11 +23,13 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from bgmock_twin import metrics
+from bgmock_twin.errors import Conflict, InvalidRequest, NotFound
 from bgmock_twin.logs import get_logger
 from bgmock_twin.tracking import mix, pacing
 from bgmock_twin.tracking.ledger import Ledger, LedgerUnavailable
 from bgmock_twin.tracking.lifecycle import ALL_STEPS, FAILURE_KINDS, Channel, Kind, Outcome
 from bgmock_twin.tracking.load import LoadProfile, Run, Sender
+from bgmock_twin.tracking.simulation_report import Latency, Percentiles, Progress, summarize
 from bgmock_twin.tracking.tracker import Tracker
 
 log = get_logger(__name__)
@@ -101,10 +102,10 @@ class SimulationSpec:
         data["failure_kinds"] = tuple(Kind(k) for k in data["failure_kinds"])
         return cls(**data)
 
-    def public(self) -> dict[str, Any]:
-        """The spec as the API shows it: camelCase, money as strings, unset left out."""
-        data = json.loads(self.to_json())
-        return {_camel(k): v for k, v in data.items() if v is not None}
+    def fields(self) -> dict[str, Any]:
+        """The fields that are set, as JSON values (money as strings)."""
+        data: dict[str, Any] = json.loads(self.to_json())
+        return {k: v for k, v in data.items() if v is not None}
 
 
 @dataclass
@@ -142,8 +143,44 @@ class Simulation:
         }
 
 
-class TooManySimulations(Exception):
-    pass
+@dataclass(frozen=True, slots=True)
+class SimulationSummary:
+    simulation_id: str
+    name: str | None
+    state: str  # running, resuming, finished or stopped
+    created_at: datetime
+    finished_at: datetime | None
+    planned: int
+    dispatched: int
+    dropped: int
+    unfinished: int
+    channel: Channel
+    profile: str
+
+
+@dataclass(frozen=True, slots=True)
+class SimulationDetail:
+    summary: SimulationSummary
+    spec: SimulationSpec
+    expected_duration_seconds: float
+    resumed: bool
+    progress: Progress
+    outcomes: dict[str, int]  # counted outcome -> payments
+    current_status: dict[str, int]  # status in the ledger -> payments
+    latency: Latency
+    send_lag: Percentiles  # actual minus intended send time, with its max
+
+
+class TooManySimulations(Conflict):
+    """``MAX_ACTIVE`` simulations are running already."""
+
+
+class UnknownSimulation(NotFound):
+    """No simulation has this id (or it was forgotten after ``MAX_KEPT`` newer ones)."""
+
+
+class InvalidSimulation(InvalidRequest):
+    """A spec whose rates and durations do not make a load profile."""
 
 
 class SimulationManager:
@@ -160,13 +197,18 @@ class SimulationManager:
 
     # --- commands ---------------------------------------------------------------------------
     def create(self, spec: SimulationSpec) -> Simulation:
-        segments = spec.segments()
+        """Start sending ``spec``; raises ``InvalidSimulation`` or ``TooManySimulations``."""
+        try:
+            segments = spec.segments()
+            expected_seconds = pacing.expected_duration(segments, spec.count)
+        except ValueError as exc:
+            raise InvalidSimulation(str(exc)) from None
         now = self.tracker.clock.now()
         with self._lock:
             if sum(1 for s in self._sims.values() if s.state == "running") >= MAX_ACTIVE:
                 raise TooManySimulations(f"at most {MAX_ACTIVE} simulations run at once")
             sim = Simulation(str(uuid.uuid4()), spec, self.instance_id, now)
-            sim.expected_seconds = pacing.expected_duration(segments, spec.count)
+            sim.expected_seconds = expected_seconds
             self._sims[sim.simulation_id] = sim
             self._start(sim, segments, 0)
             self._trim()
@@ -190,11 +232,10 @@ class SimulationManager:
         self.sender.add_run(sim.run)
         self._gauge()
 
-    def stop(self, simulation_id: str) -> Simulation | None:
+    def stop(self, simulation_id: str) -> Simulation:
+        """Stop sending (payments sent are still followed); raises ``UnknownSimulation``."""
         with self._lock:
-            sim = self._sims.get(simulation_id)
-            if sim is None:
-                return None
+            sim = self.get(simulation_id)
             if sim.state == "running":
                 if sim.run is not None:
                     self.sender.stop_run(sim.run)
@@ -279,8 +320,7 @@ class SimulationManager:
 
     # --- views ------------------------------------------------------------------------------
     def _gauge(self) -> None:
-        metrics.SIMULATIONS_ACTIVE.set(
-            sum(1 for s in self._sims.values() if s.state in ("running", "resuming")))
+        metrics.SIMULATIONS_ACTIVE.set(self.active())
 
     def _trim(self) -> None:
         finished = [s for s in self._sims.values() if s.state in ("finished", "stopped")]
@@ -291,80 +331,62 @@ class SimulationManager:
         with self._lock:
             return self._sims.get(simulation_id)
 
-    def summaries(self) -> list[dict[str, Any]]:
+    def get(self, simulation_id: str) -> Simulation:
+        """The simulation, or ``UnknownSimulation``."""
+        sim = self.get_sim(simulation_id)
+        if sim is None:
+            raise UnknownSimulation("no such simulation")
+        return sim
+
+    def active(self) -> int:
+        """How many simulations are running or waiting to resume."""
+        with self._lock:
+            return sum(1 for s in self._sims.values() if s.state in ("running", "resuming"))
+
+    def summaries(self) -> list[SimulationSummary]:
         with self._lock:
             sims = sorted(self._sims.values(), key=lambda s: s.created_at, reverse=True)
             return [self.summary(s) for s in sims]
 
-    def summary(self, sim: Simulation) -> dict[str, Any]:
-        return {
-            "id": sim.simulation_id,
-            "name": sim.spec.name,
-            "state": sim.state,
-            "createdAt": sim.created_at.isoformat(),
-            "finishedAt": sim.finished_at.isoformat() if sim.finished_at else None,
-            "planned": sim.spec.count,
-            "dispatched": sim.dispatched,
-            "dropped": sim.dropped,
-            "unfinished": self.tracker.sim_uncounted(sim.simulation_id),
-            "channel": sim.spec.channel.value,
-            "profile": sim.spec.profile,
-        }
+    def summary(self, sim: Simulation) -> SimulationSummary:
+        return SimulationSummary(
+            simulation_id=sim.simulation_id, name=sim.spec.name, state=sim.state,
+            created_at=sim.created_at, finished_at=sim.finished_at, planned=sim.spec.count,
+            dispatched=sim.dispatched, dropped=sim.dropped,
+            unfinished=self.tracker.sim_uncounted(sim.simulation_id),
+            channel=sim.spec.channel, profile=sim.spec.profile,
+        )
 
-    def detail(self, sim: Simulation) -> dict[str, Any]:
+    def detail(self, sim: Simulation) -> SimulationDetail:
+        """The summary with progress, outcomes and latency from the ledger; raises
+        ``LedgerUnavailable`` when the ledger cannot be read."""
         self.ledger.flush(0.5)
-        result = self.summary(sim)
         counted = self.ledger.count_by_counted_outcome(sim.simulation_id)
         statuses = self.ledger.count_by_status(sim.simulation_id)
         durations = self.ledger.durations(sim.simulation_id)
         run = sim.run
-        result.update({
-            "spec": sim.spec.public(),
-            "expectedDurationSeconds": round(sim.expected_seconds, 3),
-            "resumed": sim.resumed,
-            "progress": {
-                "planned": sim.spec.count,
-                "dispatched": sim.dispatched,
-                "dropped": sim.dropped,
-                "notYetDue": max(0, sim.spec.count - sim.dispatched - sim.dropped)
+        return SimulationDetail(
+            summary=self.summary(sim),
+            spec=sim.spec,
+            expected_duration_seconds=round(sim.expected_seconds, 3),
+            resumed=sim.resumed,
+            progress=Progress(
+                planned=sim.spec.count,
+                dispatched=sim.dispatched,
+                dropped=sim.dropped,
+                not_yet_due=max(0, sim.spec.count - sim.dispatched - sim.dropped)
                 if sim.state == "running" else 0,
-                "recorded": sum(statuses.values()),
-                "inFlight": statuses.get("in_flight", 0),
-                "finished": sum(statuses.get(o.value, 0) for o in Outcome
-                                if o is not Outcome.STUCK),
-                "stuckNow": statuses.get("stuck", 0),
-            },
-            "outcomes": {o.value: counted.get(o.value, 0) for o in Outcome},
-            "currentStatus": {k: statuses.get(k, 0) for k in
-                              ("in_flight", "success", "failed", "rejected", "stuck")},
-            "latency": {
-                "total": summarize(durations["total"]),
-                "steps": {s.value: summarize(durations[s.value]) for s in ALL_STEPS},
-            },
-            "sendLag": summarize(run.lags if run else []) | {
-                "max": round(run.lag_max, 6) if run else None},
-        })
-        return result
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
-
-
-def percentile(sorted_values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of an ascending, non-empty sequence."""
-    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
-def summarize(values: Sequence[float]) -> dict[str, Any]:
-    if not values:
-        return {"count": 0, "p50": None, "p95": None, "p99": None}
-    ordered = sorted(values)
-    return {
-        "count": len(ordered),
-        "p50": round(percentile(ordered, 50), 6),
-        "p95": round(percentile(ordered, 95), 6),
-        "p99": round(percentile(ordered, 99), 6),
-    }
+                recorded=sum(statuses.values()),
+                in_flight=statuses.get("in_flight", 0),
+                finished=sum(statuses.get(o.value, 0) for o in Outcome if o is not Outcome.STUCK),
+                stuck_now=statuses.get("stuck", 0),
+            ),
+            outcomes={o.value: counted.get(o.value, 0) for o in Outcome},
+            current_status={k: statuses.get(k, 0) for k in
+                            ("in_flight", "success", "failed", "rejected", "stuck")},
+            latency=Latency(
+                total=summarize(durations["total"]),
+                steps={s.value: summarize(durations[s.value]) for s in ALL_STEPS},
+            ),
+            send_lag=summarize(run.lags, round(run.lag_max, 6)) if run else summarize([]),
+        )

@@ -142,7 +142,7 @@ class TwinHarness:
     def start(self) -> TwinHarness:
         self.scheduler.start()
         self.tracking.start()
-        wait_for(lambda: self.tracking.status()["provisioned"], timeout=30,
+        wait_for(lambda: self.tracking.status().provisioned, timeout=30,
                  message="twin accounts provisioned")
         wait_for(self.tracking.following, timeout=30, message="follower positioned")
         return self

@@ -1,0 +1,232 @@
+"""Control-API routes of simulations: start, list, follow and stop runs of payments.
+
+Each route hands ``SimulationManager`` a typed spec or id and renders its typed
+answer (``tracking.simulations``) in the API's camelCase; refusals are the domain's
+errors, mapped to status codes by ``api/errors.py``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends
+from pydantic import Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from bgmock_twin.api.auth import require_token
+from bgmock_twin.api.wire import Amount, JsonBodyRoute, Rate, Seconds, WireRequest, WireResponse
+from bgmock_twin.tracking import simulation_report as report
+from bgmock_twin.tracking import simulations as domain
+from bgmock_twin.tracking.lifecycle import FAILURE_KINDS, Channel, Kind
+from bgmock_twin.tracking.service import Tracking
+
+FailureKind = Literal["insufficient_funds", "unknown_bankgood", "unknown_payee_account"]
+
+
+# --- requests ---------------------------------------------------------------------------------
+class RampRequest(WireRequest):
+    from_rate: float = Field(..., ge=0, le=1000, description="payments/s at the start")
+    to_rate: Rate = Field(..., description="payments/s at the end and after")
+    duration: Seconds = Field(..., description="seconds from from_rate to to_rate")
+
+
+class SpikeRequest(WireRequest):
+    rate: Rate = Field(..., description="payments/s during the spike")
+    start: float = Field(..., ge=0, le=86_400, description="seconds after the start")
+    duration: Seconds = Field(..., description="seconds the spike lasts")
+
+
+class SimulationRequest(WireRequest):
+    """A run of ``count`` payments. ``rate`` (payments/s) or the seed's fixed
+    ``delay`` (seconds between payments) is the base rate of the constant and spike
+    profiles; a ramp takes its rates from ``ramp``."""
+
+    count: int = Field(..., ge=1, le=100_000)
+    rate: Rate | None = None
+    delay: float | None = Field(None, ge=0.5, le=10)
+    profile: Literal["constant", "ramp", "spike"] = "constant"
+    ramp: RampRequest | None = None
+    spike: SpikeRequest | None = None
+    channel: Literal["rest", "kafka"] = "rest"
+    direction: Literal["a_to_b", "b_to_a", "both"] = "both"
+    amount_min: Amount | None = None
+    amount_max: Amount | None = None
+    failure_share: float = Field(0.0, ge=0, le=1, description="share of deliberate failures")
+    failure_kinds: list[FailureKind] | None = Field(None, min_length=1, max_length=3)
+    name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[\w .:/-]+$")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SimulationRequest:
+        if self.rate is not None and self.delay is not None:
+            raise ValueError("give rate or delay, not both")
+        if self.profile in ("constant", "spike") and self.rate is None and self.delay is None:
+            raise ValueError(f"a {self.profile} profile needs rate or delay")
+        if self.profile == "ramp" and self.ramp is None:
+            raise ValueError("profile ramp needs ramp: {fromRate, toRate, duration}")
+        if self.profile == "spike" and self.spike is None:
+            raise ValueError("profile spike needs spike: {rate, start, duration}")
+        if self.amount_min is not None and self.amount_max is not None and \
+                self.amount_min > self.amount_max:
+            raise ValueError("amount_min must not exceed amount_max")
+        return self
+
+
+# --- responses --------------------------------------------------------------------------------
+class SimulationSummary(WireResponse):
+    id: str
+    name: str | None
+    state: str = Field(description="running, resuming, finished or stopped")
+    created_at: str
+    finished_at: str | None
+    planned: int
+    dispatched: int
+    dropped: int
+    unfinished: int
+    channel: str
+    profile: str
+
+
+class SimulationList(WireResponse):
+    items: list[SimulationSummary]
+
+
+class Percentiles(WireResponse):
+    """Nearest-rank percentiles in seconds (null when there is no value yet)."""
+
+    count: int
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+class LagPercentiles(Percentiles):
+    max: float | None
+
+
+class Latency(WireResponse):
+    total: Percentiles
+    steps: dict[str, Percentiles]
+
+
+class Progress(WireResponse):
+    planned: int
+    dispatched: int
+    dropped: int
+    not_yet_due: int
+    recorded: int
+    in_flight: int
+    finished: int
+    stuck_now: int
+
+
+class SimulationDetail(SimulationSummary):
+    spec: dict[str, Any]
+    expected_duration_seconds: float
+    resumed: bool
+    progress: Progress
+    outcomes: dict[str, int]
+    current_status: dict[str, int]
+    latency: Latency
+    send_lag: LagPercentiles = Field(description="actual minus intended send time")
+
+
+# --- conversions ------------------------------------------------------------------------------
+def simulation_spec(request: SimulationRequest, tracking: Tracking) -> domain.SimulationSpec:
+    """The domain's spec of a request; unset amounts come from the twin's settings."""
+    settings = tracking.settings
+    kinds = tuple(Kind(k) for k in request.failure_kinds) if request.failure_kinds \
+        else FAILURE_KINDS
+    amount_min = request.amount_min or min(settings.load_amount_min,
+                                           request.amount_max or settings.load_amount_min)
+    amount_max = request.amount_max or max(settings.load_amount_max, amount_min)
+    return domain.SimulationSpec(
+        count=request.count, amount_min=amount_min, amount_max=amount_max,
+        profile=request.profile, rate=request.rate, delay=request.delay,
+        ramp_from=request.ramp.from_rate if request.ramp else None,
+        ramp_to=request.ramp.to_rate if request.ramp else None,
+        ramp_duration=request.ramp.duration if request.ramp else None,
+        spike_rate=request.spike.rate if request.spike else None,
+        spike_start=request.spike.start if request.spike else None,
+        spike_duration=request.spike.duration if request.spike else None,
+        channel=Channel(request.channel), direction=request.direction,
+        failure_share=request.failure_share, failure_kinds=kinds, name=request.name,
+    )
+
+
+def _summary_fields(summary: domain.SimulationSummary) -> dict[str, Any]:
+    return {
+        "id": summary.simulation_id, "name": summary.name, "state": summary.state,
+        "created_at": summary.created_at.isoformat(),
+        "finished_at": summary.finished_at.isoformat() if summary.finished_at else None,
+        "planned": summary.planned, "dispatched": summary.dispatched,
+        "dropped": summary.dropped, "unfinished": summary.unfinished,
+        "channel": summary.channel.value, "profile": summary.profile,
+    }
+
+
+def summary_view(summary: domain.SimulationSummary) -> SimulationSummary:
+    return SimulationSummary(**_summary_fields(summary))
+
+
+def _percentiles(p: report.Percentiles) -> Percentiles:
+    return Percentiles(count=p.count, p50=p.p50, p95=p.p95, p99=p.p99)
+
+
+def detail_view(detail: domain.SimulationDetail) -> SimulationDetail:
+    lag = detail.send_lag
+    return SimulationDetail(
+        **_summary_fields(detail.summary),
+        spec={to_camel(k): v for k, v in detail.spec.fields().items()},
+        expected_duration_seconds=detail.expected_duration_seconds,
+        resumed=detail.resumed,
+        progress=Progress.model_validate(detail.progress, from_attributes=True),
+        outcomes=detail.outcomes,
+        current_status=detail.current_status,
+        latency=Latency(total=_percentiles(detail.latency.total),
+                        steps={k: _percentiles(v) for k, v in detail.latency.steps.items()}),
+        send_lag=LagPercentiles(count=lag.count, p50=lag.p50, p95=lag.p95, p99=lag.p99,
+                                max=lag.max),
+    )
+
+
+# --- routes -----------------------------------------------------------------------------------
+def build_simulation_router(tracking: Tracking) -> APIRouter:
+    router = APIRouter(tags=["tracking"], route_class=JsonBodyRoute)
+    mutate = [Depends(require_token)]
+    simulations = tracking.simulations
+
+    @router.post(
+        "/simulations", status_code=202, response_model=SimulationSummary,
+        summary="Start a simulation (answers at once with its id)", dependencies=mutate,
+        responses={409: {"description": "too many simulations running"},
+                   503: {"description": "BGMock unreachable: accounts not provisioned"}},
+    )
+    def create_simulation(request: SimulationRequest) -> SimulationSummary:
+        spec = simulation_spec(request, tracking)
+        tracking.ensure_provisioned()
+        return summary_view(simulations.summary(simulations.create(spec)))
+
+    @router.get("/simulations", response_model=SimulationList,
+                summary="Every simulation this twin knows, newest first")
+    def list_simulations() -> SimulationList:
+        return SimulationList(items=[summary_view(s) for s in simulations.summaries()])
+
+    @router.get(
+        "/simulations/{simulation_id}", response_model=SimulationDetail,
+        responses={404: {"description": "unknown simulation"},
+                   503: {"description": "ledger unavailable"}},
+        summary="Progress, outcomes so far and per-step latency percentiles",
+    )
+    def get_simulation(simulation_id: uuid.UUID) -> SimulationDetail:
+        return detail_view(simulations.detail(simulations.get(str(simulation_id))))
+
+    @router.delete(
+        "/simulations/{simulation_id}", response_model=SimulationSummary,
+        responses={404: {"description": "unknown simulation"}}, dependencies=mutate,
+        summary="Stop a simulation (payments already sent are still followed)",
+    )
+    def stop_simulation(simulation_id: uuid.UUID) -> SimulationSummary:
+        return summary_view(simulations.summary(simulations.stop(str(simulation_id))))
+
+    return router
