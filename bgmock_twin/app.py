@@ -97,13 +97,12 @@ class Twin:
         self.books = self._build_books()
         routers = [r for r in (getattr(self.tracking, "router", None),
                                getattr(self.books, "router", None)) if r is not None]
-        token = (settings.control_token.get_secret_value()
-                 if settings.control_token is not None else None)
-        app = create_api(self, token, settings.max_request_bytes, routers,
-                         rate_limit_per_second=settings.api_rate_limit_per_second)
-        self.api = ApiServer(app, settings.listen_host, settings.listen_port)
+        api = settings.api
+        app = create_api(self, api.token, api.max_request_bytes, routers,
+                         rate_limit_per_second=api.api_rate_limit_per_second)
+        self.api = ApiServer(app, api.listen_host, api.listen_port)
         self.api.start()
-        log.info("control_api_listening", host=settings.listen_host, port=self.api.port)
+        log.info("control_api_listening", host=api.listen_host, port=self.api.port)
         self.scheduler.start()
         if self.tracking is not None:
             self.tracking.start()
