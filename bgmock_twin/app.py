@@ -18,15 +18,19 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from bgmock_twin import __version__, metrics
+from bgmock_twin.api.books_routes import build_books_router, render_books_status
 from bgmock_twin.api.server import ApiServer, create_api
+from bgmock_twin.books.lag import lag_source_for
+from bgmock_twin.books.model import AccountKey
 from bgmock_twin.books.service import Books
+from bgmock_twin.books.sources import LedgerReader, bank_of
 from bgmock_twin.bus.base import EventBus
 from bgmock_twin.clients.bgmock import BGMockClients
 from bgmock_twin.clients.databases import readonly_engine
 from bgmock_twin.emulator import EmbeddedBGMock, EmulatorConfig, FaultError
 from bgmock_twin.errors import InvalidRequest, NotInThisMode
 from bgmock_twin.logs import configure_logging, get_logger
-from bgmock_twin.probes import HealthRegistry, build_checks
+from bgmock_twin.probes import build_checks, probe_jobs, registry_for
 from bgmock_twin.scheduler import JobScheduler
 from bgmock_twin.settings import Settings, mask_url
 from bgmock_twin.tracking.service import Tracking
@@ -66,10 +70,10 @@ class Twin:
         self.emulator: EmbeddedBGMock | None = None
         self.clients: BGMockClients | None = None
         self.databases: dict[str, Engine] = {}
-        self.health = HealthRegistry(settings.probe_timeout_seconds)
+        self.health = registry_for(settings.probes)
         self.scheduler = JobScheduler()
         self.tracking: Tracking | None = None
-        self.books: Any = None
+        self.books: Books | None = None
         self.api: ApiServer | None = None
         self._stopping = threading.Event()
 
@@ -88,15 +92,14 @@ class Twin:
         self.databases = self._database_engines()
         for service, check in build_checks(self.clients, self.bus, self.databases).items():
             self.health.register(service, check)
-            self.scheduler.add_interval(
-                f"probe_{service}", _bind(self.health.probe, service),
-                settings.health_interval_seconds, run_now=True,
-            )
+        self.scheduler.add(probe_jobs(self.health, settings.probes))
         if self.bus is not None:
             self.tracking = Tracking(settings, self.clients, self.bus, self.scheduler)
         self.books = self._build_books()
-        routers = [r for r in (getattr(self.tracking, "router", None),
-                               getattr(self.books, "router", None)) if r is not None]
+        self.scheduler.add(self.books.jobs())
+        routers = [build_books_router(self.books)]
+        if self.tracking is not None:
+            routers.insert(0, self.tracking.router)
         api = settings.api
         app = create_api(self, api.token, api.max_request_bytes, routers,
                          rate_limit_per_second=api.api_rate_limit_per_second)
@@ -157,7 +160,28 @@ class Twin:
         return engines
 
     def _build_books(self) -> Books:
-        return Books(self)
+        settings = self.settings.books
+        ledger = None
+        if self.tracking is not None:
+            from bgmock_twin.tracking.ledger import deposits, payments
+
+            tracked = self.tracking.ledger
+            ledger = LedgerReader(tracked.engine, payments, deposits, flush=tracked.flush)
+        lag_source = lag_source_for(
+            self.bus, settings.kafka_bootstrap_servers,
+            timeout=max(1.0, min(5.0, settings.lag_interval_seconds / 2)))
+        return Books(settings, ledger=ledger, clients=self.clients, engines=self.databases,
+                     lag_source=lag_source, twin_accounts=self._twin_accounts)
+
+    def _twin_accounts(self) -> list[AccountKey]:
+        """The accounts the twin provisioned (none before it has)."""
+        fixtures = self.tracking.provisioner.fixtures if self.tracking is not None else None
+        if fixtures is None:
+            return []
+        numbers = [(clearing, number) for clearing, listed in fixtures.payers.items()
+                   for number in listed]
+        numbers += list(fixtures.low_accounts.items())
+        return [AccountKey(bank_of(clearing), number) for clearing, number in numbers]
 
     def _export_slo_targets(self) -> None:
         s = self.settings
@@ -232,8 +256,8 @@ class Twin:
         }
         if self.tracking is not None:
             result["payments"] = self.tracking.status()
-        if self.books is not None and hasattr(self.books, "status"):
-            result["books"] = self.books.status()
+        if self.books is not None:
+            result["books"] = render_books_status(self.books.status())
         return result
 
     def apply_fault(self, fault: dict[str, Any]) -> dict[str, Any]:
@@ -256,13 +280,6 @@ class Twin:
         except (FaultError, KeyError) as exc:
             raise InvalidRequest(f"invalid fault: {exc}") from None
         return result
-
-
-def _bind(func: Callable[[str], Any], arg: str) -> Callable[[], Any]:
-    def call() -> Any:
-        return func(arg)
-
-    return call
 
 
 def run(settings: Settings) -> int:
