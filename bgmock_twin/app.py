@@ -95,9 +95,8 @@ class Twin:
         self.scheduler.add(probe_jobs(self.health, settings.probes))
         if self.bus is not None:
             self.tracking = Tracking(settings, self.clients, self.bus, self.scheduler)
-        self.books = self._build_books()
-        self.scheduler.add(self.books.jobs())
-        routers = [build_books_router(self.books)]
+        books = self.books = self._build_books()
+        routers = [build_books_router(books)]
         if self.tracking is not None:
             routers.insert(0, self.tracking.router)
         api = settings.api
@@ -109,8 +108,8 @@ class Twin:
         self.scheduler.start()
         if self.tracking is not None:
             self.tracking.start()
-        if self.books is not None:
-            self.books.start()
+        self.scheduler.add(books.jobs())
+        books.start()
         metrics.TWIN_READY.set(1)
         log.info("twin_started", mode=self.mode, instance=settings.instance_id,
                  urls=urls, services=self.health.services)

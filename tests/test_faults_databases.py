@@ -116,7 +116,7 @@ def test_bgmock_databases_gone_during_reconciliation_are_unknown_not_violated(
     for proxy in world.proxies.values():
         proxy.latency = 0.3
     slow = next_report(daemon, healthy["ranAt"])
-    print(f"slow databases: a run takes {slow['duration_seconds']}s, "
+    print(f"slow databases: a run takes {slow['durationSeconds']}s, "
           f"{check_statuses(slow)}")
     assert slow["violations"] == 0, slow
     cut = time.monotonic()

@@ -42,6 +42,7 @@ from bgmock_twin.books.results import (
     money,
 )
 from bgmock_twin.contract import SERVICES as CONTRACT_SERVICES
+from bgmock_twin.contract import Channel
 
 __all__ = [
     "BALANCE_DRIFT", "CHECKS", "CONSERVATION", "EVIDENCE_LIMIT", "OUTBOX_BACKLOG",
@@ -204,7 +205,7 @@ def expected_presence(payment: FinishedPayment) -> dict[str, set[str | None]]:
     source = f"{payment.source_service}:outgoing"
     destination = f"{payment.destination_service}:incoming" \
         if payment.destination_service is not None else None
-    rest = payment.channel == "rest"
+    rest = payment.channel == Channel.REST
     allowed: dict[str, set[str | None]] = {}
     if payment.outcome == "success":
         if rest:
