@@ -27,6 +27,7 @@ from bgmock_twin.books.sources import LedgerReader, bank_of
 from bgmock_twin.bus.base import EventBus
 from bgmock_twin.clients.bgmock import BGMockClients
 from bgmock_twin.clients.databases import readonly_engine
+from bgmock_twin.contract import SERVICES
 from bgmock_twin.emulator import EmbeddedBGMock, EmulatorConfig, FaultError
 from bgmock_twin.errors import InvalidRequest, NotInThisMode
 from bgmock_twin.logs import configure_logging, get_logger
@@ -36,8 +37,6 @@ from bgmock_twin.settings import Settings, mask_url
 from bgmock_twin.tracking.service import Tracking
 
 log = get_logger(__name__)
-
-DB_SERVICES = {"db_bank_a": "bank_a", "db_bank_b": "bank_b", "db_switch": "clearing"}
 
 
 def build_bus(settings: Settings) -> EventBus | None:
@@ -143,19 +142,19 @@ class Twin:
         """Read-only engines for DB_*; in embedded mode the emulator's own databases
         stand in for any that are not configured."""
         settings = self.settings
-        configured = {"db_bank_a": settings.db_bank_a, "db_bank_b": settings.db_bank_b,
-                      "db_switch": settings.db_switch}
+        configured = settings.database_urls()
         engines: dict[str, Engine] = {}
-        for service, url in configured.items():
+        for service in SERVICES:
+            url = configured[service.database]
             if url is not None:
-                engines[service] = readonly_engine(
+                engines[service.database] = readonly_engine(
                     url.get_secret_value(), settings.db_statement_timeout_ms,
                     connect_timeout_s=max(1, int(settings.probe_timeout_seconds)),
                 )
-                log.info("database_configured", service=service,
+                log.info("database_configured", service=service.database,
                          url=mask_url(url.get_secret_value()))
             elif self.emulator is not None:
-                engines[service] = self.emulator.engines[DB_SERVICES[service]]
+                engines[service.database] = self.emulator.engines[service.name]
         return engines
 
     def _build_books(self) -> Books:

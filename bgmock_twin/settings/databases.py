@@ -22,6 +22,11 @@ class DatabaseSettings(BaseModel):
     def _bgmock_database_url(cls, value: SecretStr | None) -> SecretStr | None:
         return database_url(value)
 
+    def database_urls(self) -> dict[str, SecretStr | None]:
+        """Each URL by its database's name (``Service.database``: ``db_bank_a`` ...)."""
+        return {"db_bank_a": self.db_bank_a, "db_bank_b": self.db_bank_b,
+                "db_switch": self.db_switch}
+
 
 class StatementSettings(BaseModel):
     """How long one statement against a BGMock database may run."""
