@@ -6,8 +6,7 @@ from typing import Self
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
-from bgmock_twin.settings.bus import SLICE_CONFIG
-from bgmock_twin.settings.fields import env, is_loopback
+from bgmock_twin.settings.fields import SLICE_CONFIG, env, is_loopback
 
 MIN_CONTROL_TOKEN_LENGTH = 16
 

@@ -10,9 +10,9 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import NoDecode
 
-from bgmock_twin.settings.bus import SLICE_CONFIG, BusSettings
+from bgmock_twin.settings.bus import BusSettings
 from bgmock_twin.settings.databases import StatementSettings
-from bgmock_twin.settings.fields import env
+from bgmock_twin.settings.fields import SLICE_CONFIG, env
 from bgmock_twin.settings.probes import RestSettings
 from bgmock_twin.settings.tracking import DeadlineSettings
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import socket
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
-from bgmock_twin.settings.fields import bootstrap_servers, env
-
-SLICE_CONFIG = ConfigDict(populate_by_name=True, validate_default=True)
+from bgmock_twin.settings.fields import SLICE_CONFIG, bootstrap_servers, env
 
 
 class InstanceSettings(BaseModel):

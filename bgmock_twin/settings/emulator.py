@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
-from bgmock_twin.settings.bus import SLICE_CONFIG
-from bgmock_twin.settings.fields import database_url, env
+from bgmock_twin.settings.fields import SLICE_CONFIG, database_url, env
 
 
 class EmulatorSettings(BaseModel):

@@ -7,8 +7,7 @@ from typing import Self
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from bgmock_twin.settings.bus import SLICE_CONFIG
-from bgmock_twin.settings.fields import env, http_url
+from bgmock_twin.settings.fields import SLICE_CONFIG, env, http_url
 
 
 class Mode(StrEnum):

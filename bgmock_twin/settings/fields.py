@@ -7,12 +7,14 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from pydantic import AliasChoices, SecretStr
+from pydantic import AliasChoices, ConfigDict, SecretStr
 from sqlalchemy.engine import make_url
 
 from bgmock_twin.database_urls import resolve_database_url
 
 MAX_AMOUNT = Decimal("1000000000000")
+# Slices are built by field name (``Settings.slice``) and validate their defaults.
+SLICE_CONFIG = ConfigDict(populate_by_name=True, validate_default=True)
 
 
 def env(name: str) -> Any:

@@ -6,8 +6,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field, field_validator
 
-from bgmock_twin.settings.bus import SLICE_CONFIG
-from bgmock_twin.settings.fields import env
+from bgmock_twin.settings.fields import SLICE_CONFIG, env
 
 
 class LogFormat(StrEnum):

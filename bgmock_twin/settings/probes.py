@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from bgmock_twin.settings.bus import SLICE_CONFIG
-from bgmock_twin.settings.fields import env
+from bgmock_twin.settings.fields import SLICE_CONFIG, env
 
 
 class ProbeSettings(BaseModel):

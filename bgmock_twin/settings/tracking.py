@@ -8,8 +8,8 @@ from typing import Self
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
-from bgmock_twin.settings.bus import SLICE_CONFIG, BusSettings
-from bgmock_twin.settings.fields import MAX_AMOUNT, database_url, env
+from bgmock_twin.settings.bus import BusSettings
+from bgmock_twin.settings.fields import MAX_AMOUNT, SLICE_CONFIG, database_url, env
 from bgmock_twin.settings.probes import RestSettings
 
 
