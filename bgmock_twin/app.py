@@ -18,18 +18,22 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from bgmock_twin import __version__, metrics
+from bgmock_twin.api.books_routes import build_books_router
 from bgmock_twin.api.server import ApiServer, create_api
 from bgmock_twin.api.tracking_routes import build_router as tracking_router
 from bgmock_twin.api.twin import Fault, FaultResult, OutboxDrop, TwinStatus
+from bgmock_twin.books.lag import lag_source_for
+from bgmock_twin.books.model import AccountKey
 from bgmock_twin.books.service import Books
+from bgmock_twin.books.sources import LedgerReader, bank_of
 from bgmock_twin.bus.base import EventBus
 from bgmock_twin.clients.bgmock import BGMockClients
 from bgmock_twin.clients.databases import readonly_engine
-from bgmock_twin.contract import BANK_A, BANK_B, CLEARING
+from bgmock_twin.contract import BANK_A, BANK_B, CLEARING, SERVICES
 from bgmock_twin.emulator import EmbeddedBGMock, EmulatorConfig, FaultError
 from bgmock_twin.errors import InvalidRequest, NotInThisMode
 from bgmock_twin.logs import configure_logging, get_logger
-from bgmock_twin.probes import HealthRegistry, build_checks
+from bgmock_twin.probes import build_checks, probe_jobs, registry_for
 from bgmock_twin.scheduler import JobScheduler
 from bgmock_twin.settings import Settings, mask_url
 from bgmock_twin.tracking.service import Tracking
@@ -67,10 +71,10 @@ class Twin:
         self.emulator: EmbeddedBGMock | None = None
         self.clients: BGMockClients | None = None
         self.databases: dict[str, Engine] = {}
-        self.health = HealthRegistry(settings.probe_timeout_seconds)
+        self.health = registry_for(settings.probes)
         self.scheduler = JobScheduler()
         self.tracking: Tracking | None = None
-        self.books: Any = None
+        self.books: Books | None = None
         self.api: ApiServer | None = None
         self._stopping = threading.Event()
 
@@ -89,29 +93,24 @@ class Twin:
         self.databases = self._database_engines()
         for service, check in build_checks(self.clients, self.bus, self.databases).items():
             self.health.register(service, check)
-            self.scheduler.add_interval(
-                f"probe_{service}", _bind(self.health.probe, service),
-                settings.health_interval_seconds, run_now=True,
-            )
+        self.scheduler.add(probe_jobs(self.health, settings.probes))
         if self.bus is not None:
             self.tracking = Tracking(settings, self.clients, self.bus, self.scheduler)
-        self.books = self._build_books()
-        routers = [tracking_router(self.tracking)] if self.tracking is not None else []
-        books_router = getattr(self.books, "router", None)
-        if books_router is not None:
-            routers.append(books_router)
-        token = (settings.control_token.get_secret_value()
-                 if settings.control_token is not None else None)
-        app = create_api(self, token, settings.max_request_bytes, routers,
-                         rate_limit_per_second=settings.api_rate_limit_per_second)
-        self.api = ApiServer(app, settings.listen_host, settings.listen_port)
+        books = self.books = self._build_books()
+        routers = [build_books_router(books)]
+        if self.tracking is not None:
+            routers.insert(0, tracking_router(self.tracking))
+        api = settings.api
+        app = create_api(self, api.token, api.max_request_bytes, routers,
+                         rate_limit_per_second=api.api_rate_limit_per_second)
+        self.api = ApiServer(app, api.listen_host, api.listen_port)
         self.api.start()
-        log.info("control_api_listening", host=settings.listen_host, port=self.api.port)
+        log.info("control_api_listening", host=api.listen_host, port=self.api.port)
         self.scheduler.start()
         if self.tracking is not None:
             self.tracking.start()
-        if self.books is not None:
-            self.books.start()
+        self.scheduler.add(books.jobs())
+        books.start()
         metrics.TWIN_READY.set(1)
         log.info("twin_started", mode=self.mode, instance=settings.instance_id,
                  urls=urls, services=self.health.services)
@@ -145,10 +144,10 @@ class Twin:
         """Read-only engines for DB_*; in embedded mode the emulator's own databases
         stand in for any that are not configured."""
         settings = self.settings
-        configured = {BANK_A: settings.db_bank_a, BANK_B: settings.db_bank_b,
-                      CLEARING: settings.db_switch}
+        configured = settings.database_urls()
         engines: dict[str, Engine] = {}
-        for service, url in configured.items():
+        for service in SERVICES:
+            url = configured[service.database]
             if url is not None:
                 engines[service.database] = readonly_engine(
                     url.get_secret_value(), settings.db_statement_timeout_ms,
@@ -161,7 +160,28 @@ class Twin:
         return engines
 
     def _build_books(self) -> Books:
-        return Books(self)
+        settings = self.settings.books
+        ledger = None
+        if self.tracking is not None:
+            from bgmock_twin.tracking.ledger import deposits, payments
+
+            tracked = self.tracking.ledger
+            ledger = LedgerReader(tracked.engine, payments, deposits, flush=tracked.flush)
+        lag_source = lag_source_for(
+            self.bus, settings.kafka_bootstrap_servers,
+            timeout=max(1.0, min(5.0, settings.lag_interval_seconds / 2)))
+        return Books(settings, ledger=ledger, clients=self.clients, engines=self.databases,
+                     lag_source=lag_source, twin_accounts=self._twin_accounts)
+
+    def _twin_accounts(self) -> list[AccountKey]:
+        """The accounts the twin provisioned (none before it has)."""
+        fixtures = self.tracking.provisioner.fixtures if self.tracking is not None else None
+        if fixtures is None:
+            return []
+        numbers = [(clearing, number) for clearing, listed in fixtures.payers.items()
+                   for number in listed]
+        numbers += list(fixtures.low_accounts.items())
+        return [AccountKey(bank_of(clearing), number) for clearing, number in numbers]
 
     def _export_slo_targets(self) -> None:
         s = self.settings
@@ -226,8 +246,6 @@ class Twin:
         return not reasons, reasons
 
     def status(self) -> TwinStatus:
-        books = self.books.status() if self.books is not None and \
-            hasattr(self.books, "status") else None
         return TwinStatus(
             mode=self.mode,
             instance=self.settings.instance_id,
@@ -235,7 +253,7 @@ class Twin:
             started_at=self.started_at,
             services=self.health.snapshot(),
             payments=self.tracking.status() if self.tracking is not None else None,
-            books=books,
+            books=self.books.status() if self.books is not None else None,
         )
 
     def apply_fault(self, fault: Fault) -> FaultResult:
@@ -256,13 +274,6 @@ class Twin:
         except (FaultError, KeyError) as exc:
             raise InvalidRequest(f"invalid fault: {exc}") from None
         return FaultResult(service, new_balance, outbox_drop, applied)
-
-
-def _bind(func: Callable[[str], Any], arg: str) -> Callable[[], Any]:
-    def call() -> Any:
-        return func(arg)
-
-    return call
 
 
 def run(settings: Settings) -> int:

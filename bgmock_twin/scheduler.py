@@ -10,7 +10,8 @@ Twin dashboard instead of disappearing.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from apscheduler.events import (
@@ -28,6 +29,22 @@ from bgmock_twin import metrics
 from bgmock_twin.logs import get_logger
 
 log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job a component wants run every ``interval_seconds``: the component
+    describes it, the wiring registers it (``JobScheduler.add``).
+
+    A run may start late by up to ``misfire_grace_seconds`` (default: one interval)
+    before it counts as missed; ``run_now`` runs it once at start too.
+    """
+
+    name: str
+    func: Callable[[], Any]
+    interval_seconds: float
+    misfire_grace_seconds: float | None = None
+    run_now: bool = False
 
 
 class JobScheduler:
@@ -71,6 +88,12 @@ class JobScheduler:
             misfire_grace_time=max(1, round(grace)),
             **kwargs,
         )
+
+    def add(self, jobs: Iterable[Job]) -> None:
+        for job in jobs:
+            self.add_interval(job.name, job.func, job.interval_seconds,
+                              misfire_grace_seconds=job.misfire_grace_seconds,
+                              run_now=job.run_now)
 
     def remove(self, name: str) -> None:
         if self._scheduler.get_job(name) is not None:

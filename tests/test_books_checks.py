@@ -7,6 +7,7 @@ import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from bgmock_twin.api.books_routes import check_body
 from bgmock_twin.books import checks as c
 from bgmock_twin.books.checks import (
     AccountReading,
@@ -16,7 +17,8 @@ from bgmock_twin.books.checks import (
     PendingSum,
     StoredRow,
 )
-from bgmock_twin.books.model import AccountKey, Channel, DepositFact, PaymentFact, Progress, expect
+from bgmock_twin.books.model import AccountKey, DepositFact, PaymentFact, Progress, expect
+from bgmock_twin.contract import Channel
 
 D = Decimal
 A1 = AccountKey("bank_a", "TWIN-A-001")
@@ -185,5 +187,5 @@ def test_stale_pending_and_outbox_integrity() -> None:
 
 def test_report_shape_is_bounded() -> None:
     many = [_read(AccountKey("bank_a", f"X{i}"), "1", "2") for i in range(80)]
-    body = c.reserved_bounds(many).as_dict()
+    body = check_body(c.reserved_bounds(many)).model_dump(mode="json")
     assert body["violations"] == 80 and len(body["offending"]) == c.EVIDENCE_LIMIT

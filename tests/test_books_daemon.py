@@ -189,11 +189,11 @@ def test_rest_path_finds_drift_without_any_database(twin: Twin) -> None:
                         sla_seconds=30, outbox_max_pending=100, outbox_max_age_seconds=30),
         ledger=LedgerReader(tracking.ledger.engine, ledger_tables.payments,
                             ledger_tables.deposits, flush=tracking.ledger.flush),
-        clients=twin.clients, engines={}, twin_accounts=_books(twin)._twin_accounts,
+        clients=twin.clients, engines={}, twin_accounts=_books(twin).twin_accounts,
     )
     try:
         clean = reconciler.run()
-        assert clean.results[c.BALANCE_DRIFT].status is CheckStatus.OK, clean.as_dict()
+        assert clean.results[c.BALANCE_DRIFT].status is CheckStatus.OK, clean
         assert clean.results[c.CONSERVATION].status is CheckStatus.OK
         assert clean.sources["rest_bank_a"] == "ok" and clean.sources["rest_bank_b"] == "ok"
         for check in (c.OUTBOX_BACKLOG, c.STATUS_AGREEMENT, c.RESERVED_MATCHES_PENDING):

@@ -97,7 +97,7 @@ def _wait_for_report(twin: Twin, condition: Any, timeout: float = 30) -> dict[st
     def check() -> dict[str, Any] | None:
         body: dict[str, Any] = requests.get(_api(twin) + "/api/v1/reconciliation",
                                             timeout=10).json()
-        return body if body["ran_at"] and condition(body) else None
+        return body if body["ranAt"] and condition(body) else None
 
     result: dict[str, Any] = wait_for(check, timeout=timeout, interval=0.2,
                                       message="reconciliation report")
@@ -142,7 +142,7 @@ def test_clean_books_under_load_have_no_violation(twin: Twin) -> None:
     # the scheduled job reports too, and the status summary carries it
     _wait_for_report(twin, lambda r: r["status"] == "ok")
     books = twin.status().books
-    assert books is not None and books["status"] == "ok"
+    assert books is not None and books.status == "ok"
     # the lag of every group is exported and never negative
     groups = [*twin.settings.lag_groups, twin.settings.consumer_group]
 
@@ -163,7 +163,7 @@ def test_run_needs_the_token_and_get_is_open(twin: Twin) -> None:
     assert requests.post(_api(twin) + "/api/v1/reconciliation/run", timeout=10,
                          headers={"Authorization": "Bearer wrong"}).status_code == 401
     body = requests.get(_api(twin) + "/api/v1/reconciliation", timeout=10).json()
-    assert body["interval_seconds"] == RECONCILE_INTERVAL
+    assert body["intervalSeconds"] == RECONCILE_INTERVAL
     paths = requests.get(_api(twin) + "/openapi.json", timeout=10).json()["paths"]
     assert "/api/v1/reconciliation" in paths and "/api/v1/reconciliation/run" in paths
 
@@ -217,7 +217,7 @@ def test_stalled_outbox_is_outbox_backlog(twin: Twin) -> None:
         (offender,) = report["checks"][c.OUTBOX_BACKLOG]["offending"]
         assert offender["evidence"]["service"] == "bank_a"
         assert offender["evidence"]["unpublished"] >= 1
-        assert offender["evidence"]["oldest_age_seconds"] > OUTBOX_AGE_LIMIT
+        assert offender["evidence"]["oldestAgeSeconds"] > OUTBOX_AGE_LIMIT
         age = _gauge("bgmock_outbox_oldest_age_seconds", service="bank_a")
         assert age is not None and age > OUTBOX_AGE_LIMIT
     finally:
@@ -252,9 +252,9 @@ def test_dropped_outbox_row_is_outbox_integrity(twin: Twin) -> None:
                               timeout=RECONCILE_INTERVAL * 2 + 15)
     assert _violated(report) == {c.OUTBOX_INTEGRITY}, report
     offending = report["checks"][c.OUTBOX_INTEGRITY]["offending"]
-    assert {o["evidence"]["transaction_id"] for o in offending} == lost
+    assert {o["evidence"]["transactionId"] for o in offending} == lost
     (offender,) = [o for o in offending
-                   if o["evidence"]["transaction_id"] == str(payment.transaction_id)]
+                   if o["evidence"]["transactionId"] == str(payment.transaction_id)]
     assert offender["evidence"]["service"] == "bank_b"
     assert offender["evidence"]["amount"] == "3.21"
     assert _detections(c.OUTBOX_INTEGRITY) - before[c.OUTBOX_INTEGRITY] == len(lost)

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 
 from bgmock_twin.books.model import (
     AccountKey,
-    Channel,
     DepositFact,
     DestinationView,
     PaymentFact,
@@ -26,6 +25,7 @@ from bgmock_twin.books.model import (
     expect,
     payment_is_certain,
 )
+from bgmock_twin.contract import Channel
 
 A1 = AccountKey("bank_a", "TWINA1")
 A2 = AccountKey("bank_a", "TWINA2")

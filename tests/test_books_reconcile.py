@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from bgmock_twin.api.books_routes import reconciliation_body
 from bgmock_twin.books import checks as c
 from bgmock_twin.books.checks import CheckStatus
 from bgmock_twin.books.model import AccountKey
@@ -140,10 +141,10 @@ def test_consistent_books_are_all_ok(world: World) -> None:
     finally:
         reconciler.close()
     statuses = {name: r.status for name, r in report.results.items()}
-    assert statuses == {name: CheckStatus.OK for name in c.CHECKS}, report.as_dict()
-    body = report.as_dict()
+    assert statuses == {name: CheckStatus.OK for name in c.CHECKS}, report
+    body = reconciliation_body(report, 30).model_dump(mode="json")
     assert body["status"] == "ok" and body["violations"] == 0
-    assert body["checks"]["status_agreement"]["detail"] == {"payments_checked": 1}
+    assert body["checks"]["status_agreement"]["detail"] == {"paymentsChecked": 1}
     assert body["checks"]["balance_drift"]["detail"]["drift"] == {"bank_a": "0", "bank_b": "0"}
     assert body["sources"]["db_bank_a_books"] == "ok"  # balances with the journal
 
@@ -179,7 +180,7 @@ def test_a_slow_database_is_unknown_and_bounded(world: World) -> None:
         reconciler.close()
     assert elapsed < 4.0 + 1.0
     results = report.results
-    assert all(r.status is not CheckStatus.VIOLATED for r in results.values()), report.as_dict()
+    assert all(r.status is not CheckStatus.VIOLATED for r in results.values()), report
     for name in (c.CONSERVATION, c.STATUS_AGREEMENT, c.OUTBOX_BACKLOG, c.OUTBOX_INTEGRITY,
                  c.STALE_PENDING, c.RESERVED_MATCHES_PENDING, c.BALANCE_DRIFT):
         assert results[name].status is CheckStatus.UNKNOWN, name
@@ -288,14 +289,16 @@ def test_a_drift_that_disappears_on_the_second_look_is_not_reported(world: World
     finally:
         recorder.join()
         reconciler.close()
-    assert _violated(report.results) == set(), report.as_dict()
+    assert _violated(report.results) == set(), report
     assert report.results[c.BALANCE_DRIFT].detail["drift"] == {"bank_a": "0", "bank_b": "0"}
 
 
 def test_journal_views_pin_payments_only_where_the_journal_proves_it() -> None:
-    from bgmock_twin.books.model import Channel, DestinationView, PaymentFact, Progress, SourceView
-    from bgmock_twin.books.reconcile import with_views
-    from bgmock_twin.books.sources import BankBooks, JournalRow, PaymentMeta
+    from bgmock_twin.books.journal import with_views
+    from bgmock_twin.books.model import DestinationView, PaymentFact, Progress, SourceView
+    from bgmock_twin.books.sources import PaymentMeta
+    from bgmock_twin.books.sql import BankBooks, JournalRow
+    from bgmock_twin.contract import Channel
 
     now = datetime.now(UTC)
     since = now - timedelta(minutes=4)
@@ -340,7 +343,7 @@ def test_journal_views_pin_payments_only_where_the_journal_proves_it() -> None:
 
 
 def test_clock_offset_is_the_smallest_delay() -> None:
-    from bgmock_twin.books.reconcile import clock_offset
+    from bgmock_twin.books.journal import clock_offset
 
     sent = datetime(2025, 11, 20, 10, 0, tzinfo=UTC)
     local = datetime(2025, 11, 20, 5, 0)  # a service writing UTC-5 local time
@@ -370,7 +373,7 @@ def test_a_bank_on_local_time_is_measured_on_its_own_clock(world: World) -> None
         report = reconciler.run()
     finally:
         reconciler.close()
-    assert _violated(report.results) == set(), report.as_dict()
+    assert _violated(report.results) == set(), report
     offset = report.clock_offsets["bank_b"]
     assert abs(offset - shift) < timedelta(minutes=3)  # the payment's row, minutes after
     backlog = report.results[c.OUTBOX_BACKLOG].detail["services"]["bank_b"]

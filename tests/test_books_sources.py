@@ -12,15 +12,11 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from bgmock_twin.books.model import AccountKey, Channel, DepositFact, Progress
-from bgmock_twin.books.sources import (
-    LedgerReader,
-    progress_of,
-    read_bank_books,
-    read_bank_db,
-    read_clearing_db,
-)
+from bgmock_twin.books.model import AccountKey, DepositFact, Progress
+from bgmock_twin.books.sources import LedgerReader, progress_of
+from bgmock_twin.books.sql import read_bank_books, read_bank_db, read_clearing_db
 from bgmock_twin.clients.databases import readonly_engine
+from bgmock_twin.contract import Channel
 from bgmock_twin.contract import tables as schema
 from bgmock_twin.tracking import ledger as ledger_tables
 from bgmock_twin.tracking.ledger import Ledger
@@ -123,10 +119,10 @@ def test_reads_are_read_only_even_on_a_writable_engine(bank_db: tuple[str, sa.En
                 read_bank_books(writable, "bank_a", ["TWIN-A-001"], NOW, 300)
             assert (datetime.now(UTC) - started).total_seconds() < 5
             conn.execute(sa.text("ROLLBACK"))
-        from bgmock_twin.books import sources
+        from bgmock_twin.books import sql
 
         with writable.connect() as conn, conn.begin():
-            sources._readonly_transaction(conn, 1000)
+            sql._readonly_transaction(conn, 1000)
             with pytest.raises(sa.exc.InternalError, match="read-only"):
                 conn.execute(sa.text("DELETE FROM accounts"))
     finally:

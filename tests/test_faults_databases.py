@@ -91,7 +91,7 @@ def next_report(daemon: Daemon, after: str | None, timeout: float = 20) -> dict[
     """The first reconciliation report that ran after ``after``."""
     def fresh() -> dict[str, Any] | None:
         report: dict[str, Any] = daemon.get("/api/v1/reconciliation").json()
-        ran_at = report["ran_at"]
+        ran_at = report["ranAt"]
         return report if ran_at is not None and (after is None or ran_at > after) else None
 
     return wait_for(fresh, timeout=timeout, interval=0.2, message="a new reconciliation")
@@ -115,8 +115,8 @@ def test_bgmock_databases_gone_during_reconciliation_are_unknown_not_violated(
     # breaks sessions in the middle of a reconciliation's queries
     for proxy in world.proxies.values():
         proxy.latency = 0.3
-    slow = next_report(daemon, healthy["ran_at"])
-    print(f"slow databases: a run takes {slow['duration_seconds']}s, "
+    slow = next_report(daemon, healthy["ranAt"])
+    print(f"slow databases: a run takes {slow['durationSeconds']}s, "
           f"{check_statuses(slow)}")
     assert slow["violations"] == 0, slow
     cut = time.monotonic()
@@ -128,8 +128,8 @@ def test_bgmock_databases_gone_during_reconciliation_are_unknown_not_violated(
                  timeout=DETECTION_BOUND, interval=0.05, message=f"{service} down")
     detected = time.monotonic() - cut
     # a run that started while the sessions broke, then runs against refused connections
-    reports = [next_report(daemon, slow["ran_at"])]
-    reports.append(next_report(daemon, reports[-1]["ran_at"]))
+    reports = [next_report(daemon, slow["ranAt"])]
+    reports.append(next_report(daemon, reports[-1]["ranAt"]))
     for report in reports:
         statuses = check_statuses(report)
         print(f"databases gone: {statuses}; sources "

@@ -146,9 +146,9 @@ def test_bank_and_clearing_faults_are_reported_and_bounded(tmp_path: Path,
         after = settle(daemon, seconds=2.0)
         # the books are not fooled by it either: payments refused at the door moved
         # nothing, and the ones whose answer never came are uncertain, not drift
-        last = daemon.get("/api/v1/reconciliation").json()["ran_at"]
+        last = daemon.get("/api/v1/reconciliation").json()["ranAt"]
         report = wait_for(lambda: (r := daemon.get("/api/v1/reconciliation").json())
-                          ["ran_at"] != last and r, timeout=15, message="a reconciliation")
+                          ["ranAt"] != last and r, timeout=15, message="a reconciliation")
         print(f"reconciliation after the faults: {report['status']}, "
               f"{ {n: c['status'] for n, c in report['checks'].items()} }")
         assert report["violations"] == 0, report

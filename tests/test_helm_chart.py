@@ -12,7 +12,7 @@ One source of truth: files/dashboards and files/rules inside the chart are symli
 grafana/dashboards and deploy/prometheus/rules; Helm's loader and `helm package`
 resolve them (proven below).
 
-The `config` section of values.schema.json is derived from bgmock_twin/settings.py, and
+The `config` section of values.schema.json is derived from bgmock_twin/settings/, and
 the alert names `prometheusRule.disabledAlerts` accepts from deploy/prometheus/rules.
 After adding a setting or an alert run `.venv/bin/python tests/test_helm_chart.py --update-schema`.
 """
@@ -136,7 +136,7 @@ def config_schema() -> dict[str, Any]:
         "type": "object",
         "additionalProperties": False,
         "description": "Other settings of the daemon by environment variable name "
-                       "(bounds from bgmock_twin/settings.py)",
+                       "(bounds from bgmock_twin/settings/)",
         "properties": props,
     }
 
@@ -531,7 +531,7 @@ def test_every_setting_reaches_the_daemon() -> None:
 def test_schema_config_section_is_derived_from_the_settings() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert schema["properties"]["config"] == config_schema(), (
-        "values.schema.json is behind bgmock_twin/settings.py: run "
+        "values.schema.json is behind bgmock_twin/settings/: run "
         "`.venv/bin/python tests/test_helm_chart.py --update-schema`")
 
 
@@ -1029,7 +1029,7 @@ def test_readme_documents_every_value() -> None:
     missing = [path for path in leaf_paths(defaults) if f"| `{path}` |" not in readme]
     assert missing == []
     assert readme == readme_with_config_table(readme), (
-        "the README's config table is behind bgmock_twin/settings.py: run "
+        "the README's config table is behind bgmock_twin/settings/: run "
         "`.venv/bin/python tests/test_helm_chart.py --update-schema`")
 
 

@@ -6,7 +6,7 @@ import threading
 
 from prometheus_client import REGISTRY
 
-from bgmock_twin.scheduler import JobScheduler
+from bgmock_twin.scheduler import Job, JobScheduler
 from tests.support.ports import wait_for
 
 
@@ -47,3 +47,16 @@ def test_runs_errors_and_overlaps_are_counted() -> None:
         release.set()
         scheduler.shutdown(wait=True)
     assert not scheduler.running
+
+
+def test_jobs_described_by_a_component_are_registered_by_the_wiring() -> None:
+    scheduler = JobScheduler()
+    ran = threading.Event()
+    scheduler.add([Job("t_described", ran.set, 3600, run_now=True),
+                   Job("t_later", lambda: None, 3600, misfire_grace_seconds=5)])
+    scheduler.start()
+    try:
+        assert ran.wait(10), "run_now runs the job once at start"
+        assert set(scheduler.job_names()) == {"t_described", "t_later"}
+    finally:
+        scheduler.shutdown(wait=True)

@@ -12,7 +12,20 @@ import pytest
 
 from bgmock_twin.clients.databases import readonly_engine, select_one
 from bgmock_twin.database_urls import resolve_database_url
-from bgmock_twin.settings import Settings, SettingsError, load_settings, mask_url
+from bgmock_twin.settings import (
+    ApiSettings,
+    BooksSettings,
+    DatabaseSettings,
+    EmulatorSettings,
+    EndpointSettings,
+    LoggingSettings,
+    ProbeSettings,
+    Settings,
+    SettingsError,
+    TrackingSettings,
+    load_settings,
+    mask_url,
+)
 from bgmock_twin.tracking.ledger import Ledger
 from tests.support.daemon import daemon_env
 
@@ -231,3 +244,21 @@ def test_an_empty_token_stops_the_real_daemon_with_exit_2(tmp_path: Path) -> Non
     assert result.returncode == 2, result.stderr
     assert "TWIN_CONTROL_TOKEN" in result.stderr + result.stdout
     assert "control_api_listening" not in result.stderr + result.stdout
+
+
+def test_each_component_gets_only_its_slice() -> None:
+    settings = load_settings(reconcile_interval_seconds=12, listen_port=9191,
+                             probe_timeout_seconds=3, kafka_group_id="g", instance_id="i1")
+    books = settings.books
+    assert isinstance(books, BooksSettings) and not isinstance(books, Settings)
+    assert books.reconcile_interval_seconds == 12 and books.consumer_group == "g.i1"
+    assert books.lag_groups == settings.lag_groups
+    assert not hasattr(books, "listen_port") and not hasattr(books, "control_token")
+    assert settings.api.listen_port == 9191 and not hasattr(settings.api, "db_bank_a")
+    assert settings.probes.probe_timeout_seconds == 3
+    assert settings.tracking.consumer_group == "g.i1"
+    # every setting lives in exactly one place: a slice, or the daemon's own
+    sliced = set().union(*(kind.model_fields for kind in (
+        BooksSettings, TrackingSettings, ProbeSettings, ApiSettings, EmulatorSettings,
+        LoggingSettings, DatabaseSettings, EndpointSettings)))
+    assert set(Settings.model_fields) - sliced == {"shutdown_grace_seconds"}

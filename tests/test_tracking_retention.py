@@ -26,8 +26,9 @@ from bgmock_twin.books import checks as c
 from bgmock_twin.books.checks import AccountReading, CheckStatus
 from bgmock_twin.books.model import AccountKey, Expectations, expect
 from bgmock_twin.books.reconcile import ReconcileConfig, Reconciler
+from bgmock_twin.books.rest import read_rest_accounts
 from bgmock_twin.books.sources import AMBIGUOUS_REJECTIONS as BOOKS_AMBIGUOUS
-from bgmock_twin.books.sources import LedgerReader, bank_of, read_rest_accounts
+from bgmock_twin.books.sources import LedgerReader, bank_of
 from bgmock_twin.bus.memory import InMemoryBus
 from bgmock_twin.clients.bgmock import BGMockClients
 from bgmock_twin.contract import Status

@@ -11,6 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
+from bgmock_twin.books.service import BooksStatus
 from bgmock_twin.probes.health import ServiceHealth
 from bgmock_twin.tracking.service import TrackingStatus
 
@@ -23,7 +24,7 @@ class TwinStatus:
     started_at: datetime
     services: dict[str, ServiceHealth]
     payments: TrackingStatus | None  # None when tracking does not run (no event bus)
-    books: dict[str, Any] | None  # as ``Books.status()`` gives it; None without books
+    books: BooksStatus | None  # None without books
 
 
 @dataclass(frozen=True, slots=True)

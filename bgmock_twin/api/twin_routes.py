@@ -18,6 +18,7 @@ from pydantic import AliasChoices, Field
 from pydantic.alias_generators import to_camel
 
 from bgmock_twin.api.auth import require_token
+from bgmock_twin.api.books_routes import render_books_status
 from bgmock_twin.api.twin import BalanceCorruption, Fault, FaultResult, TwinStatus, TwinView
 from bgmock_twin.api.wire import WireRequest, WireResponse
 
@@ -85,7 +86,8 @@ def status_view(status: TwinStatus) -> StatusView:
         if status.payments is not None else None
     return StatusView(mode=status.mode, instance=status.instance, version=status.version,
                       started_at=status.started_at.isoformat(), services=services,
-                      payments=payments, books=status.books)
+                      payments=payments,
+                      books=None if status.books is None else render_books_status(status.books))
 
 
 # --- faults -----------------------------------------------------------------------------------

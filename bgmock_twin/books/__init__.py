@@ -2,9 +2,13 @@
 
 - ``model``: expected balance and reserved balance of every twin account, as ranges
   that account for payments still in flight (pure);
-- ``checks``: the invariants, as pure functions returning violations with evidence;
-- ``sources``: read-only readers of the real state (REST and SQL) and of the ledger;
-- ``reconcile``: one reconciliation run with time-boxed reads;
+- ``readings``, ``results``, ``checks``: what the checks read, what they say, and
+  the invariants as pure functions returning violations with evidence;
+- ``sources`` (the twin's ledger), ``rest`` and ``sql`` (BGMock's API and
+  databases): read-only readers of the real state;
+- ``reads``, ``journal``, ``snapshot_checks``, ``report``, ``reconcile``: one
+  reconciliation run with time-boxed reads;
 - ``lag``: consumer-group lag of BGMock's and the twin's groups;
-- ``service``: ``Books(twin)``, the component the daemon wires in.
+- ``service``: ``Books``, the component the daemon wires in (its routes are in
+  ``api.books_routes``).
 """

@@ -1,163 +1,59 @@
 """The invariants of the books, as pure functions over what was read.
 
-Each check takes plain readings (no I/O) and returns a ``CheckResult``: its
-violations, each with the evidence an operator needs (which account or payment,
-what was expected, what was found). Whether a check could run at all (its data
-source answered) is decided by the caller; a check never turns missing data into a
-violation.
-
-Check names are the ``check`` label of ``bgmock_invariant_violations``; the set is
-fixed (``CHECKS``).
+Each check takes plain readings (no I/O, ``readings``) and returns a
+``CheckResult`` (``results``): its violations, each with the evidence an operator
+needs (which account or payment, what was expected, what was found). Whether a
+check could run at all (its data source answered) is decided by the caller; a
+check never turns missing data into a violation.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from enum import StrEnum
 from typing import Any
 
 from bgmock_twin.books.model import ZERO, AccountKey, Expectations
-
-BALANCE_DRIFT = "balance_drift"
-CONSERVATION = "conservation"
-RESERVED_BOUNDS = "reserved_bounds"
-RESERVED_MATCHES_PENDING = "reserved_matches_pending"
-STATUS_AGREEMENT = "status_agreement"
-OUTBOX_BACKLOG = "outbox_backlog"
-OUTBOX_INTEGRITY = "outbox_integrity"
-STALE_PENDING = "stale_pending"
-CHECKS = (
-    BALANCE_DRIFT, CONSERVATION, RESERVED_BOUNDS, RESERVED_MATCHES_PENDING,
-    STATUS_AGREEMENT, OUTBOX_BACKLOG, OUTBOX_INTEGRITY, STALE_PENDING,
+from bgmock_twin.books.readings import (
+    AccountReading,
+    FinishedPayment,
+    OutboxStats,
+    PendingSum,
+    StoredRow,
 )
-SERVICES = ("bank_a", "bank_b", "clearing")
-EVIDENCE_LIMIT = 50  # violations listed per check; the count is always complete
+from bgmock_twin.books.results import (
+    BALANCE_DRIFT,
+    CHECKS,
+    CONSERVATION,
+    EVIDENCE_LIMIT,
+    OUTBOX_BACKLOG,
+    OUTBOX_INTEGRITY,
+    RESERVED_BOUNDS,
+    RESERVED_MATCHES_PENDING,
+    STALE_PENDING,
+    STATUS_AGREEMENT,
+    BankDrift,
+    CheckResult,
+    CheckStatus,
+    OutboxFigures,
+    Violation,
+    money,
+)
+from bgmock_twin.contract import SERVICES as CONTRACT_SERVICES
+from bgmock_twin.contract import Channel
 
+__all__ = [
+    "BALANCE_DRIFT", "CHECKS", "CONSERVATION", "EVIDENCE_LIMIT", "OUTBOX_BACKLOG",
+    "OUTBOX_INTEGRITY", "RESERVED_BOUNDS", "RESERVED_MATCHES_PENDING", "SERVICES", "STALE_PENDING",
+    "STATUS_AGREEMENT", "AccountReading", "CheckResult", "CheckStatus", "FinishedPayment",
+    "OutboxStats", "PendingSum", "StoredRow", "Violation", "balance_drift", "conservation",
+    "expected_presence", "money", "outbox_backlog", "outbox_integrity", "reserved_bounds",
+    "reserved_matches_pending", "stale_pending", "status_agreement",
+]
 
-class CheckStatus(StrEnum):
-    OK = "ok"
-    VIOLATED = "violated"
-    UNKNOWN = "unknown"  # a data source did not answer: nothing can be said
-    SKIPPED = "skipped"  # the data source is not configured (e.g. no DB_* URL)
-
-
-def money(value: Decimal | None) -> str | None:
-    return None if value is None else format(value, "f")
-
-
-@dataclass(frozen=True, slots=True)
-class Violation:
-    check: str
-    subject: str  # what is wrong: an account, a payment, a service
-    message: str
-    evidence: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        """Identity across runs: the same problem seen again is not a new detection."""
-        return f"{self.check}:{self.subject}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"subject": self.subject, "message": self.message, "evidence": self.evidence}
-
-
-@dataclass(slots=True)
-class CheckResult:
-    check: str
-    status: CheckStatus
-    violations: list[Violation] = field(default_factory=list)
-    reason: str | None = None  # why unknown or skipped
-    detail: dict[str, Any] = field(default_factory=dict)  # figures for metrics and the report
-
-    @classmethod
-    def unknown(cls, check: str, reason: str) -> CheckResult:
-        return cls(check, CheckStatus.UNKNOWN, reason=reason)
-
-    @classmethod
-    def skipped(cls, check: str, reason: str) -> CheckResult:
-        return cls(check, CheckStatus.SKIPPED, reason=reason)
-
-    @classmethod
-    def of(cls, check: str, violations: list[Violation], unknown: str | None = None,
-           **detail: Any) -> CheckResult:
-        """Violated if anything was found; else unknown if part of the data was
-        missing (``unknown`` says what); else ok."""
-        if violations:
-            status = CheckStatus.VIOLATED
-        elif unknown:
-            status = CheckStatus.UNKNOWN
-        else:
-            status = CheckStatus.OK
-        return cls(check, status, violations, unknown, detail)
-
-    def as_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"status": self.status.value, "violations": len(self.violations)}
-        if self.reason:
-            body["reason"] = self.reason
-        if self.detail:
-            body["detail"] = self.detail
-        body["offending"] = [v.as_dict() for v in self.violations[:EVIDENCE_LIMIT]]
-        return body
-
-
-# --- readings -------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class AccountReading:
-    account: AccountKey
-    balance: Decimal
-    reserved: Decimal
-    source: str  # "rest" or "sql"
-
-
-@dataclass(frozen=True, slots=True)
-class PendingSum:
-    """An account whose reserved balance differs from its PENDING outgoing amounts."""
-
-    account: AccountKey
-    reserved: Decimal
-    pending: Decimal
-
-    @property
-    def difference(self) -> Decimal:
-        return self.reserved - self.pending
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxStats:
-    service: str
-    unpublished: int
-    oldest_created_at: datetime | None  # naive UTC, as the services store it
-
-
-@dataclass(frozen=True, slots=True)
-class StoredRow:
-    """A transaction row as a service stores it (for stale and integrity checks)."""
-
-    service: str
-    table: str  # outgoing_transactions or incoming_transactions
-    transaction_id: uuid.UUID
-    account_number: str | None
-    amount: Decimal | None
-    status: str | None
-    created_at: datetime | None
-    bankgood_number: str | None = None  # outgoing rows: the payee's bankgood number
-
-
-@dataclass(frozen=True, slots=True)
-class FinishedPayment:
-    """A finished synthetic payment whose statuses are compared across services."""
-
-    payment_id: str
-    transaction_id: uuid.UUID
-    channel: str  # rest or kafka
-    outcome: str  # success, failed or rejected
-    source_service: str  # bank_a / bank_b
-    destination_service: str | None  # None when the destination bank is unknown
-    intended_at: datetime | None = None  # UTC, when the twin meant to send it
+SERVICES = tuple(service.name for service in CONTRACT_SERVICES)
 
 
 # --- balance checks --------------------------------------------------------------------------
@@ -169,7 +65,7 @@ def balance_drift(
     """Every twin account of a bank that could be read lies within its expected
     range; ``None`` in ``readings`` means the bank said the account does not exist.
 
-    ``detail`` carries per bank the summed absolute drift and the number of
+    ``drift`` carries per bank the summed absolute drift and the number of
     drifting accounts (the ``bgmock_balance_drift`` gauges).
     """
     banks = set(banks_read)
@@ -213,7 +109,7 @@ def balance_drift(
         missing = f"{len(unread_accounts)} account(s) not read"
     return CheckResult.of(
         BALANCE_DRIFT, violations, f"not read: {missing}" if missing else None,
-        drift={b: money(v) for b, v in drift.items()}, drifting_accounts=drifting,
+        drift={b: BankDrift(v, drifting[b]) for b, v in drift.items()},
     )
 
 
@@ -235,9 +131,10 @@ def conservation(
         if reading is not None:
             total += reading.balance
     distance = expected.total.distance(total)
-    detail = {"actual_total": money(total), "expected_total": expected.total.as_dict(),
-              "deposits": expected.deposits.as_dict(),
-              "external_kafka_credits": expected.external.as_dict()}
+    detail: dict[str, Any] = {
+        "actual_total": money(total), "expected_total": expected.total.as_dict(),
+        "deposits": expected.deposits.as_dict(),
+        "external_kafka_credits": expected.external.as_dict()}
     if distance == ZERO:
         return CheckResult.of(CONSERVATION, [], None, **detail)
     created = total > expected.total.hi
@@ -308,7 +205,7 @@ def expected_presence(payment: FinishedPayment) -> dict[str, set[str | None]]:
     source = f"{payment.source_service}:outgoing"
     destination = f"{payment.destination_service}:incoming" \
         if payment.destination_service is not None else None
-    rest = payment.channel == "rest"
+    rest = payment.channel == Channel.REST
     allowed: dict[str, set[str | None]] = {}
     if payment.outcome == "success":
         if rest:
@@ -382,19 +279,19 @@ def outbox_backlog(
     clock_offsets: Mapping[str, timedelta] | None = None,
 ) -> CheckResult:
     """Unpublished outbox rows drain: their count and the age of the oldest stay
-    within the SLO. ``detail`` carries the figures per service (the gauges).
+    within the SLO. ``outbox`` carries the figures per service (the gauges).
 
     Ages are measured on the service's clock: ``clock_offsets[service]`` (its
     timestamps minus the twin's UTC) corrects a service that writes local time."""
     violations: list[Violation] = []
-    figures: dict[str, dict[str, Any]] = {}
+    figures: dict[str, OutboxFigures] = {}
     for service in sorted(stats):
         s = stats[service]
         age = 0.0
         now = now_utc_naive + (clock_offsets or {}).get(service, timedelta(0))
         if s.oldest_created_at is not None and s.unpublished > 0:
             age = max(0.0, (now - s.oldest_created_at).total_seconds())
-        figures[service] = {"unpublished": s.unpublished, "oldest_age_seconds": round(age, 3)}
+        figures[service] = OutboxFigures(s.unpublished, round(age, 3))
         reasons = []
         if s.unpublished > max_pending:
             reasons.append(f"{s.unpublished} unpublished rows (limit {max_pending:g})")
@@ -411,7 +308,7 @@ def outbox_backlog(
     missing = sorted(set(services_expected) - set(stats))
     return CheckResult.of(OUTBOX_BACKLOG, violations,
                           f"not read: {', '.join(missing)}" if missing else None,
-                          services=figures)
+                          outbox=figures)
 
 
 def outbox_integrity(

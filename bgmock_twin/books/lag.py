@@ -66,6 +66,16 @@ def compute_lag(group: str, committed: Mapping[TopicPartition, int],
     return GroupLag(group, lag, anomalies, sum(o for o in committed.values() if o >= 0))
 
 
+@dataclass(frozen=True, slots=True)
+class GroupState:
+    """What is known of one watched group for the status answer."""
+
+    lag: dict[str, int] | None  # by topic; None until read
+    last_progress: float | None  # unix time its offsets last moved (or it had no lag)
+    error: str | None  # why the last read failed
+    committed_offsets: bool  # False: the group never committed (or does not exist)
+
+
 @dataclass(slots=True)
 class _Progress:
     committed_total: int
@@ -140,19 +150,23 @@ class LagMonitor:
         self._latest = results
         return results
 
-    def status(self) -> dict[str, Any]:
+    def states(self) -> dict[str, GroupState]:
         return {
-            "groups": {
-                group: {
-                    "lag": dict(self._latest[group].lag) if group in self._latest else None,
-                    "last_progress": self._progress[group].at if group in self._progress
-                    else None,
-                    "error": self._errors.get(group),
-                    "committed_offsets": group not in self._empty,
-                }
-                for group in self.groups
-            }
+            group: GroupState(
+                lag=dict(self._latest[group].lag) if group in self._latest else None,
+                last_progress=self._progress[group].at if group in self._progress else None,
+                error=self._errors.get(group),
+                committed_offsets=group not in self._empty,
+            )
+            for group in self.groups
         }
+
+    def status(self) -> dict[str, Any]:
+        """``states`` as plain data (tests and logs)."""
+        return {"groups": {group: {"lag": state.lag, "last_progress": state.last_progress,
+                                   "error": state.error,
+                                   "committed_offsets": state.committed_offsets}
+                           for group, state in self.states().items()}}
 
     def close(self) -> None:
         self.source.close()

@@ -35,16 +35,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 
+from bgmock_twin.contract import Channel
+
 ZERO = Decimal("0")
-BANK_A = "bank_a"
-BANK_B = "bank_b"
-BANKS = (BANK_A, BANK_B)
-BANK_BY_CLEARING = {"01": BANK_A, "02": BANK_B}
-
-
-class Channel(StrEnum):
-    REST = "rest"
-    KAFKA = "kafka"
 
 
 class Progress(StrEnum):
@@ -111,7 +104,8 @@ _STARTS: dict[tuple[Channel, Progress], tuple[tuple[_Path, int], ...]] = {
 
 @dataclass(frozen=True, slots=True, order=True)
 class AccountKey:
-    """An account at one bank (``bank`` is ``bank_a`` or ``bank_b``)."""
+    """An account at one bank (``bank`` is the bank's service name, ``Bank.name``:
+    ``bank_a`` or ``bank_b``). The one spelling of an account in the code base."""
 
     bank: str
     number: str

@@ -1,10 +1,10 @@
-"""``Books(twin)``: the reconciliation and consumer-lag component the daemon wires in.
+"""``Books``: the reconciliation and consumer-lag component the daemon wires in.
 
-Two scheduled jobs, ``books_reconcile`` (every ``TWIN_RECONCILE_INTERVAL_SECONDS``)
-and ``books_lag`` (every ``TWIN_LAG_INTERVAL_SECONDS``); the control API routes
-``GET /api/v1/reconciliation`` (the latest report) and ``POST
-/api/v1/reconciliation/run`` (run now, bearer token); and the export of every
-result: ``bgmock_invariant_violations{check}`` (current count, 0 while unknown),
+Two jobs (``jobs()``, registered by the wiring), ``books_reconcile`` (every
+``TWIN_RECONCILE_INTERVAL_SECONDS``) and ``books_lag`` (every
+``TWIN_LAG_INTERVAL_SECONDS``); the latest report and a run on demand for the
+control API (``api.books_routes``); and the export of every result:
+``bgmock_invariant_violations{check}`` (current count, 0 while unknown),
 ``bgmock_invariant_violations_detected_total{check}`` (each new offender once),
 ``bgmock_reconciliation_check_unknown{check}``, the balance-drift and outbox
 gauges. Each new offender is logged once with its evidence; a check that
@@ -15,39 +15,58 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.engine import Engine
 
 from bgmock_twin import metrics
 from bgmock_twin.books import checks as c
-from bgmock_twin.books.checks import CheckStatus
-from bgmock_twin.books.lag import LagMonitor, lag_source_for
+from bgmock_twin.books.lag import GroupState, LagMonitor, LagSource
 from bgmock_twin.books.model import AccountKey
-from bgmock_twin.books.reconcile import ReconcileConfig, Reconciler, Report
-from bgmock_twin.books.sources import LedgerReader, bank_of
+from bgmock_twin.books.reconcile import ReconcileConfig, Reconciler
+from bgmock_twin.books.report import Report
+from bgmock_twin.books.results import CheckResult, CheckStatus
+from bgmock_twin.books.sources import LedgerReader
+from bgmock_twin.clients.bgmock import BGMockClients
 from bgmock_twin.logs import get_logger
-
-if TYPE_CHECKING:
-    from fastapi import APIRouter
+from bgmock_twin.scheduler import Job
+from bgmock_twin.settings import BooksSettings
 
 log = get_logger(__name__)
 
 LOGGED_PER_CHECK = 20  # new offenders logged one by one per run; beyond, a summary line
+RECONCILE_JOB = "books_reconcile"
+LAG_JOB = "books_lag"
+
+
+@dataclass(frozen=True, slots=True)
+class BooksStatus:
+    """The books' part of the daemon's status."""
+
+    last_run: datetime | None
+    status: str  # ok, violated, unknown, or pending before the first run
+    checks: dict[str, CheckStatus]
+    violations: int
+    consumer_lag: dict[str, GroupState] | None  # None without a lag source
 
 
 class Books:
-    def __init__(self, twin: Any) -> None:
-        settings = twin.settings
+    def __init__(
+        self,
+        settings: BooksSettings,
+        *,
+        ledger: LedgerReader | None,
+        clients: BGMockClients | None,
+        engines: Mapping[str, Engine],
+        lag_source: LagSource | None,
+        twin_accounts: Callable[[], Iterable[AccountKey]],
+    ) -> None:
+        """``engines``: read-only engines of BGMock's databases by ``Service.database``;
+        ``twin_accounts``: the accounts the twin provisioned (empty until it has)."""
         self.settings = settings
-        self.scheduler = twin.scheduler
-        tracking = getattr(twin, "tracking", None)
-        self.tracking = tracking
-        ledger = getattr(tracking, "ledger", None) if tracking is not None else None
-        reader = None
-        if ledger is not None:
-            from bgmock_twin.tracking.ledger import deposits, payments
-
-            reader = LedgerReader(ledger.engine, payments, deposits, flush=ledger.flush)
+        self.twin_accounts = twin_accounts
         interval = settings.reconcile_interval_seconds
         self.reconciler = Reconciler(
             ReconcileConfig(
@@ -58,56 +77,43 @@ class Books:
                 outbox_max_pending=settings.slo_outbox_pending,
                 outbox_max_age_seconds=settings.slo_outbox_age_seconds,
             ),
-            ledger=reader,
-            clients=getattr(twin, "clients", None),
-            engines=getattr(twin, "databases", {}) or {},
-            twin_accounts=self._twin_accounts,
+            ledger=ledger,
+            clients=clients,
+            engines=engines,
+            twin_accounts=twin_accounts,
         )
         groups = list(dict.fromkeys([*settings.lag_groups, settings.consumer_group]))
-        source = lag_source_for(getattr(twin, "bus", None), settings.kafka_bootstrap_servers,
-                                timeout=max(1.0, min(5.0, settings.lag_interval_seconds / 2)))
-        self.lag = LagMonitor(source, groups) if source is not None else None
+        self.lag = LagMonitor(lag_source, groups) if lag_source is not None else None
         self._run_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._latest: Report | None = None
         self._keys: dict[str, set[str]] = {}
         self._drift_banks: set[str] = set()
         self._outbox_services: set[str] = set()
-        self._router: APIRouter | None = None
-        self._started = False
+
+    @property
+    def interval_seconds(self) -> float:
+        return self.settings.reconcile_interval_seconds
 
     # --- lifecycle ----------------------------------------------------------------------
-    def start(self) -> None:
+    def jobs(self) -> list[Job]:
+        """What the wiring schedules: reconciliation, and lag when there is a source."""
         s = self.settings
-        self.scheduler.add_interval("books_reconcile", self._scheduled_run,
-                                    s.reconcile_interval_seconds)
+        jobs = [Job(RECONCILE_JOB, self._scheduled_run, s.reconcile_interval_seconds)]
         if self.lag is not None:
-            self.scheduler.add_interval("books_lag", self.lag.run, s.lag_interval_seconds,
-                                        run_now=True)
-        self._started = True
-        log.info("books_started", reconcile_interval=s.reconcile_interval_seconds,
+            jobs.append(Job(LAG_JOB, self.lag.run, s.lag_interval_seconds, run_now=True))
+        return jobs
+
+    def start(self) -> None:
+        log.info("books_started", reconcile_interval=self.settings.reconcile_interval_seconds,
                  lag_groups=len(self.lag.groups) if self.lag else 0)
 
     def stop(self) -> None:
-        for job in ("books_reconcile", "books_lag"):
-            with contextlib.suppress(Exception):  # the scheduler may be shut down already
-                self.scheduler.remove(job)
         self.reconciler.close()
         if self.lag is not None:
             self.lag.close()
 
     # --- reconciliation -------------------------------------------------------------------
-    def _twin_accounts(self) -> Iterable[AccountKey]:
-        provisioner = getattr(self.tracking, "provisioner", None)
-        fixtures = getattr(provisioner, "fixtures", None)
-        if fixtures is None:
-            return []
-        accounts = [AccountKey(bank_of(clearing), number)
-                    for clearing, numbers in fixtures.payers.items() for number in numbers]
-        accounts += [AccountKey(bank_of(clearing), number)
-                     for clearing, number in fixtures.low_accounts.items()]
-        return accounts
-
     def _scheduled_run(self) -> None:
         if not self._run_lock.acquire(blocking=False):
             return  # a run asked for through the API is going on: it is as fresh
@@ -153,7 +159,7 @@ class Books:
             metrics.RECONCILIATION_LAST_RUN.set(report.ran_at.timestamp())
             self._latest = report
 
-    def _track_offenders(self, check: str, result: c.CheckResult) -> None:
+    def _track_offenders(self, check: str, result: CheckResult) -> None:
         previous = self._keys.get(check, set())
         current = {v.key for v in result.violations}
         new = [v for v in result.violations if v.key not in previous]
@@ -173,11 +179,10 @@ class Books:
         drift = report.results.get(c.BALANCE_DRIFT)
         banks: set[str] = set()
         if drift is not None and drift.status is not CheckStatus.SKIPPED:
-            for bank, amount in (drift.detail.get("drift") or {}).items():
-                metrics.BALANCE_DRIFT.labels(bank).set(float(amount))
+            for bank, figures in (drift.drift or {}).items():
+                metrics.BALANCE_DRIFT.labels(bank).set(float(figures.amount))
+                metrics.DRIFTING_ACCOUNTS.labels(bank).set(figures.accounts)
                 banks.add(bank)
-            for bank, count in (drift.detail.get("drifting_accounts") or {}).items():
-                metrics.DRIFTING_ACCOUNTS.labels(bank).set(count)
         for bank in self._drift_banks - banks:  # unread now: no stale figure
             with contextlib.suppress(KeyError):
                 metrics.BALANCE_DRIFT.remove(bank)
@@ -186,9 +191,9 @@ class Books:
         outbox = report.results.get(c.OUTBOX_BACKLOG)
         services: set[str] = set()
         if outbox is not None:
-            for service, figures in (outbox.detail.get("services") or {}).items():
-                metrics.OUTBOX_PENDING.labels(service).set(figures["unpublished"])
-                metrics.OUTBOX_OLDEST_AGE.labels(service).set(figures["oldest_age_seconds"])
+            for service, backlog in (outbox.outbox or {}).items():
+                metrics.OUTBOX_PENDING.labels(service).set(backlog.unpublished)
+                metrics.OUTBOX_OLDEST_AGE.labels(service).set(backlog.oldest_age_seconds)
                 services.add(service)
         for service in self._outbox_services - services:
             with contextlib.suppress(KeyError):
@@ -197,57 +202,13 @@ class Books:
         self._outbox_services = services
 
     # --- views ------------------------------------------------------------------------------
-    def report(self) -> dict[str, Any]:
+    def status(self) -> BooksStatus:
         latest = self.latest()
-        if latest is None:
-            return {"ran_at": None, "status": "pending", "violations": 0, "checks": {},
-                    "sources": {},
-                    "interval_seconds": self.settings.reconcile_interval_seconds}
-        body = latest.as_dict()
-        body["interval_seconds"] = self.settings.reconcile_interval_seconds
-        return body
-
-    def status(self) -> dict[str, Any]:
-        latest = self.latest()
-        summary: dict[str, Any] = {
-            "last_run": latest.ran_at.isoformat() if latest else None,
-            "status": latest.status if latest else "pending",
-            "checks": {name: result.status.value for name, result in latest.results.items()}
+        return BooksStatus(
+            last_run=latest.ran_at if latest else None,
+            status=latest.status if latest else "pending",
+            checks={name: result.status for name, result in latest.results.items()}
             if latest else {},
-            "violations": sum(len(r.violations) for r in latest.results.values())
-            if latest else 0,
-        }
-        if self.lag is not None:
-            summary["consumer_lag"] = self.lag.status()["groups"]
-        return summary
-
-    @property
-    def router(self) -> APIRouter:
-        if self._router is None:
-            self._router = _build_router(self)
-        return self._router
-
-
-def _build_router(books: Books) -> APIRouter:
-    from fastapi import APIRouter, Depends, HTTPException
-
-    from bgmock_twin.api.auth import require_token
-
-    router = APIRouter(tags=["reconciliation"])
-
-    @router.get("/api/v1/reconciliation",
-                summary="The latest reconciliation: each check's status (ok, violated, "
-                "unknown, skipped) with the offending payments and accounts")
-    def reconciliation() -> dict[str, Any]:
-        return books.report()
-
-    @router.post("/api/v1/reconciliation/run", dependencies=[Depends(require_token)],
-                 summary="Run a reconciliation now and return its report",
-                 responses={503: {"description": "a run in progress did not finish in time"}})
-    def run_reconciliation() -> dict[str, Any]:
-        report = books.run_now()
-        if report is None:
-            raise HTTPException(status_code=503, detail="a reconciliation is still running")
-        return books.report()
-
-    return router
+            violations=latest.violations if latest else 0,
+            consumer_lag=self.lag.states() if self.lag is not None else None,
+        )
