@@ -26,16 +26,16 @@ from bgmock_twin.books import checks as c
 from bgmock_twin.books.checks import AccountReading, CheckStatus
 from bgmock_twin.books.model import AccountKey, Expectations, expect
 from bgmock_twin.books.reconcile import ReconcileConfig, Reconciler
-from bgmock_twin.books.sources import AMBIGUOUS_REJECTIONS as BOOKS_AMBIGUOUS
 from bgmock_twin.books.sources import LedgerReader, bank_of, read_rest_accounts
+from bgmock_twin.bus.base import BusError
 from bgmock_twin.bus.memory import InMemoryBus
 from bgmock_twin.clients.bgmock import BGMockClients
+from bgmock_twin.clients.rest import ServiceError
 from bgmock_twin.contract import Status
 from bgmock_twin.emulator import EmbeddedBGMock, EmulatorConfig
 from bgmock_twin.scheduler import JobScheduler
 from bgmock_twin.settings import load_settings
 from bgmock_twin.tracking.ledger import (
-    AMBIGUOUS_REJECTIONS,
     CARRY_FORWARD,
     Ledger,
     LedgerUnavailable,
@@ -43,6 +43,7 @@ from bgmock_twin.tracking.ledger import (
     deposits,
     payments,
 )
+from bgmock_twin.tracking.ledger.upgrade import LEGACY_AMBIGUOUS_MARKERS
 from bgmock_twin.tracking.lifecycle import (
     Channel,
     Kind,
@@ -54,6 +55,7 @@ from bgmock_twin.tracking.lifecycle import (
     reject,
 )
 from bgmock_twin.tracking.provisioning import Fixtures, Provisioner, new_deposit_row
+from bgmock_twin.tracking.refusals import refusal_of
 from bgmock_twin.tracking.service import Tracking
 from tests.support.ledgers import running_ledger
 from tests.support.ports import wait_for
@@ -114,13 +116,14 @@ def fail(p: Payment) -> Payment:
     return walk(p, flow(p.channel), Status.FAILED)
 
 
-def refuse(p: Payment, message: str, accepted: bool) -> Payment:
-    """Rejected by the source: after its 202 (stored FAILED) or without any answer."""
+def refuse(p: Payment, message: str, accepted: bool, ambiguous: bool = False) -> Payment:
+    """Rejected by the source: after its 202 (stored FAILED) or without any answer;
+    ``ambiguous`` when the request may have arrived after all."""
     if accepted:
         walk(p, (Step.ACCEPTED,))
     else:
         p.transaction_id = None
-    reject(p, message, p.intended_at)
+    reject(p, message, p.intended_at, ambiguous)
     return p
 
 
@@ -199,15 +202,16 @@ def scenario(ledger: Ledger) -> Scenario:
         stuck_then_done,
     ]
     ambiguous_then_events = refuse(payment(B1, A1, "4.00"), "not accepted by bank_b: timeout",
-                                   accepted=False)
+                                   accepted=False, ambiguous=True)
     ambiguous_then_events.transaction_id = uuid.uuid4()
     walk(ambiguous_then_events, (Step.INITIATED, Step.COMPLETED), Status.SUCCESS)
     stuck_open = walk(payment(A1, B2, "3.00"), (Step.ACCEPTED, Step.INITIATED))
     check_deadline(stuck_open, stuck_open.intended_mono + 500, 10, 30)
     kept = [
-        refuse(payment(A2, B1, "8.00"), "not accepted by bank_a: timeout", accepted=False),
+        refuse(payment(A2, B1, "8.00"), "not accepted by bank_a: timeout", accepted=False,
+               ambiguous=True),
         refuse(payment(B2, A2, "2.00", Channel.KAFKA), "not produced: broker down",
-               accepted=False),
+               accepted=False, ambiguous=True),
         ambiguous_then_events,
         stuck_open,
         walk(payment(B2, A1, "1.00", Channel.KAFKA), (Step.INITIATED,)),
@@ -342,16 +346,33 @@ def test_prune_refuses_while_buffered_rows_cannot_be_stored(tmp_path: Path) -> N
         book.close()
 
 
+SEND_ERRORS = (
+    ServiceError("bank_a", "timeout", "read timed out"),
+    ServiceError("bank_a", "timeout", "connect timed out"),
+    ServiceError("bank_a", "connection", "ConnectionError"),
+    ServiceError("bank_a", "bad_body", "202 without transactionId"),
+    ServiceError("bank_a", "http_400", "bad request"),
+    ServiceError("bank_a", "http_503", "unavailable"),
+    BusError("broker down"),
+)
+
+
 def test_every_rejection_the_books_find_ambiguous_is_kept(ledger: Ledger) -> None:
-    """Whatever the message, a REST payment the bank stored FAILED after its 202 is a
-    certain rejection; without a 202 (or on Kafka) these messages leave it open."""
-    assert set(BOOKS_AMBIGUOUS) <= set(AMBIGUOUS_REJECTIONS)
+    """Whatever the refusal, a REST payment the bank stored FAILED after its 202 is a
+    certain rejection; without a 202 (or on Kafka) an ambiguous one leaves it open.
+    Which refusals are ambiguous is what the old text rule said of their messages."""
     open_, certain = [], []
-    for marker in BOOKS_AMBIGUOUS:
+    for error in SEND_ERRORS:
+        refused = refusal_of(error)
+        assert refused.ambiguous == any(marker in refused.message
+                                        for marker in LEGACY_AMBIGUOUS_MARKERS), refused
         for channel in Channel:
-            open_.append(refuse(payment(A1, B1, "5.00", channel), f"refused{marker} (x)",
-                                accepted=False))
-        certain.append(refuse(payment(A1, B1, "5.00"), f"refused{marker} (x)", accepted=True))
+            p = refuse(payment(A1, B1, "5.00", channel), refused.message, accepted=False,
+                       ambiguous=refused.ambiguous)
+            (open_ if refused.ambiguous else certain).append(p)
+        certain.append(refuse(payment(A1, B1, "5.00"), refused.message, accepted=True,
+                              ambiguous=refused.ambiguous))
+    assert len(open_) == 2 * 5  # four ambiguous send errors and the Kafka one, both channels
     store(ledger, open_ + certain, OLD)
     before = books_model(ledger)
     assert ledger.prune(timedelta(days=7), 1, NOW) == len(certain)
@@ -378,10 +399,12 @@ def tell(story: str, p: Payment) -> Payment:
         return refuse(p, "rejected by the source bank", accepted=p.channel is Channel.REST)
     if story == "ambiguous":
         return refuse(p, "not produced: down" if p.channel is Channel.KAFKA
-                      else "not accepted by bank_a: connection", accepted=False)
+                      else "not accepted by bank_a: connection", accepted=False,
+                      ambiguous=True)
     if story in ("ambiguous_then_events", "refused_then_events"):
         refuse(p, "not accepted by bank_a: timeout" if story == "ambiguous_then_events"
-               else "rejected by the source bank", accepted=False)
+               else "rejected by the source bank", accepted=False,
+               ambiguous=story == "ambiguous_then_events")
         p.transaction_id = uuid.uuid4()  # events seen after all
         return walk(p, steps[-3:], Status.SUCCESS)
     if story == "stuck_then_success":

@@ -51,6 +51,7 @@ from bgmock_twin.tracking.poller import (
     StatusPoller,
 )
 from bgmock_twin.tracking.provisioning import Fixtures, Payee, Provisioner
+from bgmock_twin.tracking.refusals import refusal_of
 from bgmock_twin.tracking.tracker import Tracker
 
 log = get_logger(__name__)
@@ -393,8 +394,8 @@ class Sender:
                     log.warning("payment_unconfirmed", payment_id=payment.payment_id,
                                 service=exc.service, reason=exc.reason)
                     return
-                self.tracker.reject(payment.payment_id,
-                                    f"not accepted by {exc.service}: {exc.reason}")
+                refused = refusal_of(exc)
+                self.tracker.reject(payment.payment_id, refused.message, refused.ambiguous)
                 return
             self.tracker.accepted(payment.payment_id, transaction_id)
         finally:
@@ -421,7 +422,8 @@ class Sender:
             producer.produce(TOPIC_INITIATED, payment.from_clearing, value, headers)
         except BusError as exc:  # not even queued: it can never reach the clearing
             metrics.KAFKA_CLIENT_ERRORS.labels("sender", "produce").inc()
-            self.tracker.reject(payment.payment_id, f"not produced: {str(exc)[:120]}")
+            refused = refusal_of(exc)
+            self.tracker.reject(payment.payment_id, refused.message, refused.ambiguous)
             return
         try:
             producer.flush(PRODUCE_TIMEOUT_SECONDS)

@@ -9,6 +9,7 @@ flight and nothing it measured is lost. One module per concern:
 - ``store``: the write-behind buffer and its writer thread;
 - ``queries``: every read the twin and its API make;
 - ``retention``: pruning with the money carry-forward;
+- ``upgrade``: the tables created, and older ledgers brought up to date, on open;
 - ``core``: ``Ledger``, the store with the reads and retention on top.
 
 The names below are the package's public surface (importable from here as before
@@ -18,7 +19,6 @@ the split).
 from bgmock_twin.tracking.ledger.core import Ledger
 from bgmock_twin.tracking.ledger.queries import PaymentQuery
 from bgmock_twin.tracking.ledger.retention import (
-    AMBIGUOUS_REJECTIONS,
     PRUNE_BATCH,
     PRUNE_QUIET,
     carry_effect,
@@ -40,7 +40,7 @@ from bgmock_twin.tracking.ledger.schema import (
 from bgmock_twin.tracking.ledger.store import LedgerUnavailable
 
 __all__ = [
-    "AMBIGUOUS_REJECTIONS", "CARRY_FORWARD", "OPENING", "PRIMARY_KEYS", "PRUNE_BATCH",
+    "CARRY_FORWARD", "OPENING", "PRIMARY_KEYS", "PRUNE_BATCH",
     "PRUNE_QUIET", "TABLES", "Ledger", "LedgerUnavailable", "Money", "PaymentQuery",
     "UtcDateTime", "carry_effect", "deposits", "metadata", "payment_from_row", "payment_row",
     "payments", "settled_clause", "simulations",

@@ -25,12 +25,6 @@ from bgmock_twin.tracking.ledger.schema import CARRY_FORWARD, deposits, payments
 from bgmock_twin.tracking.ledger.store import LedgerUnavailable
 from bgmock_twin.tracking.lifecycle import Outcome, Step
 
-# Rejection messages after which the request may still have reached the bank (the
-# sender's timeouts, dropped connections, unreadable 202s, unconfirmed Kafka writes):
-# the books give such a payment a range, so it is never folded into an exact amount.
-# Must cover ``bgmock_twin.books.sources.AMBIGUOUS_REJECTIONS`` (a test checks it).
-AMBIGUOUS_REJECTIONS = (": timeout", ": connection", ": bad_body", "not produced")
-
 PRUNE_QUIET = timedelta(minutes=10)  # rows written more recently than this are kept
 PRUNE_BATCH = 2000  # payments deleted (and carried forward) per transaction
 
@@ -49,15 +43,14 @@ def settled_clause() -> sa.ColumnElement[bool]:
     """Payments whose effect on the balances is final and known exactly: the rows the
     books turn into an exact effect (``books.sources.progress_of``). Success and
     failure; a rejection before any event unless the request may have arrived after
-    all. A rejection followed by events, and anything unfinished, stays."""
+    all (``refusal_ambiguous``: the books give such a payment a range, so it is never
+    folded into an exact amount). A rejection followed by events, and anything
+    unfinished, stays."""
     p = payments.c
-    message = sa.func.coalesce(p.message, "")
-    ambiguous = sa.or_(*[message.contains(marker, autoescape=True)
-                         for marker in AMBIGUOUS_REJECTIONS])
     certain_rejection = sa.and_(p.outcome == Outcome.REJECTED.value, sa.or_(
         sa.and_(p.state == Step.ACCEPTED.value, p.channel == Channel.REST.value,
                 p.transaction_id.is_not(None)),
-        sa.and_(p.state.in_(("submitted", Step.ACCEPTED.value)), sa.not_(ambiguous)),
+        sa.and_(p.state.in_(("submitted", Step.ACCEPTED.value)), sa.not_(p.refusal_ambiguous)),
     ))
     return sa.and_(p.finished.is_(True), sa.or_(
         p.outcome.in_((Outcome.SUCCESS.value, Outcome.FAILED.value)), certain_rejection))

@@ -49,6 +49,7 @@ def payment_row(p: Payment, now_utc: datetime) -> dict[str, Any]:
         "final_status": p.final_status.value if p.final_status else None,
         "stuck_step": p.stuck_step.value if p.stuck_step else None,
         "message": p.message,
+        "refusal_ambiguous": p.refusal_ambiguous,
         "finished_at": p.finished_at,
         "updated_at": now_utc,
     }
@@ -96,4 +97,5 @@ def payment_from_row(row: dict[str, Any], now_mono: float, now_utc: datetime) ->
         stuck_step=Step(row["stuck_step"]) if row["stuck_step"] else None,
         message=row["message"],
         finished_at=row["finished_at"],
+        refusal_ambiguous=bool(row["refusal_ambiguous"]),
     )

@@ -91,6 +91,9 @@ payments = sa.Table(
     sa.Column("final_status", sa.String(8)),
     sa.Column("stuck_step", sa.String(16)),
     sa.Column("message", sa.String(255)),
+    # a rejection after which the request may have reached BGMock (``tracking.refusals``)
+    sa.Column("refusal_ambiguous", sa.Boolean, nullable=False, default=False,
+              server_default=sa.false()),
     sa.Column("finished_at", UtcDateTime),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     *[
@@ -137,11 +140,6 @@ PRIMARY_KEYS = {"payment": "payment_id", "simulation": "simulation_id", "deposit
 # and the folded effect of pruned payments.
 OPENING = "opening"
 CARRY_FORWARD = "carry_forward"
-
-
-def create_schema(engine: Engine) -> None:
-    """Create the tables that are missing (never alters an existing one)."""
-    metadata.create_all(engine)
 
 
 def make_engine(url: str) -> Engine:

@@ -26,7 +26,8 @@ from sqlalchemy.engine import Connection
 from bgmock_twin import metrics
 from bgmock_twin.logs import get_logger
 from bgmock_twin.settings import mask_url
-from bgmock_twin.tracking.ledger.schema import PRIMARY_KEYS, TABLES, create_schema, make_engine
+from bgmock_twin.tracking.ledger.schema import PRIMARY_KEYS, TABLES, make_engine
+from bgmock_twin.tracking.ledger.upgrade import ensure_schema
 
 log = get_logger(__name__)
 
@@ -69,7 +70,7 @@ class LedgerStore:
         """Create (or upgrade) the tables if needed; False (and retried by the writer)
         if the database is unavailable."""
         try:
-            create_schema(self.engine)
+            ensure_schema(self.engine)
         except Exception as exc:
             metrics.LEDGER_WRITE_ERRORS.inc()
             log.warning("ledger_unavailable", url=mask_url(self.url), error=short_error(exc))
@@ -188,7 +189,7 @@ class LedgerStore:
 
     def _write(self, batch: Batch) -> None:
         if not self._schema_ready:
-            create_schema(self.engine)
+            ensure_schema(self.engine)
             self._schema_ready = True
             for callback in self._on_available:
                 callback()
