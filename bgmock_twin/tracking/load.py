@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Protocol
 
 from bgmock_twin import metrics
 from bgmock_twin.bus.base import BusError, EventBus, EventProducer
@@ -193,6 +194,16 @@ class Run:
                     log.warning("run_done_callback_failed", error=repr(exc))
 
 
+class LedgerPort(Protocol):
+    """What the sender needs of the ledger: to wait, before a request goes out,
+    until the payment's row is stored."""
+
+    @property
+    def available(self) -> bool: ...
+
+    def flush(self, timeout: float) -> bool: ...
+
+
 class Sender:
     def __init__(
         self,
@@ -204,8 +215,10 @@ class Sender:
         poller: StatusPoller,
         max_in_flight: int,
         instance_id: str,
+        ledger: LedgerPort,
     ) -> None:
         self.tracker = tracker
+        self.ledger = ledger
         self.clients = clients
         self.bus = bus
         self.provisioner = provisioner
@@ -372,9 +385,8 @@ class Sender:
         still knows the payment and its transaction id after its restart; without
         this, up to one flush interval of payments - already in BGMock - were
         unknown to the restarted twin, and a resumed simulation sent them again."""
-        ledger = self.tracker.ledger
-        if ledger.available:
-            ledger.flush(LEDGER_WAIT_SECONDS)
+        if self.ledger.available:
+            self.ledger.flush(LEDGER_WAIT_SECONDS)
 
     def _send_rest(self, payment: Payment, check_now: bool) -> None:
         self.tracker.register(payment)
