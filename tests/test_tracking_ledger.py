@@ -36,6 +36,7 @@ from bgmock_twin.tracking.lifecycle import (
     observe_step,
     reject,
 )
+from bgmock_twin.tracking.records import record_of
 from tests.support.ledgers import running_ledger
 from tests.support.ports import wait_for
 
@@ -65,13 +66,16 @@ def test_a_payment_round_trips_with_exact_money_and_utc_times(ledger: Ledger) ->
     observe_step(p, Step.COMPLETED, 1002.0, NOW + timedelta(seconds=2), Status.FAILED, "no map")
     ledger.write_payment(p, NOW)
     assert ledger.flush(5)
-    row = ledger.get(str(p.transaction_id))
-    assert row is not None and row["payment_id"] == p.payment_id
-    assert row["amount"] == Decimal("12345678901.23") and isinstance(row["amount"], Decimal)
-    assert row["intended_at"] == NOW and row["intended_at"].tzinfo is not None
-    assert row["accepted_at"] == NOW + timedelta(seconds=0.2)
-    assert row["completed_since"] == pytest.approx(2.0)
-    assert row["status"] == "in_flight" and row["state"] == "completed"
+    record = ledger.get(str(p.transaction_id))
+    assert record is not None and record.payment_id == p.payment_id
+    assert record.amount == Decimal("12345678901.23") and isinstance(record.amount, Decimal)
+    assert record.intended_at == NOW and record.intended_at.tzinfo is not None
+    accepted, completed = record.step(Step.ACCEPTED), record.step(Step.COMPLETED)
+    assert accepted is not None and accepted.at == NOW + timedelta(seconds=0.2)
+    assert completed is not None and completed.since_intended == pytest.approx(2.0)
+    assert record.status == "in_flight" and record.state == "completed"
+    assert record == record_of(p)  # the same record, stored or live
+    [row] = ledger.load_unfinished("test")
     back = payment_from_row(row, now_mono=5000.0, now_utc=NOW + timedelta(seconds=10))
     assert back.intended_mono == pytest.approx(4990.0)  # re-anchored through the wall clock
     assert back.steps.keys() == p.steps.keys() and back.final_status is Status.FAILED
@@ -107,11 +111,11 @@ def test_queries_filter_page_and_count(ledger: Ledger) -> None:
     assert len(ledger.query(PaymentQuery(simulation_id=sim))) == 5
     page1 = ledger.query(PaymentQuery(limit=4))
     page2 = ledger.query(PaymentQuery(limit=4, offset=4))
-    assert [r["payment_id"] for r in page1] == [p.payment_id for p in reversed(batch)][:4]
-    assert not {r["payment_id"] for r in page1} & {r["payment_id"] for r in page2}
+    assert [r.payment_id for r in page1] == [p.payment_id for p in reversed(batch)][:4]
+    assert not {r.payment_id for r in page1} & {r.payment_id for r in page2}
     since = ledger.query(PaymentQuery(since=NOW + timedelta(seconds=7)))
     assert len(since) == 3
-    assert [r["payment_id"] for r in ledger.query(PaymentQuery(status="stuck"))] == \
+    assert [r.payment_id for r in ledger.query(PaymentQuery(status="stuck"))] == \
         [batch[5].payment_id]
     assert ledger.count_by_counted_outcome(sim) == {"success": 1, "stuck": 1, "uncounted": 3}
     durations = ledger.durations(sim)
@@ -141,10 +145,10 @@ def test_retention_by_age_and_by_count_keeps_unfinished_payments(ledger: Ledger)
     assert ledger.prune(timedelta(days=7), 1000, NOW) == 3
     assert ledger.prune(timedelta(days=7), 4, NOW) == 3  # 7 rows: the 3 oldest finished
     left = ledger.query(PaymentQuery())
-    assert [r["payment_id"] for r in left] == [new_open.payment_id, new[4].payment_id,
+    assert [r.payment_id for r in left] == [new_open.payment_id, new[4].payment_id,
                                                new[3].payment_id, old_open.payment_id]
     assert ledger.prune(timedelta(days=7), 1, NOW) == 2  # never the unfinished ones
-    assert {r["payment_id"] for r in ledger.query(PaymentQuery())} == \
+    assert {r.payment_id for r in ledger.query(PaymentQuery())} == \
         {old_open.payment_id, new_open.payment_id}
     assert len(ledger.load_deposits()) == 1  # failures moved no money: nothing to carry
 
@@ -264,5 +268,5 @@ def test_an_old_ledger_gets_the_ambiguity_of_its_refusals_from_their_messages(
     with running_ledger(ledger_url) as book:  # opening an upgraded ledger changes nothing
         assert _ambiguity(book) == {**{p.payment_id: True for p in ambiguous},
                                     fresh.payment_id: False}
-        assert payment_from_row(book.get(fresh.payment_id) or {}, 0.0, NOW) \
-            .refusal_ambiguous is False
+        stored = book.get(fresh.payment_id)
+        assert stored is not None and stored.refusal_ambiguous is False

@@ -254,7 +254,7 @@ def test_pruning_carries_the_effect_forward_and_the_books_see_no_difference(
     after_count = books_model(ledger)
     assert balances(after_count) == balances(before)
     assert after_count.total == before.total
-    assert {r["payment_id"] for r in ledger.query(PaymentQuery(limit=100))} == \
+    assert {r.payment_id for r in ledger.query(PaymentQuery(limit=100))} == \
         {p.payment_id for p in s.kept}
     assert carried(ledger) == {A1: D("-80.00"), B1: D("70.50"), A2: D("17.16"),
                                B2: D("-0.41")}
@@ -296,7 +296,7 @@ def test_followed_and_just_written_payments_are_kept(ledger: Ledger) -> None:
     store(ledger, [just_written], NOW - timedelta(minutes=5))  # within the quiet margin
     assert ledger.prune(timedelta(days=7), 1_000_000, NOW,
                         followed=lambda: {followed.payment_id}) == 1
-    assert {r["payment_id"] for r in ledger.query(PaymentQuery())} == \
+    assert {r.payment_id for r in ledger.query(PaymentQuery())} == \
         {followed.payment_id, just_written.payment_id}
     assert carried(ledger) == {A1: D("-7.00"), B1: D("7.00")}
     # once no longer followed (and quiet) they go, and the carry grows in place
@@ -329,7 +329,7 @@ def test_without_delete_returning_the_rows_are_locked_read_then_deleted(
     store(ledger, rows, OLD)
     monkeypatch.setattr(ledger.engine.dialect, "delete_returning", False)
     assert ledger.prune(timedelta(days=7), 1_000_000, NOW) == 2
-    assert [r["payment_id"] for r in ledger.query(PaymentQuery())] == [rows[2].payment_id]
+    assert [r.payment_id for r in ledger.query(PaymentQuery())] == [rows[2].payment_id]
     assert carried(ledger) == {A1: D("-5.00"), B1: D("5.00"), A2: D("6.00")}
 
 
@@ -376,7 +376,7 @@ def test_every_rejection_the_books_find_ambiguous_is_kept(ledger: Ledger) -> Non
     store(ledger, open_ + certain, OLD)
     before = books_model(ledger)
     assert ledger.prune(timedelta(days=7), 1, NOW) == len(certain)
-    assert {r["payment_id"] for r in ledger.query(PaymentQuery(limit=100))} == \
+    assert {r.payment_id for r in ledger.query(PaymentQuery(limit=100))} == \
         {p.payment_id for p in open_}
     assert balances(books_model(ledger)) == balances(before)
 
@@ -440,7 +440,7 @@ def test_any_prune_leaves_the_books_model_unchanged(
         after = books_model(book)
         assert balances(after) == balances(before)
         assert after.total == before.total
-        left = {r["payment_id"]: r for r in book.query(PaymentQuery(limit=100))}
+        left = {r.payment_id: r for r in book.query(PaymentQuery(limit=100))}
         assert len(left) == len(rows) - deleted
         assert all(p.finished for p in rows if p.payment_id not in left)
         assert {p.payment_id for p in rows if not p.finished} <= set(left)

@@ -24,7 +24,7 @@ from bgmock_twin.tracking.ledger.retention import (
     carry_effect,
     settled_clause,
 )
-from bgmock_twin.tracking.ledger.rows import payment_from_row, payment_row
+from bgmock_twin.tracking.ledger.rows import payment_from_row, payment_row, record_from_row
 from bgmock_twin.tracking.ledger.schema import (
     CARRY_FORWARD,
     OPENING,
@@ -43,5 +43,5 @@ __all__ = [
     "CARRY_FORWARD", "OPENING", "PRIMARY_KEYS", "PRUNE_BATCH",
     "PRUNE_QUIET", "TABLES", "Ledger", "LedgerUnavailable", "Money", "PaymentQuery",
     "UtcDateTime", "carry_effect", "deposits", "metadata", "payment_from_row", "payment_row",
-    "payments", "settled_clause", "simulations",
+    "payments", "record_from_row", "settled_clause", "simulations",
 ]

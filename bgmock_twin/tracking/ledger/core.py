@@ -12,9 +12,10 @@ from typing import Any
 
 from bgmock_twin.tracking.ledger import queries, retention
 from bgmock_twin.tracking.ledger.queries import PaymentQuery
-from bgmock_twin.tracking.ledger.rows import payment_row
+from bgmock_twin.tracking.ledger.rows import payment_row, record_from_row
 from bgmock_twin.tracking.ledger.store import LedgerStore
 from bgmock_twin.tracking.lifecycle import Payment
+from bgmock_twin.tracking.records import PaymentRecord
 
 
 class Ledger(LedgerStore):
@@ -33,11 +34,14 @@ class Ledger(LedgerStore):
                              limit: int = 20_000) -> list[dict[str, Any]]:
         return queries.recent_finished(self.engine, instance_id, since, limit)
 
-    def query(self, q: PaymentQuery) -> list[dict[str, Any]]:
-        return queries.payment_rows(self.engine, q)
+    def query(self, q: PaymentQuery) -> list[PaymentRecord]:
+        """Payments matching ``q``, newest first."""
+        return [record_from_row(row) for row in queries.payment_rows(self.engine, q)]
 
-    def get(self, identifier: str) -> dict[str, Any] | None:
-        return queries.payment_row_by_id(self.engine, identifier)
+    def get(self, identifier: str) -> PaymentRecord | None:
+        """One payment by its payment id or its BGMock transaction id."""
+        row = queries.payment_row_by_id(self.engine, identifier)
+        return record_from_row(row) if row is not None else None
 
     def count_by_status(self, simulation_id: str | None = None) -> dict[str, int]:
         return queries.count_by_status(self.engine, simulation_id)

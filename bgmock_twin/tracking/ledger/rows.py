@@ -2,7 +2,8 @@
 
 Every write of a payment is its whole current row, so the mapping lives in one
 place: the store writes what ``payment_row`` returns, a restarted twin rebuilds its
-payments in flight with ``payment_from_row``.
+payments in flight with ``payment_from_row``, and readers get the row as a
+``PaymentRecord`` (``record_from_row``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from bgmock_twin.contract import Channel as WireChannel
 from bgmock_twin.contract import Status
 from bgmock_twin.tracking.lifecycle import (
     ALL_STEPS,
@@ -22,6 +24,7 @@ from bgmock_twin.tracking.lifecycle import (
     Step,
     StepMark,
 )
+from bgmock_twin.tracking.records import PaymentRecord, StepRecord
 
 
 def payment_row(p: Payment, now_utc: datetime) -> dict[str, Any]:
@@ -98,4 +101,38 @@ def payment_from_row(row: dict[str, Any], now_mono: float, now_utc: datetime) ->
         message=row["message"],
         finished_at=row["finished_at"],
         refusal_ambiguous=bool(row["refusal_ambiguous"]),
+    )
+
+
+def record_from_row(row: dict[str, Any]) -> PaymentRecord:
+    """A stored payment as readers see it."""
+    return PaymentRecord(
+        payment_id=row["payment_id"],
+        transaction_id=row["transaction_id"],
+        simulation_id=row["simulation_id"],
+        instance_id=row["instance_id"],
+        channel=WireChannel(row["channel"]),
+        route=Route(row["route"]),
+        kind=Kind(row["kind"]),
+        from_clearing=row["from_clearing"],
+        from_account=row["from_account"],
+        to_bankgood=row["to_bankgood"],
+        to_clearing=row["to_clearing"],
+        to_account=row["to_account"],
+        amount=row["amount"],
+        intended_at=row["intended_at"],
+        status=row["status"],
+        state=row["state"],
+        outcome=Outcome(row["outcome"]) if row["outcome"] else None,
+        counted_outcome=Outcome(row["counted_outcome"]) if row["counted_outcome"] else None,
+        final_status=Status(row["final_status"]) if row["final_status"] else None,
+        stuck_step=Step(row["stuck_step"]) if row["stuck_step"] else None,
+        message=row["message"],
+        refusal_ambiguous=bool(row["refusal_ambiguous"]),
+        finished_at=row["finished_at"],
+        timeline=tuple(
+            StepRecord(step, row[f"{step.value}_at"], float(row[f"{step.value}_since"] or 0.0),
+                       float(row[f"{step.value}_seconds"] or 0.0))
+            for step in ALL_STEPS if row[f"{step.value}_at"] is not None
+        ),
     )
