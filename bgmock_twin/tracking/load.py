@@ -34,8 +34,8 @@ from bgmock_twin.bus.base import BusError, EventBus, EventProducer
 from bgmock_twin.clients.bgmock import BGMockClients
 from bgmock_twin.clients.rest import ServiceError
 from bgmock_twin.contract import (
-    BANK_A_CLEARING,
-    BANK_B_CLEARING,
+    BANK_A,
+    BANK_B,
     TOPIC_INITIATED,
     OutgoingTransactionEvent,
     Status,
@@ -57,8 +57,8 @@ from bgmock_twin.tracking.tracker import Tracker
 
 log = get_logger(__name__)
 
-CLEARING = {Route.A_TO_B: (BANK_A_CLEARING, BANK_B_CLEARING),
-            Route.B_TO_A: (BANK_B_CLEARING, BANK_A_CLEARING)}
+CLEARING = {Route.A_TO_B: (BANK_A.clearing_number, BANK_B.clearing_number),
+            Route.B_TO_A: (BANK_B.clearing_number, BANK_A.clearing_number)}
 PRODUCE_TIMEOUT_SECONDS = 5.0
 # How long a send waits for the ledger to store the payment's row before it goes on
 # regardless (a slow or unavailable ledger must not stop the load; it buffers).
