@@ -25,9 +25,9 @@ from pydantic.alias_generators import to_camel
 from bgmock_twin.api.auth import require_token
 from bgmock_twin.contract import TOPICS
 from bgmock_twin.tracking.ledger import LedgerUnavailable, PaymentQuery
-from bgmock_twin.tracking.lifecycle import ALL_STEPS, FAILURE_KINDS, Channel, Kind
+from bgmock_twin.tracking.lifecycle import FAILURE_KINDS, Channel, Kind
 from bgmock_twin.tracking.load import FixturesUnavailable
-from bgmock_twin.tracking.records import PaymentRecord, record_of
+from bgmock_twin.tracking.records import EXPORT_COLUMNS, PaymentRecord, export_row, record_of
 from bgmock_twin.tracking.simulations import SimulationSpec, TooManySimulations
 
 if TYPE_CHECKING:
@@ -262,33 +262,7 @@ def _value(member: StrEnum | None) -> str | None:
     return member.value if member is not None else None
 
 
-CSV_COLUMNS = [
-    "payment_id", "transaction_id", "simulation_id", "instance_id", "channel", "route", "kind",
-    "from_clearing", "from_account", "to_bankgood", "to_clearing", "to_account", "amount",
-    "intended_at", "status", "state", "outcome", "counted_outcome", "final_status",
-    "stuck_step", "message", "finished_at",
-    *[f"{step.value}_{part}" for step in ALL_STEPS for part in ("at", "since", "seconds")],
-]
-
-
-def _csv_row(record: PaymentRecord) -> dict[str, Any]:
-    """A payment as a row of the transaction list's CSV (``CSV_COLUMNS``)."""
-    row: dict[str, Any] = {
-        "payment_id": record.payment_id, "transaction_id": record.transaction_id,
-        "simulation_id": record.simulation_id, "instance_id": record.instance_id,
-        "channel": record.channel, "route": record.route, "kind": record.kind,
-        "from_clearing": record.from_clearing, "from_account": record.from_account,
-        "to_bankgood": record.to_bankgood, "to_clearing": record.to_clearing,
-        "to_account": record.to_account, "amount": record.amount,
-        "intended_at": record.intended_at, "status": record.status, "state": record.state,
-        "outcome": record.outcome, "counted_outcome": record.counted_outcome,
-        "final_status": record.final_status, "stuck_step": record.stuck_step,
-        "message": record.message, "finished_at": record.finished_at,
-    }
-    for s in record.timeline:
-        row.update({f"{s.step.value}_at": s.at, f"{s.step.value}_since": s.since_intended,
-                    f"{s.step.value}_seconds": s.duration})
-    return row
+CSV_COLUMNS = list(EXPORT_COLUMNS)
 
 
 def _csv(rows: list[dict[str, Any]], columns: list[str], filename: str) -> Response:
@@ -306,8 +280,6 @@ def _csv(rows: list[dict[str, Any]], columns: list[str], filename: str) -> Respo
 def _cell(value: Any) -> str:
     if value is None:
         return ""
-    if isinstance(value, StrEnum):
-        return value.value
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, Decimal):
@@ -410,7 +382,7 @@ def build_router(tracking: Tracking) -> APIRouter:
         except LedgerUnavailable as exc:
             raise _unavailable(exc) from None
         if format == "csv":
-            return _csv([_csv_row(r) for r in records], CSV_COLUMNS, "transactions.csv")
+            return _csv([export_row(r) for r in records], CSV_COLUMNS, "transactions.csv")
         return TransactionPage(
             items=[transaction_view(r) for r in records], limit=limit, offset=offset,
             next_offset=offset + limit if len(records) == limit else None,

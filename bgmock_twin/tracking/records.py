@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from bgmock_twin.contract import Channel, Status
 from bgmock_twin.tracking.lifecycle import ALL_STEPS, Kind, Outcome, Payment, Route, Step
@@ -100,3 +101,26 @@ def record_of(p: Payment) -> PaymentRecord:
         timeline=tuple(StepRecord(step, mark.at, mark.since_intended, mark.duration)
                        for step in ALL_STEPS if (mark := p.steps.get(step)) is not None),
     )
+
+
+# A record as one flat row (the transaction list's CSV): its fields in the ledger's
+# column order, then three columns per step.
+EXPORT_FIELDS = (
+    "payment_id", "transaction_id", "simulation_id", "instance_id", "channel", "route", "kind",
+    "from_clearing", "from_account", "to_bankgood", "to_clearing", "to_account", "amount",
+    "intended_at", "status", "state", "outcome", "counted_outcome", "final_status",
+    "stuck_step", "message", "finished_at",
+)
+EXPORT_COLUMNS = (
+    *EXPORT_FIELDS,
+    *[f"{step.value}_{part}" for step in ALL_STEPS for part in ("at", "since", "seconds")],
+)
+
+
+def export_row(record: PaymentRecord) -> dict[str, Any]:
+    """``record`` keyed by ``EXPORT_COLUMNS`` (the columns of steps not seen absent)."""
+    row = {name: getattr(record, name) for name in EXPORT_FIELDS}
+    for s in record.timeline:
+        row.update({f"{s.step.value}_at": s.at, f"{s.step.value}_since": s.since_intended,
+                    f"{s.step.value}_seconds": s.duration})
+    return row
