@@ -9,6 +9,7 @@ or against the real balances of the embedded emulator.
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -24,9 +25,9 @@ from hypothesis import strategies as st
 
 from bgmock_twin.books import checks as c
 from bgmock_twin.books.checks import AccountReading, CheckStatus
-from bgmock_twin.books.model import AccountKey, Expectations, expect
+from bgmock_twin.books.model import AccountKey, Expectations, Progress, expect
 from bgmock_twin.books.reconcile import ReconcileConfig, Reconciler
-from bgmock_twin.books.sources import LedgerReader, bank_of, read_rest_accounts
+from bgmock_twin.books.sources import LedgerReader, bank_of, progress_of, read_rest_accounts
 from bgmock_twin.bus.base import BusError
 from bgmock_twin.bus.memory import InMemoryBus
 from bgmock_twin.clients.bgmock import BGMockClients
@@ -55,7 +56,12 @@ from bgmock_twin.tracking.lifecycle import (
     reject,
 )
 from bgmock_twin.tracking.provisioning import Fixtures, Provisioner, new_deposit_row
-from bgmock_twin.tracking.refusals import refusal_of
+from bgmock_twin.tracking.refusals import (
+    REFUSED_STATES,
+    certain_rejection_clause,
+    refusal_of,
+    rejection_is_certain,
+)
 from bgmock_twin.tracking.service import Tracking
 from tests.support.ledgers import running_ledger
 from tests.support.ports import wait_for
@@ -379,6 +385,33 @@ def test_every_rejection_the_books_find_ambiguous_is_kept(ledger: Ledger) -> Non
     assert {r.payment_id for r in ledger.query(PaymentQuery(limit=100))} == \
         {p.payment_id for p in open_}
     assert balances(books_model(ledger)) == balances(before)
+
+
+def test_retention_and_the_books_apply_one_rejection_rule(ledger: Ledger) -> None:
+    """``rejection_is_certain`` decides for the books (Python) and retention (SQL):
+    on every combination of its inputs the SQL clause picks exactly the rows the
+    function calls certain, and those are the rejections the books take as exact."""
+    combos = list(itertools.product(Channel, REFUSED_STATES, (True, False), (True, False)))
+    rows: dict[str, tuple[Channel, str, bool, bool]] = {}
+    for channel, state, has_id, ambiguous in combos:
+        p = payment(A1, B1, "1.00", channel)
+        if state == "accepted":
+            walk(p, (Step.ACCEPTED,))  # a Kafka payment has no such step: stays submitted
+        reject(p, "refused", p.intended_at, ambiguous)
+        p.transaction_id = uuid.uuid4() if has_id else None
+        ledger.write_payment(p, OLD)
+        rows[p.payment_id] = (channel, p.state, has_id, ambiguous)
+    assert ledger.flush(5)
+    t = payments.c
+    with ledger.engine.connect() as conn:
+        picked = {pid for (pid,) in conn.execute(sa.select(t.payment_id).where(
+            certain_rejection_clause(t.channel, t.state, t.transaction_id,
+                                     t.refusal_ambiguous)))}
+    certain = {pid for pid, args in rows.items() if rejection_is_certain(*args)}
+    assert picked == certain and 0 < len(certain) < len(rows)
+    for pid, (channel, state, has_id, ambiguous) in rows.items():
+        exact = progress_of(channel.value, "rejected", state, "FAILED", has_id, ambiguous)
+        assert (exact is Progress.REJECTED) == (pid in certain), rows[pid]
 
 
 # --- the same, for any mix of payment stories (SQLite in memory, many examples) ---------------

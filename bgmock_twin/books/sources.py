@@ -44,6 +44,7 @@ from bgmock_twin.clients.bgmock import BGMockClients
 from bgmock_twin.clients.rest import ServiceError
 from bgmock_twin.contract import TOPIC_FORWARDED, TOPIC_INITIATED, parse_amount
 from bgmock_twin.contract import tables as schema
+from bgmock_twin.tracking.refusals import REFUSED_STATES, rejection_is_certain
 
 CENTS = Decimal("100")
 ROW_LIMIT = 1000  # offending rows fetched per query; counts beyond it are noted
@@ -70,20 +71,17 @@ def progress_of(
     effect is the same as a release); completed carries the clearing's final
     status; only ``settled`` (the source bank's own final status) is final.
     Kafka channel: ``completed`` is final. A rejection that was ambiguous (the
-    request may have arrived: the ledger's ``refusal_ambiguous``, set by
-    ``tracking.refusals``) stays "submitted" forever: the twin cannot know.
+    request may have arrived: ``tracking.refusals.rejection_is_certain``, the rule
+    retention applies too) stays "submitted" forever: the twin cannot know.
     """
     kafka = channel == Channel.KAFKA.value
     if outcome == "success":
         return Progress.SUCCEEDED
     if outcome == "failed":
         return Progress.FAILED
-    if outcome == "rejected" and state in ("submitted", "accepted"):
-        if has_transaction_id and not kafka and state == "accepted":
-            return Progress.REJECTED  # the bank stored it FAILED; the clearing never saw it
-        if refusal_ambiguous:
-            return Progress.SUBMITTED
-        return Progress.REJECTED
+    if outcome == "rejected" and state in REFUSED_STATES:
+        certain = rejection_is_certain(channel, state, has_transaction_id, refusal_ambiguous)
+        return Progress.REJECTED if certain else Progress.SUBMITTED
     # unfinished, or events seen after a rejection: go by the furthest step
     if state in ("completed", "settled"):
         if final_status == "SUCCESS":

@@ -23,7 +23,8 @@ from sqlalchemy.engine import Connection, Engine
 from bgmock_twin.contract import Channel
 from bgmock_twin.tracking.ledger.schema import CARRY_FORWARD, deposits, payments, simulations
 from bgmock_twin.tracking.ledger.store import LedgerUnavailable
-from bgmock_twin.tracking.lifecycle import Outcome, Step
+from bgmock_twin.tracking.lifecycle import Outcome
+from bgmock_twin.tracking.refusals import certain_rejection_clause
 
 PRUNE_QUIET = timedelta(minutes=10)  # rows written more recently than this are kept
 PRUNE_BATCH = 2000  # payments deleted (and carried forward) per transaction
@@ -43,15 +44,13 @@ def settled_clause() -> sa.ColumnElement[bool]:
     """Payments whose effect on the balances is final and known exactly: the rows the
     books turn into an exact effect (``books.sources.progress_of``). Success and
     failure; a rejection before any event unless the request may have arrived after
-    all (``refusal_ambiguous``: the books give such a payment a range, so it is never
-    folded into an exact amount). A rejection followed by events, and anything
-    unfinished, stays."""
+    all (``tracking.refusals.rejection_is_certain``, the rule the books apply: an
+    ambiguous one gets a range, so it is never folded into an exact amount). A
+    rejection followed by events, and anything unfinished, stays."""
     p = payments.c
-    certain_rejection = sa.and_(p.outcome == Outcome.REJECTED.value, sa.or_(
-        sa.and_(p.state == Step.ACCEPTED.value, p.channel == Channel.REST.value,
-                p.transaction_id.is_not(None)),
-        sa.and_(p.state.in_(("submitted", Step.ACCEPTED.value)), sa.not_(p.refusal_ambiguous)),
-    ))
+    certain_rejection = sa.and_(
+        p.outcome == Outcome.REJECTED.value,
+        certain_rejection_clause(p.channel, p.state, p.transaction_id, p.refusal_ambiguous))
     return sa.and_(p.finished.is_(True), sa.or_(
         p.outcome.in_((Outcome.SUCCESS.value, Outcome.FAILED.value)), certain_rejection))
 
