@@ -106,7 +106,7 @@ def world(databases: dict[str, str], tmp_path: Path) -> Iterator[World]:
                 "to_clearing": "02", "to_account": "TWIN-B-001", "amount": D("10"),
                 "intended_at": old, "status": "success", "state": "settled", "finished": True,
                 "outcome": "success", "final_status": "SUCCESS", "finished_at": old,
-                "updated_at": old})
+                "updated_at": old, "refusal_ambiguous": False})
     ledger.write("payment", row)
     assert ledger.flush(5)
     engines = {name: readonly_engine(url, 500, connect_timeout_s=1)

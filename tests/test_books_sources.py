@@ -171,7 +171,7 @@ def test_clearing_snapshot(pg_database: str) -> None:
 def _payment_row(pid: str, amount: str, *, channel: str = "rest", outcome: str | None,
                  state: str, final_status: str | None = None, updated: datetime,
                  tx: uuid.UUID | None = None, message: str | None = None,
-                 src: tuple[str, str] = ("01", "TWIN-A-001"),
+                 ambiguous: bool = False, src: tuple[str, str] = ("01", "TWIN-A-001"),
                  dst: tuple[str, str] = ("02", "TWIN-B-001")) -> dict[str, object]:
     row: dict[str, object] = {c.name: None for c in ledger_tables.payments.columns}
     row.update({
@@ -181,6 +181,7 @@ def _payment_row(pid: str, amount: str, *, channel: str = "rest", outcome: str |
         "to_account": dst[1], "amount": D(amount), "intended_at": updated,
         "status": outcome or "in_flight", "state": state, "finished": outcome is not None,
         "outcome": outcome, "final_status": final_status, "message": message,
+        "refusal_ambiguous": ambiguous,
         "finished_at": updated if outcome else None, "updated_at": updated,
     })
     return row
@@ -202,7 +203,7 @@ def test_ledger_snapshot_sums_old_rows_and_details_recent_ones(ledger: Ledger) -
         _payment_row("f1", "5.55", outcome="failed", state="settled", final_status="FAILED",
                      updated=old),
         _payment_row("r1", "9.99", outcome="rejected", state="submitted", updated=old,
-                     message="not accepted by bank_a: timeout"),
+                     message="not accepted by bank_a: timeout", ambiguous=True),
         _payment_row("u1", "1.00", outcome=None, state="completed", final_status="SUCCESS",
                      updated=old, tx=uuid.uuid4()),
         _payment_row("n1", "2.00", outcome="success", state="settled", final_status="SUCCESS",
@@ -251,25 +252,25 @@ def test_ledger_snapshot_sums_old_rows_and_details_recent_ones(ledger: Ledger) -
 @pytest.mark.parametrize(("args", "expected"), [
     (("rest", "success", "settled", "SUCCESS", True, None), Progress.SUCCEEDED),
     (("rest", "failed", "settled", "FAILED", True, None), Progress.FAILED),
-    (("rest", "rejected", "accepted", "FAILED", True, "rejected by the source bank"),
-     Progress.REJECTED),
-    (("rest", "rejected", "submitted", "FAILED", False, "not accepted by bank_a: http_5xx"),
-     Progress.REJECTED),
-    (("rest", "rejected", "submitted", "FAILED", False, "not accepted by bank_a: timeout"),
-     Progress.SUBMITTED),
-    (("rest", None, "submitted", None, False, None), Progress.SUBMITTED),
-    (("rest", None, "accepted", None, True, None), Progress.RESERVED),
-    (("rest", None, "processed", None, True, None), Progress.RESERVED),
-    (("rest", None, "completed", "SUCCESS", True, None), Progress.CREDITED),
-    (("rest", None, "completed", "FAILED", True, None), Progress.NOT_CREDITED),
-    (("kafka", None, "forwarded", None, True, None), Progress.SUBMITTED),
-    (("kafka", "success", "completed", "SUCCESS", True, None), Progress.SUCCEEDED),
-    (("kafka", "rejected", "submitted", "FAILED", True, "not produced: timed out"),
-     Progress.SUBMITTED),
+    # the last argument: the refusal was ambiguous (``tracking.refusals``)
+    (("rest", "success", "settled", "SUCCESS", True, False), Progress.SUCCEEDED),
+    (("rest", "failed", "settled", "FAILED", True, False), Progress.FAILED),
+    (("rest", "rejected", "accepted", "FAILED", True, False), Progress.REJECTED),
+    (("rest", "rejected", "accepted", "FAILED", True, True), Progress.REJECTED),  # after its 202
+    (("rest", "rejected", "submitted", "FAILED", False, False), Progress.REJECTED),
+    (("rest", "rejected", "submitted", "FAILED", False, True), Progress.SUBMITTED),
+    (("rest", None, "submitted", None, False, False), Progress.SUBMITTED),
+    (("rest", None, "accepted", None, True, False), Progress.RESERVED),
+    (("rest", None, "processed", None, True, False), Progress.RESERVED),
+    (("rest", None, "completed", "SUCCESS", True, False), Progress.CREDITED),
+    (("rest", None, "completed", "FAILED", True, False), Progress.NOT_CREDITED),
+    (("kafka", None, "forwarded", None, True, False), Progress.SUBMITTED),
+    (("kafka", "success", "completed", "SUCCESS", True, False), Progress.SUCCEEDED),
+    (("kafka", "rejected", "submitted", "FAILED", True, True), Progress.SUBMITTED),
     # events after a rejection: the furthest step decides
-    (("kafka", "rejected", "completed", "SUCCESS", True, "not produced: x"), Progress.SUCCEEDED),
+    (("kafka", "rejected", "completed", "SUCCESS", True, True), Progress.SUCCEEDED),
 ])
-def test_progress_of_ledger_rows(args: tuple[str, str | None, str, str | None, bool, str | None],
+def test_progress_of_ledger_rows(args: tuple[str, str | None, str, str | None, bool, bool],
                                  expected: Progress) -> None:
     assert progress_of(*args) is expected
     assert Channel(args[0])  # the ledger's channel names are the model's

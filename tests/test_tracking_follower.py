@@ -115,7 +115,7 @@ def test_events_as_the_real_services_write_them_are_all_understood(
     assert all(e["origin"] == "twin" for e in events)
     assert ledger.flush(5)
     row = ledger.get(str(tx))
-    assert row is not None and row["outcome"] == "success"
+    assert row is not None and row.outcome == "success"
 
 
 def test_poison_on_every_topic_is_counted_logged_and_skipped(

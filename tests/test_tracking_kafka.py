@@ -95,22 +95,22 @@ def test_a_small_simulation_over_real_kafka_accounts_for_every_payment(world: Wo
         rows = tracking.ledger.query(PaymentQuery(simulation_id=sim.simulation_id, limit=1000))
         assert detail.progress.dispatched + detail.progress.dropped == sim.spec.count
         assert len(rows) == detail.progress.dispatched
-        outcomes = Counter(r["outcome"] for r in rows)
+        outcomes = Counter(r.outcome for r in rows)
         assert sum(detail.outcomes.values()) == len(rows)
         assert detail.outcomes["stuck"] == 0
         print(f"{sim.spec.channel.value} over Tansu: {dict(outcomes)} "
               f"latency={detail.latency.total}")
         for row in rows:
-            tx = uuid.UUID(row["transaction_id"])
-            expected = Status.SUCCESS if row["outcome"] == "success" else Status.FAILED
+            tx = uuid.UUID(row.transaction_id)
+            expected = Status.SUCCESS if row.outcome == "success" else Status.FAILED
             at_clearing = world.clients.clearing.get_transaction(tx)
-            if row["outcome"] == "rejected":
-                assert row["kind"] == "insufficient_funds" and at_clearing is None
+            if row.outcome == "rejected":
+                assert row.kind == "insufficient_funds" and at_clearing is None
                 continue
-            assert row["kind"] == "normal" or row["outcome"] == "failed", row
+            assert row.kind == "normal" or row.outcome == "failed", row
             assert at_clearing is not None and at_clearing.status is expected, row
-            if row["channel"] == "rest":
-                source = world.clients.bank(row["from_clearing"]).get_outgoing(tx)
+            if row.channel == "rest":
+                source = world.clients.bank(row.from_clearing).get_outgoing(tx)
                 assert source is not None and source.status is expected
 
 

@@ -13,8 +13,18 @@ import pytest
 import sqlalchemy as sa
 
 from bgmock_twin import metrics
+from bgmock_twin.books.model import Progress
+from bgmock_twin.books.sources import LedgerReader
 from bgmock_twin.contract import Status
-from bgmock_twin.tracking.ledger import Ledger, PaymentQuery, payment_from_row
+from bgmock_twin.tracking.ledger import (
+    Ledger,
+    PaymentQuery,
+    deposits,
+    payment_from_row,
+    payment_row,
+    payments,
+)
+from bgmock_twin.tracking.ledger.schema import make_engine
 from bgmock_twin.tracking.lifecycle import (
     Channel,
     Kind,
@@ -24,7 +34,9 @@ from bgmock_twin.tracking.lifecycle import (
     Step,
     check_deadline,
     observe_step,
+    reject,
 )
+from bgmock_twin.tracking.records import record_of
 from tests.support.ledgers import running_ledger
 from tests.support.ports import wait_for
 
@@ -54,13 +66,16 @@ def test_a_payment_round_trips_with_exact_money_and_utc_times(ledger: Ledger) ->
     observe_step(p, Step.COMPLETED, 1002.0, NOW + timedelta(seconds=2), Status.FAILED, "no map")
     ledger.write_payment(p, NOW)
     assert ledger.flush(5)
-    row = ledger.get(str(p.transaction_id))
-    assert row is not None and row["payment_id"] == p.payment_id
-    assert row["amount"] == Decimal("12345678901.23") and isinstance(row["amount"], Decimal)
-    assert row["intended_at"] == NOW and row["intended_at"].tzinfo is not None
-    assert row["accepted_at"] == NOW + timedelta(seconds=0.2)
-    assert row["completed_since"] == pytest.approx(2.0)
-    assert row["status"] == "in_flight" and row["state"] == "completed"
+    record = ledger.get(str(p.transaction_id))
+    assert record is not None and record.payment_id == p.payment_id
+    assert record.amount == Decimal("12345678901.23") and isinstance(record.amount, Decimal)
+    assert record.intended_at == NOW and record.intended_at.tzinfo is not None
+    accepted, completed = record.step(Step.ACCEPTED), record.step(Step.COMPLETED)
+    assert accepted is not None and accepted.at == NOW + timedelta(seconds=0.2)
+    assert completed is not None and completed.since_intended == pytest.approx(2.0)
+    assert record.status == "in_flight" and record.state == "completed"
+    assert record == record_of(p)  # the same record, stored or live
+    [row] = ledger.load_unfinished("test")
     back = payment_from_row(row, now_mono=5000.0, now_utc=NOW + timedelta(seconds=10))
     assert back.intended_mono == pytest.approx(4990.0)  # re-anchored through the wall clock
     assert back.steps.keys() == p.steps.keys() and back.final_status is Status.FAILED
@@ -96,11 +111,11 @@ def test_queries_filter_page_and_count(ledger: Ledger) -> None:
     assert len(ledger.query(PaymentQuery(simulation_id=sim))) == 5
     page1 = ledger.query(PaymentQuery(limit=4))
     page2 = ledger.query(PaymentQuery(limit=4, offset=4))
-    assert [r["payment_id"] for r in page1] == [p.payment_id for p in reversed(batch)][:4]
-    assert not {r["payment_id"] for r in page1} & {r["payment_id"] for r in page2}
+    assert [r.payment_id for r in page1] == [p.payment_id for p in reversed(batch)][:4]
+    assert not {r.payment_id for r in page1} & {r.payment_id for r in page2}
     since = ledger.query(PaymentQuery(since=NOW + timedelta(seconds=7)))
     assert len(since) == 3
-    assert [r["payment_id"] for r in ledger.query(PaymentQuery(status="stuck"))] == \
+    assert [r.payment_id for r in ledger.query(PaymentQuery(status="stuck"))] == \
         [batch[5].payment_id]
     assert ledger.count_by_counted_outcome(sim) == {"success": 1, "stuck": 1, "uncounted": 3}
     durations = ledger.durations(sim)
@@ -130,10 +145,10 @@ def test_retention_by_age_and_by_count_keeps_unfinished_payments(ledger: Ledger)
     assert ledger.prune(timedelta(days=7), 1000, NOW) == 3
     assert ledger.prune(timedelta(days=7), 4, NOW) == 3  # 7 rows: the 3 oldest finished
     left = ledger.query(PaymentQuery())
-    assert [r["payment_id"] for r in left] == [new_open.payment_id, new[4].payment_id,
+    assert [r.payment_id for r in left] == [new_open.payment_id, new[4].payment_id,
                                                new[3].payment_id, old_open.payment_id]
     assert ledger.prune(timedelta(days=7), 1, NOW) == 2  # never the unfinished ones
-    assert {r["payment_id"] for r in ledger.query(PaymentQuery())} == \
+    assert {r.payment_id for r in ledger.query(PaymentQuery())} == \
         {old_open.payment_id, new_open.payment_id}
     assert len(ledger.load_deposits()) == 1  # failures moved no money: nothing to carry
 
@@ -179,3 +194,79 @@ def test_postgres_stores_numeric_and_timestamptz(pg_database: str) -> None:
     book.close()
     assert types["amount"] == "numeric"
     assert types["intended_at"] == "timestamp with time zone"
+
+
+# --- ledgers written before ``refusal_ambiguous`` ---------------------------------------------
+def _old_ledger(url: str, rows: list[dict[str, object]]) -> None:
+    """A ledger as earlier versions created it: no ``refusal_ambiguous`` column."""
+    old = sa.MetaData()
+    table = sa.Table(payments.name, old, *[
+        sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+        for c in payments.columns if c.name != "refusal_ambiguous"])
+    engine = make_engine(url)
+    try:
+        old.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(sa.insert(table), [
+                {k: v for k, v in row.items() if k != "refusal_ambiguous"} for row in rows])
+    finally:
+        engine.dispose()
+
+
+def _ambiguity(book: Ledger) -> dict[str, bool]:
+    with book.engine.connect() as conn:
+        return {pid: bool(flag) for pid, flag in conn.execute(
+            sa.select(payments.c.payment_id, payments.c.refusal_ambiguous))}
+
+
+def test_an_old_ledger_gets_the_ambiguity_of_its_refusals_from_their_messages(
+    ledger_url: str,
+) -> None:
+    """Opening a ledger written before the column existed adds it, fills it once from
+    the old text rule, and the books and retention then judge its rows as before."""
+    def refused(i: int, message: str, channel: Channel = Channel.REST,
+                accepted: bool = False) -> Payment:
+        p = make_payment(i, channel=channel, intended_at=NOW - timedelta(days=30))
+        if accepted:
+            observe_step(p, Step.ACCEPTED, p.intended_mono + 0.1, p.intended_at)
+        else:
+            p.transaction_id = None
+        reject(p, message, p.intended_at)  # as the old code wrote them: no ambiguity
+        return p
+
+    timeout = refused(0, "not accepted by bank_a: timeout")
+    connection = refused(1, "not accepted by bank_b: connection")
+    bad_body = refused(2, "not accepted by bank_a: bad_body")
+    not_produced = refused(3, "not produced: broker down", Channel.KAFKA)
+    http = refused(4, "not accepted by bank_a: http_400")
+    after_202 = refused(5, "rejected by the source bank", accepted=True)
+    failed = make_payment(6, channel=Channel.KAFKA, intended_at=NOW - timedelta(days=30))
+    observe_step(failed, Step.COMPLETED, failed.intended_mono + 1, NOW, Status.FAILED,
+                 "clearing: timeout")  # a failure, not a refusal, whatever its message
+    ambiguous = [timeout, connection, bad_body, not_produced]
+    certain = [http, after_202, failed]
+    written = NOW - timedelta(days=29)
+    _old_ledger(ledger_url, [payment_row(p, written) for p in ambiguous + certain])
+
+    with running_ledger(ledger_url, flush_interval=0.02) as book:
+        assert _ambiguity(book) == {**{p.payment_id: True for p in ambiguous},
+                                    **{p.payment_id: False for p in certain}}
+        reader = LedgerReader(book.engine, payments, deposits, flush=book.flush)
+        facts = reader.snapshot(NOW).payments
+        progress = {f.payment_id: f.progress for f in facts}
+        assert {progress[p.payment_id] for p in ambiguous} == {Progress.SUBMITTED}
+        assert progress[http.payment_id] is Progress.REJECTED
+        assert [f.progress for f in facts if f.amount == after_202.amount] == \
+            [Progress.REJECTED]  # summed with the other settled rows
+        assert book.prune(timedelta(days=7), 1_000_000, NOW) == len(certain)
+        assert set(_ambiguity(book)) == {p.payment_id for p in ambiguous}
+        # rows written from now on carry their own ambiguity: never filled again
+        fresh = refused(7, "not accepted by bank_a: timeout")
+        book.write_payment(fresh, NOW)
+        assert book.flush(5)
+
+    with running_ledger(ledger_url) as book:  # opening an upgraded ledger changes nothing
+        assert _ambiguity(book) == {**{p.payment_id: True for p in ambiguous},
+                                    fresh.payment_id: False}
+        stored = book.get(fresh.payment_id)
+        assert stored is not None and stored.refusal_ambiguous is False

@@ -9,6 +9,7 @@ or against the real balances of the embedded emulator.
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -24,19 +25,19 @@ from hypothesis import strategies as st
 
 from bgmock_twin.books import checks as c
 from bgmock_twin.books.checks import AccountReading, CheckStatus
-from bgmock_twin.books.model import AccountKey, Expectations, expect
+from bgmock_twin.books.model import AccountKey, Expectations, Progress, expect
 from bgmock_twin.books.reconcile import ReconcileConfig, Reconciler
 from bgmock_twin.books.rest import read_rest_accounts
-from bgmock_twin.books.sources import AMBIGUOUS_REJECTIONS as BOOKS_AMBIGUOUS
-from bgmock_twin.books.sources import LedgerReader, bank_of
+from bgmock_twin.books.sources import LedgerReader, bank_of, progress_of
+from bgmock_twin.bus.base import BusError
 from bgmock_twin.bus.memory import InMemoryBus
 from bgmock_twin.clients.bgmock import BGMockClients
+from bgmock_twin.clients.rest import ServiceError
 from bgmock_twin.contract import Status
 from bgmock_twin.emulator import EmbeddedBGMock, EmulatorConfig
 from bgmock_twin.scheduler import JobScheduler
 from bgmock_twin.settings import load_settings
 from bgmock_twin.tracking.ledger import (
-    AMBIGUOUS_REJECTIONS,
     CARRY_FORWARD,
     Ledger,
     LedgerUnavailable,
@@ -44,6 +45,7 @@ from bgmock_twin.tracking.ledger import (
     deposits,
     payments,
 )
+from bgmock_twin.tracking.ledger.upgrade import LEGACY_AMBIGUOUS_MARKERS
 from bgmock_twin.tracking.lifecycle import (
     Channel,
     Kind,
@@ -55,6 +57,12 @@ from bgmock_twin.tracking.lifecycle import (
     reject,
 )
 from bgmock_twin.tracking.provisioning import Fixtures, Provisioner, new_deposit_row
+from bgmock_twin.tracking.refusals import (
+    REFUSED_STATES,
+    certain_rejection_clause,
+    refusal_of,
+    rejection_is_certain,
+)
 from bgmock_twin.tracking.service import Tracking
 from tests.support.ledgers import running_ledger
 from tests.support.ports import wait_for
@@ -115,13 +123,14 @@ def fail(p: Payment) -> Payment:
     return walk(p, flow(p.channel), Status.FAILED)
 
 
-def refuse(p: Payment, message: str, accepted: bool) -> Payment:
-    """Rejected by the source: after its 202 (stored FAILED) or without any answer."""
+def refuse(p: Payment, message: str, accepted: bool, ambiguous: bool = False) -> Payment:
+    """Rejected by the source: after its 202 (stored FAILED) or without any answer;
+    ``ambiguous`` when the request may have arrived after all."""
     if accepted:
         walk(p, (Step.ACCEPTED,))
     else:
         p.transaction_id = None
-    reject(p, message, p.intended_at)
+    reject(p, message, p.intended_at, ambiguous)
     return p
 
 
@@ -200,15 +209,16 @@ def scenario(ledger: Ledger) -> Scenario:
         stuck_then_done,
     ]
     ambiguous_then_events = refuse(payment(B1, A1, "4.00"), "not accepted by bank_b: timeout",
-                                   accepted=False)
+                                   accepted=False, ambiguous=True)
     ambiguous_then_events.transaction_id = uuid.uuid4()
     walk(ambiguous_then_events, (Step.INITIATED, Step.COMPLETED), Status.SUCCESS)
     stuck_open = walk(payment(A1, B2, "3.00"), (Step.ACCEPTED, Step.INITIATED))
     check_deadline(stuck_open, stuck_open.intended_mono + 500, 10, 30)
     kept = [
-        refuse(payment(A2, B1, "8.00"), "not accepted by bank_a: timeout", accepted=False),
+        refuse(payment(A2, B1, "8.00"), "not accepted by bank_a: timeout", accepted=False,
+               ambiguous=True),
         refuse(payment(B2, A2, "2.00", Channel.KAFKA), "not produced: broker down",
-               accepted=False),
+               accepted=False, ambiguous=True),
         ambiguous_then_events,
         stuck_open,
         walk(payment(B2, A1, "1.00", Channel.KAFKA), (Step.INITIATED,)),
@@ -251,7 +261,7 @@ def test_pruning_carries_the_effect_forward_and_the_books_see_no_difference(
     after_count = books_model(ledger)
     assert balances(after_count) == balances(before)
     assert after_count.total == before.total
-    assert {r["payment_id"] for r in ledger.query(PaymentQuery(limit=100))} == \
+    assert {r.payment_id for r in ledger.query(PaymentQuery(limit=100))} == \
         {p.payment_id for p in s.kept}
     assert carried(ledger) == {A1: D("-80.00"), B1: D("70.50"), A2: D("17.16"),
                                B2: D("-0.41")}
@@ -293,7 +303,7 @@ def test_followed_and_just_written_payments_are_kept(ledger: Ledger) -> None:
     store(ledger, [just_written], NOW - timedelta(minutes=5))  # within the quiet margin
     assert ledger.prune(timedelta(days=7), 1_000_000, NOW,
                         followed=lambda: {followed.payment_id}) == 1
-    assert {r["payment_id"] for r in ledger.query(PaymentQuery())} == \
+    assert {r.payment_id for r in ledger.query(PaymentQuery())} == \
         {followed.payment_id, just_written.payment_id}
     assert carried(ledger) == {A1: D("-7.00"), B1: D("7.00")}
     # once no longer followed (and quiet) they go, and the carry grows in place
@@ -326,7 +336,7 @@ def test_without_delete_returning_the_rows_are_locked_read_then_deleted(
     store(ledger, rows, OLD)
     monkeypatch.setattr(ledger.engine.dialect, "delete_returning", False)
     assert ledger.prune(timedelta(days=7), 1_000_000, NOW) == 2
-    assert [r["payment_id"] for r in ledger.query(PaymentQuery())] == [rows[2].payment_id]
+    assert [r.payment_id for r in ledger.query(PaymentQuery())] == [rows[2].payment_id]
     assert carried(ledger) == {A1: D("-5.00"), B1: D("5.00"), A2: D("6.00")}
 
 
@@ -343,22 +353,66 @@ def test_prune_refuses_while_buffered_rows_cannot_be_stored(tmp_path: Path) -> N
         book.close()
 
 
+SEND_ERRORS = (
+    ServiceError("bank_a", "timeout", "read timed out"),
+    ServiceError("bank_a", "timeout", "connect timed out"),
+    ServiceError("bank_a", "connection", "ConnectionError"),
+    ServiceError("bank_a", "bad_body", "202 without transactionId"),
+    ServiceError("bank_a", "http_400", "bad request"),
+    ServiceError("bank_a", "http_503", "unavailable"),
+    BusError("broker down"),
+)
+
+
 def test_every_rejection_the_books_find_ambiguous_is_kept(ledger: Ledger) -> None:
-    """Whatever the message, a REST payment the bank stored FAILED after its 202 is a
-    certain rejection; without a 202 (or on Kafka) these messages leave it open."""
-    assert set(BOOKS_AMBIGUOUS) <= set(AMBIGUOUS_REJECTIONS)
+    """Whatever the refusal, a REST payment the bank stored FAILED after its 202 is a
+    certain rejection; without a 202 (or on Kafka) an ambiguous one leaves it open.
+    Which refusals are ambiguous is what the old text rule said of their messages."""
     open_, certain = [], []
-    for marker in BOOKS_AMBIGUOUS:
+    for error in SEND_ERRORS:
+        refused = refusal_of(error)
+        assert refused.ambiguous == any(marker in refused.message
+                                        for marker in LEGACY_AMBIGUOUS_MARKERS), refused
         for channel in Channel:
-            open_.append(refuse(payment(A1, B1, "5.00", channel), f"refused{marker} (x)",
-                                accepted=False))
-        certain.append(refuse(payment(A1, B1, "5.00"), f"refused{marker} (x)", accepted=True))
+            p = refuse(payment(A1, B1, "5.00", channel), refused.message, accepted=False,
+                       ambiguous=refused.ambiguous)
+            (open_ if refused.ambiguous else certain).append(p)
+        certain.append(refuse(payment(A1, B1, "5.00"), refused.message, accepted=True,
+                              ambiguous=refused.ambiguous))
+    assert len(open_) == 2 * 5  # four ambiguous send errors and the Kafka one, both channels
     store(ledger, open_ + certain, OLD)
     before = books_model(ledger)
     assert ledger.prune(timedelta(days=7), 1, NOW) == len(certain)
-    assert {r["payment_id"] for r in ledger.query(PaymentQuery(limit=100))} == \
+    assert {r.payment_id for r in ledger.query(PaymentQuery(limit=100))} == \
         {p.payment_id for p in open_}
     assert balances(books_model(ledger)) == balances(before)
+
+
+def test_retention_and_the_books_apply_one_rejection_rule(ledger: Ledger) -> None:
+    """``rejection_is_certain`` decides for the books (Python) and retention (SQL):
+    on every combination of its inputs the SQL clause picks exactly the rows the
+    function calls certain, and those are the rejections the books take as exact."""
+    combos = list(itertools.product(Channel, REFUSED_STATES, (True, False), (True, False)))
+    rows: dict[str, tuple[Channel, str, bool, bool]] = {}
+    for channel, state, has_id, ambiguous in combos:
+        p = payment(A1, B1, "1.00", channel)
+        if state == "accepted":
+            walk(p, (Step.ACCEPTED,))  # a Kafka payment has no such step: stays submitted
+        reject(p, "refused", p.intended_at, ambiguous)
+        p.transaction_id = uuid.uuid4() if has_id else None
+        ledger.write_payment(p, OLD)
+        rows[p.payment_id] = (channel, p.state, has_id, ambiguous)
+    assert ledger.flush(5)
+    t = payments.c
+    with ledger.engine.connect() as conn:
+        picked = {pid for (pid,) in conn.execute(sa.select(t.payment_id).where(
+            certain_rejection_clause(t.channel, t.state, t.transaction_id,
+                                     t.refusal_ambiguous)))}
+    certain = {pid for pid, args in rows.items() if rejection_is_certain(*args)}
+    assert picked == certain and 0 < len(certain) < len(rows)
+    for pid, (channel, state, has_id, ambiguous) in rows.items():
+        exact = progress_of(channel.value, "rejected", state, "FAILED", has_id, ambiguous)
+        assert (exact is Progress.REJECTED) == (pid in certain), rows[pid]
 
 
 # --- the same, for any mix of payment stories (SQLite in memory, many examples) ---------------
@@ -379,10 +433,12 @@ def tell(story: str, p: Payment) -> Payment:
         return refuse(p, "rejected by the source bank", accepted=p.channel is Channel.REST)
     if story == "ambiguous":
         return refuse(p, "not produced: down" if p.channel is Channel.KAFKA
-                      else "not accepted by bank_a: connection", accepted=False)
+                      else "not accepted by bank_a: connection", accepted=False,
+                      ambiguous=True)
     if story in ("ambiguous_then_events", "refused_then_events"):
         refuse(p, "not accepted by bank_a: timeout" if story == "ambiguous_then_events"
-               else "rejected by the source bank", accepted=False)
+               else "rejected by the source bank", accepted=False,
+               ambiguous=story == "ambiguous_then_events")
         p.transaction_id = uuid.uuid4()  # events seen after all
         return walk(p, steps[-3:], Status.SUCCESS)
     if story == "stuck_then_success":
@@ -418,7 +474,7 @@ def test_any_prune_leaves_the_books_model_unchanged(
         after = books_model(book)
         assert balances(after) == balances(before)
         assert after.total == before.total
-        left = {r["payment_id"]: r for r in book.query(PaymentQuery(limit=100))}
+        left = {r.payment_id: r for r in book.query(PaymentQuery(limit=100))}
         assert len(left) == len(rows) - deleted
         assert all(p.finished for p in rows if p.payment_id not in left)
         assert {p.payment_id for p in rows if not p.finished} <= set(left)

@@ -13,6 +13,7 @@ import io
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Response
@@ -22,8 +23,9 @@ from bgmock_twin.api.auth import require_token
 from bgmock_twin.api.simulation_routes import build_simulation_router
 from bgmock_twin.api.wire import AccountNumber, Amount, JsonBodyRoute, WireRequest, WireResponse
 from bgmock_twin.contract import TOPICS
-from bgmock_twin.tracking.ledger import LedgerUnavailable, PaymentQuery, payment_row, payments
-from bgmock_twin.tracking.lifecycle import ALL_STEPS, Channel, Kind
+from bgmock_twin.tracking.ledger import LedgerUnavailable, PaymentQuery
+from bgmock_twin.tracking.lifecycle import Channel, Kind
+from bgmock_twin.tracking.records import EXPORT_COLUMNS, PaymentRecord, export_row, record_of
 from bgmock_twin.tracking.service import Tracking
 
 STATUS_VALUES = Literal["in_flight", "success", "failed", "rejected", "stuck"]
@@ -106,35 +108,35 @@ class EventPage(WireResponse):
 
 
 # --- conversions ------------------------------------------------------------------------------
-def transaction_view(row: dict[str, Any]) -> TransactionView:
-    timeline = []
-    for step in ALL_STEPS:
-        at = row.get(f"{step.value}_at")
-        if at is not None:
-            timeline.append(TimelineEntry(
-                step=step.value, at=at,
-                since_intended_seconds=round(float(row[f"{step.value}_since"] or 0), 6),
-                duration_seconds=round(float(row[f"{step.value}_seconds"] or 0), 6),
-            ))
-    final = "completed_since" if row["channel"] == Channel.KAFKA.value else "settled_since"
-    duration = row.get(final) if row.get("outcome") in ("success", "failed") else None
+def transaction_view(record: PaymentRecord) -> TransactionView:
+    timeline = [
+        TimelineEntry(step=s.step.value, at=s.at,
+                      since_intended_seconds=round(s.since_intended, 6),
+                      duration_seconds=round(s.duration, 6))
+        for s in record.timeline
+    ]
+    duration = record.duration
     return TransactionView(
-        payment_id=row["payment_id"], transaction_id=row["transaction_id"],
-        simulation_id=row["simulation_id"], instance_id=row["instance_id"],
-        channel=row["channel"], route=row["route"],
-        kind=row["kind"], from_clearing_number=row["from_clearing"],
-        from_account_number=row["from_account"], to_bankgood_number=row["to_bankgood"],
-        to_clearing_number=row["to_clearing"], to_account_number=row["to_account"],
-        amount=row["amount"], intended_at=row["intended_at"], status=row["status"],
-        state=row["state"], outcome=row["outcome"], counted_outcome=row["counted_outcome"],
-        final_status=row["final_status"], stuck_step=row["stuck_step"], message=row["message"],
-        finished_at=row["finished_at"],
-        duration_seconds=round(float(duration), 6) if duration is not None else None,
+        payment_id=record.payment_id, transaction_id=record.transaction_id,
+        simulation_id=record.simulation_id, instance_id=record.instance_id,
+        channel=record.channel.value, route=record.route.value, kind=record.kind.value,
+        from_clearing_number=record.from_clearing, from_account_number=record.from_account,
+        to_bankgood_number=record.to_bankgood, to_clearing_number=record.to_clearing,
+        to_account_number=record.to_account, amount=record.amount,
+        intended_at=record.intended_at, status=record.status, state=record.state,
+        outcome=_value(record.outcome), counted_outcome=_value(record.counted_outcome),
+        final_status=_value(record.final_status), stuck_step=_value(record.stuck_step),
+        message=record.message, finished_at=record.finished_at,
+        duration_seconds=round(duration, 6) if duration is not None else None,
         timeline=sorted(timeline, key=lambda e: e.since_intended_seconds),
     )
 
 
-CSV_COLUMNS = [c.name for c in payments.columns if c.name not in ("finished", "updated_at")]
+def _value(member: StrEnum | None) -> str | None:
+    return member.value if member is not None else None
+
+
+CSV_COLUMNS = list(EXPORT_COLUMNS)
 
 
 def _csv(rows: list[dict[str, Any]], columns: list[str], filename: str) -> Response:
@@ -189,7 +191,7 @@ def build_router(tracking: Tracking) -> APIRouter:
             to_account=req.to_account, amount=req.amount, channel=Channel(req.channel),
             kind=Kind(req.kind),
         )
-        view = transaction_view(payment_row(payment, datetime.now(UTC)))
+        view = transaction_view(record_of(payment))
         if payment.outcome is not None and payment.outcome.value == "rejected" and \
                 payment.transaction_id is None and payment.channel is Channel.REST:
             raise HTTPException(status_code=502, detail=f"payment {payment.payment_id} "
@@ -217,14 +219,14 @@ def build_router(tracking: Tracking) -> APIRouter:
                              since=since, channel=channel, route=route, limit=limit,
                              offset=offset)
         try:
-            rows = tracking.ledger.query(query)
+            records = tracking.ledger.query(query)
         except LedgerUnavailable as exc:
             raise _unavailable(exc) from None
         if format == "csv":
-            return _csv(rows, CSV_COLUMNS, "transactions.csv")
+            return _csv([export_row(r) for r in records], CSV_COLUMNS, "transactions.csv")
         return TransactionPage(
-            items=[transaction_view(r) for r in rows], limit=limit, offset=offset,
-            next_offset=offset + limit if len(rows) == limit else None,
+            items=[transaction_view(r) for r in records], limit=limit, offset=offset,
+            next_offset=offset + limit if len(records) == limit else None,
         )
 
     @router.get(
@@ -238,15 +240,15 @@ def build_router(tracking: Tracking) -> APIRouter:
     ) -> Any:
         live = tracking.tracker.get(str(transaction_id))
         if live is not None:
-            row: dict[str, Any] | None = payment_row(live, datetime.now(UTC))
+            record: PaymentRecord | None = record_of(live)
         else:
             try:
-                row = tracking.ledger.get(str(transaction_id))
+                record = tracking.ledger.get(str(transaction_id))
             except LedgerUnavailable as exc:
                 raise _unavailable(exc) from None
-        if row is None:
+        if record is None:
             raise HTTPException(status_code=404, detail="no such synthetic payment")
-        view = transaction_view(row)
+        view = transaction_view(record)
         if format == "csv":
             entries = [e.model_dump() for e in view.timeline]
             return _csv(entries, ["step", "at", "since_intended_seconds", "duration_seconds"],

@@ -24,12 +24,9 @@ from sqlalchemy.engine import Engine
 from bgmock_twin.books.model import AccountKey, DepositFact, PaymentFact, Progress
 from bgmock_twin.books.readings import FinishedPayment
 from bgmock_twin.contract import Channel, bank_by_clearing
+from bgmock_twin.tracking.refusals import REFUSED_STATES, rejection_is_certain
 
 CENTS = Decimal("100")
-
-# Rejections whose request may still have reached the bank (a timeout, a dropped
-# connection, a 202 without a readable id): the payment may exist after all.
-AMBIGUOUS_REJECTIONS = (": timeout", ": connection", ": bad_body", "not produced")
 
 
 def bank_of(clearing: str | None) -> str:
@@ -45,7 +42,7 @@ def progress_of(
     state: str,
     final_status: str | None,
     has_transaction_id: bool,
-    message: str | None,
+    refusal_ambiguous: bool,
 ) -> Progress:
     """What a ledger row tells about the payment's money.
 
@@ -54,19 +51,17 @@ def progress_of(
     effect is the same as a release); completed carries the clearing's final
     status; only ``settled`` (the source bank's own final status) is final.
     Kafka channel: ``completed`` is final. A rejection that was ambiguous (the
-    request may have arrived) stays "submitted" forever: the twin cannot know.
+    request may have arrived: ``tracking.refusals.rejection_is_certain``, the rule
+    retention applies too) stays "submitted" forever: the twin cannot know.
     """
     kafka = channel == Channel.KAFKA.value
     if outcome == "success":
         return Progress.SUCCEEDED
     if outcome == "failed":
         return Progress.FAILED
-    if outcome == "rejected" and state in ("submitted", "accepted"):
-        if has_transaction_id and not kafka and state == "accepted":
-            return Progress.REJECTED  # the bank stored it FAILED; the clearing never saw it
-        if any(marker in (message or "") for marker in AMBIGUOUS_REJECTIONS):
-            return Progress.SUBMITTED
-        return Progress.REJECTED
+    if outcome == "rejected" and state in REFUSED_STATES:
+        certain = rejection_is_certain(channel, state, has_transaction_id, refusal_ambiguous)
+        return Progress.REJECTED if certain else Progress.SUBMITTED
     # unfinished, or events seen after a rejection: go by the furthest step
     if state in ("completed", "settled"):
         if final_status == "SUCCESS":
@@ -126,7 +121,7 @@ class LedgerReader:
         with self.engine.connect() as conn:
             dialect = conn.dialect.name
             # summed: finished long enough ago, except rejections before any answer
-            # (their message says whether they may have reached the bank after all)
+            # (``refusal_ambiguous`` says whether they may have reached the bank)
             old_finished = sa.and_(
                 p.c.finished.is_(True), p.c.updated_at < changed_since,
                 sa.not_(sa.and_(p.c.outcome == "rejected", p.c.state == "submitted")),
@@ -137,13 +132,14 @@ class LedgerReader:
             summed = sa.select(
                 sa.cast(sa.null(), sa.String).label("payment_id"), *group,
                 sa.cast(sa.null(), sa.String).label("transaction_id"),
-                sa.cast(sa.null(), sa.String).label("message"),
+                sa.literal(False).label("refusal_ambiguous"),
                 sa.func.min(p.c.intended_at).label("intended_at"),
                 sa.literal(False).label("recent"),
                 sa.func.sum(_cents(p.c.amount, dialect)).label("cents"),
             ).where(old_finished).group_by(*group)
             single = sa.select(
-                p.c.payment_id, *group, p.c.transaction_id, p.c.message, p.c.intended_at,
+                p.c.payment_id, *group, p.c.transaction_id, p.c.refusal_ambiguous,
+                p.c.intended_at,
                 (p.c.updated_at >= changed_since).label("recent"),
                 _cents(p.c.amount, dialect).label("cents"),
             ).where(sa.not_(old_finished))
@@ -160,7 +156,7 @@ class LedgerReader:
             else:
                 progress = progress_of(row["channel"], row["outcome"], row["state"],
                                        row["final_status"], bool(row["transaction_id"]),
-                                       row["message"])
+                                       bool(row["refusal_ambiguous"]))
             payments.append(PaymentFact(
                 payment_id=row["payment_id"] or f"settled#{i}",
                 channel=Channel(row["channel"]),

@@ -158,6 +158,7 @@ class Payment:
     stuck_step: Step | None = None
     message: str | None = None
     finished_at: datetime | None = None
+    refusal_ambiguous: bool = False  # rejected, but the request may have arrived
 
     @property
     def sequence(self) -> tuple[Step, ...]:
@@ -266,12 +267,14 @@ def observe_step(
     return change
 
 
-def reject(payment: Payment, reason: str, now_utc: datetime) -> Change:
-    """The source refused the payment: it will never produce an event."""
+def reject(payment: Payment, reason: str, now_utc: datetime, ambiguous: bool = False) -> Change:
+    """The source refused the payment: it will never produce an event. ``ambiguous``:
+    the request may have reached BGMock after all (``tracking.refusals``)."""
     change = Change()
     if payment.finished:
         return Change(repeat=True)
     payment.final_status = Status.FAILED
+    payment.refusal_ambiguous = ambiguous
     if payment.message is None:
         payment.message = reason[:255]
     if payment.stuck_step is not None:

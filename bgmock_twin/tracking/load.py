@@ -27,14 +27,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Protocol
 
 from bgmock_twin import metrics
 from bgmock_twin.bus.base import BusError, EventBus, EventProducer
 from bgmock_twin.clients.bgmock import BGMockClients
 from bgmock_twin.clients.rest import ServiceError
 from bgmock_twin.contract import (
-    BANK_A_CLEARING,
-    BANK_B_CLEARING,
+    BANK_A,
+    BANK_B,
     TOPIC_INITIATED,
     OutgoingTransactionEvent,
     Status,
@@ -52,12 +53,13 @@ from bgmock_twin.tracking.poller import (
     StatusPoller,
 )
 from bgmock_twin.tracking.provisioning import Fixtures, Payee, Provisioner
+from bgmock_twin.tracking.refusals import refusal_of
 from bgmock_twin.tracking.tracker import Tracker
 
 log = get_logger(__name__)
 
-CLEARING = {Route.A_TO_B: (BANK_A_CLEARING, BANK_B_CLEARING),
-            Route.B_TO_A: (BANK_B_CLEARING, BANK_A_CLEARING)}
+CLEARING = {Route.A_TO_B: (BANK_A.clearing_number, BANK_B.clearing_number),
+            Route.B_TO_A: (BANK_B.clearing_number, BANK_A.clearing_number)}
 PRODUCE_TIMEOUT_SECONDS = 5.0
 # How long a send waits for the ledger to store the payment's row before it goes on
 # regardless (a slow or unavailable ledger must not stop the load; it buffers).
@@ -193,6 +195,16 @@ class Run:
                     log.warning("run_done_callback_failed", error=repr(exc))
 
 
+class LedgerPort(Protocol):
+    """What the sender needs of the ledger: to wait, before a request goes out,
+    until the payment's row is stored."""
+
+    @property
+    def available(self) -> bool: ...
+
+    def flush(self, timeout: float) -> bool: ...
+
+
 class Sender:
     def __init__(
         self,
@@ -204,8 +216,10 @@ class Sender:
         poller: StatusPoller,
         max_in_flight: int,
         instance_id: str,
+        ledger: LedgerPort,
     ) -> None:
         self.tracker = tracker
+        self.ledger = ledger
         self.clients = clients
         self.bus = bus
         self.provisioner = provisioner
@@ -372,9 +386,8 @@ class Sender:
         still knows the payment and its transaction id after its restart; without
         this, up to one flush interval of payments - already in BGMock - were
         unknown to the restarted twin, and a resumed simulation sent them again."""
-        ledger = self.tracker.ledger
-        if ledger.available:
-            ledger.flush(LEDGER_WAIT_SECONDS)
+        if self.ledger.available:
+            self.ledger.flush(LEDGER_WAIT_SECONDS)
 
     def _send_rest(self, payment: Payment, check_now: bool) -> None:
         self.tracker.register(payment)
@@ -394,8 +407,8 @@ class Sender:
                     log.warning("payment_unconfirmed", payment_id=payment.payment_id,
                                 service=exc.service, reason=exc.reason)
                     return
-                self.tracker.reject(payment.payment_id,
-                                    f"not accepted by {exc.service}: {exc.reason}")
+                refused = refusal_of(exc)
+                self.tracker.reject(payment.payment_id, refused.message, refused.ambiguous)
                 return
             self.tracker.accepted(payment.payment_id, transaction_id)
         finally:
@@ -422,7 +435,8 @@ class Sender:
             producer.produce(TOPIC_INITIATED, payment.from_clearing, value, headers)
         except BusError as exc:  # not even queued: it can never reach the clearing
             metrics.KAFKA_CLIENT_ERRORS.labels("sender", "produce").inc()
-            self.tracker.reject(payment.payment_id, f"not produced: {str(exc)[:120]}")
+            refused = refusal_of(exc)
+            self.tracker.reject(payment.payment_id, refused.message, refused.ambiguous)
             return
         try:
             producer.flush(PRODUCE_TIMEOUT_SECONDS)

@@ -112,6 +112,7 @@ class Tracking:
         self.sender = Sender(
             self.tracker, clients, bus, self.provisioner, self.checker, self.poller,
             settings.max_in_flight_requests, settings.instance_id,
+            ledger=self.ledger,
         )
         self.follower = Follower(bus, settings.consumer_group, self.tracker, self.ledger)
         self.simulations = SimulationManager(

@@ -178,11 +178,13 @@ class Tracker:
                 self._count_message(parked.topic, parked.event, "twin")
                 self._apply_event(payment, parked.topic, parked.event, parked.mono, parked.utc)
 
-    def reject(self, payment_id: str, reason: str) -> None:
+    def reject(self, payment_id: str, reason: str, ambiguous: bool = False) -> None:
+        """The source refused the payment; ``ambiguous`` when it may have arrived
+        after all (``tracking.refusals``)."""
         with self._lock:
             payment = self._find(payment_id)
             if payment is not None:
-                self._apply(payment, reject(payment, reason, self.clock.now()))
+                self._apply(payment, reject(payment, reason, self.clock.now(), ambiguous))
 
     def settle(self, payment_id: str, bank_status: Status) -> None:
         """The source bank shows the payment with a final status."""

@@ -1,0 +1,138 @@
+"""A payment as one ledger row and back (pure functions).
+
+Every write of a payment is its whole current row, so the mapping lives in one
+place: the store writes what ``payment_row`` returns, a restarted twin rebuilds its
+payments in flight with ``payment_from_row``, and readers get the row as a
+``PaymentRecord`` (``record_from_row``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from bgmock_twin.contract import Channel as WireChannel
+from bgmock_twin.contract import Status
+from bgmock_twin.tracking.lifecycle import (
+    ALL_STEPS,
+    Channel,
+    Kind,
+    Outcome,
+    Payment,
+    Route,
+    Step,
+    StepMark,
+)
+from bgmock_twin.tracking.records import PaymentRecord, StepRecord
+
+
+def payment_row(p: Payment, now_utc: datetime) -> dict[str, Any]:
+    """The whole row of ``p`` as stored at ``now_utc`` (its ``updated_at``)."""
+    row: dict[str, Any] = {
+        "payment_id": p.payment_id,
+        "transaction_id": str(p.transaction_id) if p.transaction_id else None,
+        "simulation_id": p.simulation_id,
+        "instance_id": p.instance_id,
+        "channel": p.channel.value,
+        "route": p.route.value,
+        "kind": p.kind.value,
+        "from_clearing": p.from_clearing,
+        "from_account": p.from_account,
+        "to_bankgood": p.to_bankgood,
+        "to_clearing": p.to_clearing,
+        "to_account": p.to_account,
+        "amount": p.amount,
+        "intended_at": p.intended_at,
+        "status": p.status,
+        "state": p.state,
+        "finished": p.finished,
+        "outcome": p.outcome.value if p.outcome else None,
+        "counted_outcome": p.counted.value if p.counted else None,
+        "final_status": p.final_status.value if p.final_status else None,
+        "stuck_step": p.stuck_step.value if p.stuck_step else None,
+        "message": p.message,
+        "refusal_ambiguous": p.refusal_ambiguous,
+        "finished_at": p.finished_at,
+        "updated_at": now_utc,
+    }
+    for step in ALL_STEPS:
+        mark = p.steps.get(step)
+        row[f"{step.value}_at"] = mark.at if mark else None
+        row[f"{step.value}_since"] = mark.since_intended if mark else None
+        row[f"{step.value}_seconds"] = mark.duration if mark else None
+    return row
+
+
+def payment_from_row(row: dict[str, Any], now_mono: float, now_utc: datetime) -> Payment:
+    """A payment read back after a restart. Its intended send time is re-anchored on
+    this process's monotonic clock through the wall clock (the only clock shared
+    with the previous process)."""
+    intended_at: datetime = row["intended_at"]
+    steps = {}
+    for step in ALL_STEPS:
+        at = row.get(f"{step.value}_at")
+        if at is not None:
+            steps[step] = StepMark(
+                at, float(row.get(f"{step.value}_since") or 0.0),
+                float(row.get(f"{step.value}_seconds") or 0.0),
+            )
+    return Payment(
+        payment_id=row["payment_id"],
+        channel=Channel(row["channel"]),
+        route=Route(row["route"]),
+        kind=Kind(row["kind"]),
+        from_clearing=row["from_clearing"],
+        from_account=row["from_account"],
+        to_bankgood=row["to_bankgood"],
+        to_clearing=row["to_clearing"],
+        to_account=row["to_account"],
+        amount=row["amount"],
+        intended_at=intended_at,
+        intended_mono=now_mono - (now_utc - intended_at).total_seconds(),
+        simulation_id=row["simulation_id"],
+        instance_id=row["instance_id"],
+        transaction_id=uuid.UUID(row["transaction_id"]) if row["transaction_id"] else None,
+        steps=steps,
+        final_status=Status(row["final_status"]) if row["final_status"] else None,
+        outcome=Outcome(row["outcome"]) if row["outcome"] else None,
+        counted=Outcome(row["counted_outcome"]) if row["counted_outcome"] else None,
+        stuck_step=Step(row["stuck_step"]) if row["stuck_step"] else None,
+        message=row["message"],
+        finished_at=row["finished_at"],
+        refusal_ambiguous=bool(row["refusal_ambiguous"]),
+    )
+
+
+def record_from_row(row: dict[str, Any]) -> PaymentRecord:
+    """A stored payment as readers see it."""
+    return PaymentRecord(
+        payment_id=row["payment_id"],
+        transaction_id=row["transaction_id"],
+        simulation_id=row["simulation_id"],
+        instance_id=row["instance_id"],
+        channel=WireChannel(row["channel"]),
+        route=Route(row["route"]),
+        kind=Kind(row["kind"]),
+        from_clearing=row["from_clearing"],
+        from_account=row["from_account"],
+        to_bankgood=row["to_bankgood"],
+        to_clearing=row["to_clearing"],
+        to_account=row["to_account"],
+        amount=row["amount"],
+        intended_at=row["intended_at"],
+        status=row["status"],
+        state=row["state"],
+        outcome=Outcome(row["outcome"]) if row["outcome"] else None,
+        counted_outcome=Outcome(row["counted_outcome"]) if row["counted_outcome"] else None,
+        final_status=Status(row["final_status"]) if row["final_status"] else None,
+        stuck_step=Step(row["stuck_step"]) if row["stuck_step"] else None,
+        message=row["message"],
+        refusal_ambiguous=bool(row["refusal_ambiguous"]),
+        finished_at=row["finished_at"],
+        timeline=tuple(
+            StepRecord(step, row[f"{step.value}_at"], float(row[f"{step.value}_since"] or 0.0),
+                       float(row[f"{step.value}_seconds"] or 0.0))
+            for step in ALL_STEPS if row[f"{step.value}_at"] is not None
+        ),
+    )

@@ -1,0 +1,175 @@
+"""The ledger's tables and the SQL types they need, and how a ledger URL becomes an engine.
+
+Kept apart from the code that writes and reads the tables so the books (which read
+them with their own statements) and the upgrade of older ledgers see one definition.
+Money is exact on every backend and timestamps are UTC in and out.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.pool import StaticPool
+
+from bgmock_twin.contract import CENT
+from bgmock_twin.database_urls import resolve_database_url
+from bgmock_twin.tracking.lifecycle import ALL_STEPS
+
+
+class Money(sa.types.TypeDecorator[Decimal]):
+    """``NUMERIC(19,2)`` where the database has decimals; exact text on SQLite, whose
+    driver would otherwise go through ``float``."""
+
+    impl = sa.Numeric(19, 2)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.String(32))
+        return dialect.type_descriptor(sa.Numeric(19, 2, asdecimal=True))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        amount = Decimal(value).quantize(CENT)
+        return format(amount, "f") if dialect.name == "sqlite" else amount
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        return Decimal(str(value)).quantize(CENT)
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """Timestamps are UTC in and out, whatever the backend keeps."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError("expected a datetime")
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = sa.MetaData()
+
+payments = sa.Table(
+    "twin_payments", metadata,
+    sa.Column("payment_id", sa.String(36), primary_key=True),
+    sa.Column("transaction_id", sa.String(36), index=True),
+    sa.Column("simulation_id", sa.String(36), index=True),
+    sa.Column("instance_id", sa.String(63), nullable=False),
+    sa.Column("channel", sa.String(8), nullable=False),
+    sa.Column("route", sa.String(8), nullable=False),
+    sa.Column("kind", sa.String(24), nullable=False),
+    sa.Column("from_clearing", sa.String(8), nullable=False),
+    sa.Column("from_account", sa.String(64), nullable=False),
+    sa.Column("to_bankgood", sa.String(64), nullable=False),
+    sa.Column("to_clearing", sa.String(8), nullable=False),
+    sa.Column("to_account", sa.String(64), nullable=False),
+    sa.Column("amount", Money, nullable=False),
+    sa.Column("intended_at", UtcDateTime, nullable=False, index=True),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("finished", sa.Boolean, nullable=False, index=True),
+    sa.Column("outcome", sa.String(16)),
+    sa.Column("counted_outcome", sa.String(16)),
+    sa.Column("final_status", sa.String(8)),
+    sa.Column("stuck_step", sa.String(16)),
+    sa.Column("message", sa.String(255)),
+    # a rejection after which the request may have reached BGMock (``tracking.refusals``)
+    sa.Column("refusal_ambiguous", sa.Boolean, nullable=False, default=False,
+              server_default=sa.false()),
+    sa.Column("finished_at", UtcDateTime),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    *[
+        column
+        for step in ALL_STEPS
+        for column in (
+            sa.Column(f"{step.value}_at", UtcDateTime),
+            sa.Column(f"{step.value}_since", sa.Float),
+            sa.Column(f"{step.value}_seconds", sa.Float),
+        )
+    ],
+)
+
+simulations = sa.Table(
+    "twin_simulations", metadata,
+    sa.Column("simulation_id", sa.String(36), primary_key=True),
+    sa.Column("instance_id", sa.String(63), nullable=False),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("planned", sa.Integer, nullable=False),
+    sa.Column("dispatched", sa.Integer, nullable=False),
+    sa.Column("dropped", sa.Integer, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("finished_at", UtcDateTime),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+deposits = sa.Table(
+    "twin_deposits", metadata,
+    sa.Column("deposit_id", sa.String(36), primary_key=True),
+    sa.Column("instance_id", sa.String(63), nullable=False),
+    sa.Column("clearing_number", sa.String(8), nullable=False),
+    sa.Column("account_number", sa.String(64), nullable=False),
+    sa.Column("amount", Money, nullable=False),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("at", UtcDateTime, nullable=False),
+)
+
+TABLES = {"payment": payments, "simulation": simulations, "deposit": deposits}
+PRIMARY_KEYS = {"payment": "payment_id", "simulation": "simulation_id", "deposit": "deposit_id"}
+
+# Deposit reasons written by the tracking package (provisioning writes "initial" and
+# "top_up" too): the balance an adopted account had when this ledger first saw it,
+# and the folded effect of pruned payments.
+OPENING = "opening"
+CARRY_FORWARD = "carry_forward"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for a ledger URL: SQLite in WAL mode (or in memory, one shared
+    connection), PostgreSQL with a small pool and short connect timeout."""
+    parsed = resolve_database_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:"):
+            engine = sa.create_engine(
+                parsed, poolclass=StaticPool, connect_args={"check_same_thread": False}
+            )
+        else:
+            engine = sa.create_engine(
+                parsed, connect_args={"check_same_thread": False, "timeout": 10}
+            )
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            if database not in ("", ":memory:"):
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=10000")
+            cursor.close()
+
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        return sa.create_engine(
+            parsed, pool_pre_ping=True, pool_size=4, max_overflow=4, pool_timeout=5,
+            connect_args={"connect_timeout": 3},
+        )
+    return sa.create_engine(parsed, pool_pre_ping=True)

@@ -1,0 +1,257 @@
+"""The ledger's write-behind store: writes never block the callers that track payments.
+
+Each write is the *whole current row* of a payment (or simulation, or deposit), put
+into a bounded buffer keyed by the row's identity, so a newer snapshot of the same
+payment replaces the older one while it waits. A writer thread upserts the buffer in
+batches. While the database is unavailable the buffer holds up to ``buffer_size``
+distinct rows and loses nothing; beyond that new rows are dropped and counted
+(``bgmock_ledger_dropped_total``) - the next snapshot of a payment carries its full
+state again. Every write gets a sequence number and ``durable_seq`` says up to which
+one everything is stored (or dropped), which lets the Kafka follower commit offsets
+only after what it read is recorded.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from bgmock_twin import metrics
+from bgmock_twin.errors import Unavailable
+from bgmock_twin.logs import get_logger
+from bgmock_twin.settings import mask_url
+from bgmock_twin.tracking.ledger.schema import PRIMARY_KEYS, TABLES, make_engine
+from bgmock_twin.tracking.ledger.upgrade import ensure_schema
+
+log = get_logger(__name__)
+
+Batch = dict[tuple[str, str], tuple[dict[str, Any], int]]  # (kind, id) -> (row, seq)
+
+
+class LedgerUnavailable(Unavailable):
+    """The ledger database cannot be read right now."""
+
+
+class LedgerStore:
+    """The engine, the buffer of rows not yet stored, and the writer thread."""
+
+    def __init__(
+        self,
+        url: str,
+        buffer_size: int = 100_000,
+        flush_interval: float = 0.1,
+        chunk_size: int = 1000,
+    ) -> None:
+        self.url = url
+        self.buffer_size = buffer_size
+        self.flush_interval = flush_interval
+        self.chunk_size = chunk_size
+        self.engine = make_engine(url)
+        self._lock = threading.Condition()
+        self._pending: Batch = {}
+        self._inflight = 0
+        self._seq = 0
+        self._durable = 0
+        self._schema_ready = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._on_available: list[Callable[[], None]] = []
+        self._failing_since: float | None = None
+        self._flush_requested = False
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def open(self) -> bool:
+        """Create (or upgrade) the tables if needed; False (and retried by the writer)
+        if the database is unavailable."""
+        try:
+            ensure_schema(self.engine)
+        except Exception as exc:
+            metrics.LEDGER_WRITE_ERRORS.inc()
+            log.warning("ledger_unavailable", url=mask_url(self.url), error=short_error(exc))
+            return False
+        self._schema_ready = True
+        return True
+
+    @property
+    def available(self) -> bool:
+        return self._schema_ready and self._failing_since is None
+
+    def on_available(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from the writer thread) once the schema could be created,
+        when ``open`` failed at start."""
+        self._on_available.append(callback)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Flush what is buffered (within ``timeout``) and stop the writer."""
+        self.flush(timeout)
+        self._stop.set()
+        with self._lock:
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        if self._pending:
+            log.warning("ledger_stopped_with_unwritten_rows", rows=len(self._pending))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- writes -------------------------------------------------------------------------
+    def write(self, kind: str, row: dict[str, Any]) -> int:
+        """Buffer ``row`` (a whole row of table ``kind``); returns its sequence number."""
+        key = (kind, str(row[PRIMARY_KEYS[kind]]))
+        with self._lock:
+            self._seq += 1
+            if key not in self._pending and len(self._pending) + self._inflight >= \
+                    self.buffer_size:
+                metrics.LEDGER_DROPPED.inc()
+                return self._seq
+            self._pending[key] = (row, self._seq)
+            metrics.LEDGER_BUFFERED.set(len(self._pending) + self._inflight)
+            return self._seq
+
+    @property
+    def last_seq(self) -> int:
+        with self._lock:
+            return self._seq
+
+    @property
+    def durable_seq(self) -> int:
+        with self._lock:
+            return self._durable
+
+    @property
+    def buffered(self) -> int:
+        with self._lock:
+            return len(self._pending) + self._inflight
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything written so far is stored; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            target = self._seq
+            self._flush_requested = True
+            self._lock.notify_all()
+            while self._durable < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._thread is None:
+                    return self._durable >= target
+                self._lock.wait(min(remaining, 0.05))
+            return True
+
+    # --- the writer thread ----------------------------------------------------------------
+    def _run(self) -> None:
+        backoff = 0.2
+        while True:
+            taken = self._take()
+            if taken is None:
+                return
+            batch, upto = taken
+            if not batch:
+                continue
+            try:
+                self._write(batch)
+            except Exception as exc:
+                self._failed(batch, exc)
+                if self._stop.wait(backoff):
+                    return
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.2
+            self._stored(upto)
+
+    def _take(self) -> tuple[Batch, int] | None:
+        """The rows buffered after one interval (a flush request cuts it short), so the
+        database sees a few batched transactions a second, not one per write; None
+        once stopped with nothing left."""
+        with self._lock:
+            if not self._stop.is_set() and not self._flush_requested:
+                self._lock.wait(self.flush_interval)
+            self._flush_requested = False
+            if not self._pending:
+                return None if self._stop.is_set() else ({}, self._seq)
+            batch = self._pending
+            self._pending = {}
+            self._inflight = len(batch)
+            return batch, self._seq
+
+    def _write(self, batch: Batch) -> None:
+        if not self._schema_ready:
+            ensure_schema(self.engine)
+            self._schema_ready = True
+            for callback in self._on_available:
+                callback()
+        by_kind: dict[str, list[dict[str, Any]]] = {}
+        for (kind, _key), (row, _seq) in batch.items():
+            by_kind.setdefault(kind, []).append(row)
+        with self.engine.begin() as conn:
+            for kind, rows in by_kind.items():
+                for start in range(0, len(rows), self.chunk_size):
+                    _upsert(conn, TABLES[kind], PRIMARY_KEYS[kind],
+                            rows[start:start + self.chunk_size])
+
+    def _failed(self, batch: Batch, exc: Exception) -> None:
+        """Put the batch back (behind any newer snapshot of the same rows)."""
+        metrics.LEDGER_WRITE_ERRORS.inc()
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            log.warning("ledger_write_failed", url=mask_url(self.url),
+                        rows=len(batch), error=short_error(exc))
+        with self._lock:
+            for key, value in batch.items():
+                if key not in self._pending:
+                    self._pending[key] = value
+            self._inflight = 0
+            metrics.LEDGER_BUFFERED.set(len(self._pending))
+
+    def _stored(self, upto: int) -> None:
+        if self._failing_since is not None:
+            log.info("ledger_write_recovered",
+                     outage_seconds=round(time.monotonic() - self._failing_since, 1))
+            self._failing_since = None
+        with self._lock:
+            self._inflight = 0
+            self._durable = max(self._durable, upto)
+            metrics.LEDGER_BUFFERED.set(len(self._pending))
+            self._lock.notify_all()
+
+
+@functools.lru_cache(maxsize=16)
+def _upsert_statement(dialect: str, table: sa.Table, key: str) -> Any:
+    """One statement object per table, so SQLAlchemy compiles it once."""
+    insert = sqlite.insert(table) if dialect == "sqlite" else postgresql.insert(table)
+    return insert.on_conflict_do_update(
+        index_elements=[key],
+        set_={c.name: insert.excluded[c.name] for c in table.columns if c.name != key},
+    )
+
+
+def _upsert(conn: Connection, table: sa.Table, key: str, rows: Sequence[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    name = conn.dialect.name
+    if name in ("sqlite", "postgresql"):
+        conn.execute(_upsert_statement(name, table, key), list(rows))
+        return
+    ids = [row[key] for row in rows]
+    conn.execute(sa.delete(table).where(table.c[key].in_(ids)))
+    conn.execute(sa.insert(table), list(rows))
+
+
+def short_error(exc: BaseException) -> str:
+    """An error without the SQL statement or parameters SQLAlchemy appends."""
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.splitlines()[0][:200] if text else type(exc).__name__

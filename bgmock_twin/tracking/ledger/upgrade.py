@@ -1,0 +1,44 @@
+"""Ledgers written by earlier versions of the twin keep working: on open, the tables
+that are missing are created and older tables get the columns added since.
+
+The SQLite files and PostgreSQL databases users already have hold finished payments
+whose money effect the books and retention still read, so an upgrade must give each
+old row the value the old code would have derived. It runs once per database: a
+column that exists is never filled again.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.schema import CreateColumn
+
+from bgmock_twin.tracking.ledger.schema import metadata, payments
+
+# The old text rule, before the ambiguity of a refusal had its own column: the
+# messages after which a rejected request may still have reached the bank. Used
+# only to fill ``refusal_ambiguous`` of rows written before it existed.
+LEGACY_AMBIGUOUS_MARKERS = (": timeout", ": connection", ": bad_body", "not produced")
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create the missing tables, then add the missing columns to the old ones."""
+    metadata.create_all(engine)
+    columns = {c["name"] for c in sa.inspect(engine).get_columns(payments.name)}
+    if "refusal_ambiguous" not in columns:
+        with engine.begin() as conn:
+            add_refusal_ambiguous(conn)
+
+
+def add_refusal_ambiguous(conn: Connection) -> None:
+    """Add ``refusal_ambiguous`` (false) and set it on the rejections the old text
+    rule took as ambiguous. Another replica upgrading at the same moment makes this
+    fail (the column exists): the caller retries and finds it done."""
+    column = CreateColumn(payments.c.refusal_ambiguous).compile(dialect=conn.dialect)
+    conn.execute(sa.text(f"ALTER TABLE {payments.name} ADD COLUMN {column}"))
+    p = payments.c
+    conn.execute(sa.update(payments).where(
+        p.outcome == "rejected",
+        sa.or_(*[p.message.contains(marker, autoescape=True)
+                 for marker in LEGACY_AMBIGUOUS_MARKERS]),
+    ).values(refusal_ambiguous=True))
