@@ -33,8 +33,8 @@ from bgmock_twin.clients.bgmock import BGMockClients
 from bgmock_twin.clients.rest import ServiceError
 from bgmock_twin.contract import Status
 from bgmock_twin.logs import get_logger
-from bgmock_twin.tracking.lifecycle import Channel
-from bgmock_twin.tracking.tracker import Tracker
+from bgmock_twin.tracking.lifecycle import Channel, Step
+from bgmock_twin.tracking.tracker import StepReached, Tracker
 from bgmock_twin.workers import Worker
 
 log = get_logger(__name__)
@@ -150,6 +150,13 @@ class StatusPoller:
 
     def settle_soon(self, payment_id: str) -> None:
         self.schedule(payment_id, Purpose.SETTLE)
+
+    def on_step(self, event: StepReached) -> None:
+        """The tracker's subscriber: once a REST payment completed, the source bank
+        applies it a moment later; time to read its settled status."""
+        if event.step is Step.COMPLETED and event.channel is Channel.REST \
+                and not event.finished:
+            self.settle_soon(event.payment_id)
 
     def _next(self, worker: Worker) -> tuple[str, Purpose, int] | None:
         with self._cond:

@@ -84,7 +84,18 @@ class _Parked:
     entry: dict[str, Any]
 
 
-Listener = Callable[[Payment], None]
+@dataclass(frozen=True, slots=True)
+class StepReached:
+    """A followed payment reached a new step: what the tracker tells its subscribers
+    (the status poller reads the settled status of a REST payment once it completed)."""
+
+    payment_id: str
+    channel: Channel
+    step: Step
+    finished: bool  # the payment had an outcome once this step was recorded
+
+
+StepListener = Callable[[StepReached], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,15 +140,17 @@ class Tracker:
         self._sim_uncounted: Counter[str] = Counter()
         self._last_poll: dict[str, float] = {}
         self._events: deque[dict[str, Any]] = deque(maxlen=events_limit)
-        self._listeners: list[Listener] = []
-        self.on_completed: Callable[[str], None] | None = None
+        self._subscribers: list[StepListener] = []
         self.submitted: Counter[tuple[str, str]] = Counter()
         self.counted: Counter[tuple[str, str, str]] = Counter()
 
+    def subscribe(self, listener: StepListener) -> None:
+        """``listener(StepReached)`` is called for every new step of every payment,
+        on the thread that observed it and under the tracker's lock: it must be quick
+        and must not call back into the tracker (queue the work instead)."""
+        self._subscribers.append(listener)
+
     # --- registration (the sender) --------------------------------------------------------
-    def add_listener(self, listener: Listener) -> None:
-        """``listener(payment_copy)`` is called once per payment when it finishes."""
-        self._listeners.append(listener)
 
     def register(self, payment: Payment) -> None:
         """A payment is about to leave: from now on it is submitted and followed."""
@@ -302,9 +315,9 @@ class Tracker:
             return
         if change.new_step is not None and change.step_duration is not None:
             _step_histogram(change.new_step.value).observe(change.step_duration)
-            if change.new_step is Step.COMPLETED and payment.channel is Channel.REST \
-                    and not payment.finished and self.on_completed is not None:
-                self.on_completed(payment.payment_id)  # time to read the settled status
+            if self._subscribers:
+                self._publish(StepReached(payment.payment_id, payment.channel,
+                                          change.new_step, payment.finished))
         if change.counted is not None:
             labels = (payment.channel.value, payment.route.value, change.counted.value)
             self.counted[labels] += 1
@@ -328,14 +341,14 @@ class Tracker:
                 if old.transaction_id is not None:
                     self._by_tx.pop(old.transaction_id, None)
             metrics.PAYMENTS_IN_FLIGHT.set(len(self._live))
-            if self._listeners:
-                snapshot = copy.deepcopy(payment)
-                for listener in self._listeners:
-                    try:
-                        listener(snapshot)
-                    except Exception as exc:  # a listener never breaks tracking
-                        log.warning("payment_listener_failed", error=repr(exc))
         self.ledger.write_payment(payment, self.clock.now())
+
+    def _publish(self, event: StepReached) -> None:
+        for listener in self._subscribers:
+            try:
+                listener(event)
+            except Exception as exc:  # a subscriber never breaks tracking
+                log.warning("step_listener_failed", error=repr(exc))
 
     # --- restart ----------------------------------------------------------------------------
     def resume(self, rows: list[dict[str, Any]]) -> int:
