@@ -325,3 +325,12 @@ def test_the_poller_subscribes_to_the_trackers_steps_and_settles_a_completed_res
     finally:
         poller.stop()
     assert checked == [(rest.payment_id, Purpose.SETTLE)]
+
+
+def test_a_route_names_its_banks_by_the_contract_and_channel_is_the_contracts() -> None:
+    from bgmock_twin import contract
+    from bgmock_twin.contract import BANK_A, BANK_B
+
+    assert Route.A_TO_B.source is BANK_A and Route.A_TO_B.destination is BANK_B
+    assert Route.B_TO_A.source is BANK_B and Route.B_TO_A.destination is BANK_A
+    assert Channel is contract.Channel

@@ -49,6 +49,7 @@ from bgmock_twin.tracking.lifecycle import (
     Kind,
     Outcome,
     Payment,
+    Route,
     Step,
     check_deadline,
     observe_step,
@@ -141,8 +142,8 @@ class Tracker:
         self._last_poll: dict[str, float] = {}
         self._events: deque[dict[str, Any]] = deque(maxlen=events_limit)
         self._subscribers: list[StepListener] = []
-        self.submitted: Counter[tuple[str, str]] = Counter()
-        self.counted: Counter[tuple[str, str, str]] = Counter()
+        self.submitted: Counter[tuple[Channel, Route]] = Counter()
+        self.counted: Counter[tuple[Channel, Route, Outcome]] = Counter()
 
     def subscribe(self, listener: StepListener) -> None:
         """``listener(StepReached)`` is called for every new step of every payment,
@@ -160,9 +161,8 @@ class Tracker:
                 self._by_tx[payment.transaction_id] = payment.payment_id
             if payment.simulation_id:
                 self._sim_uncounted[payment.simulation_id] += 1
-            labels = (payment.channel.value, payment.route.value)
-            self.submitted[labels] += 1
-            metrics.PAYMENTS_SUBMITTED.labels(*labels).inc()
+            self.submitted[(payment.channel, payment.route)] += 1
+            metrics.PAYMENTS_SUBMITTED.labels(payment.channel.value, payment.route.value).inc()
             metrics.PAYMENTS_IN_FLIGHT.set(len(self._live))
             self.ledger.write_payment(payment, self.clock.now())
 
@@ -319,8 +319,7 @@ class Tracker:
                 self._publish(StepReached(payment.payment_id, payment.channel,
                                           change.new_step, payment.finished))
         if change.counted is not None:
-            labels = (payment.channel.value, payment.route.value, change.counted.value)
-            self.counted[labels] += 1
+            self.counted[(payment.channel, payment.route, change.counted)] += 1
             metrics.PAYMENTS_COMPLETED.labels(
                 payment.channel.value, payment.route.value, payment.kind.value,
                 change.counted.value,
@@ -431,14 +430,14 @@ class Tracker:
     def counts(self) -> dict[str, Any]:
         with self._lock:
             stuck = Counter(p.stuck_step.value for p in self._live.values() if p.stuck_step)
-            outcomes: Counter[str] = Counter()
+            outcomes: Counter[Outcome] = Counter()
             for (_channel, _route, outcome), n in self.counted.items():
                 outcomes[outcome] += n
             return {
                 "inFlight": len(self._live),
                 "stuck": dict(stuck),
                 "submitted": sum(self.submitted.values()),
-                "outcomes": {o.value: outcomes.get(o.value, 0) for o in Outcome},
+                "outcomes": {o.value: outcomes.get(o, 0) for o in Outcome},
                 "parkedEvents": self._parked_count,
             }
 
