@@ -1,11 +1,11 @@
 """One background thread shape for every loop the twin runs.
 
-The Kafka follower, the sender's pacer, the status-poller threads and the
-emulator's outbox publishers (and, after issue 10's merge, the ledger writer) are
-each "a named daemon thread that repeats one step until asked to stop, and never
-dies of an exception". ``Worker`` writes that once: start, stop with a join
-timeout, the stop event, exponential back-off with a cap after a failed step,
-error counting and logging, ``alive``.
+The Kafka follower, the sender's pacer, the status-poller threads, the
+emulator's outbox publishers and Kafka listeners (and, after issue 10's merge,
+the ledger writer) are each "a named daemon thread that repeats one step until
+asked to stop, and never dies of an exception". ``Worker`` writes that once:
+start, stop with a join timeout, the stop event, exponential back-off with a cap
+after a failed step, error counting and logging, ``alive``.
 
 A loop becomes a worker by subclassing and overriding hooks:
 

@@ -21,11 +21,10 @@ import functools
 import threading
 import time
 import uuid
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any, Protocol
 
 from prometheus_client import Counter as CounterMetric
@@ -35,12 +34,11 @@ from bgmock_twin import metrics
 from bgmock_twin.bus.base import Record
 from bgmock_twin.contract import (
     Event,
-    IncomingTransactionEvent,
-    OutgoingTransactionEvent,
     Status,
     TransactionResponseEvent,
 )
 from bgmock_twin.logs import get_logger
+from bgmock_twin.tracking.event_log import EventLog, event_entry, invalid_entry, public_entry
 from bgmock_twin.tracking.ledger import Ledger, payment_from_row
 from bgmock_twin.tracking.lifecycle import (
     TOPIC_STEP,
@@ -140,7 +138,7 @@ class Tracker:
         self._submitting = 0
         self._sim_uncounted: Counter[str] = Counter()
         self._last_poll: dict[str, float] = {}
-        self._events: deque[dict[str, Any]] = deque(maxlen=events_limit)
+        self._events = EventLog(events_limit)
         self._subscribers: list[StepListener] = []
         self.submitted: Counter[tuple[Channel, Route]] = Counter()
         self.counted: Counter[tuple[Channel, Route, Outcome]] = Counter()
@@ -208,10 +206,10 @@ class Tracker:
     # --- events (the follower) --------------------------------------------------------------
     def on_event(self, record: Record, event: Event) -> None:
         now_mono, now_utc = self.clock.monotonic(), self.clock.now()
-        entry = _event_entry(record, event, now_utc)
+        entry = event_entry(record, event, now_utc)
         transaction_id = event.transaction_id
         with self._lock:
-            self._events.append(entry)
+            self._events.add(entry)
             payment_id = self._by_tx.get(transaction_id) if transaction_id else None
             payment = self._find(payment_id) if payment_id else None
             if payment is None:
@@ -414,18 +412,12 @@ class Tracker:
     def events(self, limit: int, topic: str | None = None,
                origin: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
-            items = [dict(e) for e in reversed(self._events)
-                     if (topic is None or e["topic"] == topic)
-                     and (origin is None or e["origin"] == origin)][:limit]
-        return [_public(item) for item in items]
+            items = self._events.select(limit, topic, origin)
+        return [public_entry(item) for item in items]
 
     def record_invalid(self, record: Record, reason: str) -> None:
         with self._lock:
-            self._events.append({
-                "topic": record.topic, "partition": record.partition, "offset": record.offset,
-                "key": record.key, "transactionId": None, "status": None,
-                "origin": "invalid", "reason": reason, "observedAt": self.clock.now(),
-            })
+            self._events.add(invalid_entry(record, reason, self.clock.now()))
 
     def counts(self) -> dict[str, Any]:
         with self._lock:
@@ -444,46 +436,6 @@ class Tracker:
     @property
     def recent_horizon(self) -> datetime:
         return self.clock.now() - timedelta(seconds=self.follow_horizon)
-
-
-def _text(raw: bytes | None) -> str | None:
-    if raw is None:
-        return None
-    return raw.decode("utf-8", "replace")[:64]
-
-
-def _event_entry(record: Record, event: Event, now_utc: datetime) -> dict[str, Any]:
-    """An entry of the recent-events view, kept as the objects it was made of: most are
-    never read, so turning them into text waits for ``_public``."""
-    status = getattr(event, "status", None)
-    entry: dict[str, Any] = {
-        "topic": record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
-        "key": record.key,
-        "transactionId": event.transaction_id,
-        "status": status.value if status else None,
-        "origin": "twin",
-        "observedAt": now_utc,
-    }
-    if isinstance(event, OutgoingTransactionEvent | IncomingTransactionEvent) and \
-            event.amount is not None:
-        entry["amount"] = event.amount
-    if isinstance(event, TransactionResponseEvent) and event.message:
-        entry["message"] = event.message[:200]
-    return entry
-
-
-def _public(entry: dict[str, Any]) -> dict[str, Any]:
-    """An event entry as the API shows it: text for the id, key, time and amount."""
-    key, tx, at = entry["key"], entry["transactionId"], entry["observedAt"]
-    entry["key"] = _text(key) if isinstance(key, bytes) else key
-    entry["transactionId"] = str(tx) if tx else None
-    entry["observedAt"] = at.isoformat() if isinstance(at, datetime) else at
-    amount = entry.get("amount")
-    if isinstance(amount, Decimal):
-        entry["amount"] = format(amount, "f")
-    return entry
 
 
 # The labelled children of the two metrics touched by every event, looked up once per
