@@ -275,3 +275,62 @@ def test_a_settle_request_behind_a_queued_accept_check_is_not_lost() -> None:
     finally:
         poller.stop()
     assert seen == [Purpose.SETTLE]
+
+
+def test_the_poller_subscribes_to_the_trackers_steps_and_settles_a_completed_rest_payment() -> None:
+    """No callback is patched onto the tracker: the poller subscribes to its typed
+    step events, and a REST payment seen ``completed`` gets a settle check (a
+    Kafka one, which finishes at ``completed``, does not)."""
+    import threading
+
+    from bgmock_twin.bus.base import Record
+    from bgmock_twin.contract import TOPIC_COMPLETED, TransactionResponseEvent
+    from bgmock_twin.tracking.poller import Purpose, Result, StatusPoller
+    from bgmock_twin.tracking.tracker import StepReached, Tracker
+
+    class Ledger:
+        def write_payment(self, payment: Payment, now: datetime) -> None:
+            pass
+
+    checked: list[tuple[str, Purpose]] = []
+    done = threading.Event()
+
+    def check(payment_id: str, purpose: Purpose) -> Result:
+        checked.append((payment_id, purpose))
+        done.set()
+        return Result.DONE
+
+    tracker = Tracker(Ledger(), step_deadline=10, sla=30)  # type: ignore[arg-type]
+    poller = StatusPoller(check, threads=1)
+    seen: list[StepReached] = []
+    tracker.subscribe(seen.append)
+    tracker.subscribe(poller.on_step)
+    rest, kafka = payment(), payment(Channel.KAFKA)
+    kafka.transaction_id = uuid.uuid4()
+    tracker.register(rest)
+    tracker.register(kafka)
+    tracker.accepted(rest.payment_id, uuid.uuid4())
+    rest_tx = tracker.get(rest.payment_id).transaction_id  # type: ignore[union-attr]
+    for tx in (rest_tx, kafka.transaction_id):
+        record = Record(TOPIC_COMPLETED, 0, 0, b"01", b"{}")
+        tracker.on_event(record, TransactionResponseEvent(tx, Status.SUCCESS))
+    assert seen == [
+        StepReached(rest.payment_id, Channel.REST, Step.ACCEPTED, False),
+        StepReached(rest.payment_id, Channel.REST, Step.COMPLETED, False),
+        StepReached(kafka.payment_id, Channel.KAFKA, Step.COMPLETED, True),
+    ]
+    poller.start()
+    try:
+        assert done.wait(5)
+    finally:
+        poller.stop()
+    assert checked == [(rest.payment_id, Purpose.SETTLE)]
+
+
+def test_a_route_names_its_banks_by_the_contract_and_channel_is_the_contracts() -> None:
+    from bgmock_twin import contract
+    from bgmock_twin.contract import BANK_A, BANK_B
+
+    assert Route.A_TO_B.source is BANK_A and Route.A_TO_B.destination is BANK_B
+    assert Route.B_TO_A.source is BANK_B and Route.B_TO_A.destination is BANK_A
+    assert Channel is contract.Channel

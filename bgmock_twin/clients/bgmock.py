@@ -18,7 +18,7 @@ from bgmock_twin.clients.rest import (
     expect,
     expect_object,
 )
-from bgmock_twin.contract import Status, parse_amount
+from bgmock_twin.contract import BANK_A, BANK_B, CLEARING, Bank, Service, Status, parse_amount
 
 HEALTH_BODY = "OK"
 
@@ -101,9 +101,10 @@ class BankClient(HealthCheckable):
 
     health_path = "/bank/health"
 
-    def __init__(self, rest: RestClient, clearing_number: str) -> None:
+    def __init__(self, rest: RestClient, bank: Bank) -> None:
         super().__init__(rest)
-        self.clearing_number = clearing_number
+        self.bank = bank
+        self.clearing_number = bank.clearing_number
 
     def get_account(self, account_number: str) -> Account | None:
         response = self.rest.request(
@@ -232,14 +233,22 @@ class BGMockClients:
 
     @classmethod
     def build(cls, urls: dict[str, str], timeout: float, pool_size: int = 64) -> BGMockClients:
+        def rest(service: Service) -> RestClient:
+            return RestClient(service.name, urls[service.name], timeout, pool_size)
+
         return cls(
-            bank_a=BankClient(RestClient("bank_a", urls["bank_a"], timeout, pool_size), "01"),
-            bank_b=BankClient(RestClient("bank_b", urls["bank_b"], timeout, pool_size), "02"),
-            clearing=ClearingClient(RestClient("clearing", urls["clearing"], timeout, pool_size)),
+            bank_a=BankClient(rest(BANK_A), BANK_A),
+            bank_b=BankClient(rest(BANK_B), BANK_B),
+            clearing=ClearingClient(rest(CLEARING)),
         )
 
     def bank(self, clearing_number: str) -> BankClient:
-        return self.bank_a if clearing_number == self.bank_a.clearing_number else self.bank_b
+        """The client of the bank with this clearing number (Bank B for any other)."""
+        return self.bank_a if clearing_number == BANK_A.clearing_number else self.bank_b
+
+    def of(self, bank: Bank) -> BankClient:
+        """The client of ``bank``."""
+        return self.bank_a if bank is BANK_A else self.bank_b
 
     def close(self) -> None:
         for client in (self.bank_a, self.bank_b, self.clearing):

@@ -21,8 +21,11 @@ from sqlalchemy.engine import Engine
 
 from bgmock_twin.bus.base import BusError, EventBus, EventConsumer, EventProducer
 from bgmock_twin.contract import (
-    BANK_A_CLEARING,
-    BANK_B_CLEARING,
+    BANK_A,
+    BANK_B,
+    BANKS,
+    CLEARING,
+    SERVICES,
     TOPIC_COMPLETED,
     TOPIC_FORWARDED,
     TOPIC_INITIATED,
@@ -33,7 +36,7 @@ from bgmock_twin.emulator.admin import admin_router
 from bgmock_twin.emulator.bank import BankService
 from bgmock_twin.emulator.clearing import ClearingService
 from bgmock_twin.emulator.db import Database
-from bgmock_twin.emulator.faults import SERVICES, FaultController
+from bgmock_twin.emulator.faults import FaultController
 from bgmock_twin.emulator.listener import EventHandler, Listener
 from bgmock_twin.emulator.outbox import OutboxPublisher, drop_oldest_unpublished
 from bgmock_twin.emulator.web import FaultSource, HttpService
@@ -121,19 +124,19 @@ class EmbeddedBGMock:
 
     @property
     def bank_a(self) -> BankService:
-        service = self._services["bank_a"]
+        service = self._services[BANK_A.name]
         assert isinstance(service, BankService)
         return service
 
     @property
     def bank_b(self) -> BankService:
-        service = self._services["bank_b"]
+        service = self._services[BANK_B.name]
         assert isinstance(service, BankService)
         return service
 
     @property
     def clearing(self) -> ClearingService:
-        service = self._services["clearing"]
+        service = self._services[CLEARING.name]
         assert isinstance(service, ClearingService)
         return service
 
@@ -151,15 +154,15 @@ class EmbeddedBGMock:
         config = self.config
         bus = config.bus
         bus.ensure_topics(list(TOPICS), 3)
-        for name in SERVICES:
-            url = config.db_urls.get(name)
-            metadata = ClearingService.metadata if name == "clearing" else BankService.metadata
-            self._dbs[name] = Database(url, metadata, name)
+        for spec in SERVICES:
+            url = config.db_urls.get(spec.name)
+            metadata = ClearingService.metadata if spec is CLEARING else BankService.metadata
+            self._dbs[spec.name] = Database(url, metadata, spec.name)
         self._services = {
-            "bank_a": BankService("bank_a", BANK_A_CLEARING, self._dbs["bank_a"]),
-            "bank_b": BankService("bank_b", BANK_B_CLEARING, self._dbs["bank_b"]),
-            "clearing": ClearingService(self._dbs["clearing"]),
+            bank.name: BankService(bank.name, bank.clearing_number, self._dbs[bank.name])
+            for bank in BANKS
         }
+        self._services[CLEARING.name] = ClearingService(self._dbs[CLEARING.name])
         self.faults.attach(self)
         self._start_listeners()
         for name, service in self._services.items():
@@ -204,7 +207,7 @@ class EmbeddedBGMock:
             self._listeners.append(item)
             item.start()
 
-        listener("clearing", CLEARING_GROUP, [TOPIC_INITIATED, TOPIC_PROCESSED], {
+        listener(CLEARING.name, CLEARING_GROUP, [TOPIC_INITIATED, TOPIC_PROCESSED], {
             TOPIC_INITIATED: clearing.handle_initiated,
             TOPIC_PROCESSED: clearing.process_processed,
         }, None)

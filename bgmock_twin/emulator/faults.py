@@ -17,13 +17,13 @@ from dataclasses import asdict, dataclass, replace
 from decimal import Decimal
 from typing import Any, Protocol
 
+from bgmock_twin.contract import SERVICES, Bank, service_by_name
 from bgmock_twin.emulator.web import FaultSource, HttpFaults
 from bgmock_twin.logs import get_logger
 
 log = get_logger(__name__)
 
-SERVICES = ("bank_a", "bank_b", "clearing")
-BANKS = ("bank_a", "bank_b")
+SERVICE_NAMES = tuple(service.name for service in SERVICES)  # bank_a, bank_b, clearing
 MAX_LATENCY_SECONDS = 60.0
 
 
@@ -89,7 +89,7 @@ class FaultController(FaultSource):
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._services = {name: ServiceFaults() for name in SERVICES}
+        self._services = {name: ServiceFaults() for name in SERVICE_NAMES}
         self._bus_down = False
         self._hooks: FaultHooks | None = None
 
@@ -141,8 +141,9 @@ class FaultController(FaultSource):
             if "down" in changes:
                 self.set_bus_down(_flag("down", changes["down"]))
             return {"down": self._bus_down}
-        if target not in SERVICES:
-            raise FaultError(f"unknown service {target!r}; expected one of {', '.join(SERVICES)}")
+        if target not in SERVICE_NAMES:
+            raise FaultError(
+                f"unknown service {target!r}; expected one of {', '.join(SERVICE_NAMES)}")
         unknown = set(changes) - set(_VALIDATORS)
         if unknown:
             raise FaultError(f"unknown fault(s): {', '.join(sorted(unknown))}")
@@ -195,7 +196,7 @@ class FaultController(FaultSource):
 
     def reset(self) -> None:
         """Clear every switch (books faults already done stay done)."""
-        for service in SERVICES:
+        for service in SERVICE_NAMES:
             self.apply(service, asdict(ServiceFaults()))
         self.set_bus_down(False)
 
@@ -205,7 +206,7 @@ class FaultController(FaultSource):
     ) -> Decimal:
         """Change an account's balance behind the services' back; returns the new balance.
         Raises ``KeyError`` if the account does not exist."""
-        if bank not in BANKS:
+        if not isinstance(service_by_name(bank), Bank):
             raise FaultError(f"unknown bank {bank!r}; expected bank_a or bank_b")
         try:
             amount = Decimal(str(delta))
@@ -222,7 +223,7 @@ class FaultController(FaultSource):
     def drop_outbox_row(self, service: str) -> dict[str, Any] | None:
         """Delete the oldest unpublished outbox row (an event lost before Kafka);
         returns what was dropped, or None if nothing was pending."""
-        if service not in SERVICES:
+        if service not in SERVICE_NAMES:
             raise FaultError(f"unknown service {service!r}")
         if self._hooks is None:
             raise FaultError("the emulator is not running")

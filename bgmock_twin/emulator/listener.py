@@ -32,6 +32,7 @@ from bgmock_twin.bus.base import BusError, EventConsumer, Record
 from bgmock_twin.contract import Event, InvalidEvent, decode_event
 from bgmock_twin.emulator.db import Database
 from bgmock_twin.logs import get_logger
+from bgmock_twin.workers import Backoff, Worker
 
 log = get_logger(__name__)
 
@@ -45,8 +46,9 @@ INVALID_LOG_WINDOW_SECONDS = 10.0
 EventHandler = Callable[[Any, Connection | None], str]
 
 
-class Listener:
-    """Consumes some topics for one service and dispatches each record by topic."""
+class Listener(Worker):
+    """Consumes some topics for one service and dispatches each record by topic
+    (a ``Worker`` thread: a failed round waits 0.5 s and the thread goes on)."""
 
     def __init__(
         self,
@@ -59,6 +61,8 @@ class Listener:
         paused: Callable[[], bool] = lambda: False,
         unavailable: Callable[[], bool] = lambda: False,
     ) -> None:
+        super().__init__(f"emulator-listener-{service}-{'+'.join(handlers)}",
+                         backoff=Backoff(0.5, 0.5))
         self.service = service
         self.consumer = consumer
         self._db = db
@@ -66,67 +70,52 @@ class Listener:
         self._own_key = own_key.encode() if own_key is not None else None
         self._paused = paused
         self._unavailable = unavailable
-        self._stop = threading.Event()
         self._ready = threading.Event()
         self._failing = False
         self._counters: dict[tuple[str, str], Any] = {}
         self._invalid_window = time.monotonic()
         self._invalid_logged = 0
         self._invalid_quiet = 0
-        self._thread = threading.Thread(
-            target=self._run, name=f"emulator-listener-{service}-{'+'.join(handlers)}",
-            daemon=True,
-        )
-
-    def start(self) -> None:
-        self._thread.start()
 
     @property
     def ready(self) -> bool:
         return self._ready.is_set()
 
-    def signal_stop(self) -> None:
-        self._stop.set()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+    def stop(self, timeout: float | None = None) -> None:
+        super().stop(timeout)
         try:
             self.consumer.close()
         except Exception:  # closing must not stop the rest of the shutdown
             log.debug("emulator_consumer_close_failed", service=self.service)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if self._paused():
-                self._stop.wait(0.05)
-                continue
-            try:
-                if self._unavailable():
-                    raise BusError("bus down (fault injected)")
-                records = self.consumer.poll(POLL_TIMEOUT_SECONDS)
-                if not self._ready.is_set() and self.consumer.assignment_ready():
-                    self._ready.set()
-                if not records:
-                    continue
-                self._handle_batch(records)
-                if self._stop.is_set():
-                    return  # not all handled: leave them uncommitted
-                if self._unavailable():
-                    raise BusError("bus down (fault injected)")
-                self.consumer.commit(records)
-                if self._failing:
-                    self._failing = False
-                    log.info("emulator_consumer_recovered", service=self.service)
-            except BusError as exc:
-                if not self._failing:
-                    self._failing = True
-                    log.warning("emulator_consumer_failed", service=self.service, error=str(exc))
-                self._stop.wait(0.5)
-            except Exception:  # the listener thread must survive anything
-                log.exception("emulator_listener_unexpected_error", service=self.service)
-                self._stop.wait(0.5)
+    def step(self) -> None:
+        if self._paused():
+            self.wait(0.05)
+            return
+        if self._unavailable():
+            raise BusError("bus down (fault injected)")
+        records = self.consumer.poll(POLL_TIMEOUT_SECONDS)
+        if not self._ready.is_set() and self.consumer.assignment_ready():
+            self._ready.set()
+        if not records:
+            return
+        self._handle_batch(records)
+        if self.stopping:
+            return  # not all handled: leave them uncommitted
+        if self._unavailable():
+            raise BusError("bus down (fault injected)")
+        self.consumer.commit(records)
+        if self._failing:
+            self._failing = False
+            log.info("emulator_consumer_recovered", service=self.service)
+
+    def on_error(self, exc: Exception) -> None:
+        if isinstance(exc, BusError):
+            if not self._failing:
+                self._failing = True
+                log.warning("emulator_consumer_failed", service=self.service, error=str(exc))
+        else:  # the listener thread must survive anything
+            log.exception("emulator_listener_unexpected_error", service=self.service)
 
     def _count(self, topic: str, result: str) -> None:
         counter = self._counters.get((topic, result))
@@ -146,9 +135,9 @@ class Listener:
                 work.append((record, event))
         for start in range(0, len(work), CHUNK):
             # A pause that arrives mid-poll holds the records already fetched.
-            while self._paused() and not self._stop.is_set():
-                self._stop.wait(0.05)
-            if self._stop.is_set():
+            while self._paused() and not self.stopping:
+                self.wait(0.05)
+            if self.stopping:
                 return
             chunk = work[start:start + CHUNK]
             try:

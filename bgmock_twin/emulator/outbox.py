@@ -10,7 +10,6 @@ bus fails, the rows stay and are sent again next time: at least once.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from bgmock_twin.contract import (
 )
 from bgmock_twin.emulator.db import Database, utcnow
 from bgmock_twin.logs import get_logger
+from bgmock_twin.workers import Worker
 
 log = get_logger(__name__)
 
@@ -80,8 +80,8 @@ def _insert(table: sa.Table) -> sa.Insert:
     return statement
 
 
-class OutboxPublisher:
-    """Drains one service's outbox to the bus on a fixed cadence."""
+class OutboxPublisher(Worker):
+    """Drains one service's outbox to the bus on a fixed cadence (a ``Worker`` thread)."""
 
     def __init__(
         self,
@@ -92,15 +92,14 @@ class OutboxPublisher:
         interval: float,
         stalled: Callable[[], bool],
     ) -> None:
+        super().__init__(f"emulator-outbox-{service}")
         self.service = service
         self._db = db
         self._table = table
         self._producer = producer
         self._interval = interval
         self._stalled = stalled
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"emulator-outbox-{service}",
-                                        daemon=True)
+        self._next_run: float | None = None
         self._failing = False
         self.cycles = 0
         self._select_pending = (
@@ -109,40 +108,34 @@ class OutboxPublisher:
         self._mark_published = table.update().where(
             table.c.id.in_(sa.bindparam("ids", expanding=True))).values(published=True)
 
-    def start(self) -> None:
-        self._thread.start()
+    def step(self) -> None:
+        """One beat: wait for it, then publish (unless the service is stalled)."""
+        if self._next_run is None:
+            self._next_run = time.monotonic() + self._interval
+        if self.wait(max(0.0, self._next_run - time.monotonic())):
+            return
+        self._next_run += self._interval
+        now = time.monotonic()
+        if self._next_run < now:  # fell behind (a slow flush): skip missed beats, no burst
+            self._next_run = now + self._interval
+        if self._stalled():
+            return
+        self.cycles += 1
+        self.publish_pending()
+        if self._failing:
+            self._failing = False
+            log.info("emulator_outbox_recovered", service=self.service)
 
-    def signal_stop(self) -> None:
-        self._stop.set()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        next_run = time.monotonic() + self._interval
-        while not self._stop.wait(max(0.0, next_run - time.monotonic())):
-            next_run += self._interval
-            now = time.monotonic()
-            if next_run < now:  # fell behind (a slow flush): skip missed beats, no burst
-                next_run = now + self._interval
-            if self._stalled():
-                continue
-            self.cycles += 1
-            try:
-                self.publish_pending()
-            except BusError as exc:
-                self._failed("bus", exc)
-            except SQLAlchemyError as exc:
-                self._failed("database", exc)
-            except Exception as exc:  # the publisher thread must survive anything
-                log.exception("emulator_outbox_unexpected_error", service=self.service)
-                self._failed("unexpected", exc)
-            else:
-                if self._failing:
-                    self._failing = False
-                    log.info("emulator_outbox_recovered", service=self.service)
+    def on_error(self, exc: Exception) -> None:
+        """The rows stay unpublished and go out on a later beat (no back-off: the
+        fixed cadence is the retry)."""
+        if isinstance(exc, BusError):
+            self._failed("bus", exc)
+        elif isinstance(exc, SQLAlchemyError):
+            self._failed("database", exc)
+        else:  # the publisher thread must survive anything
+            log.exception("emulator_outbox_unexpected_error", service=self.service)
+            self._failed("unexpected", exc)
 
     def _failed(self, reason: str, exc: BaseException) -> None:
         metrics.EMULATOR_OUTBOX_FAILURES.labels(service=self.service, reason=reason).inc()
@@ -154,7 +147,7 @@ class OutboxPublisher:
     def publish_pending(self) -> int:
         """Send every unpublished row; return how many were marked published."""
         total = 0
-        while not self._stop.is_set():
+        while not self.stopping:
             with self._db.begin() as conn:
                 rows = conn.execute(self._select_pending).all()
             if not rows:

@@ -10,12 +10,12 @@ feeds every event to the tracker.
 - Offsets are committed only once the ledger has stored what the records changed
   (the ledger's durable sequence number), so a restart neither loses an event nor
   applies one twice (a redelivered event is a repeat to the lifecycle anyway).
-- A broker outage is logged once, retried with backoff, and never ends the thread.
+- A broker outage is logged once, retried with backoff (0.2 s doubling to 5 s), and
+  never ends the thread (a ``Worker``).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -26,13 +26,14 @@ from bgmock_twin.contract import TOPICS, InvalidEvent, decode_event
 from bgmock_twin.logs import get_logger
 from bgmock_twin.tracking.ledger import Ledger
 from bgmock_twin.tracking.tracker import Tracker
+from bgmock_twin.workers import Backoff, Worker
 
 log = get_logger(__name__)
 
 RECREATE_AFTER_SECONDS = 30.0
 
 
-class Follower:
+class Follower(Worker):
     def __init__(
         self,
         bus: EventBus,
@@ -42,6 +43,8 @@ class Follower:
         poll_timeout: float = 0.2,
         max_records: int = 500,
     ) -> None:
+        super().__init__("kafka-follower", backoff=Backoff(0.2, 5.0),
+                         error_event="kafka_follower_error")
         self.bus = bus
         self.group_id = group_id
         self.tracker = tracker
@@ -50,29 +53,11 @@ class Follower:
         self.max_records = max_records
         self._consumer: EventConsumer | None = None
         self._pending: deque[tuple[int, list[Record]]] = deque()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._down_since: float | None = None
         self.records_seen = 0
         self.invalid_seen = 0
         self.last_commit_error: str | None = None
         self._log_budget = LogBudget("kafka_messages_invalid_not_logged")
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="kafka-follower", daemon=True)
-            self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     def ready(self) -> bool:
         """True once the consumer has its partitions and is positioned."""
@@ -88,41 +73,33 @@ class Follower:
     def connected(self) -> bool:
         return self._down_since is None and self._consumer is not None
 
-    # --- the loop ---------------------------------------------------------------------------
-    def _run(self) -> None:
-        backoff = 0.2
-        while not self._stop.is_set():
-            try:
-                if self._consumer is None:
-                    self._consumer = self.bus.consumer(
-                        self.group_id, list(TOPICS), manual_assign=True,
-                        from_beginning_if_new=False,
-                    )
-                records = self._consumer.poll(self.poll_timeout, self.max_records)
-            except BusError as exc:
-                self._outage(exc)
-                if self._stop.wait(backoff):
-                    break
-                backoff = min(backoff * 2, 5.0)
-                continue
-            except Exception as exc:  # the follower never dies of a surprise
-                log.error("kafka_follower_error", error=repr(exc))
-                if self._stop.wait(backoff):
-                    break
-                backoff = min(backoff * 2, 5.0)
-                continue
-            if self._down_since is not None:
-                log.info("kafka_follower_recovered",
-                         outage_seconds=round(time.monotonic() - self._down_since, 1))
-                self._down_since = None
-            backoff = 0.2
-            if records:
-                for record in records:
-                    self._handle(record)
-                self.records_seen += len(records)
-                self._pending.append((self.ledger.last_seq, records))
-            self._commit_durable()
-            self.tracker.expire_parked()
+    # --- the loop (one step: poll, apply, commit what is durable) --------------------------
+    def step(self) -> None:
+        if self._consumer is None:
+            self._consumer = self.bus.consumer(
+                self.group_id, list(TOPICS), manual_assign=True,
+                from_beginning_if_new=False,
+            )
+        records = self._consumer.poll(self.poll_timeout, self.max_records)
+        if self._down_since is not None:
+            log.info("kafka_follower_recovered",
+                     outage_seconds=round(time.monotonic() - self._down_since, 1))
+            self._down_since = None
+        if records:
+            for record in records:
+                self._handle(record)
+            self.records_seen += len(records)
+            self._pending.append((self.ledger.last_seq, records))
+        self._commit_durable()
+        self.tracker.expire_parked()
+
+    def on_error(self, exc: Exception) -> None:
+        if isinstance(exc, BusError):
+            self._outage(exc)
+        else:  # the follower never dies of a surprise
+            super().on_error(exc)
+
+    def on_stop(self) -> None:
         self._shutdown()
 
     def _outage(self, exc: BusError) -> None:

@@ -56,22 +56,37 @@ from decimal import Decimal
 from enum import StrEnum
 
 from bgmock_twin.contract import (
+    BANK_A,
+    BANK_B,
     TOPIC_COMPLETED,
     TOPIC_FORWARDED,
     TOPIC_INITIATED,
     TOPIC_PROCESSED,
+    Bank,
+    Channel,
     Status,
 )
 
-
-class Channel(StrEnum):
-    REST = "rest"
-    KAFKA = "kafka"
+__all__ = [
+    "ALL_STEPS", "FAILURE_KINDS", "FINISHED_OUTCOMES", "KAFKA_STEPS", "REST_STEPS", "TOPIC_STEP",
+    "Change", "Channel", "Kind", "Outcome", "Payment", "Route", "Step", "StepMark",
+    "check_deadline", "final_step", "observe_step", "reject", "steps_of",
+]
 
 
 class Route(StrEnum):
+    """Which way the money goes between the two banks."""
+
     A_TO_B = "a_to_b"
     B_TO_A = "b_to_a"
+
+    @property
+    def source(self) -> Bank:
+        return BANK_A if self is Route.A_TO_B else BANK_B
+
+    @property
+    def destination(self) -> Bank:
+        return self.source.other
 
 
 class Kind(StrEnum):

@@ -55,6 +55,7 @@ from bgmock_twin.tracking.poller import (
 from bgmock_twin.tracking.provisioning import Fixtures, Payee, Provisioner
 from bgmock_twin.tracking.refusals import refusal_of
 from bgmock_twin.tracking.tracker import Tracker
+from bgmock_twin.workers import Worker
 
 log = get_logger(__name__)
 
@@ -205,7 +206,9 @@ class LedgerPort(Protocol):
     def flush(self, timeout: float) -> bool: ...
 
 
-class Sender:
+class Sender(Worker):
+    """The pacer thread (a ``Worker``) and the bounded pool of sending workers."""
+
     def __init__(
         self,
         tracker: Tracker,
@@ -233,19 +236,12 @@ class Sender:
         self._heap: list[tuple[float, int, Run]] = []
         self._counter = 0
         self._cond = threading.Condition()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__("pacer", error_event="dispatch_failed")  # pacing never backs off
         self._producer: EventProducer | None = None
         self._producer_lock = threading.Lock()
         self.dropped = 0
 
     # --- runs -------------------------------------------------------------------------------
-    def start(self) -> None:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._pace, name="pacer", daemon=True)
-            self._thread.start()
-
     def add_run(self, run: Run, start_mono: float | None = None,
                 start_utc: datetime | None = None) -> None:
         run.start_mono = time.monotonic() if start_mono is None else start_mono
@@ -270,36 +266,46 @@ class Sender:
         with self._cond:
             self._cond.notify()
 
-    def _pace(self) -> None:
-        while True:
-            with self._cond:
-                item = None
-                while not self._stop.is_set():
-                    if not self._heap:
-                        self._cond.wait(0.5)
-                        continue
-                    due, _, run = self._heap[0]
-                    if run.stopped:
-                        heapq.heappop(self._heap)
-                        run.finish()
-                        continue
-                    wait = due - time.monotonic()
-                    if wait > 0:
-                        self._cond.wait(min(wait, 0.5))
-                        continue
-                    heapq.heappop(self._heap)
-                    item = (due, run)
-                    break
-                if item is None:
-                    stranded = [run for _, _, run in self._heap]
-                    self._heap = []
-                    break
-            due, run = item
-            try:
-                self._dispatch(run, due)
-            except Exception as exc:  # pacing never dies
-                log.error("dispatch_failed", error=repr(exc))
+    # --- the pacer thread ------------------------------------------------------------------
+    def step(self) -> None:
+        """Wait for the next payment due and dispatch it (an error is logged by the
+        worker as ``dispatch_failed``; the run still goes on to its next payment)."""
+        item = self._next_due()
+        if item is None:
+            return
+        due, run = item
+        try:
+            self._dispatch(run, due)
+        finally:
             self._push_next(run)
+
+    def _next_due(self) -> tuple[float, Run] | None:
+        with self._cond:
+            while not self.stopping:
+                if not self._heap:
+                    self._cond.wait(0.5)
+                    continue
+                due, _, run = self._heap[0]
+                if run.stopped:
+                    heapq.heappop(self._heap)
+                    run.finish()
+                    continue
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(min(wait, 0.5))
+                    continue
+                heapq.heappop(self._heap)
+                return due, run
+        return None
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def on_stop(self) -> None:
+        with self._cond:
+            stranded = [run for _, _, run in self._heap]
+            self._heap = []
         for run in stranded:
             run.stopped = True
             run.finish()
@@ -472,15 +478,10 @@ class Sender:
         metrics.PAYMENTS_DROPPED.inc()
 
     # --- shutdown ---------------------------------------------------------------------------
-    def stop(self, timeout: float) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         """Stop pacing, let submissions in progress finish within ``timeout``."""
-        deadline = time.monotonic() + timeout
-        self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(max(0.1, deadline - time.monotonic()))
-            self._thread = None
+        deadline = time.monotonic() + (self.join_timeout if timeout is None else timeout)
+        super().stop(max(0.1, deadline - time.monotonic()))
         with self._busy_cond:
             while self._busy > 0:
                 remaining = deadline - time.monotonic()

@@ -33,8 +33,9 @@ from bgmock_twin.clients.bgmock import BGMockClients
 from bgmock_twin.clients.rest import ServiceError
 from bgmock_twin.contract import Status
 from bgmock_twin.logs import get_logger
-from bgmock_twin.tracking.lifecycle import Channel
-from bgmock_twin.tracking.tracker import Tracker
+from bgmock_twin.tracking.lifecycle import Channel, Step
+from bgmock_twin.tracking.tracker import StepReached, Tracker
+from bgmock_twin.workers import Worker
 
 log = get_logger(__name__)
 
@@ -113,24 +114,25 @@ class StatusPoller:
         self._upgraded: dict[str, Purpose] = {}
         self._counter = 0
         self._cond = threading.Condition()
-        self._stop = threading.Event()
-        self._workers: list[threading.Thread] = []
+        self._workers: list[_CheckThread] = []
 
     def start(self) -> None:
-        self._stop.clear()
         for i in range(self.threads):
-            worker = threading.Thread(target=self._run, name=f"status-poller-{i}", daemon=True)
+            worker = _CheckThread(self, f"status-poller-{i}")
             worker.start()
             self._workers.append(worker)
 
     def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
+        for worker in self._workers:
+            worker.signal_stop()
         deadline = time.monotonic() + timeout
         for worker in self._workers:
             worker.join(max(0.0, deadline - time.monotonic()))
         self._workers = []
+
+    def wake_all(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def schedule(self, payment_id: str, purpose: Purpose = Purpose.SETTLE,
                  delay: float | None = None, attempt: int = 0) -> None:
@@ -149,9 +151,16 @@ class StatusPoller:
     def settle_soon(self, payment_id: str) -> None:
         self.schedule(payment_id, Purpose.SETTLE)
 
-    def _next(self) -> tuple[str, Purpose, int] | None:
+    def on_step(self, event: StepReached) -> None:
+        """The tracker's subscriber: once a REST payment completed, the source bank
+        applies it a moment later; time to read its settled status."""
+        if event.step is Step.COMPLETED and event.channel is Channel.REST \
+                and not event.finished:
+            self.settle_soon(event.payment_id)
+
+    def _next(self, worker: Worker) -> tuple[str, Purpose, int] | None:
         with self._cond:
-            while not self._stop.is_set():
+            while not worker.stopping:
                 if not self._heap:
                     self._cond.wait(0.5)
                     continue
@@ -170,19 +179,33 @@ class StatusPoller:
                 return payment_id, purpose, attempt
         return None
 
-    def _run(self) -> None:
-        while True:
-            item = self._next()
-            if item is None:
-                return
-            payment_id, purpose, attempt = item
-            try:
-                result = self._check(payment_id, purpose)
-            except Exception as exc:  # a bad answer never kills the poller
-                log.warning("status_check_crashed", error=repr(exc))
-                result = Result.RETRY
-            if result is Result.RETRY and attempt + 1 < self.max_attempts:
-                delay = min(self.max_delay, self.first_delay * 2 ** (attempt + 1))
-                if purpose is not Purpose.SETTLE:
-                    delay = max(delay, 1.0)
-                self.schedule(payment_id, purpose, delay, attempt + 1)
+    def check_next(self, worker: Worker) -> None:
+        """Run the next due check (waiting for it); reschedule it if it must retry."""
+        item = self._next(worker)
+        if item is None:
+            return
+        payment_id, purpose, attempt = item
+        try:
+            result = self._check(payment_id, purpose)
+        except Exception as exc:  # a bad answer never kills the poller
+            log.warning("status_check_crashed", error=repr(exc))
+            result = Result.RETRY
+        if result is Result.RETRY and attempt + 1 < self.max_attempts:
+            delay = min(self.max_delay, self.first_delay * 2 ** (attempt + 1))
+            if purpose is not Purpose.SETTLE:
+                delay = max(delay, 1.0)
+            self.schedule(payment_id, purpose, delay, attempt + 1)
+
+
+class _CheckThread(Worker):
+    """One of the poller's threads: takes due checks off the shared queue."""
+
+    def __init__(self, poller: StatusPoller, name: str) -> None:
+        super().__init__(name, error_event="status_poller_error")
+        self._poller = poller
+
+    def step(self) -> None:
+        self._poller.check_next(self)
+
+    def wake(self) -> None:
+        self._poller.wake_all()

@@ -51,15 +51,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from bgmock_twin.clients.bgmock import Account, BankClient, BankMapping, BGMockClients
-from bgmock_twin.contract import BANK_A_CLEARING, BANK_B_CLEARING
+from bgmock_twin.contract import BANKS, Bank, bank_by_clearing
 from bgmock_twin.logs import get_logger
 from bgmock_twin.tracking.ledger import OPENING
 
 log = get_logger(__name__)
 
 HOLDER = "bgmock-twin"
-BANK_LETTER = {BANK_A_CLEARING: "A", BANK_B_CLEARING: "B"}
-BANK_NAMES = {BANK_A_CLEARING: "Bank A", BANK_B_CLEARING: "Bank B"}
 SPARE_NAMES = 5
 QUIET_POLL_SECONDS = 0.25
 
@@ -84,12 +82,25 @@ class Fixtures:
     awaiting_opening: dict[str, list[str]] = field(default_factory=dict)
 
     def complete(self) -> bool:
-        return all(self.payers.get(c) and self.payees.get(c) for c in BANK_LETTER)
+        return all(self.payers.get(bank.clearing_number) and self.payees.get(bank.clearing_number)
+                   for bank in BANKS)
 
 
 DepositRecorder = Callable[[str, str, Decimal, str], None]
 HistoryCheck = Callable[[str, str], bool]  # (clearing, account): the ledger knows it
-AccountKey = tuple[str, str]  # (clearing number, account number)
+_TwinAccount = tuple[str, str]  # (clearing number, account number) of a twin account
+
+
+def _bank(clearing: str) -> Bank:
+    bank = bank_by_clearing(clearing)
+    if bank is None:
+        raise KeyError(f"no BGMock bank has clearing number {clearing!r}")
+    return bank
+
+
+def _bank_name(bank: Bank) -> str:
+    """The bank name the twin's clearing mappings carry ("Bank A")."""
+    return f"Bank {bank.letter}"
 
 
 class Provisioner:
@@ -117,18 +128,18 @@ class Provisioner:
         self._lock = threading.Lock()
         # accounts whose starting point the ledger holds (created, found in the
         # ledger or opened in this life): never looked up again
-        self._settled: set[AccountKey] = set()
-        self._held_since: dict[AccountKey, float] = {}
+        self._settled: set[_TwinAccount] = set()
+        self._held_since: dict[_TwinAccount, float] = {}
         self._fixtures: Fixtures | None = None
         self.last_error: str | None = None
         self.provisioned_at: datetime | None = None
 
     # --- names ------------------------------------------------------------------------------
     def account_name(self, clearing: str, n: int) -> str:
-        return f"{self.prefix}-{BANK_LETTER[clearing]}-{n:03d}"
+        return f"{self.prefix}-{_bank(clearing).letter}-{n:03d}"
 
     def bankgood_name(self, clearing: str, n: int) -> str:
-        return f"{self.prefix}-BG-{BANK_LETTER[clearing]}-{n:03d}"
+        return f"{self.prefix}-BG-{_bank(clearing).letter}-{n:03d}"
 
     @property
     def fixtures(self) -> Fixtures | None:
@@ -143,8 +154,8 @@ class Provisioner:
         """
         with self._lock:
             fixtures = Fixtures()
-            owned: dict[AccountKey, Account] = {}
-            for clearing in BANK_LETTER:
+            owned: dict[_TwinAccount, Account] = {}
+            for clearing in (b.clearing_number for b in BANKS):
                 bank = self.clients.bank(clearing)
                 for name in [*(self.account_name(clearing, n)
                                for n in range(1, self.accounts_per_bank + 1)),
@@ -153,7 +164,7 @@ class Provisioner:
                     if account is not None:
                         owned[(clearing, name)] = account
             held = self._open_adopted(owned)
-            for clearing in BANK_LETTER:
+            for clearing in (b.clearing_number for b in BANKS):
                 bank = self.clients.bank(clearing)
                 payers: list[str] = []
                 payees: list[Payee] = []
@@ -189,7 +200,7 @@ class Provisioner:
             return fixtures
 
     def _low_name(self, clearing: str) -> str:
-        return f"{self.prefix}-{BANK_LETTER[clearing]}-LOW"
+        return f"{self.prefix}-{_bank(clearing).letter}-LOW"
 
     def _ensure_account(self, bank: BankClient, number: str, target: Decimal) -> Account | None:
         """The twin's account ``number`` (created if missing, topped up to ``target``),
@@ -224,13 +235,13 @@ class Provisioner:
         return account
 
     # --- opening balances -------------------------------------------------------------------
-    def _open_adopted(self, owned: dict[AccountKey, Account]) -> set[AccountKey]:
+    def _open_adopted(self, owned: dict[_TwinAccount, Account]) -> set[_TwinAccount]:
         """Record the opening balance of every adopted account the ledger knows
         nothing about, once they are quiet (module docstring); ``owned`` gets the
         readings the openings were taken from. Returns the accounts held back."""
         if self.record_deposit is None or self.has_history is None:
             return set()
-        adopted: dict[AccountKey, Account] = {}
+        adopted: dict[_TwinAccount, Account] = {}
         for key, account in owned.items():
             if key in self._settled:
                 continue
@@ -263,7 +274,7 @@ class Provisioner:
                 return set(adopted)
             log.warning("twin_accounts_opened_with_reservations", reserved=reserved,
                         waited_seconds=round(waited, 1))
-        held: set[AccountKey] = set()
+        held: set[_TwinAccount] = set()
         for key, reading in readings.items():
             if reading is None:  # deleted meanwhile: recreated (from zero) next pass
                 held.add(key)
@@ -279,13 +290,13 @@ class Provisioner:
             owned[key] = reading
         return held
 
-    def _await_quiet(self, accounts: dict[AccountKey, Account]) -> tuple[
-            bool, dict[AccountKey, Account | None]]:
+    def _await_quiet(self, accounts: dict[_TwinAccount, Account]) -> tuple[
+            bool, dict[_TwinAccount, Account | None]]:
         """Read the accounts again until two reads in a row show no reservation on any
         of them (True and the second read) or ``quiet_wait_seconds`` pass (False and
         the last read)."""
         deadline = time.monotonic() + self.quiet_wait_seconds
-        readings: dict[AccountKey, Account | None] = dict(accounts)
+        readings: dict[_TwinAccount, Account | None] = dict(accounts)
         quiet_before = _quiet(readings)
         while True:
             if not quiet_before:
@@ -301,7 +312,7 @@ class Provisioner:
         mapping = self.clients.clearing.get_mapping(bankgood)
         if mapping is None:
             self.clients.clearing.create_mapping(
-                BankMapping(bankgood, clearing, account, BANK_NAMES[clearing]))
+                BankMapping(bankgood, clearing, account, _bank_name(_bank(clearing))))
             log.info("twin_mapping_created", bankgood=bankgood, clearing=clearing)
             return True
         if mapping.clearing_number != clearing or mapping.account_number != account:
@@ -311,7 +322,7 @@ class Provisioner:
 
     def _ghost(self, bank: BankClient, clearing: str) -> Payee | None:
         """A registered bankgood number whose account does not exist at the bank."""
-        letter = BANK_LETTER[clearing]
+        letter = _bank(clearing).letter
         for k in range(SPARE_NAMES):
             suffix = "" if k == 0 else f"-{k}"
             account = f"{self.prefix}-{letter}-GHOST{suffix}"
@@ -343,7 +354,7 @@ class Provisioner:
                     self._ensure_account(bank, number, self.initial_deposit)
 
 
-def _quiet(readings: dict[AccountKey, Account | None]) -> bool:
+def _quiet(readings: dict[_TwinAccount, Account | None]) -> bool:
     """No reservation on any account (a missing account holds none)."""
     return all(a is None or a.reserved_balance == 0 for a in readings.values())
 

@@ -108,7 +108,7 @@ class Tracking:
         )
         self.checker = StatusChecker(clients, self.tracker)
         self.poller = StatusPoller(self.checker.check)
-        self.tracker.on_completed = self.poller.settle_soon
+        self.tracker.subscribe(self.poller.on_step)
         self.sender = Sender(
             self.tracker, clients, bus, self.provisioner, self.checker, self.poller,
             settings.max_in_flight_requests, settings.instance_id,

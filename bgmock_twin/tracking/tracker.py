@@ -21,11 +21,10 @@ import functools
 import threading
 import time
 import uuid
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any, Protocol
 
 from prometheus_client import Counter as CounterMetric
@@ -35,12 +34,11 @@ from bgmock_twin import metrics
 from bgmock_twin.bus.base import Record
 from bgmock_twin.contract import (
     Event,
-    IncomingTransactionEvent,
-    OutgoingTransactionEvent,
     Status,
     TransactionResponseEvent,
 )
 from bgmock_twin.logs import get_logger
+from bgmock_twin.tracking.event_log import EventLog, event_entry, invalid_entry, public_entry
 from bgmock_twin.tracking.ledger import Ledger, payment_from_row
 from bgmock_twin.tracking.lifecycle import (
     TOPIC_STEP,
@@ -49,6 +47,7 @@ from bgmock_twin.tracking.lifecycle import (
     Kind,
     Outcome,
     Payment,
+    Route,
     Step,
     check_deadline,
     observe_step,
@@ -84,7 +83,18 @@ class _Parked:
     entry: dict[str, Any]
 
 
-Listener = Callable[[Payment], None]
+@dataclass(frozen=True, slots=True)
+class StepReached:
+    """A followed payment reached a new step: what the tracker tells its subscribers
+    (the status poller reads the settled status of a REST payment once it completed)."""
+
+    payment_id: str
+    channel: Channel
+    step: Step
+    finished: bool  # the payment had an outcome once this step was recorded
+
+
+StepListener = Callable[[StepReached], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,16 +138,18 @@ class Tracker:
         self._submitting = 0
         self._sim_uncounted: Counter[str] = Counter()
         self._last_poll: dict[str, float] = {}
-        self._events: deque[dict[str, Any]] = deque(maxlen=events_limit)
-        self._listeners: list[Listener] = []
-        self.on_completed: Callable[[str], None] | None = None
-        self.submitted: Counter[tuple[str, str]] = Counter()
-        self.counted: Counter[tuple[str, str, str]] = Counter()
+        self._events = EventLog(events_limit)
+        self._subscribers: list[StepListener] = []
+        self.submitted: Counter[tuple[Channel, Route]] = Counter()
+        self.counted: Counter[tuple[Channel, Route, Outcome]] = Counter()
+
+    def subscribe(self, listener: StepListener) -> None:
+        """``listener(StepReached)`` is called for every new step of every payment,
+        on the thread that observed it and under the tracker's lock: it must be quick
+        and must not call back into the tracker (queue the work instead)."""
+        self._subscribers.append(listener)
 
     # --- registration (the sender) --------------------------------------------------------
-    def add_listener(self, listener: Listener) -> None:
-        """``listener(payment_copy)`` is called once per payment when it finishes."""
-        self._listeners.append(listener)
 
     def register(self, payment: Payment) -> None:
         """A payment is about to leave: from now on it is submitted and followed."""
@@ -147,9 +159,8 @@ class Tracker:
                 self._by_tx[payment.transaction_id] = payment.payment_id
             if payment.simulation_id:
                 self._sim_uncounted[payment.simulation_id] += 1
-            labels = (payment.channel.value, payment.route.value)
-            self.submitted[labels] += 1
-            metrics.PAYMENTS_SUBMITTED.labels(*labels).inc()
+            self.submitted[(payment.channel, payment.route)] += 1
+            metrics.PAYMENTS_SUBMITTED.labels(payment.channel.value, payment.route.value).inc()
             metrics.PAYMENTS_IN_FLIGHT.set(len(self._live))
             self.ledger.write_payment(payment, self.clock.now())
 
@@ -197,10 +208,10 @@ class Tracker:
     # --- events (the follower) --------------------------------------------------------------
     def on_event(self, record: Record, event: Event) -> None:
         now_mono, now_utc = self.clock.monotonic(), self.clock.now()
-        entry = _event_entry(record, event, now_utc)
+        entry = event_entry(record, event, now_utc)
         transaction_id = event.transaction_id
         with self._lock:
-            self._events.append(entry)
+            self._events.add(entry)
             payment_id = self._by_tx.get(transaction_id) if transaction_id else None
             payment = self._find(payment_id) if payment_id else None
             if payment is None:
@@ -304,12 +315,11 @@ class Tracker:
             return
         if change.new_step is not None and change.step_duration is not None:
             _step_histogram(change.new_step.value).observe(change.step_duration)
-            if change.new_step is Step.COMPLETED and payment.channel is Channel.REST \
-                    and not payment.finished and self.on_completed is not None:
-                self.on_completed(payment.payment_id)  # time to read the settled status
+            if self._subscribers:
+                self._publish(StepReached(payment.payment_id, payment.channel,
+                                          change.new_step, payment.finished))
         if change.counted is not None:
-            labels = (payment.channel.value, payment.route.value, change.counted.value)
-            self.counted[labels] += 1
+            self.counted[(payment.channel, payment.route, change.counted)] += 1
             metrics.PAYMENTS_COMPLETED.labels(
                 payment.channel.value, payment.route.value, payment.kind.value,
                 change.counted.value,
@@ -330,14 +340,14 @@ class Tracker:
                 if old.transaction_id is not None:
                     self._by_tx.pop(old.transaction_id, None)
             metrics.PAYMENTS_IN_FLIGHT.set(len(self._live))
-            if self._listeners:
-                snapshot = copy.deepcopy(payment)
-                for listener in self._listeners:
-                    try:
-                        listener(snapshot)
-                    except Exception as exc:  # a listener never breaks tracking
-                        log.warning("payment_listener_failed", error=repr(exc))
         self.ledger.write_payment(payment, self.clock.now())
+
+    def _publish(self, event: StepReached) -> None:
+        for listener in self._subscribers:
+            try:
+                listener(event)
+            except Exception as exc:  # a subscriber never breaks tracking
+                log.warning("step_listener_failed", error=repr(exc))
 
     # --- restart ----------------------------------------------------------------------------
     def resume(self, rows: list[dict[str, Any]]) -> int:
@@ -404,76 +414,30 @@ class Tracker:
     def events(self, limit: int, topic: str | None = None,
                origin: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
-            items = [dict(e) for e in reversed(self._events)
-                     if (topic is None or e["topic"] == topic)
-                     and (origin is None or e["origin"] == origin)][:limit]
-        return [_public(item) for item in items]
+            items = self._events.select(limit, topic, origin)
+        return [public_entry(item) for item in items]
 
     def record_invalid(self, record: Record, reason: str) -> None:
         with self._lock:
-            self._events.append({
-                "topic": record.topic, "partition": record.partition, "offset": record.offset,
-                "key": record.key, "transactionId": None, "status": None,
-                "origin": "invalid", "reason": reason, "observedAt": self.clock.now(),
-            })
+            self._events.add(invalid_entry(record, reason, self.clock.now()))
 
     def counts(self) -> dict[str, Any]:
         with self._lock:
             stuck = Counter(p.stuck_step.value for p in self._live.values() if p.stuck_step)
-            outcomes: Counter[str] = Counter()
+            outcomes: Counter[Outcome] = Counter()
             for (_channel, _route, outcome), n in self.counted.items():
                 outcomes[outcome] += n
             return {
                 "inFlight": len(self._live),
                 "stuck": dict(stuck),
                 "submitted": sum(self.submitted.values()),
-                "outcomes": {o.value: outcomes.get(o.value, 0) for o in Outcome},
+                "outcomes": {o.value: outcomes.get(o, 0) for o in Outcome},
                 "parkedEvents": self._parked_count,
             }
 
     @property
     def recent_horizon(self) -> datetime:
         return self.clock.now() - timedelta(seconds=self.follow_horizon)
-
-
-def _text(raw: bytes | None) -> str | None:
-    if raw is None:
-        return None
-    return raw.decode("utf-8", "replace")[:64]
-
-
-def _event_entry(record: Record, event: Event, now_utc: datetime) -> dict[str, Any]:
-    """An entry of the recent-events view, kept as the objects it was made of: most are
-    never read, so turning them into text waits for ``_public``."""
-    status = getattr(event, "status", None)
-    entry: dict[str, Any] = {
-        "topic": record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
-        "key": record.key,
-        "transactionId": event.transaction_id,
-        "status": status.value if status else None,
-        "origin": "twin",
-        "observedAt": now_utc,
-    }
-    if isinstance(event, OutgoingTransactionEvent | IncomingTransactionEvent) and \
-            event.amount is not None:
-        entry["amount"] = event.amount
-    if isinstance(event, TransactionResponseEvent) and event.message:
-        entry["message"] = event.message[:200]
-    return entry
-
-
-def _public(entry: dict[str, Any]) -> dict[str, Any]:
-    """An event entry as the API shows it: text for the id, key, time and amount."""
-    key, tx, at = entry["key"], entry["transactionId"], entry["observedAt"]
-    entry["key"] = _text(key) if isinstance(key, bytes) else key
-    entry["transactionId"] = str(tx) if tx else None
-    entry["observedAt"] = at.isoformat() if isinstance(at, datetime) else at
-    amount = entry.get("amount")
-    if isinstance(amount, Decimal):
-        entry["amount"] = format(amount, "f")
-    return entry
 
 
 # The labelled children of the two metrics touched by every event, looked up once per

@@ -183,7 +183,7 @@ def tracker_and_ledger(workdir: Path, name: str,
     if writer:
         ledger.start()
     tracker = Tracker(ledger, step_deadline=10, sla=30, park_seconds=7)
-    tracker.on_completed = StatusPoller(lambda _pid, _purpose: None).settle_soon  # type: ignore[arg-type,return-value]
+    tracker.subscribe(StatusPoller(lambda _pid, _purpose: None).on_step)  # type: ignore[arg-type,return-value]
     return tracker, ledger
 
 

@@ -1,0 +1,90 @@
+"""The recent Kafka events the control API shows (``GET /api/v1/events``).
+
+Every event the follower sees becomes one entry, kept as the objects it was made
+of (most entries are never read, so turning them into text waits for
+``public_entry``). An entry's ``origin`` is ``twin``, ``foreign``, ``pending``
+(parked until its REST submission records the id) or ``invalid``; the tracker
+updates it in place as it learns more. Not thread-safe: the tracker calls it
+under its lock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from bgmock_twin.bus.base import Record
+from bgmock_twin.contract import (
+    Event,
+    IncomingTransactionEvent,
+    OutgoingTransactionEvent,
+    TransactionResponseEvent,
+)
+
+
+class EventLog:
+    """The last ``limit`` entries, oldest first."""
+
+    def __init__(self, limit: int) -> None:
+        self._entries: deque[dict[str, Any]] = deque(maxlen=limit)
+
+    def add(self, entry: dict[str, Any]) -> None:
+        self._entries.append(entry)
+
+    def select(self, limit: int, topic: str | None = None,
+               origin: str | None = None) -> list[dict[str, Any]]:
+        """Copies of the newest ``limit`` entries matching the filters, newest first."""
+        return [dict(e) for e in reversed(self._entries)
+                if (topic is None or e["topic"] == topic)
+                and (origin is None or e["origin"] == origin)][:limit]
+
+
+def _text(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    return raw.decode("utf-8", "replace")[:64]
+
+
+def event_entry(record: Record, event: Event, now_utc: datetime) -> dict[str, Any]:
+    """The entry of one decoded event (``origin`` ``twin`` until the tracker says
+    otherwise)."""
+    status = getattr(event, "status", None)
+    entry: dict[str, Any] = {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "key": record.key,
+        "transactionId": event.transaction_id,
+        "status": status.value if status else None,
+        "origin": "twin",
+        "observedAt": now_utc,
+    }
+    if isinstance(event, OutgoingTransactionEvent | IncomingTransactionEvent) and \
+            event.amount is not None:
+        entry["amount"] = event.amount
+    if isinstance(event, TransactionResponseEvent) and event.message:
+        entry["message"] = event.message[:200]
+    return entry
+
+
+def invalid_entry(record: Record, reason: str, now_utc: datetime) -> dict[str, Any]:
+    """The entry of a message that is not a valid event."""
+    return {
+        "topic": record.topic, "partition": record.partition, "offset": record.offset,
+        "key": record.key, "transactionId": None, "status": None,
+        "origin": "invalid", "reason": reason, "observedAt": now_utc,
+    }
+
+
+def public_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """An event entry as the API shows it: text for the id, key, time and amount."""
+    key, tx, at = entry["key"], entry["transactionId"], entry["observedAt"]
+    entry["key"] = _text(key) if isinstance(key, bytes) else key
+    entry["transactionId"] = str(tx) if tx else None
+    entry["observedAt"] = at.isoformat() if isinstance(at, datetime) else at
+    amount = entry.get("amount")
+    if isinstance(amount, Decimal):
+        entry["amount"] = format(amount, "f")
+    return entry
