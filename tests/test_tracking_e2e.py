@@ -99,7 +99,7 @@ def make_twin(bgmock: BGMock, tmp_path: Path) -> Iterator[Callable[..., Twin]]:
         settings = load_settings(**values)
         scheduler = JobScheduler()
         scheduler.start()
-        tracking = Tracking(settings, bgmock.clients, bgmock.bus, scheduler)
+        tracking = Tracking(settings.tracking, bgmock.clients, bgmock.bus, scheduler)
         tracking.start()
         app = FastAPI()
         app.state.control_token = None

@@ -55,7 +55,7 @@ def world(kafka_broker: TansuBroker, postgres: PostgresServer) -> Iterator[World
     )
     scheduler = JobScheduler()
     scheduler.start()
-    tracking = Tracking(settings, clients, bus, scheduler)
+    tracking = Tracking(settings.tracking, clients, bus, scheduler)
     tracking.start()
     try:
         wait_for(tracking.following, timeout=20, message="follower positioned on Tansu")

@@ -27,7 +27,7 @@ from bgmock_twin.contract import BANK_A, BANKS, Bank, bank_by_letter
 from bgmock_twin.errors import InvalidRequest, Unavailable
 from bgmock_twin.logs import get_logger
 from bgmock_twin.scheduler import JobScheduler
-from bgmock_twin.settings import Settings
+from bgmock_twin.settings import TrackingSettings
 from bgmock_twin.tracking import mix
 from bgmock_twin.tracking.follower import Follower
 from bgmock_twin.tracking.ledger import Ledger, LedgerUnavailable
@@ -85,7 +85,7 @@ class InvalidPayment(InvalidRequest):
 class Tracking:
     def __init__(
         self,
-        settings: Settings,
+        settings: TrackingSettings,
         clients: BGMockClients,
         bus: EventBus,
         scheduler: JobScheduler,

@@ -111,7 +111,7 @@ class TwinHarness:
             urls, self.settings.rest_timeout_seconds,
             pool_size=self.settings.max_in_flight_requests + 8)
         self.scheduler = JobScheduler()
-        self.tracking = Tracking(self.settings, self.clients, bus, self.scheduler)
+        self.tracking = Tracking(self.settings.tracking, self.clients, bus, self.scheduler)
         self.sends: list[tuple[float, float]] = []  # (intended, handed to the HTTP client)
         self.post_seconds: list[float] = []
         self._instrument()
