@@ -95,7 +95,7 @@ class Twin:
             self.health.register(service, check)
         self.scheduler.add(probe_jobs(self.health, settings.probes))
         if self.bus is not None:
-            self.tracking = Tracking(settings.tracking, self.clients, self.bus, self.scheduler)
+            self.tracking = Tracking(settings.tracking, self.clients, self.bus)
         books = self.books = self._build_books()
         routers = [build_books_router(books)]
         if self.tracking is not None:
@@ -109,6 +109,7 @@ class Twin:
         self.scheduler.start()
         if self.tracking is not None:
             self.tracking.start()
+            self.scheduler.add(self.tracking.jobs())
         self.scheduler.add(books.jobs())
         books.start()
         metrics.TWIN_READY.set(1)

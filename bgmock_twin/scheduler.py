@@ -95,10 +95,6 @@ class JobScheduler:
                               misfire_grace_seconds=job.misfire_grace_seconds,
                               run_now=job.run_now)
 
-    def remove(self, name: str) -> None:
-        if self._scheduler.get_job(name) is not None:
-            self._scheduler.remove_job(name)
-
     def start(self) -> None:
         self._scheduler.start()
 

@@ -99,8 +99,9 @@ def make_twin(bgmock: BGMock, tmp_path: Path) -> Iterator[Callable[..., Twin]]:
         settings = load_settings(**values)
         scheduler = JobScheduler()
         scheduler.start()
-        tracking = Tracking(settings.tracking, bgmock.clients, bgmock.bus, scheduler)
+        tracking = Tracking(settings.tracking, bgmock.clients, bgmock.bus)
         tracking.start()
+        scheduler.add(tracking.jobs())
         app = FastAPI()
         app.state.control_token = None
         install_error_handlers(app)

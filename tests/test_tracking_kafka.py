@@ -55,8 +55,9 @@ def world(kafka_broker: TansuBroker, postgres: PostgresServer) -> Iterator[World
     )
     scheduler = JobScheduler()
     scheduler.start()
-    tracking = Tracking(settings.tracking, clients, bus, scheduler)
+    tracking = Tracking(settings.tracking, clients, bus)
     tracking.start()
+    scheduler.add(tracking.jobs())
     try:
         wait_for(tracking.following, timeout=20, message="follower positioned on Tansu")
         wait_for(lambda: tracking.status().provisioned, timeout=20, message="provisioned")

@@ -658,9 +658,10 @@ def test_a_restarted_twin_with_a_fresh_ledger_reconciles_clean_also_after_prunin
             accounts_per_bank=2, account_initial_deposit="1000.00",
             kafka_group_id="twin-retention", load_rate_per_second=0,
             step_deadline_seconds=5, payment_sla_seconds=120, rest_timeout_seconds=5,
-        ).tracking, bgmock.clients, bgmock.bus, scheduler)
+        ).tracking, bgmock.clients, bgmock.bus)
         started.append((tracking, scheduler))
         tracking.start()
+        scheduler.add(tracking.jobs())
         wait_for(tracking.following, timeout=10, message="follower positioned")
         wait_for(lambda: tracking.status().provisioned, timeout=15, message="provisioned")
         return tracking

@@ -1,7 +1,8 @@
 """The tracking facade the daemon wires in: one object that owns the ledger, the
-tracker, the sender, the Kafka follower, the status poller, the simulations and
-the scheduled jobs, with a small public surface (``start``, ``stop``,
-``submit_one``, ``status``, ``ready``). Its HTTP routes live in ``api/``.
+tracker, the sender, the Kafka follower, the status poller and the simulations,
+with a small public surface (``start``, ``jobs``, ``stop``, ``submit_one``,
+``status``, ``ready``). Its HTTP routes live in ``api/``; its
+scheduled jobs are described by ``jobs()`` and registered by the wiring.
 
 Scheduled jobs (names as seen in ``bgmock_scheduler_*`` metrics):
 ``tracking_provision`` (provision/top up, every 60 s, first run at start; retried
@@ -16,6 +17,7 @@ from __future__ import annotations
 import math
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -26,7 +28,7 @@ from bgmock_twin.clients.rest import ServiceError
 from bgmock_twin.contract import BANK_A, BANKS, Bank, bank_by_letter
 from bgmock_twin.errors import InvalidRequest, Unavailable
 from bgmock_twin.logs import get_logger
-from bgmock_twin.scheduler import JobScheduler
+from bgmock_twin.scheduler import Job
 from bgmock_twin.settings import TrackingSettings
 from bgmock_twin.tracking import mix
 from bgmock_twin.tracking.follower import Follower
@@ -44,7 +46,6 @@ PROVISION_INTERVAL_SECONDS = 60.0
 DEADLINE_INTERVAL_SECONDS = 1.0
 RETENTION_INTERVAL_SECONDS = 600.0
 LEDGER_BUFFER_SIZE = 100_000
-JOBS = ("tracking_provision", "tracking_load", "tracking_deadlines", "tracking_retention")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +89,9 @@ class Tracking:
         settings: TrackingSettings,
         clients: BGMockClients,
         bus: EventBus,
-        scheduler: JobScheduler,
         clock: Clock | None = None,
     ) -> None:
         self.settings = settings
-        self.scheduler = scheduler
         self.ledger = Ledger(settings.twin_database_url.get_secret_value(),
                              buffer_size=LEDGER_BUFFER_SIZE)
         self.tracker = Tracker(
@@ -141,32 +140,44 @@ class Tracking:
         self.poller.start()
         self.sender.start()
         self.follower.start()
-        s = self.scheduler
-        s.add_interval("tracking_provision", self._provision_job, PROVISION_INTERVAL_SECONDS,
-                       misfire_grace_seconds=PROVISION_INTERVAL_SECONDS, run_now=True)
-        s.add_interval("tracking_deadlines", self._deadline_job, DEADLINE_INTERVAL_SECONDS,
-                       misfire_grace_seconds=5)
-        s.add_interval("tracking_retention", self._retention_job, RETENTION_INTERVAL_SECONDS,
-                       misfire_grace_seconds=RETENTION_INTERVAL_SECONDS, run_now=True)
-        rate = self.settings.load_rate_per_second
-        if rate > 0:
-            s.add_interval("tracking_load", self._load_tick, self._load_interval(rate),
-                           misfire_grace_seconds=self._load_interval(rate))
         self._started = True
         log.info("tracking_started", group=self.settings.consumer_group,
-                 background_rate=rate)
+                 background_rate=self.settings.load_rate_per_second)
+
+    def jobs(self) -> list[Job]:
+        """What the wiring schedules once ``start`` returned: provisioning (first run at
+        once), deadlines, retention, and the background canary when its rate is above 0.
+        After ``stop`` a run of any of them does nothing."""
+        jobs = [
+            Job("tracking_provision", self._unless_stopping(self._provision_job),
+                PROVISION_INTERVAL_SECONDS, misfire_grace_seconds=PROVISION_INTERVAL_SECONDS,
+                run_now=True),
+            Job("tracking_deadlines", self._unless_stopping(self._deadline_job),
+                DEADLINE_INTERVAL_SECONDS, misfire_grace_seconds=5),
+            Job("tracking_retention", self._unless_stopping(self._retention_job),
+                RETENTION_INTERVAL_SECONDS, misfire_grace_seconds=RETENTION_INTERVAL_SECONDS,
+                run_now=True),
+        ]
+        rate = self.settings.load_rate_per_second
+        if rate > 0:
+            interval = self._load_interval(rate)
+            jobs.append(Job("tracking_load", self._unless_stopping(self._load_tick), interval,
+                            misfire_grace_seconds=interval))
+        return jobs
+
+    def _unless_stopping(self, job: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            if not self._stopping:
+                job()
+
+        return run
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop sending (in-flight submissions finish within the budget), persist
         simulation progress, commit what is recorded, flush the ledger."""
         if not self._started or self._stopping:
             return
-        self._stopping = True
-        for job in JOBS:
-            try:
-                self.scheduler.remove(job)
-            except Exception as exc:  # the scheduler may already be shut down
-                log.debug("job_remove_failed", job=job, error=repr(exc))
+        self._stopping = True  # from here on a scheduled run does nothing (see ``jobs``)
         budget = max(timeout, 0.5)
         self.sender.stop(budget * 0.4)
         self.simulations.shutdown()

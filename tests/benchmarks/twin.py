@@ -111,7 +111,7 @@ class TwinHarness:
             urls, self.settings.rest_timeout_seconds,
             pool_size=self.settings.max_in_flight_requests + 8)
         self.scheduler = JobScheduler()
-        self.tracking = Tracking(self.settings.tracking, self.clients, bus, self.scheduler)
+        self.tracking = Tracking(self.settings.tracking, self.clients, bus)
         self.sends: list[tuple[float, float]] = []  # (intended, handed to the HTTP client)
         self.post_seconds: list[float] = []
         self._instrument()
@@ -142,6 +142,7 @@ class TwinHarness:
     def start(self) -> TwinHarness:
         self.scheduler.start()
         self.tracking.start()
+        self.scheduler.add(self.tracking.jobs())
         wait_for(lambda: self.tracking.status().provisioned, timeout=30,
                  message="twin accounts provisioned")
         wait_for(self.tracking.following, timeout=30, message="follower positioned")
