@@ -179,7 +179,7 @@ def test_rest_path_finds_drift_without_any_database(twin: Twin) -> None:
     tracking, emulator = twin.tracking, twin.emulator
     assert tracking is not None and emulator is not None
     tracking.submit_one(from_bank="b", amount=Decimal("2.50"))
-    wait_for(lambda: tracking.tracker.counts()["inFlight"] == 0, timeout=15,
+    wait_for(lambda: tracking.tracker.counts().in_flight == 0, timeout=15,
              message="quiet books")
     # a ledger row written within a second of the reads counts as "may be anywhere";
     # without a bank journal to pin it, that is a range: let the last one age out

@@ -194,20 +194,20 @@ def test_events_that_overtake_the_202_are_parked_then_applied(
     produce(bus, TOPIC_INITIATED, "01", json.dumps({
         "transactionId": str(bank_id), "fromClearingNumber": "01", "amount": 25,
         "toBankgoodNumber": "TWIN-BG-B-001", "status": "PENDING"}))
-    wait_for(lambda: tracker.counts()["parkedEvents"] == 1, timeout=5, message="parked")
+    wait_for(lambda: tracker.counts().parked_events == 1, timeout=5, message="parked")
     tracker.accepted(payment.payment_id, bank_id)
     tracker.end_submit()
     followed = tracker.get(str(bank_id))
     assert followed is not None
     assert set(followed.steps) == {Step.ACCEPTED, Step.INITIATED}
-    assert tracker.counts()["parkedEvents"] == 0
+    assert tracker.counts().parked_events == 0
     # an unknown id while a submission is pending is classified foreign after a while
     tracker.begin_submit()
     stranger = uuid.uuid4()
     produce(bus, TOPIC_FORWARDED, "02", json.dumps({
         "transactionId": str(stranger), "amount": 3, "toClearingNumber": "02"}))
-    wait_for(lambda: tracker.counts()["parkedEvents"] == 1, timeout=5)
-    wait_for(lambda: tracker.counts()["parkedEvents"] == 0, timeout=5, message="expired")
+    wait_for(lambda: tracker.counts().parked_events == 1, timeout=5)
+    wait_for(lambda: tracker.counts().parked_events == 0, timeout=5, message="expired")
     tracker.end_submit()
     assert tracker.events(10, origin="foreign")[0]["transactionId"] == str(stranger)
 

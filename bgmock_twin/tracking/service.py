@@ -349,11 +349,11 @@ class Tracking:
         fixtures = self.provisioner.fixtures
         counts = self.tracker.counts()
         return TrackingStatus(
-            in_flight=counts["inFlight"],
-            stuck=counts["stuck"],
-            submitted=counts["submitted"],
-            outcomes=counts["outcomes"],
-            parked_events=counts["parkedEvents"],
+            in_flight=counts.in_flight,
+            stuck=counts.stuck,
+            submitted=counts.submitted,
+            outcomes=counts.outcomes,
+            parked_events=counts.parked_events,
             dropped=self.sender.dropped,
             sender_busy=self.sender.busy,
             simulations_active=self.simulations.active(),

@@ -60,6 +60,17 @@ STUCK_POLL_SECONDS = 5.0
 MAX_STUCK_POLLS_PER_CHECK = 200
 
 
+@dataclass(frozen=True, slots=True)
+class PaymentCounts:
+    """The tracker's figures at one moment (the payments part of the twin's status)."""
+
+    in_flight: int
+    stuck: dict[str, int]  # step waited for -> payments
+    submitted: int
+    outcomes: dict[str, int]  # counted outcome -> payments
+    parked_events: int  # events that came before their payment's transaction id
+
+
 class Clock(Protocol):
     def monotonic(self) -> float: ...
 
@@ -421,19 +432,19 @@ class Tracker:
         with self._lock:
             self._events.add(invalid_entry(record, reason, self.clock.now()))
 
-    def counts(self) -> dict[str, Any]:
+    def counts(self) -> PaymentCounts:
         with self._lock:
             stuck = Counter(p.stuck_step.value for p in self._live.values() if p.stuck_step)
             outcomes: Counter[Outcome] = Counter()
             for (_channel, _route, outcome), n in self.counted.items():
                 outcomes[outcome] += n
-            return {
-                "inFlight": len(self._live),
-                "stuck": dict(stuck),
-                "submitted": sum(self.submitted.values()),
-                "outcomes": {o.value: outcomes.get(o, 0) for o in Outcome},
-                "parkedEvents": self._parked_count,
-            }
+            return PaymentCounts(
+                in_flight=len(self._live),
+                stuck=dict(stuck),
+                submitted=sum(self.submitted.values()),
+                outcomes={o.value: outcomes.get(o, 0) for o in Outcome},
+                parked_events=self._parked_count,
+            )
 
     @property
     def recent_horizon(self) -> datetime:

@@ -202,7 +202,7 @@ def check_correlated(tracker: Tracker, flows: Sequence[Flow]) -> str:
         raise AssertionError(f"not every payment was followed: kafka {succeeded}/{kafka}, "
                              f"rest {completed}/{len(rest)}")
     return (f"{kafka} kafka-channel payments succeeded, {len(rest)} rest payments "
-            f"completed, in flight {tracker.counts()['inFlight']}")
+            f"completed, in flight {tracker.counts().in_flight}")
 
 
 def decode_and_correlate_only(workdir: Path, flows: Sequence[Flow]) -> tuple[float, float]:

@@ -181,7 +181,7 @@ def rss_child(scenario: str, count: int) -> dict[str, float]:
         ledger.stop(30)
         ledger.close()
     return {"baseline_kib": baseline, "rss_kib": memory["VmRSS"], "peak_kib": memory["VmHWM"],
-            "payments": done, "in_flight": counts["inFlight"], "seconds": fed}
+            "payments": done, "in_flight": counts.in_flight, "seconds": fed}
 
 
 def run_rss_child(scenario: str, count: int) -> dict[str, float]:
