@@ -34,9 +34,10 @@ from bgmock_twin.tracking import mix
 from bgmock_twin.tracking.follower import Follower
 from bgmock_twin.tracking.ledger import Ledger, LedgerUnavailable
 from bgmock_twin.tracking.lifecycle import Channel, Kind, Payment, Route
-from bgmock_twin.tracking.load import FixturesUnavailable, LoadProfile, Run, Sender, build_payment
+from bgmock_twin.tracking.load import FixturesUnavailable, LoadProfile, Run, build_payment
 from bgmock_twin.tracking.poller import Purpose, StatusChecker, StatusPoller
 from bgmock_twin.tracking.provisioning import Fixtures, Provisioner, new_deposit_row
+from bgmock_twin.tracking.sender import Sender
 from bgmock_twin.tracking.simulations import SimulationManager
 from bgmock_twin.tracking.tracker import Clock, Tracker
 

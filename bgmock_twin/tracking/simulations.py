@@ -28,7 +28,8 @@ from bgmock_twin.logs import get_logger
 from bgmock_twin.tracking import mix, pacing
 from bgmock_twin.tracking.ledger import Ledger, LedgerUnavailable
 from bgmock_twin.tracking.lifecycle import ALL_STEPS, FAILURE_KINDS, Channel, Kind, Outcome
-from bgmock_twin.tracking.load import LoadProfile, Run, Sender
+from bgmock_twin.tracking.load import LoadProfile, Run
+from bgmock_twin.tracking.sender import Sender
 from bgmock_twin.tracking.simulation_report import Latency, Percentiles, Progress, summarize
 from bgmock_twin.tracking.tracker import Tracker
 

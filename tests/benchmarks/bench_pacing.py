@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 
 from bgmock_twin.logs import configure_logging
-from bgmock_twin.tracking.load import Sender
+from bgmock_twin.tracking.sender import Sender
 from tests.benchmarks.common import Reporter, Result, arguments, banner, fmt
 from tests.benchmarks.twin import RunFigures
 from tests.benchmarks.world import World, world

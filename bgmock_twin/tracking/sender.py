@@ -1,0 +1,357 @@
+"""The sender: payments leave on their schedule, not when the previous one returns.
+
+One pacing thread holds every active run (simulations and the background canary)
+in a queue ordered by intended send time. At each intended time it builds the
+payment and hands it to a bounded pool of workers; if every worker is busy the
+payment is *dropped and counted* (``bgmock_payments_dropped_total``), never queued
+without limit. Latency is measured from the intended time, and the gap between
+intended and actual send is exported (``bgmock_payment_send_lag_seconds``), so a
+slow system neither slows the load down nor hides its own slowness (no
+coordinated omission, k6 arrival-rate style).
+
+Channels: ``rest`` posts to the source bank (then looks the transaction up once,
+which is how a rejection is seen); ``kafka`` writes an OutgoingTransactionEvent
+with a fresh id straight to ``transactions.initiated`` (key = source clearing
+number), which bypasses the source bank.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from bgmock_twin import metrics
+from bgmock_twin.bus.base import BusError, EventBus, EventProducer
+from bgmock_twin.clients.bgmock import BGMockClients
+from bgmock_twin.clients.rest import ServiceError
+from bgmock_twin.contract import TOPIC_INITIATED, OutgoingTransactionEvent, Status, encode_event
+from bgmock_twin.logs import get_logger
+from bgmock_twin.tracking import mix
+from bgmock_twin.tracking.lifecycle import Channel, Payment
+from bgmock_twin.tracking.load import FixturesUnavailable, Run, build_payment
+from bgmock_twin.tracking.poller import (
+    ACCEPT_CHECK_DELAY,
+    Purpose,
+    Result,
+    StatusChecker,
+    StatusPoller,
+)
+from bgmock_twin.tracking.provisioning import Provisioner
+from bgmock_twin.tracking.refusals import refusal_of
+from bgmock_twin.tracking.tracker import Tracker
+from bgmock_twin.workers import Worker
+
+log = get_logger(__name__)
+
+PRODUCE_TIMEOUT_SECONDS = 5.0
+# How long a send waits for the ledger to store the payment's row before it goes on
+# regardless (a slow or unavailable ledger must not stop the load; it buffers).
+LEDGER_WAIT_SECONDS = 0.5
+
+
+class LedgerPort(Protocol):
+    """What the sender needs of the ledger: to wait, before a request goes out,
+    until the payment's row is stored."""
+
+    @property
+    def available(self) -> bool: ...
+
+    def flush(self, timeout: float) -> bool: ...
+
+
+class Sender(Worker):
+    """The pacer thread (a ``Worker``) and the bounded pool of sending workers."""
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        clients: BGMockClients,
+        bus: EventBus,
+        provisioner: Provisioner,
+        checker: StatusChecker,
+        poller: StatusPoller,
+        max_in_flight: int,
+        instance_id: str,
+        ledger: LedgerPort,
+    ) -> None:
+        self.tracker = tracker
+        self.ledger = ledger
+        self.clients = clients
+        self.bus = bus
+        self.provisioner = provisioner
+        self.checker = checker
+        self.poller = poller
+        self.max_in_flight = max_in_flight
+        self.instance_id = instance_id
+        self._pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="sender")
+        self._busy = 0
+        self._busy_cond = threading.Condition()
+        self._heap: list[tuple[float, int, Run]] = []
+        self._counter = 0
+        self._cond = threading.Condition()
+        super().__init__("pacer", error_event="dispatch_failed")  # pacing never backs off
+        self._producer: EventProducer | None = None
+        self._producer_lock = threading.Lock()
+        self.dropped = 0
+
+    # --- runs -------------------------------------------------------------------------------
+    def add_run(self, run: Run, start_mono: float | None = None,
+                start_utc: datetime | None = None) -> None:
+        run.start_mono = time.monotonic() if start_mono is None else start_mono
+        run.start_utc = self.tracker.clock.now() if start_utc is None else start_utc
+        self._push_next(run)
+
+    def _push_next(self, run: Run) -> None:
+        if run.stopped:
+            run.finish()
+            return
+        offset = next(run.offsets, None)
+        if offset is None:
+            run.finish()
+            return
+        with self._cond:
+            self._counter += 1
+            heapq.heappush(self._heap, (run.start_mono + offset, self._counter, run))
+            self._cond.notify()
+
+    def stop_run(self, run: Run) -> None:
+        run.stopped = True
+        with self._cond:
+            self._cond.notify()
+
+    # --- the pacer thread ------------------------------------------------------------------
+    def step(self) -> None:
+        """Wait for the next payment due and dispatch it (an error is logged by the
+        worker as ``dispatch_failed``; the run still goes on to its next payment)."""
+        item = self._next_due()
+        if item is None:
+            return
+        due, run = item
+        try:
+            self._dispatch(run, due)
+        finally:
+            self._push_next(run)
+
+    def _next_due(self) -> tuple[float, Run] | None:
+        with self._cond:
+            while not self.stopping:
+                if not self._heap:
+                    self._cond.wait(0.5)
+                    continue
+                due, _, run = self._heap[0]
+                if run.stopped:
+                    heapq.heappop(self._heap)
+                    run.finish()
+                    continue
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(min(wait, 0.5))
+                    continue
+                heapq.heappop(self._heap)
+                return due, run
+        return None
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def on_stop(self) -> None:
+        with self._cond:
+            stranded = [run for _, _, run in self._heap]
+            self._heap = []
+        for run in stranded:
+            run.stopped = True
+            run.finish()
+
+    def _dispatch(self, run: Run, due: float) -> None:
+        index = run.take_index()
+        if not self._acquire():
+            self._drop(run, "concurrency bound reached")
+            return
+        try:
+            payment = self._plan(run, index, due)
+        except FixturesUnavailable as exc:
+            self._release()
+            self._drop(run, str(exc))
+            return
+        run.dispatched += 1
+        self._pool.submit(self._work, payment, run, due)
+
+    def _drop(self, run: Run, reason: str) -> None:
+        run.dropped += 1
+        self.dropped += 1
+        metrics.PAYMENTS_DROPPED.inc()
+        if run.dropped == 1 or run.dropped % 1000 == 0:
+            log.warning("payment_dropped", reason=reason, dropped=run.dropped,
+                        simulation=run.simulation_id)
+
+    def _plan(self, run: Run, index: int, due: float) -> Payment:
+        fixtures = self.provisioner.fixtures
+        if fixtures is None:
+            raise FixturesUnavailable("twin accounts not provisioned")
+        profile = run.profile
+        route, kind = mix.plan(index, profile.direction, profile.failure_share, profile.kinds)
+        amount = mix.random_amount(run.rng, profile.amount_min, profile.amount_max)
+        assert run.start_utc is not None
+        intended_at = run.start_utc + timedelta(seconds=due - run.start_mono)
+        return build_payment(fixtures, route, kind, profile.channel, amount, run.rng,
+                             intended_at, due, run.simulation_id, self.instance_id)
+
+    def _work(self, payment: Payment, run: Run | None, due: float) -> None:
+        try:
+            lag = max(0.0, time.monotonic() - due)
+            metrics.SEND_LAG.observe(lag)
+            if run is not None:
+                run.record_lag(lag)
+            self.send(payment)
+        except Exception as exc:  # one payment never takes a worker down
+            log.error("send_failed", error=repr(exc), payment_id=payment.payment_id)
+        finally:
+            if run is not None:
+                run.mark_sent()
+            self._release()
+
+    # --- slots ------------------------------------------------------------------------------
+    def _acquire(self) -> bool:
+        with self._busy_cond:
+            if self._busy >= self.max_in_flight:
+                return False
+            self._busy += 1
+            return True
+
+    def _release(self) -> None:
+        with self._busy_cond:
+            self._busy -= 1
+            self._busy_cond.notify_all()
+
+    @property
+    def busy(self) -> int:
+        with self._busy_cond:
+            return self._busy
+
+    # --- sending ----------------------------------------------------------------------------
+    def send(self, payment: Payment, check_now: bool = False) -> None:
+        """Send one payment now on its channel and follow it (blocking). With
+        ``check_now`` a REST payment's status is read back at once, so a rejection
+        is known before this returns."""
+        if payment.channel is Channel.KAFKA:
+            self._send_kafka(payment)
+        else:
+            self._send_rest(payment, check_now)
+
+    def _stored(self) -> None:
+        """Wait until the ledger holds every row written so far (bounded, and only
+        while it is available). A twin killed during the call that follows then
+        still knows the payment and its transaction id after its restart; without
+        this, up to one flush interval of payments - already in BGMock - were
+        unknown to the restarted twin, and a resumed simulation sent them again."""
+        if self.ledger.available:
+            self.ledger.flush(LEDGER_WAIT_SECONDS)
+
+    def _send_rest(self, payment: Payment, check_now: bool) -> None:
+        self.tracker.register(payment)
+        self._stored()
+        bank = self.clients.bank(payment.from_clearing)
+        self.tracker.begin_submit()
+        try:
+            try:
+                transaction_id = bank.submit_payment(
+                    payment.from_account, payment.to_bankgood, payment.amount)
+            except ServiceError as exc:
+                if exc.maybe_processed:
+                    # the bank got the request but its answer never came (a read
+                    # timeout): it may well have stored and reserved the payment, so
+                    # it is not "rejected". Without the bank's id it cannot be followed:
+                    # it stays unfinished (stuck at "accepted" past the deadline).
+                    log.warning("payment_unconfirmed", payment_id=payment.payment_id,
+                                service=exc.service, reason=exc.reason)
+                    return
+                refused = refusal_of(exc)
+                self.tracker.reject(payment.payment_id, refused.message, refused.ambiguous)
+                return
+            self.tracker.accepted(payment.payment_id, transaction_id)
+        finally:
+            self.tracker.end_submit()
+        self._stored()
+        if not check_now or \
+                self.checker.check(payment.payment_id, Purpose.ACCEPT_NOW) is Result.RETRY:
+            self.poller.schedule(payment.payment_id, Purpose.ACCEPT, ACCEPT_CHECK_DELAY)
+
+    def _send_kafka(self, payment: Payment) -> None:
+        assert payment.transaction_id is not None
+        self.tracker.register(payment)
+        self._stored()
+        value, headers = encode_event(OutgoingTransactionEvent(
+            transaction_id=payment.transaction_id,
+            from_clearing_number=payment.from_clearing,
+            from_account_number=payment.from_account,
+            to_bankgood_number=payment.to_bankgood,
+            amount=payment.amount,
+            status=Status.PENDING,
+        ))
+        try:
+            producer = self._get_producer()
+            producer.produce(TOPIC_INITIATED, payment.from_clearing, value, headers)
+        except BusError as exc:  # not even queued: it can never reach the clearing
+            metrics.KAFKA_CLIENT_ERRORS.labels("sender", "produce").inc()
+            refused = refusal_of(exc)
+            self.tracker.reject(payment.payment_id, refused.message, refused.ambiguous)
+            return
+        try:
+            producer.flush(PRODUCE_TIMEOUT_SECONDS)
+        except BusError as exc:
+            # queued but not confirmed in time: the producer keeps trying, so it may
+            # still arrive (a broker back within the message timeout). Not rejected:
+            # it stays in flight, and its events or its step deadline tell.
+            metrics.KAFKA_CLIENT_ERRORS.labels("sender", "unconfirmed").inc()
+            log.warning("kafka_payment_unconfirmed", payment_id=payment.payment_id,
+                        error=str(exc)[:200])
+
+    def _get_producer(self) -> EventProducer:
+        with self._producer_lock:
+            if self._producer is None:
+                self._producer = self.bus.producer()
+            return self._producer
+
+    def submit_now(self, payment: Payment) -> bool:
+        """Send one payment built by the caller on a worker slot (blocking); False if
+        every slot is busy."""
+        if not self._acquire():
+            self._drop_single()
+            return False
+        try:
+            metrics.SEND_LAG.observe(max(0.0, time.monotonic() - payment.intended_mono))
+            self.send(payment, check_now=True)
+        finally:
+            self._release()
+        return True
+
+    def _drop_single(self) -> None:
+        self.dropped += 1
+        metrics.PAYMENTS_DROPPED.inc()
+
+    # --- shutdown ---------------------------------------------------------------------------
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop pacing, let submissions in progress finish within ``timeout``."""
+        deadline = time.monotonic() + (self.join_timeout if timeout is None else timeout)
+        super().stop(max(0.1, deadline - time.monotonic()))
+        with self._busy_cond:
+            while self._busy > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.warning("sender_stopped_with_busy_workers", busy=self._busy)
+                    break
+                self._busy_cond.wait(min(remaining, 0.1))
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._producer_lock:
+            if self._producer is not None:
+                try:
+                    self._producer.flush(max(0.1, deadline - time.monotonic()))
+                    self._producer.close()
+                except BusError as exc:
+                    log.warning("producer_close_failed", error=str(exc)[:200])
+                self._producer = None
