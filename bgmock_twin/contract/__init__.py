@@ -10,9 +10,7 @@ speak one dialect:
 
 from bgmock_twin.contract.topology import (
     BANK_A,
-    BANK_A_CLEARING,
     BANK_B,
-    BANK_B_CLEARING,
     BANKS,
     CLEARING,
     SERVICES,
@@ -58,7 +56,7 @@ from bgmock_twin.contract.wire import (
 )
 
 __all__ = [
-    "BANKS", "BANK_A", "BANK_A_CLEARING", "BANK_B", "BANK_B_CLEARING", "CENT", "CLEARING",
+    "BANKS", "BANK_A", "BANK_B", "CENT", "CLEARING",
     "PARTITIONS", "SERVICES", "TOPICS",
     "TOPIC_COMPLETED", "TOPIC_FORWARDED", "TOPIC_INITIATED", "TOPIC_PROCESSED",
     "TYPE_ID_HEADER", "TYPE_INCOMING", "TYPE_OUTGOING", "TYPE_RESPONSE", "Bank", "Channel",

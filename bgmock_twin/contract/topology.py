@@ -73,7 +73,3 @@ def service_by_name(name: str) -> Service | None:
 def service_by_database(database: str) -> Service | None:
     """The service whose database is ``db_bank_a``, ``db_bank_b`` or ``db_switch``."""
     return _BY_DATABASE.get(database)
-
-# Transitional spellings, removed once every caller uses ``Bank`` (issue 10).
-BANK_A_CLEARING = BANK_A.clearing_number
-BANK_B_CLEARING = BANK_B.clearing_number

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from bgmock_twin.contract import BANK_A, BANK_B
 from bgmock_twin.errors import Unavailable
 from bgmock_twin.logs import get_logger
 from bgmock_twin.tracking import mix
@@ -22,8 +21,6 @@ from bgmock_twin.tracking.provisioning import Fixtures, Payee
 
 log = get_logger(__name__)
 
-CLEARING = {Route.A_TO_B: (BANK_A.clearing_number, BANK_B.clearing_number),
-            Route.B_TO_A: (BANK_B.clearing_number, BANK_A.clearing_number)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +58,7 @@ def build_payment(
     to_account: str | None = None,
 ) -> Payment:
     """Pick accounts for a payment of this kind from the twin's fixtures."""
-    source, destination = CLEARING[route]
+    source, destination = route.source.clearing_number, route.destination.clearing_number
     payers = fixtures.payers.get(source) or []
     payees = fixtures.payees.get(destination) or []
     if not payers or not payees:

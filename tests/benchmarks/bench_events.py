@@ -33,8 +33,6 @@ from typing import Any
 from bgmock_twin.bus.base import EventConsumer, EventProducer, Record
 from bgmock_twin.bus.kafka import KafkaBus
 from bgmock_twin.contract import (
-    BANK_A_CLEARING,
-    BANK_B_CLEARING,
     TOPIC_COMPLETED,
     TOPIC_FORWARDED,
     TOPIC_INITIATED,
@@ -81,8 +79,8 @@ def make_flows(count: int, rng: random.Random) -> list[Flow]:
     for i in range(count):
         tx = uuid.uuid4()
         a_to_b = rng.random() < 0.5
-        source, destination = (BANK_A_CLEARING, BANK_B_CLEARING) if a_to_b else \
-            (BANK_B_CLEARING, BANK_A_CLEARING)
+        route = Route.A_TO_B if a_to_b else Route.B_TO_A
+        source, destination = route.source.clearing_number, route.destination.clearing_number
         letter, other = ("A", "B") if a_to_b else ("B", "A")
         payer = f"TWIN-{letter}-{rng.randint(1, 4):03d}"
         payee_n = rng.randint(1, 4)

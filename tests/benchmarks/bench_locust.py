@@ -28,7 +28,7 @@ from pathlib import Path
 from bgmock_twin.bus.base import EventBus
 from bgmock_twin.bus.kafka import KafkaBus
 from bgmock_twin.bus.memory import InMemoryBus
-from bgmock_twin.contract import BANK_A_CLEARING, BANK_B_CLEARING
+from bgmock_twin.contract import BANK_A, BANK_B, bank_by_clearing
 from bgmock_twin.logs import configure_logging
 from tests.benchmarks.common import (
     Reporter,
@@ -61,11 +61,16 @@ class LocustFigures:
 def locust_payers(harness: TwinHarness) -> dict[str, list[list[str]]]:
     fixtures = harness.tracking.provisioner.fixtures
     assert fixtures is not None
-    urls = {BANK_A_CLEARING: harness.clients.bank_a.rest.base_url,
-            BANK_B_CLEARING: harness.clients.bank_b.rest.base_url}
-    other = {BANK_A_CLEARING: BANK_B_CLEARING, BANK_B_CLEARING: BANK_A_CLEARING}
+    urls = {BANK_A.clearing_number: harness.clients.bank_a.rest.base_url,
+            BANK_B.clearing_number: harness.clients.bank_b.rest.base_url}
+
+    def other(clearing: str) -> str:
+        bank = bank_by_clearing(clearing)
+        assert bank is not None
+        return bank.other.clearing_number
+
     return {urls[c]: [[payer, payee.bankgood_number] for payer in fixtures.payers[c]
-                      for payee in fixtures.payees[other[c]]] for c in urls}
+                      for payee in fixtures.payees[other(c)]] for c in urls}
 
 
 def run_locust(w: World, payers: dict[str, list[list[str]]], user_class: str,
