@@ -31,6 +31,7 @@ from bgmock_twin.logs import get_logger
 from bgmock_twin.scheduler import Job
 from bgmock_twin.settings import TrackingSettings
 from bgmock_twin.tracking import mix
+from bgmock_twin.tracking.clock import Clock
 from bgmock_twin.tracking.follower import Follower
 from bgmock_twin.tracking.ledger import Ledger, LedgerUnavailable
 from bgmock_twin.tracking.lifecycle import Channel, Kind, Payment, Route
@@ -39,7 +40,7 @@ from bgmock_twin.tracking.poller import Purpose, StatusChecker, StatusPoller
 from bgmock_twin.tracking.provisioning import Fixtures, Provisioner, new_deposit_row
 from bgmock_twin.tracking.sender import Sender
 from bgmock_twin.tracking.simulations import SimulationManager
-from bgmock_twin.tracking.tracker import Clock, Tracker
+from bgmock_twin.tracking.tracker import Tracker
 
 log = get_logger(__name__)
 

@@ -19,13 +19,12 @@ from __future__ import annotations
 import copy
 import functools
 import threading
-import time
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from datetime import datetime, timedelta
+from typing import Any
 
 from prometheus_client import Counter as CounterMetric
 from prometheus_client import Histogram
@@ -38,6 +37,7 @@ from bgmock_twin.contract import (
     TransactionResponseEvent,
 )
 from bgmock_twin.logs import get_logger
+from bgmock_twin.tracking.clock import Clock, SystemClock
 from bgmock_twin.tracking.event_log import EventLog, event_entry, invalid_entry, public_entry
 from bgmock_twin.tracking.ledger import Ledger, payment_from_row
 from bgmock_twin.tracking.lifecycle import (
@@ -53,6 +53,7 @@ from bgmock_twin.tracking.lifecycle import (
     observe_step,
     reject,
 )
+from bgmock_twin.tracking.parking import ParkedEvent, ParkedEvents
 
 log = get_logger(__name__)
 
@@ -69,29 +70,6 @@ class PaymentCounts:
     submitted: int
     outcomes: dict[str, int]  # counted outcome -> payments
     parked_events: int  # events that came before their payment's transaction id
-
-
-class Clock(Protocol):
-    def monotonic(self) -> float: ...
-
-    def now(self) -> datetime: ...
-
-
-class SystemClock:
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-
-@dataclass(slots=True)
-class _Parked:
-    topic: str
-    event: Event
-    mono: float
-    utc: datetime
-    entry: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,8 +122,7 @@ class Tracker:
         self._live: dict[str, Payment] = {}
         self._recent: OrderedDict[str, Payment] = OrderedDict()
         self._by_tx: dict[uuid.UUID, str] = {}
-        self._parked: OrderedDict[uuid.UUID, list[_Parked]] = OrderedDict()
-        self._parked_count = 0
+        self._parked = ParkedEvents(park_limit)
         self._submitting = 0
         self._sim_uncounted: Counter[str] = Counter()
         self._last_poll: dict[str, float] = {}
@@ -194,8 +171,7 @@ class Tracker:
             payment.transaction_id = transaction_id
             self._by_tx[transaction_id] = payment_id
             self._observe(payment, Step.ACCEPTED, self.clock.monotonic(), self.clock.now())
-            for parked in self._parked.pop(transaction_id, []):
-                self._parked_count -= 1
+            for parked in self._parked.claim(transaction_id):
                 parked.entry["origin"] = "twin"
                 self._count_message(parked.topic, parked.event, "twin")
                 self._apply_event(payment, parked.topic, parked.event, parked.mono, parked.utc)
@@ -227,11 +203,9 @@ class Tracker:
             payment = self._find(payment_id) if payment_id else None
             if payment is None:
                 if transaction_id is not None and self._submitting > 0 and \
-                        self._parked_count < self.park_limit:
+                        self._parked.park(transaction_id, ParkedEvent(
+                            record.topic, event, now_mono, now_utc, entry)):
                     entry["origin"] = "pending"
-                    self._parked.setdefault(transaction_id, []).append(
-                        _Parked(record.topic, event, now_mono, now_utc, entry))
-                    self._parked_count += 1
                     return
                 entry["origin"] = "foreign"
                 self._count_message(record.topic, event, "foreign")
@@ -246,15 +220,9 @@ class Tracker:
 
     def _expire_parked(self, force: bool) -> None:
         horizon = self.clock.monotonic() - self.park_seconds
-        while self._parked:
-            transaction_id, items = next(iter(self._parked.items()))
-            if not force and items[0].mono > horizon:
-                break
-            del self._parked[transaction_id]
-            for parked in items:
-                self._parked_count -= 1
-                parked.entry["origin"] = "foreign"
-                self._count_message(parked.topic, parked.event, "foreign")
+        for parked in self._parked.expire(horizon, force):
+            parked.entry["origin"] = "foreign"
+            self._count_message(parked.topic, parked.event, "foreign")
 
     def _apply_event(
         self, payment: Payment, topic: str, event: Event, mono: float, utc: datetime
@@ -443,7 +411,7 @@ class Tracker:
                 stuck=dict(stuck),
                 submitted=sum(self.submitted.values()),
                 outcomes={o.value: outcomes.get(o, 0) for o in Outcome},
-                parked_events=self._parked_count,
+                parked_events=self._parked.count,
             )
 
     @property
