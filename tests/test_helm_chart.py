@@ -370,9 +370,14 @@ def test_packaged_chart_carries_the_files_themselves(tmp_path: Path) -> None:
 
 # --- lint and Kubernetes schemas ---------------------------------------------------
 
-@pytest.mark.parametrize("values", [None, "full", "embedded"])
+FLEET_VALUES: dict[str, Any] = {"replicaCount": 3, "persistence": {"enabled": True},
+                                "ledger": {"url": "postgresql://twin:pw@twin-postgres:5432/twin"}}
+
+
+@pytest.mark.parametrize("values", [None, "full", "embedded", "fleet"])
 def test_lint_is_clean(values: str | None) -> None:
-    chosen = {"full": full_values(), "embedded": EMBEDDED_VALUES}.get(values or "")
+    chosen = {"full": full_values(), "embedded": EMBEDDED_VALUES,
+              "fleet": FLEET_VALUES}.get(values or "")
     report = helm_python.lint(CHART, chosen, strict=True, namespace=NAMESPACE)
     assert report["errors"] == []
     findings = [m for m in report["messages"] if m["severity"] >= 2]

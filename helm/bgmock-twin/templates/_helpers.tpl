@@ -69,7 +69,8 @@ app.kubernetes.io/part-of: bgmock
 {{/* The headless Service that governs the StatefulSet (its serviceName): it gives
 each replica a stable DNS name, <pod>.<this>.<namespace>.svc. */}}
 {{- define "bgmock-twin.headlessServiceName" -}}
-{{- printf "%s-headless" (include "bgmock-twin.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- /* At most 52 + 9 characters: checkValues caps the full name at 52. */}}
+{{- printf "%s-headless" (include "bgmock-twin.fullname" .) }}
 {{- end }}
 
 {{/* Whether ledger.url names PostgreSQL, the ledger several replicas can share. */}}
