@@ -186,13 +186,13 @@ def kinds(manifests: list[dict[str, Any]]) -> list[str]:
 
 
 def twin_container(manifests: list[dict[str, Any]]) -> dict[str, Any]:
-    pod = find(manifests, "Deployment")["spec"]["template"]["spec"]
+    pod = find(manifests, "StatefulSet")["spec"]["template"]["spec"]
     return next(c for c in pod["containers"] if c["name"] == "twin")
 
 
 def container_env(manifests: list[dict[str, Any]],
                   external_secrets: dict[str, dict[str, str]] | None = None,
-                  pod_name: str = "twin-bgmock-twin-6d5f8b7c9-x2k4q") -> dict[str, str]:
+                  pod_name: str = f"{FULLNAME}-0") -> dict[str, str]:
     """The environment the kubelet would give the container: envFrom sources in
     order (a later source wins), then env entries with $(VAR) expansion."""
     external_secrets = external_secrets or {}
@@ -370,9 +370,14 @@ def test_packaged_chart_carries_the_files_themselves(tmp_path: Path) -> None:
 
 # --- lint and Kubernetes schemas ---------------------------------------------------
 
-@pytest.mark.parametrize("values", [None, "full", "embedded"])
+FLEET_VALUES: dict[str, Any] = {"replicaCount": 3, "persistence": {"enabled": True},
+                                "ledger": {"url": "postgresql://twin:pw@twin-postgres:5432/twin"}}
+
+
+@pytest.mark.parametrize("values", [None, "full", "embedded", "fleet"])
 def test_lint_is_clean(values: str | None) -> None:
-    chosen = {"full": full_values(), "embedded": EMBEDDED_VALUES}.get(values or "")
+    chosen = {"full": full_values(), "embedded": EMBEDDED_VALUES,
+              "fleet": FLEET_VALUES}.get(values or "")
     report = helm_python.lint(CHART, chosen, strict=True, namespace=NAMESPACE)
     assert report["errors"] == []
     findings = [m for m in report["messages"] if m["severity"] >= 2]
@@ -400,8 +405,8 @@ def test_default_render_is_valid_kubernetes(chart: helm_python.Chart) -> None:
     manifests = render(chart)
     assert validate_kubernetes(manifests) == []
     assert sorted(set(kinds(manifests))) == [
-        "ConfigMap", "Deployment", "Pod", "PodDisruptionBudget", "Secret", "Service",
-        "ServiceAccount"]
+        "ConfigMap", "Pod", "PodDisruptionBudget", "Secret", "Service", "ServiceAccount",
+        "StatefulSet"]
     for manifest in manifests:
         assert manifest["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
         assert manifest["metadata"]["namespace"] == NAMESPACE
@@ -410,8 +415,13 @@ def test_default_render_is_valid_kubernetes(chart: helm_python.Chart) -> None:
 def test_fully_loaded_render_is_valid_kubernetes(chart: helm_python.Chart) -> None:
     manifests = render(chart, full_values())
     assert validate_kubernetes(manifests) == ["PrometheusRule", "ServiceMonitor"]
-    assert {"NetworkPolicy", "PersistentVolumeClaim", "ServiceMonitor", "PrometheusRule",
+    assert {"NetworkPolicy", "StatefulSet", "ServiceMonitor", "PrometheusRule",
             "PodDisruptionBudget"} <= set(kinds(manifests))
+    # The claim is the StatefulSet's (one per replica), not a resource of its own.
+    assert "PersistentVolumeClaim" not in kinds(manifests)
+    (claim,) = find(manifests, "StatefulSet")["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    assert claim["spec"]["storageClassName"] == "standard"
     for manifest in manifests:
         assert manifest["metadata"]["labels"]["team"] == "payments"
 
@@ -468,7 +478,8 @@ def test_defaults_point_at_a_standard_bgmock(chart: helm_python.Chart,
     assert settings.control_token is not None
     assert len(settings.control_token.get_secret_value()) == 48
     assert settings.twin_database_url.get_secret_value() == "sqlite:////data/twin.db"
-    assert settings.instance_id == "twin-bgmock-twin-6d5f8b7c9-x2k4q"
+    assert settings.instance_id == f"{FULLNAME}-0"
+    assert settings.consumer_group == f"digital-twin-simulator.{FULLNAME}-0"
     assert settings.db_bank_a is not None
 
 
@@ -588,7 +599,7 @@ def dockerfile_user() -> int:
 def test_pod_runs_non_root_with_a_read_only_root_filesystem(chart: helm_python.Chart,
                                                              values: str | None) -> None:
     manifests = render(chart, full_values() if values else None)
-    pod = find(manifests, "Deployment")["spec"]["template"]["spec"]
+    pod = find(manifests, "StatefulSet")["spec"]["template"]["spec"]
     container = twin_container(manifests)
     pod_ctx, ctx = pod["securityContext"], container["securityContext"]
     assert pod_ctx["runAsNonRoot"] is True and ctx["runAsNonRoot"] is True
@@ -615,29 +626,191 @@ def test_probes_use_healthz_and_readyz(chart: helm_python.Chart) -> None:
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
     assert container["args"] == ["run"]
-    service = find(manifests, "Service")
+    service = find(manifests, "Service", FULLNAME)
     assert service["spec"]["ports"][0]["targetPort"] == "http"
     assert service["spec"]["selector"].items() <= \
-        find(manifests, "Deployment")["spec"]["template"]["metadata"]["labels"].items()
+        find(manifests, "StatefulSet")["spec"]["template"]["metadata"]["labels"].items()
 
 
-def test_persistence_uses_a_claim_and_recreates(chart: helm_python.Chart) -> None:
-    manifests = render(chart, {"persistence": {"enabled": True}})
-    claim = find(manifests, "PersistentVolumeClaim")
-    deployment = find(manifests, "Deployment")
-    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
-    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
-    existing = render(chart, {"persistence": {"enabled": True, "existingClaim": "mine"}})
-    assert "PersistentVolumeClaim" not in kinds(existing)
+def data_volume(statefulset: dict[str, Any]) -> dict[str, Any] | None:
+    volumes = {v["name"]: v for v in statefulset["spec"]["template"]["spec"]["volumes"]}
+    return volumes.get("data")
+
+
+def test_persistence_gives_each_replica_its_own_claim(chart: helm_python.Chart) -> None:
+    manifests = render(chart, {"persistence": {"enabled": True, "size": "3Gi",
+                                               "annotations": {"backup": "daily"}}})
+    assert validate_kubernetes(manifests) == []
+    statefulset = find(manifests, "StatefulSet")
+    assert "PersistentVolumeClaim" not in kinds(manifests)
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    # The pod mounts the claim of the template (data-<pod name>), no volume of its own.
+    assert claim["metadata"]["name"] == "data"
+    assert data_volume(statefulset) is None
+    mounts = {m["name"]: m["mountPath"] for m in twin_container(manifests)["volumeMounts"]}
+    assert mounts["data"] == "/data"
+    assert claim["spec"] == {"accessModes": ["ReadWriteOnce"],
+                             "resources": {"requests": {"storage": "3Gi"}}}
+    assert claim["metadata"]["annotations"] == {"backup": "daily"}
+    # volumeClaimTemplates are immutable: a label that changes with the chart or
+    # image version would fail every later `helm upgrade`.
+    assert claim["metadata"]["labels"] == \
+        statefulset["spec"]["selector"]["matchLabels"]
+    # One pod at a time, the old one gone before its successor: one SQLite writer.
+    assert statefulset["spec"]["updateStrategy"] == {"type": "RollingUpdate",
+                                                     "rollingUpdate": {"partition": 0}}
+    existing = find(render(chart, {"persistence": {"enabled": True, "existingClaim": "mine"}}),
+                    "StatefulSet")
+    assert "volumeClaimTemplates" not in existing["spec"]
+    assert data_volume(existing) == {"name": "data",
+                                     "persistentVolumeClaim": {"claimName": "mine"}}
+    ephemeral = find(render(chart), "StatefulSet")
+    assert "volumeClaimTemplates" not in ephemeral["spec"]
+    assert data_volume(ephemeral) == {"name": "data", "emptyDir": {"sizeLimit": "1Gi"}}
 
 
 def test_template_guards_reject_inconsistent_values(chart: helm_python.Chart) -> None:
     with pytest.raises(helm_python.HelmRenderError, match="must exceed"):
         render(chart, {"terminationGracePeriodSeconds": 8})
-    with pytest.raises(helm_python.HelmRenderError, match="cannot share one SQLite"):
-        render(chart, {"replicaCount": 2, "persistence": {"enabled": True}})
-    assert find(render(chart, {"replicaCount": 2}), "Deployment")["spec"]["replicas"] == 2
+    with pytest.raises(helm_python.HelmRenderError, match="at most 52"):
+        render(chart, {"fullnameOverride": "t" * 53})
+    assert find(render(chart, {"fullnameOverride": "t" * 52}), "StatefulSet")
+
+
+# --- several replicas -----------------------------------------------------------------
+
+POSTGRES_LEDGER = "postgresql://twin:pw@twin-postgres:5432/twin"
+
+
+@pytest.mark.parametrize("url", [POSTGRES_LEDGER, "postgres://twin:pw@pg/twin",
+                                 "postgresql+psycopg2://twin:pw@pg:5432/twin"])
+def test_three_replicas_on_a_shared_ledger_are_a_valid_statefulset(
+        chart: helm_python.Chart, url: str, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    values = {"replicaCount": 3, "ledger": {"url": url}, "persistence": {"enabled": True}}
+    chart.validate_schema(values)
+    manifests = render(chart, values)
+    assert validate_kubernetes(manifests) == []
+    statefulset = find(manifests, "StatefulSet", FULLNAME)
+    spec = statefulset["spec"]
+    assert spec["replicas"] == 3
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert "Deployment" not in kinds(manifests)
+    # The governing Service is headless and selects the replicas.
+    headless = find(manifests, "Service", spec["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["publishNotReadyAddresses"] is True
+    assert headless["spec"]["selector"].items() <= \
+        spec["template"]["metadata"]["labels"].items()
+    assert spec["selector"]["matchLabels"].items() <= \
+        spec["template"]["metadata"]["labels"].items()
+    # The API Service is still there, a normal one.
+    api = find(manifests, "Service", FULLNAME)
+    assert api["spec"]["type"] == "ClusterIP" and "clusterIP" not in api["spec"]
+    # Each replica's instance id is its pod name: <StatefulSet>-<ordinal>, the same
+    # after every restart, and so is its consumer group.
+    (instance,) = [e for e in twin_container(manifests)["env"] if e["name"] == "TWIN_INSTANCE_ID"]
+    assert instance["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    groups = set()
+    for ordinal in range(spec["replicas"]):
+        pod_name = f"{statefulset['metadata']['name']}-{ordinal}"
+        env = container_env(manifests, bgmock_postgres_secrets(), pod_name=pod_name)
+        settings = daemon_settings(env, monkeypatch, tmp_path)
+        assert settings.instance_id == pod_name
+        assert settings.twin_database_url.get_secret_value() == url
+        groups.add(settings.consumer_group)
+    assert groups == {f"digital-twin-simulator.{FULLNAME}-{n}" for n in range(3)}
+
+
+REFUSED_LEDGERS = [
+    pytest.param({}, "ledger.url is empty", id="no-url"),
+    pytest.param({"persistence": {"enabled": True}}, "ledger.url is empty",
+                 id="no-url-persistence"),
+    pytest.param({"ledger": {"url": "sqlite:////data/twin.db"}},
+                 'ledger.url has the scheme "sqlite"', id="sqlite"),
+    pytest.param({"ledger": {"url": "sqlite:////data/twin.db"}, "persistence": {"enabled": True}},
+                 'ledger.url has the scheme "sqlite"', id="sqlite-persistence"),
+    pytest.param({"ledger": {"url": "mysql://twin:hunter2@db/twin"}},
+                 'ledger.url has the scheme "mysql"', id="mysql"),
+    pytest.param({"ledger": {"url": "sqlite:///postgresql://x"}},
+                 'ledger.url has the scheme "sqlite"', id="postgres-in-path"),
+]
+
+
+@pytest.mark.parametrize("replicas", [2, 3])
+@pytest.mark.parametrize(("values", "found"), REFUSED_LEDGERS)
+def test_several_replicas_without_a_shared_ledger_are_refused(
+        chart: helm_python.Chart, replicas: int, values: dict[str, Any], found: str) -> None:
+    with pytest.raises(helm_python.HelmRenderError) as raised:
+        render(chart, {**values, "replicaCount": replicas})
+    message = str(raised.value)
+    assert f"replicaCount={replicas} needs a shared ledger, but {found}" in message
+    assert "Set ledger.url to a PostgreSQL URL" in message
+    assert "hunter2" not in message, "never echo a URL's password"
+
+
+def test_one_replica_needs_no_shared_ledger(chart: helm_python.Chart) -> None:
+    for values in ({}, {"persistence": {"enabled": True}}, {"replicaCount": 0},
+                   {"ledger": {"url": "sqlite:////data/other.db"}}):
+        manifests = render(chart, values)
+        assert validate_kubernetes(manifests) == []
+        assert find(manifests, "StatefulSet")["spec"]["replicas"] == values.get("replicaCount", 1)
+
+
+def test_ledger_url_in_an_existing_secret(chart: helm_python.Chart,
+                                          monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path) -> None:
+    values = {"replicaCount": 3, "existingSecret": "twin-credentials",
+              "ledger": {"inExistingSecret": True}}
+    manifests = render(chart, values)
+    assert validate_kubernetes(manifests) == []
+    assert "TWIN_DATABASE_URL" not in find(manifests, "ConfigMap", FULLNAME)["data"], \
+        "no SQLite default beside the Secret's URL"
+    env = container_env(manifests, {"twin-credentials": {
+        "TWIN_CONTROL_TOKEN": "t" * 32, "TWIN_DATABASE_URL": POSTGRES_LEDGER}},
+        pod_name=f"{FULLNAME}-2")
+    settings = daemon_settings(env, monkeypatch, tmp_path)
+    assert settings.twin_database_url.get_secret_value() == POSTGRES_LEDGER
+    assert settings.instance_id == f"{FULLNAME}-2"
+    # Without the declaration the chart cannot know what the Secret holds: refused.
+    with pytest.raises(helm_python.HelmRenderError, match="needs a shared ledger"):
+        render(chart, {"replicaCount": 3, "existingSecret": "twin-credentials"})
+    # ledger.url would be dropped with existingSecret (the chart's Secret is not rendered).
+    with pytest.raises(helm_python.HelmRenderError,
+                       match=r"ledger\.url is not used with existingSecret"):
+        render(chart, {"replicaCount": 3, "existingSecret": "twin-credentials",
+                       "ledger": {"url": POSTGRES_LEDGER}})
+    with pytest.raises(helm_python.HelmRenderError, match="needs existingSecret"):
+        render(chart, {"replicaCount": 3, "ledger": {"inExistingSecret": True}})
+
+
+def test_several_replicas_cannot_share_an_existing_claim(chart: helm_python.Chart) -> None:
+    with pytest.raises(helm_python.HelmRenderError, match="one claim cannot be every replica"):
+        render(chart, {"replicaCount": 2, "ledger": {"url": POSTGRES_LEDGER},
+                       "persistence": {"enabled": True, "existingClaim": "mine"}})
+
+
+def test_update_strategy_and_pod_management_are_configurable(chart: helm_python.Chart) -> None:
+    values = {"replicaCount": 3, "ledger": {"url": POSTGRES_LEDGER},
+              "podManagementPolicy": "OrderedReady",
+              "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 2}}}
+    manifests = render(chart, values)
+    assert validate_kubernetes(manifests) == []
+    spec = find(manifests, "StatefulSet")["spec"]
+    assert spec["podManagementPolicy"] == "OrderedReady"
+    assert spec["updateStrategy"] == values["updateStrategy"]
+
+
+def test_disruption_budget_and_network_policy_select_the_replicas(
+        chart: helm_python.Chart) -> None:
+    values = full_values()
+    values["replicaCount"] = 3
+    manifests = render(chart, values)
+    labels = find(manifests, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    budget = find(manifests, "PodDisruptionBudget")["spec"]
+    assert budget["selector"]["matchLabels"].items() <= labels.items()
+    policy = find(manifests, "NetworkPolicy")["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
 
 
 # --- values schema ------------------------------------------------------------------
@@ -645,6 +818,10 @@ def test_template_guards_reject_inconsistent_values(chart: helm_python.Chart) ->
 BAD_VALUES = [
     ({"mode": "mirror"}, "/mode"),
     ({"replicaCount": -1}, "/replicaCount"),
+    ({"strategy": {"type": "Recreate"}}, "strategy"),
+    ({"podManagementPolicy": "AllAtOnce"}, "/podManagementPolicy"),
+    ({"updateStrategy": {"type": "Recreate"}}, "/updateStrategy/type"),
+    ({"ledger": {"inExistingSecret": "yes"}}, "/ledger/inExistingSecret"),
     ({"unknownKey": True}, "unknownKey"),
     ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
     ({"image": {"digest": "sha256:xyz"}}, "/image/digest"),
@@ -771,12 +948,15 @@ def test_service_monitor_scrapes_the_twins_service(chart: helm_python.Chart) -> 
     manifests = render(chart, values)
     monitor = find(manifests, "ServiceMonitor")
     jsonschema.validate(monitor, SERVICE_MONITOR_SCHEMA)
-    service = find(manifests, "Service")
+    service = find(manifests, "Service", FULLNAME)
+    headless = find(manifests, "Service", f"{FULLNAME}-headless")
     spec = monitor["spec"]
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert monitor["metadata"]["namespace"] == "monitoring"
     assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     assert spec["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert not spec["selector"]["matchLabels"].items() <= headless["metadata"]["labels"].items(), \
+        "the headless Service selects the same pods: scraped through both, counted twice"
     assert service["metadata"]["labels"][spec["jobLabel"]] == "bgmock-twin"
     (endpoint,) = spec["endpoints"]
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
@@ -964,6 +1144,9 @@ def test_notes_tell_how_to_reach_the_api_and_run_a_simulation(chart: helm_python
     node_port = notes(chart, {"service": {"type": "NodePort", "nodePort": 30090}})
     assert "minikube ip" in node_port
     assert "embedded" in notes(chart, EMBEDDED_VALUES)
+    assert f"pods {FULLNAME}-0)" in text
+    fleet = notes(chart, {"replicaCount": 3, "ledger": {"url": "postgresql://t:p@pg/twin"}})
+    assert f"pods {FULLNAME}-0 to {FULLNAME}-2" in fleet
 
 
 def test_network_policy_admits_scrapes_and_limits_egress(chart: helm_python.Chart) -> None:

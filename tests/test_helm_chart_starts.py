@@ -11,6 +11,7 @@ Tansu broker, the real local PostgreSQL with BGMock's own user names), and a rea
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from tests.support.emulator_process import EmulatorProcess, running_emulator
 from tests.support.ports import wait_for
 from tests.support.postgres import PostgresServer, writable_engine
 from tests.test_helm_chart import (
+    FULLNAME,
     bgmock_postgres_secrets,
     container_env,
     full_values,
@@ -57,6 +59,18 @@ def _local(url: str, postgres: PostgresServer) -> str:
     scheme, _, rest = url.partition("://")
     credentials = rest.rpartition("@")[0]
     return f"{scheme}://{credentials}@127.0.0.1:{postgres.port}/{database}"
+
+
+def _own_database(postgres: PostgresServer, url: str) -> None:
+    """Give the ledger's database to its user, as a real deployment does (PostgreSQL
+    15 and later let only the owner create tables in the public schema)."""
+    parsed = make_url(url)
+    engine = writable_engine(postgres.url(), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{parsed.database}" OWNER TO "{parsed.username}"'))
+    finally:
+        engine.dispose()
 
 
 def _pointed_at_stand_ins(env: dict[str, str], bgmock: EmulatorProcess, broker: TansuBroker,
@@ -97,3 +111,57 @@ def test_the_rendered_environment_starts_a_daemon_with_its_databases_up(
             wait_for(databases_up, timeout=90, interval=0.25, message="databases up")
             assert twin.process.poll() is None
             assert "start_failed" not in twin.log()
+
+
+def test_replicas_of_the_statefulset_start_with_their_own_identities_on_one_ledger(
+        chart: helm_python.Chart, tmp_path: Path, kafka_broker: TansuBroker,
+        postgres: PostgresServer) -> None:
+    """replicaCount: 3 on a PostgreSQL ledger: the environments the kubelet would give
+    pods -0 and -1 differ only in the instance id, and two real daemons started with
+    them share one ledger database, each under its pod name and its own consumer
+    group."""
+    values = {"replicaCount": 3,
+              "ledger": {"url": "postgresql://twin:pw@twin-postgres:5432/twin"}}
+    manifests = render(chart, values)
+    pods = [f"{FULLNAME}-{ordinal}" for ordinal in range(2)]
+    envs = [container_env(manifests, bgmock_postgres_secrets(), pod_name=pod) for pod in pods]
+    assert {k: v for k, v in envs[0].items() if envs[1].get(k) != v} == \
+        {"TWIN_INSTANCE_ID": pods[0]}
+    (tmp_path / "emulator").mkdir()
+    with running_emulator(tmp_path / "emulator", KAFKA_BOOTSTRAP_SERVERS=kafka_broker.bootstrap,
+                          TWIN_KAFKA_SESSION_TIMEOUT_MS="6000") as bgmock:
+        shared = _pointed_at_stand_ins(envs[0], bgmock, kafka_broker, postgres, tmp_path)
+        ledger = shared["TWIN_DATABASE_URL"]
+        assert ledger.startswith("postgresql://twin:pw@127.0.0.1:")
+        _own_database(postgres, ledger)
+        with ExitStack() as stack:
+            twins = []
+            for pod, env in zip(pods, envs, strict=True):
+                (tmp_path / pod).mkdir()
+                local = {**shared, "TWIN_INSTANCE_ID": env["TWIN_INSTANCE_ID"]}
+                twins.append(stack.enter_context(running_daemon(tmp_path / pod, **local)))
+
+            def ledgers_up() -> bool:
+                return all(twin.get("/api/v1/status").json()["payments"]["ledger"]["available"]
+                           for twin in twins)
+
+            wait_for(ledgers_up, timeout=90, interval=0.25, message="both replicas on the ledger")
+            for pod, twin in zip(pods, twins, strict=True):
+                status = twin.get("/api/v1/status").json()
+                assert status["payments"]["consumerGroup"] == f"digital-twin-simulator.{pod}"
+                assert twin.metric("bgmock_twin_info", instance_id=pod) == 1.0
+                assert twin.process.poll() is None
+                assert "start_failed" not in twin.log()
+                assert "ledger_write_failed" not in twin.log()
+            # One ledger: both replicas' payments land in it, each under its pod name.
+            engine = writable_engine(ledger)
+            try:
+                def writers() -> set[str]:
+                    with engine.connect() as conn:
+                        return {row[0] for row in conn.execute(
+                            sa.text("SELECT DISTINCT instance_id FROM twin_payments"))}
+
+                wait_for(lambda: writers() == set(pods), timeout=60, interval=0.5,
+                         message="payments of both replicas in the shared ledger")
+            finally:
+                engine.dispose()

@@ -66,10 +66,48 @@ app.kubernetes.io/part-of: bgmock
 {{- end }}
 {{- end }}
 
-{{/* The claim holding /data, or "" for an emptyDir. */}}
-{{- define "bgmock-twin.claimName" -}}
-{{- if .Values.persistence.enabled }}
-{{- default (printf "%s-data" (include "bgmock-twin.fullname" .)) .Values.persistence.existingClaim }}
+{{/* The headless Service that governs the StatefulSet (its serviceName): it gives
+each replica a stable DNS name, <pod>.<this>.<namespace>.svc. */}}
+{{- define "bgmock-twin.headlessServiceName" -}}
+{{- /* At most 52 + 9 characters: checkValues caps the full name at 52. */}}
+{{- printf "%s-headless" (include "bgmock-twin.fullname" .) }}
+{{- end }}
+
+{{/* Whether ledger.url names PostgreSQL, the ledger several replicas can share. */}}
+{{- define "bgmock-twin.ledgerIsPostgres" -}}
+{{- if regexMatch "^(postgresql|postgres|postgresql\\+psycopg2)://" (.Values.ledger.url | default "") }}true{{ end }}
+{{- end }}
+
+{{/* Refusals: values that would render but run wrong. Included by statefulset.yaml. */}}
+{{- define "bgmock-twin.checkValues" -}}
+{{- $fullname := include "bgmock-twin.fullname" . }}
+{{- $replicas := int .Values.replicaCount }}
+{{- $grace := .Values.config.TWIN_SHUTDOWN_GRACE_SECONDS | default 8 }}
+{{- if le (int .Values.terminationGracePeriodSeconds) (int (ceil $grace)) }}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must exceed config.TWIN_SHUTDOWN_GRACE_SECONDS (%v) so the daemon can drain" .Values.terminationGracePeriodSeconds $grace) }}
+{{- end }}
+{{- /* The StatefulSet controller labels each pod with controller-revision-hash
+<name>-<10-character hash>, a label value of at most 63 characters. */}}
+{{- if gt (len $fullname) 52 }}
+{{- fail (printf "the release's full name %q has %d characters; a StatefulSet's name may have at most 52: shorten the release name or set fullnameOverride" $fullname (len $fullname)) }}
+{{- end }}
+{{- if and .Values.existingSecret .Values.ledger.url }}
+{{- fail "ledger.url is not used with existingSecret (the chart's Secret, which would carry it, is not rendered): put the URL into your Secret under TWIN_DATABASE_URL and set ledger.inExistingSecret=true" }}
+{{- end }}
+{{- if and .Values.ledger.inExistingSecret (not .Values.existingSecret) }}
+{{- fail "ledger.inExistingSecret=true needs existingSecret: the name of the Secret holding TWIN_DATABASE_URL" }}
+{{- end }}
+{{- if gt $replicas 1 }}
+{{- if not (or (include "bgmock-twin.ledgerIsPostgres" .) .Values.ledger.inExistingSecret) }}
+{{- $found := "ledger.url is empty (SQLite at /data/twin.db)" }}
+{{- if .Values.ledger.url }}
+{{- $found = printf "ledger.url has the scheme %q, not PostgreSQL" (regexReplaceAll "://.*$" .Values.ledger.url "") }}
+{{- end }}
+{{- fail (printf "replicaCount=%d needs a shared ledger, but %s: with SQLite every replica keeps a ledger of its own, persistence or not, so the replicas cannot share payments, books or simulations. Set ledger.url to a PostgreSQL URL (postgresql://, postgres:// or postgresql+psycopg2://user:password@host:5432/db), or keep that URL under TWIN_DATABASE_URL in existingSecret and set ledger.inExistingSecret=true; or set replicaCount=1." $replicas $found) }}
+{{- end }}
+{{- if and .Values.persistence.enabled .Values.persistence.existingClaim }}
+{{- fail (printf "replicaCount=%d with persistence.existingClaim: one claim cannot be every replica's /data; leave existingClaim empty and each replica gets its own claim (volumeClaimTemplates)" $replicas) }}
+{{- end }}
 {{- end }}
 {{- end }}
 
