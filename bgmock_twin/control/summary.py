@@ -75,6 +75,8 @@ class Summary:
             "achieved_rate": self.achieved_rate,
             "run_seconds": self.run_seconds,
         }
+        for row in ("total", *STEPS, "send_lag"):
+            values.update({f"{stat}_{row}": None for stat in STATS})
         for row, stats in self.latency().items():
             for stat in STATS:
                 value = stats.get(stat)

@@ -16,6 +16,7 @@ API does not compute) does not hold: a CI gate must not pass on missing data.
 
 from __future__ import annotations
 
+import difflib
 import math
 import operator
 import re
@@ -106,7 +107,7 @@ def parse_threshold(text: str) -> Threshold:
             "with OP one of < <= > >= == !=")
     name = match["name"]
     if name not in NAMES:
-        close = sorted(n for n in NAMES if n.split("_")[0] == name.split("_")[0])[:6]
+        close = difflib.get_close_matches(name, NAMES, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ThresholdError(f"unknown threshold name {name!r}{hint}; "
                              "see 'bgmock-twin simulate --help'")
