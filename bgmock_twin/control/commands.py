@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bgmock_twin.control import render
 from bgmock_twin.control.client import DEFAULT_URL, ControlClient, ControlError
@@ -287,8 +287,8 @@ class _Display:
         self.progress: Progress | None = None
         if out.is_terminal:
             self.progress = Progress(
-                TextColumn("[bold]{task.fields[state]}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[text]}"), TimeElapsedColumn(), console=out,
+                TextColumn("[bold]{task.fields[state]}"), BarColumn(bar_width=16),
+                TimeElapsedColumn(), TextColumn("{task.fields[text]}"), console=out,
                 transient=False,
             )
             self.task = self.progress.add_task("run", total=planned, state="running",

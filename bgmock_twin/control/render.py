@@ -42,12 +42,13 @@ def progress_text(figures: Mapping[str, Any]) -> str:
     outcomes = figures["outcomes"]
     return (
         f"{figures['dispatched']}/{figures['planned']} sent, {_num(figures['rate'], '/s', 1)}, "
-        f"in flight {figures['in_flight']}, dropped {figures['dropped']}, "
+        f"p95 {_num(figures['p95'], ' s', 2)}, in flight {figures['in_flight']}, "
+        f"dropped {figures['dropped']}, "
         + ", ".join(f"{o} {outcomes[o]}" for o in OUTCOMES)
-        + f", p95 {_num(figures['p95'], ' s', 2)}"
     )
 
 
+# --- the summary ----------------------------------------------------------------------------
 def summary(out: Console, result: Summary) -> None:
     detail = result.detail
     spec = detail.get("spec") or {}
