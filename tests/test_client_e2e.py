@@ -245,3 +245,37 @@ def test_a_wrong_token_gives_a_clear_error(tmp_path: Path) -> None:
         right = client("simulate", "--url", daemon.url, "--rate", "5", "--count", "2",
                        "--threshold", "dropped==0", env=_env(TWIN_CONTROL_TOKEN=TOKEN))
         assert right.returncode == 0, right.stdout + right.stderr
+
+
+def test_on_a_terminal_the_live_line_is_a_rich_progress_bar(twin: Daemon) -> None:
+    """Under a pseudo-terminal the progress is redrawn in place (carriage returns,
+    cursor control), not printed as plain lines, and the summary follows."""
+    import pty
+
+    main_fd, child_fd = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bgmock_twin", "simulate", "--url", twin.url, "--rate", "5",
+         "--count", "5", "--wait", "--threshold", "dropped==0"],
+        env=_env(COLUMNS="160", TERM="xterm"), stdin=subprocess.DEVNULL, stdout=child_fd,
+        stderr=child_fd,
+    )
+    os.close(child_fd)
+    chunks: list[bytes] = []
+    try:
+        while True:
+            try:
+                chunk = os.read(main_fd, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        process.wait(timeout=60)
+    finally:
+        os.close(main_fd)
+        stop_process(process)  # type: ignore[arg-type]
+    text = b"".join(chunks).decode(errors="replace")
+    assert process.returncode == 0, text
+    assert "\x1b[" in text and "\r" in text  # redrawn in place
+    assert "running: " not in text  # no plain lines
+    assert "5/5 sent" in text and "latency (s)" in text and "dropped==0" in text

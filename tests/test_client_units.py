@@ -5,6 +5,7 @@ import boundary (it talks HTTP and imports nothing of the daemon)."""
 from __future__ import annotations
 
 import ast
+import io
 import math
 from pathlib import Path
 
@@ -179,3 +180,41 @@ def test_the_client_imports_nothing_of_the_daemon() -> None:
                     offenders.append(f"{path.name}: {name}")
     assert len(list(CONTROL.glob("*.py"))) >= 5
     assert offenders == []
+
+
+# --- rendering ------------------------------------------------------------------------------
+SNAKE_STATUS = {
+    "mode": "embedded", "instance": "t", "version": "0.1.0",
+    "started_at": "2026-12-06T22:49:25+00:00",
+    "services": {"bank_a": {"up": True, "last_check": "2026-12-06T22:50:00+00:00",
+                            "latency_seconds": 0.0042, "reason": None,
+                            "consecutive_failures": 0},
+                 "kafka": {"up": False, "last_check": "2026-12-06T22:50:01+00:00",
+                           "latency_seconds": None, "reason": "broker down",
+                           "consecutive_failures": 3}},
+    "books": {"status": "ok", "violations": 0, "last_run": "2026-12-06T22:51:00+00:00"},
+}
+
+
+def _camel(value: object) -> object:
+    if isinstance(value, dict):
+        return {(k.split("_")[0] + "".join(p.title() for p in k.split("_")[1:])
+                 if k not in ("bank_a",) else k): _camel(v) for k, v in value.items()}
+    return value
+
+
+@pytest.mark.parametrize("body", [SNAKE_STATUS, _camel(SNAKE_STATUS)],
+                         ids=["snake_case", "camelCase"])
+def test_status_table_reads_both_spellings_during_the_transition(body: dict[str, object]) -> None:
+    from rich.console import Console
+
+    from bgmock_twin.control import render
+
+    out = Console(width=160, record=True, file=io.StringIO())
+    render.status(out, body)
+    text = out.export_text()
+    assert "started 2026-12-06T22:49:25+00:00" in text
+    assert "2026-12-06T22:50:00+00:00" in text and "0.004 s" in text
+    kafka = next(line for line in text.splitlines() if line.startswith("kafka"))
+    assert "DOWN" in kafka and "3" in kafka and "broker down" in kafka
+    assert "last reconciliation 2026-12-06T22:51:00+00:00" in text
