@@ -152,6 +152,9 @@ def test_runs_that_cannot_be_made_exit_2_and_start_nothing(twin: Daemon) -> None
     incomplete = client("simulate", "--url", twin.url, "--profile", "ramp", "--duration", "5s")
     assert incomplete.returncode == 2
     assert "--profile ramp needs --ramp-from, --ramp-to and --ramp-duration" in incomplete.stderr
+    nowhere = client("simulate", "--url", twin.url, "--rate", "1", "--count", "1",
+                     "--out", "/nonexistent-dir/summary.json")
+    assert nowhere.returncode == 2 and "--out /nonexistent-dir/summary.json" in nowhere.stderr
     assert set(_simulations(twin)) == before
 
 

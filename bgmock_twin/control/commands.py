@@ -6,7 +6,8 @@ Exit codes of ``simulate`` (k6's convention for thresholds):
 - 0: the run finished (or, without ``--wait``, started) and every threshold held;
 - 99: the run finished but a threshold failed (each failing one is printed);
 - 2: the run could not be made: bad arguments or threshold, the twin unreachable,
-  the token refused, the request rejected, the twin lost mid-run;
+  the token refused, the request rejected, the twin lost mid-run (or, after a run
+  whose thresholds held, the ``--csv`` export failed);
 - 130: interrupted by Ctrl-C: the simulation was stopped on the twin, the summary
   (and ``--out``/``--csv``) still written.
 """
@@ -352,6 +353,10 @@ def simulate(args: argparse.Namespace, client: ControlClient, out: Console) -> i
     if not 1 <= args.csv_page_size <= 10_000:
         print("bgmock-twin simulate: --csv-page-size must be 1..10000", file=sys.stderr)
         return EXIT_NOT_RUN
+    for flag, path in (("--out", args.out), ("--csv", args.csv)):
+        if path is not None and not path.resolve().parent.is_dir():
+            print(f"bgmock-twin simulate: {flag} {path}: no such directory", file=sys.stderr)
+            return EXIT_NOT_RUN
     if from_duration is not None:
         print(f"--duration {args.duration:g}s at this profile is {from_duration['count']} "
               f"payments: the twin's API takes a count, so sending --count "
@@ -396,10 +401,17 @@ def simulate(args: argparse.Namespace, client: ControlClient, out: Console) -> i
     render.summary(out, result)
 
     report = result.as_dict(client.url)
+    export_failed = False
     if args.csv is not None:
-        rows = _write_csv(client, simulation_id, args.csv, args.csv_page_size)
-        report["csv"] = {"path": str(args.csv), "payments": rows}
-        print(f"wrote {rows} payments to {args.csv}")
+        try:
+            rows = _write_csv(client, simulation_id, args.csv, args.csv_page_size)
+        except ControlError as exc:  # the summary is still written below
+            export_failed = True
+            report["csv"] = {"path": str(args.csv), "error": str(exc)}
+            print(f"bgmock-twin: --csv {args.csv} incomplete: {exc}", file=sys.stderr)
+        else:
+            report["csv"] = {"path": str(args.csv), "payments": rows}
+            print(f"wrote {rows} payments to {args.csv}")
     if args.out is not None:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote the summary to {args.out}")
@@ -411,7 +423,9 @@ def simulate(args: argparse.Namespace, client: ControlClient, out: Console) -> i
               f"({verdict.threshold.name} = {value})", file=sys.stderr)
     if interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_THRESHOLDS if failed else EXIT_OK
+    if failed:
+        return EXIT_THRESHOLDS
+    return EXIT_NOT_RUN if export_failed else EXIT_OK
 
 
 def _write_csv(client: ControlClient, simulation_id: str, path: Path, page_size: int) -> int:
