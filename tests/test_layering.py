@@ -6,7 +6,7 @@ layout paragraph describes:
 
     foundation (contract, logs, metrics, errors, workers, database_urls)
     -> settings -> adapters (clients, bus, scheduler) -> domain (tracking, books,
-    probes, emulator) -> api -> app -> cli
+    probes, emulator) -> api -> app -> cli (and control, the client commands)
 
 A module may import its own layer or a lower one, never a higher one; the module
 graph has no cycle; and only ``api/`` speaks HTTP through FastAPI.
@@ -30,7 +30,7 @@ LAYERS: dict[str, int] = {
     "tracking": 3, "books": 3, "probes": 3, "emulator": 3,
     "api": 4,
     "app": 5,
-    "cli": 6, "__main__": 6,
+    "cli": 6, "control": 6, "__main__": 6,
 }
 HTTP_FRAMEWORKS = ("fastapi", "starlette", "uvicorn")
 
