@@ -116,21 +116,9 @@ def summary(out: Console, result: Summary) -> None:
 
 
 # --- status ---------------------------------------------------------------------------------
-def pick(mapping: Mapping[str, Any], camel: str) -> Any:
-    """A field of the status body by its camelCase name.
-
-    # transition: the status body moves to camelCase; until every twin answers in
-    # camelCase the old snake_case spelling is read too. Drop the fallback after.
-    """
-    if camel in mapping:
-        return mapping[camel]
-    snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in camel)  # transition
-    return mapping.get(snake)  # transition
-
-
 def status(out: Console, body: Mapping[str, Any]) -> None:
     out.print(f"twin {body.get('instance')} (version {body.get('version')}), "
-              f"mode {body.get('mode')}, started {pick(body, 'startedAt')}")
+              f"mode {body.get('mode')}, started {body.get('startedAt')}")
     services = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for column in ("service", "up", "latency", "last check", "failures", "reason"):
         services.add_column(column, justify="right" if column in ("latency", "failures")
@@ -139,9 +127,9 @@ def status(out: Console, body: Mapping[str, Any]) -> None:
         up = state.get("up")
         services.add_row(
             name, "up" if up else ("DOWN" if up is False else "?"),
-            _num(pick(state, "latencySeconds"), " s"),
-            str(pick(state, "lastCheck") or "never"),
-            str(pick(state, "consecutiveFailures") or 0), str(state.get("reason") or ""),
+            _num(state.get("latencySeconds"), " s"),
+            str(state.get("lastCheck") or "never"),
+            str(state.get("consecutiveFailures") or 0), str(state.get("reason") or ""),
         )
     out.print(services)
     payments = body.get("payments")
@@ -166,7 +154,7 @@ def status(out: Console, body: Mapping[str, Any]) -> None:
     books = body.get("books")
     if isinstance(books, Mapping):
         out.print(f"books: {books.get('status')}, {books.get('violations')} violation(s), "
-                  f"last reconciliation {pick(books, 'lastRun') or 'not yet'}")
+                  f"last reconciliation {books.get('lastRun') or 'not yet'}")
 
 
 # --- simulations ----------------------------------------------------------------------------
