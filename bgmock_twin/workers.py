@@ -1,11 +1,11 @@
 """One background thread shape for every loop the twin runs.
 
-The Kafka follower, the sender's pacer, the status-poller threads, the
-emulator's outbox publishers and Kafka listeners (and, after issue 10's merge,
-the ledger writer) are each "a named daemon thread that repeats one step until
-asked to stop, and never dies of an exception". ``Worker`` writes that once:
-start, stop with a join timeout, the stop event, exponential back-off with a cap
-after a failed step, error counting and logging, ``alive``.
+The Kafka follower, the sender's pacer, the status-poller threads, the ledger
+writer, the emulator's outbox publishers and Kafka listeners are each "a named
+daemon thread that repeats one step until asked to stop, and never dies of an
+exception". ``Worker`` writes that once: start, stop with a join timeout, the stop
+event, exponential back-off with a cap after a failed step, error counting and
+logging, ``alive``.
 
 A loop becomes a worker by subclassing and overriding hooks:
 
@@ -18,15 +18,10 @@ A loop becomes a worker by subclassing and overriding hooks:
   other than the stop event (a condition variable, say);
 - ``on_stop()``: runs once on the thread after the loop ends (final flush, close).
 
-Moving the ledger writer onto it: its ``_run`` is "wait up to one flush interval
-on its condition, take the pending batch, write it; on failure count, log once,
-put the batch back and wait a back-off of 0.2 s doubling to 5 s; drain what is
-pending before returning on stop". Make the writer ``Worker("ledger-writer",
-backoff=Backoff(0.2, 5.0))`` with: one wait-take-write round as ``step()``
-(re-raise after putting a failed batch back), the counting and the once-only
-warning as ``on_error``, ``notify_all`` on its condition as ``wake``, a last
-drain of the pending rows as ``on_stop``; then drop its own ``_stop``,
-``_thread``, ``start`` and the thread part of ``stop``.
+The ledger writer (``tracking/ledger/store.py``) shows all four hooks at work: a
+step that puts a failed batch back and re-raises, an ``on_error`` that warns once
+per outage, a ``wake`` that notifies its condition, and an ``on_stop`` that drains
+what is still buffered.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from pathlib import Path
 import helm_python
 import pytest
 
-from tests.support.broker import TansuBroker
+from tests.support.broker import TansuBroker, running_broker
 from tests.support.helm import CHART
 from tests.support.postgres import PostgresServer
 
@@ -28,12 +28,8 @@ def component_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def kafka_broker(component_logs: Path) -> Iterator[TansuBroker]:
-    broker = TansuBroker(component_logs)
-    broker.start()
-    try:
+    with running_broker(component_logs) as broker:
         yield broker
-    finally:
-        broker.stop()
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ import yaml
 
 from grafana.catalogue import TARGET_LABELS, exported_series, selectors
 from tests.support.ports import free_port, wait_for
+from tests.support.processes import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 PROM = ROOT / "deploy" / "prometheus"
@@ -575,12 +576,7 @@ def alertmanager(tmp_path: Path) -> Iterator[str]:
             wait_for(ready, timeout=30, message="alertmanager to be ready")
             yield url
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, grace=10)
 
 
 def test_real_alertmanager_inhibits_as_intended(alertmanager: str,

@@ -21,7 +21,6 @@ from bgmock_twin.app import Twin
 from bgmock_twin.books import checks as c
 from bgmock_twin.books.checks import CheckStatus
 from bgmock_twin.books.reconcile import CHANGED_MARGIN, ReconcileConfig, Reconciler
-from bgmock_twin.books.service import Books
 from bgmock_twin.books.sources import LedgerReader
 from bgmock_twin.bus.memory import InMemoryBus
 from bgmock_twin.contract import TOPIC_FORWARDED
@@ -30,6 +29,7 @@ from bgmock_twin.settings import load_settings
 from bgmock_twin.tracking import ledger as ledger_tables
 from tests.support.blackhole import Blackhole
 from tests.support.ports import free_port, wait_for
+from tests.support.twins import books_of, running_twin
 
 FORWARDED_B = bank_groups("02")[0]
 
@@ -60,20 +60,8 @@ def twin(hole: Blackhole, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         reconcile_interval_seconds=3600,  # runs only when a test asks
         lag_interval_seconds=1,
     )
-    daemon = Twin(settings)
-    try:
-        daemon.start()
-        wait_for(lambda: daemon.tracking is not None
-                 and daemon.tracking.provisioner.fixtures is not None,
-                 timeout=30, interval=0.05, message="provisioned")
+    with running_twin(settings, timeout=30) as daemon:
         yield daemon
-    finally:
-        daemon.stop()
-
-
-def _books(twin: Twin) -> Books:
-    assert isinstance(twin.books, Books)
-    return twin.books
 
 
 def _gauge(name: str, **labels: str) -> float | None:
@@ -88,7 +76,7 @@ def _job_runs(job: str) -> float:
 def test_lag_rises_exactly_while_a_group_is_paused_and_falls_after(twin: Twin) -> None:
     bus, emulator, tracking = twin.bus, twin.emulator, twin.tracking
     assert isinstance(bus, InMemoryBus) and emulator is not None and tracking is not None
-    books = _books(twin)
+    books = books_of(twin)
     assert books.lag is not None
 
     def forwarded_lag() -> float | None:
@@ -123,7 +111,7 @@ def test_lag_rises_exactly_while_a_group_is_paused_and_falls_after(twin: Twin) -
 
 
 def test_a_hung_database_is_unknown_and_holds_up_nothing(twin: Twin) -> None:
-    books = _books(twin)
+    books = books_of(twin)
     # the budget follows the interval (up to 25 s); shorter here than the 10 s the
     # hung connection takes to fail, so the run must give up on it
     budget = 3.0
@@ -189,7 +177,7 @@ def test_rest_path_finds_drift_without_any_database(twin: Twin) -> None:
                         sla_seconds=30, outbox_max_pending=100, outbox_max_age_seconds=30),
         ledger=LedgerReader(tracking.ledger.engine, ledger_tables.payments,
                             ledger_tables.deposits, flush=tracking.ledger.flush),
-        clients=twin.clients, engines={}, twin_accounts=_books(twin).twin_accounts,
+        clients=twin.clients, engines={}, twin_accounts=books_of(twin).twin_accounts,
     )
     try:
         clean = reconciler.run()

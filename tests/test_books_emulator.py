@@ -25,6 +25,7 @@ from bgmock_twin.tracking.lifecycle import Channel, Kind
 from tests.support.broker import TansuBroker
 from tests.support.ports import free_port, wait_for
 from tests.support.postgres import PostgresServer
+from tests.support.twins import api_url, running_twin
 
 TOKEN = "books-test-token"
 RECONCILE_INTERVAL = 2.0
@@ -57,27 +58,10 @@ def twin(kafka_broker: TansuBroker, postgres: PostgresServer,
         slo_outbox_age_seconds=OUTBOX_AGE_LIMIT,
         payment_sla_seconds=120,
     )
-    daemon = Twin(settings)
-    try:
-        daemon.start()
+    with running_twin(settings, following=True, timeout=60, interval=0.1) as daemon:
         assert isinstance(daemon.books, Books)
         assert daemon.tracking is not None
-        wait_for(lambda: daemon.tracking is not None and daemon.tracking.following()
-                 and daemon.tracking.provisioner.fixtures is not None,
-                 timeout=60, interval=0.1, message="twin provisioned and following")
         yield daemon
-    finally:
-        daemon.stop()
-
-
-def _books(twin: Twin) -> Books:
-    assert isinstance(twin.books, Books)
-    return twin.books
-
-
-def _api(twin: Twin) -> str:
-    assert twin.api is not None
-    return f"http://127.0.0.1:{twin.api.port}"
 
 
 def _violated(report: dict[str, Any]) -> set[str]:
@@ -85,7 +69,7 @@ def _violated(report: dict[str, Any]) -> set[str]:
 
 
 def _run(twin: Twin) -> dict[str, Any]:
-    response = requests.post(_api(twin) + "/api/v1/reconciliation/run",
+    response = requests.post(api_url(twin) + "/api/v1/reconciliation/run",
                              headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
@@ -95,7 +79,7 @@ def _run(twin: Twin) -> dict[str, Any]:
 def _wait_for_report(twin: Twin, condition: Any, timeout: float = 30) -> dict[str, Any]:
     """Poll the scheduled reports (GET) until ``condition(report)`` holds."""
     def check() -> dict[str, Any] | None:
-        body: dict[str, Any] = requests.get(_api(twin) + "/api/v1/reconciliation",
+        body: dict[str, Any] = requests.get(api_url(twin) + "/api/v1/reconciliation",
                                             timeout=10).json()
         return body if body["ranAt"] and condition(body) else None
 
@@ -158,13 +142,13 @@ def test_clean_books_under_load_have_no_violation(twin: Twin) -> None:
 
 
 def test_run_needs_the_token_and_get_is_open(twin: Twin) -> None:
-    assert requests.post(_api(twin) + "/api/v1/reconciliation/run", timeout=10).status_code \
+    assert requests.post(api_url(twin) + "/api/v1/reconciliation/run", timeout=10).status_code \
         == 401
-    assert requests.post(_api(twin) + "/api/v1/reconciliation/run", timeout=10,
+    assert requests.post(api_url(twin) + "/api/v1/reconciliation/run", timeout=10,
                          headers={"Authorization": "Bearer wrong"}).status_code == 401
-    body = requests.get(_api(twin) + "/api/v1/reconciliation", timeout=10).json()
+    body = requests.get(api_url(twin) + "/api/v1/reconciliation", timeout=10).json()
     assert body["intervalSeconds"] == RECONCILE_INTERVAL
-    paths = requests.get(_api(twin) + "/openapi.json", timeout=10).json()["paths"]
+    paths = requests.get(api_url(twin) + "/openapi.json", timeout=10).json()["paths"]
     assert "/api/v1/reconciliation" in paths and "/api/v1/reconciliation/run" in paths
 
 

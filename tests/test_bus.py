@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from bgmock_twin.bus import BusError, EventConsumer, Record
 from bgmock_twin.bus.kafka import KafkaBus
 from bgmock_twin.bus.memory import InMemoryBus, murmur2, partition_for_key
-from tests.support.broker import TansuBroker
+from tests.support.broker import TansuBroker, running_broker
 
 
 def _signed(value: int) -> int:
@@ -350,12 +350,8 @@ def test_kafka_group_subscription_gets_assigned_and_commits(kafka_bus: KafkaBus)
 @pytest.fixture
 def doomed_broker(component_logs: Path) -> Iterator[TansuBroker]:
     """A broker of its own for the test that kills it (kafka_broker is shared)."""
-    broker = TansuBroker(component_logs)
-    broker.start()
-    try:
+    with running_broker(component_logs) as broker:
         yield broker
-    finally:
-        broker.stop()
 
 
 def test_kafka_operations_raise_bus_error_when_the_broker_is_gone(

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from bgmock_twin.settings import Settings, load_settings
+from bgmock_twin.settings import Settings
+from tests.support.environment import daemon_settings
 from tests.test_dockerfile import env_of, image_user, runtime
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,20 +118,6 @@ def twin_environment(variables: dict[str, str]) -> dict[str, str]:
     for name, value in service(TWIN)["environment"].items():
         env[name] = interpolate(str(value), variables)
     return env
-
-
-def env_name(field: Any) -> str:
-    return str(field.validation_alias.choices[0])
-
-
-def daemon_settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
-                    tmp_path: Path) -> Settings:
-    for field in Settings.model_fields.values():
-        monkeypatch.delenv(env_name(field), raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.chdir(tmp_path)
-    return load_settings()
 
 
 def test_docker_compose_up_runs_the_twin_embedded(monkeypatch: pytest.MonkeyPatch,

@@ -25,24 +25,17 @@ from bgmock_twin.bus.memory import InMemoryBus
 from bgmock_twin.contract import TOPIC_COMPLETED, TOPIC_FORWARDED, TOPIC_INITIATED
 from bgmock_twin.contract.tables import bank_outbox_events
 from bgmock_twin.emulator import EmbeddedBGMock, EmulatorConfig, FaultError
+from tests.support.emulator_world import FAST_OUTBOX, Spy, World, emulator_world
 from tests.support.ports import free_port, port_open, wait_for
-from tests.test_emulator_contract import FAST_OUTBOX, Spy, World
 
 
 @pytest.fixture
 def world() -> Iterator[World]:
     """A fresh emulator per test: faults must not leak between tests."""
-    bus = InMemoryBus()
-    emulator = EmbeddedBGMock(EmulatorConfig(
-        host="127.0.0.1", bus=bus, outbox_interval_seconds=FAST_OUTBOX, admin_port=0))
-    emulator.start()
-    w = World(emulator, bus, Spy(bus))
-    try:
+    with emulator_world(EmulatorConfig(
+            host="127.0.0.1", bus=InMemoryBus(), outbox_interval_seconds=FAST_OUTBOX,
+            admin_port=0)) as w:
         yield w
-    finally:
-        w.close()
-        emulator.stop()
-        bus.close()
 
 
 def _unpublished(world: World, service: str) -> int:

@@ -23,28 +23,23 @@ from bgmock_twin.contract import (
     Status,
     encode_event,
 )
-from bgmock_twin.emulator import EmbeddedBGMock, EmulatorConfig
+from bgmock_twin.emulator import EmulatorConfig
 from tests.support.broker import TansuBroker
+from tests.support.emulator_world import World, emulator_world
 from tests.support.ports import wait_for
-from tests.test_emulator_contract import Spy, World, _check_payment_events, body_of
+from tests.test_emulator_contract import _check_payment_events, body_of
 
 
 @pytest.fixture(scope="module")
 def kafka_world(kafka_broker: TansuBroker) -> Iterator[World]:
     bus = KafkaBus(kafka_broker.bootstrap, session_timeout_ms=6000, client_id="emu-test",
                    metrics_label="emulator")
-    emulator = EmbeddedBGMock(EmulatorConfig(host="127.0.0.1", bus=bus,
-                                             outbox_interval_seconds=0.1))
     started = time.monotonic()
-    emulator.start()  # creates the topics, joins the five groups
-    print(f"emulator on Kafka ready after {time.monotonic() - started:.1f}s")
-    world = World(emulator, bus, Spy(bus))
-    try:
+    # starting creates the topics and joins the five groups
+    with emulator_world(EmulatorConfig(host="127.0.0.1", bus=bus,
+                                       outbox_interval_seconds=0.1)) as world:
+        print(f"emulator on Kafka ready after {time.monotonic() - started:.1f}s")
         yield world
-    finally:
-        world.close()
-        emulator.stop()
-        bus.close()
 
 
 @pytest.mark.parametrize(("source", "dest"), [("01", "02"), ("02", "01")])

@@ -19,26 +19,18 @@ from bgmock_twin.contract.tables import (
     clearing_outbox_events,
     clearing_outgoing_transactions,
 )
-from bgmock_twin.emulator import EmbeddedBGMock, EmulatorConfig
+from bgmock_twin.emulator import EmulatorConfig
+from tests.support.emulator_world import FAST_OUTBOX, World, emulator_world
 from tests.support.postgres import PostgresServer, writable_engine
-from tests.test_emulator_contract import FAST_OUTBOX, Spy, World
 
 
 @pytest.fixture
 def pg_world(postgres: PostgresServer) -> Iterator[World]:
     urls = {name: postgres.create_database(f"bgmock_emu_{name}")
             for name in ("bank_a", "bank_b", "clearing")}
-    bus = InMemoryBus()
-    emulator = EmbeddedBGMock(EmulatorConfig(bus=bus, db_urls=urls,
-                                             outbox_interval_seconds=FAST_OUTBOX))
-    emulator.start()
-    world = World(emulator, bus, Spy(bus))
-    try:
+    with emulator_world(EmulatorConfig(bus=InMemoryBus(), db_urls=urls,
+                                       outbox_interval_seconds=FAST_OUTBOX)) as world:
         yield world
-    finally:
-        world.close()
-        emulator.stop()
-        bus.close()
 
 
 def test_payments_on_postgres_keep_the_books_straight(pg_world: World) -> None:

@@ -42,7 +42,8 @@ from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen
 from pydantic import SecretStr
 
 from bgmock_twin.api.simulation_routes import SimulationRequest
-from bgmock_twin.settings import Settings, load_settings
+from bgmock_twin.settings import Settings
+from tests.support.environment import daemon_settings, env_name
 from tests.support.helm import CHART
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,9 +75,6 @@ LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 # --- the config schema, derived from the daemon's settings -------------------------
-
-def env_name(field: Any) -> str:
-    return str(field.validation_alias.choices[0])
 
 
 def config_schema() -> dict[str, Any]:
@@ -229,17 +227,6 @@ def container_env(manifests: list[dict[str, Any]],
                 continue
             env[entry["name"]] = value
     return env
-
-
-def daemon_settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
-                    tmp_path: Path) -> Settings:
-    """Load the daemon's settings from exactly this environment."""
-    for field in Settings.model_fields.values():
-        monkeypatch.delenv(env_name(field), raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.chdir(tmp_path)  # no stray .env
-    return load_settings()
 
 
 # --- value sets -------------------------------------------------------------------

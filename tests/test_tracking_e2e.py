@@ -24,10 +24,8 @@ from prometheus_client import REGISTRY, generate_latest
 
 from bgmock_twin.api.errors import install_error_handlers
 from bgmock_twin.api.tracking_routes import build_router
-from bgmock_twin.bus.memory import InMemoryBus
-from bgmock_twin.clients.bgmock import BankMapping, BGMockClients
+from bgmock_twin.clients.bgmock import BankMapping
 from bgmock_twin.contract import Status
-from bgmock_twin.emulator import EmbeddedBGMock, EmulatorConfig
 from bgmock_twin.scheduler import JobScheduler
 from bgmock_twin.settings import Settings, load_settings
 from bgmock_twin.tracking.ledger import PaymentQuery
@@ -37,6 +35,8 @@ from bgmock_twin.tracking.provisioning import Provisioner
 from bgmock_twin.tracking.records import PaymentRecord
 from bgmock_twin.tracking.service import Tracking
 from tests.support.ports import wait_for
+from tests.support.twins import MemoryBGMock as BGMock
+from tests.support.twins import await_tracking, memory_bgmock, stop_tracking
 
 OUTBOX_INTERVAL = 0.05
 EXPECTED = {
@@ -50,28 +50,10 @@ EXPECTED = {
 }
 
 
-@dataclass
-class BGMock:
-    bus: InMemoryBus
-    emulator: EmbeddedBGMock
-    clients: BGMockClients
-
-
 @pytest.fixture(scope="module")
 def bgmock() -> Iterator[BGMock]:
-    bus = InMemoryBus()
-    emulator = EmbeddedBGMock(EmulatorConfig(
-        host="127.0.0.1", bus=bus, db_urls={"bank_a": None, "bank_b": None, "clearing": None},
-        outbox_interval_seconds=OUTBOX_INTERVAL,
-    ))
-    emulator.start()
-    clients = BGMockClients.build(dict(emulator.urls), timeout=5, pool_size=64)
-    try:
-        yield BGMock(bus, emulator, clients)
-    finally:
-        clients.close()
-        emulator.stop()
-        bus.close()
+    with memory_bgmock(OUTBOX_INTERVAL, pool_size=64) as world:
+        yield world
 
 
 @dataclass
@@ -108,16 +90,14 @@ def make_twin(bgmock: BGMock, tmp_path: Path) -> Iterator[Callable[..., Twin]]:
         app.include_router(build_router(tracking))
         twin = Twin(tracking, scheduler, TestClient(app), settings)
         started.append(twin)
-        wait_for(tracking.following, timeout=10, message="follower positioned")
-        wait_for(lambda: tracking.status().provisioned, timeout=10, message="provisioned")
+        await_tracking(tracking, timeout=10)
         return twin
 
     try:
         yield make
     finally:
         for twin in started:
-            twin.tracking.stop(5)
-            twin.scheduler.shutdown(wait=False)
+            stop_tracking(twin.tracking, twin.scheduler)
         for target in ("bank_a", "bank_b", "clearing"):
             bgmock.emulator.faults.apply(target, {"paused": False, "latency_seconds": 0,
                                                   "down": False})

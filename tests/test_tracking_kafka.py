@@ -27,6 +27,7 @@ from bgmock_twin.tracking.simulations import SimulationSpec
 from tests.support.broker import TansuBroker
 from tests.support.ports import wait_for
 from tests.support.postgres import PostgresServer
+from tests.support.twins import await_tracking, stop_tracking
 
 
 @dataclass
@@ -59,12 +60,10 @@ def world(kafka_broker: TansuBroker, postgres: PostgresServer) -> Iterator[World
     tracking.start()
     scheduler.add(tracking.jobs())
     try:
-        wait_for(tracking.following, timeout=20, message="follower positioned on Tansu")
-        wait_for(lambda: tracking.status().provisioned, timeout=20, message="provisioned")
+        await_tracking(tracking, timeout=20)
         yield World(kafka_broker, bus, emulator, clients, tracking)
     finally:
-        tracking.stop(5)
-        scheduler.shutdown(wait=False)
+        stop_tracking(tracking, scheduler)
         clients.close()
         emulator.stop()
         bus.close()

@@ -30,11 +30,8 @@ from bgmock_twin.books.reconcile import ReconcileConfig, Reconciler
 from bgmock_twin.books.rest import read_rest_accounts
 from bgmock_twin.books.sources import LedgerReader, bank_of, progress_of
 from bgmock_twin.bus.base import BusError
-from bgmock_twin.bus.memory import InMemoryBus
-from bgmock_twin.clients.bgmock import BGMockClients
 from bgmock_twin.clients.rest import ServiceError
 from bgmock_twin.contract import Status
-from bgmock_twin.emulator import EmbeddedBGMock, EmulatorConfig
 from bgmock_twin.scheduler import JobScheduler
 from bgmock_twin.settings import load_settings
 from bgmock_twin.tracking.ledger import (
@@ -66,6 +63,8 @@ from bgmock_twin.tracking.refusals import (
 from bgmock_twin.tracking.service import Tracking
 from tests.support.ledgers import running_ledger
 from tests.support.ports import wait_for
+from tests.support.twins import MemoryBGMock as Bank
+from tests.support.twins import await_tracking, memory_bgmock, stop_tracking
 
 NOW = datetime(2025, 11, 20, 10, 0, tzinfo=UTC)
 OLD = NOW - timedelta(days=30)
@@ -485,28 +484,10 @@ def test_any_prune_leaves_the_books_model_unchanged(
 
 
 # --- opening balances of adopted accounts (the embedded emulator) ----------------------------
-@dataclass
-class Bank:
-    emulator: EmbeddedBGMock
-    clients: BGMockClients
-    bus: InMemoryBus
-
-
 @pytest.fixture(scope="module")
 def bgmock() -> Iterator[Bank]:
-    bus = InMemoryBus()
-    emulator = EmbeddedBGMock(EmulatorConfig(
-        host="127.0.0.1", bus=bus, db_urls={"bank_a": None, "bank_b": None, "clearing": None},
-        outbox_interval_seconds=0.05,
-    ))
-    emulator.start()
-    clients = BGMockClients.build(dict(emulator.urls), timeout=5, pool_size=8)
-    try:
-        yield Bank(emulator, clients, bus)
-    finally:
-        clients.close()
-        emulator.stop()
-        bus.close()
+    with memory_bgmock(0.05, pool_size=8) as world:
+        yield world
 
 
 def provisioner(bank: Bank, prefix: str, ledger: Ledger | None, **options: float) -> Provisioner:
@@ -662,9 +643,7 @@ def test_a_restarted_twin_with_a_fresh_ledger_reconciles_clean_also_after_prunin
         started.append((tracking, scheduler))
         tracking.start()
         scheduler.add(tracking.jobs())
-        wait_for(tracking.following, timeout=10, message="follower positioned")
-        wait_for(lambda: tracking.status().provisioned, timeout=15, message="provisioned")
-        return tracking
+        return await_tracking(tracking, timeout=15)
 
     def pay_and_settle(tracking: Tracking, kinds: list[tuple[Channel, Kind]]) -> None:
         done = sum(tracking.tracker.counted.values())
@@ -708,5 +687,4 @@ def test_a_restarted_twin_with_a_fresh_ledger_reconciles_clean_also_after_prunin
         assert reconcile(second) == clean
     finally:
         for tracking, scheduler in started:
-            tracking.stop(5)
-            scheduler.shutdown(wait=False)
+            stop_tracking(tracking, scheduler)

@@ -2,11 +2,14 @@
 
 Runs in-memory on a free loopback port; ``stop()``/``start()`` kill and restart it
 on the same port (its data is lost, as with a crashed in-memory broker).
+``running_broker`` starts one and stops it afterwards, also when the test fails.
 """
 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
@@ -66,3 +69,13 @@ class TansuBroker:
             except Exception as exc:
                 if "TOPIC_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
                     raise
+
+
+@contextmanager
+def running_broker(log_dir: Path) -> Iterator[TansuBroker]:
+    broker = TansuBroker(log_dir)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

@@ -2,13 +2,14 @@
 
 Each write is the *whole current row* of a payment (or simulation, or deposit), put
 into a bounded buffer keyed by the row's identity, so a newer snapshot of the same
-payment replaces the older one while it waits. A writer thread upserts the buffer in
-batches. While the database is unavailable the buffer holds up to ``buffer_size``
-distinct rows and loses nothing; beyond that new rows are dropped and counted
-(``bgmock_ledger_dropped_total``) - the next snapshot of a payment carries its full
-state again. Every write gets a sequence number and ``durable_seq`` says up to which
-one everything is stored (or dropped), which lets the Kafka follower commit offsets
-only after what it read is recorded.
+payment replaces the older one while it waits. A writer thread (a ``Worker``) upserts
+the buffer in batches; a failed batch goes back into the buffer and is retried after a
+back-off of 0.2 s doubling to 5 s. While the database is unavailable the buffer holds
+up to ``buffer_size`` distinct rows and loses nothing; beyond that new rows are dropped
+and counted (``bgmock_ledger_dropped_total``) - the next snapshot of a payment carries
+its full state again. Every write gets a sequence number and ``durable_seq`` says up to
+which one everything is stored (or dropped), which lets the Kafka follower commit
+offsets only after what it read is recorded.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from bgmock_twin.logs import get_logger
 from bgmock_twin.settings import mask_url
 from bgmock_twin.tracking.ledger.schema import PRIMARY_KEYS, TABLES, make_engine
 from bgmock_twin.tracking.ledger.upgrade import ensure_schema
+from bgmock_twin.workers import Backoff, Worker
 
 log = get_logger(__name__)
 
@@ -39,7 +41,7 @@ class LedgerUnavailable(Unavailable):
     """The ledger database cannot be read right now."""
 
 
-class LedgerStore:
+class LedgerStore(Worker):
     """The engine, the buffer of rows not yet stored, and the writer thread."""
 
     def __init__(
@@ -49,6 +51,8 @@ class LedgerStore:
         flush_interval: float = 0.1,
         chunk_size: int = 1000,
     ) -> None:
+        super().__init__("ledger-writer", backoff=Backoff(0.2, 5.0),
+                         error_event="ledger_write_failed")
         self.url = url
         self.buffer_size = buffer_size
         self.flush_interval = flush_interval
@@ -60,11 +64,10 @@ class LedgerStore:
         self._seq = 0
         self._durable = 0
         self._schema_ready = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._on_available: list[Callable[[], None]] = []
         self._failing_since: float | None = None
         self._flush_requested = False
+        self._failed_rows = 0  # the size of the last batch that could not be stored
 
     # --- lifecycle -----------------------------------------------------------------------
     def open(self) -> bool:
@@ -88,21 +91,12 @@ class LedgerStore:
         when ``open`` failed at start."""
         self._on_available.append(callback)
 
-    def start(self) -> None:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
-            self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Flush what is buffered (within ``timeout``) and stop the writer."""
-        self.flush(timeout)
-        self._stop.set()
-        with self._lock:
-            self._lock.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+    def stop(self, timeout: float | None = None) -> None:
+        """Flush what is buffered (within ``timeout``, 5 s by default) and stop the
+        writer."""
+        budget = self.join_timeout if timeout is None else timeout
+        self.flush(budget)
+        super().stop(budget)
         if self._pending:
             log.warning("ledger_stopped_with_unwritten_rows", rows=len(self._pending))
 
@@ -147,42 +141,60 @@ class LedgerStore:
             self._lock.notify_all()
             while self._durable < target:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._thread is None:
+                if remaining <= 0 or not self.alive:
                     return self._durable >= target
                 self._lock.wait(min(remaining, 0.05))
             return True
 
-    # --- the writer thread ----------------------------------------------------------------
-    def _run(self) -> None:
-        backoff = 0.2
-        while True:
-            taken = self._take()
-            if taken is None:
-                return
-            batch, upto = taken
-            if not batch:
-                continue
-            try:
-                self._write(batch)
-            except Exception as exc:
-                self._failed(batch, exc)
-                if self._stop.wait(backoff):
-                    return
-                backoff = min(backoff * 2, 5.0)
-                continue
-            backoff = 0.2
-            self._stored(upto)
+    # --- the writer thread (the ``Worker`` hooks) -----------------------------------------
+    def step(self) -> None:
+        """One round: take what was buffered during one flush interval and store it; a
+        failed batch is put back and the error re-raised (the worker then backs off)."""
+        taken = self._take()
+        if taken is None or not taken[0]:
+            return
+        batch, upto = taken
+        try:
+            self._write(batch)
+        except Exception:
+            self._put_back(batch)
+            raise
+        self._stored(upto)
+
+    def on_error(self, exc: Exception) -> None:
+        """Count the failed write; warn once per outage (``_stored`` logs the end)."""
+        metrics.LEDGER_WRITE_ERRORS.inc()
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            log.warning("ledger_write_failed", url=mask_url(self.url),
+                        rows=self._failed_rows, error=short_error(exc))
+
+    def wake(self) -> None:
+        with self._lock:
+            self._lock.notify_all()
+
+    def on_stop(self) -> None:
+        """Store what is still buffered, until a write fails. Stopped during a back-off
+        (the database is failing), the writer does not try again."""
+        if self.consecutive_errors:
+            return
+        while self._has_pending() and self._step_once():
+            pass
+
+    def _has_pending(self) -> bool:
+        with self._lock:
+            return bool(self._pending)
 
     def _take(self) -> tuple[Batch, int] | None:
         """The rows buffered after one interval (a flush request cuts it short), so the
         database sees a few batched transactions a second, not one per write; None
         once stopped with nothing left."""
         with self._lock:
-            if not self._stop.is_set() and not self._flush_requested:
+            if not self.stopping and not self._flush_requested:
                 self._lock.wait(self.flush_interval)
             self._flush_requested = False
             if not self._pending:
-                return None if self._stop.is_set() else ({}, self._seq)
+                return None if self.stopping else ({}, self._seq)
             batch = self._pending
             self._pending = {}
             self._inflight = len(batch)
@@ -203,14 +215,11 @@ class LedgerStore:
                     _upsert(conn, TABLES[kind], PRIMARY_KEYS[kind],
                             rows[start:start + self.chunk_size])
 
-    def _failed(self, batch: Batch, exc: Exception) -> None:
-        """Put the batch back (behind any newer snapshot of the same rows)."""
-        metrics.LEDGER_WRITE_ERRORS.inc()
-        if self._failing_since is None:
-            self._failing_since = time.monotonic()
-            log.warning("ledger_write_failed", url=mask_url(self.url),
-                        rows=len(batch), error=short_error(exc))
+    def _put_back(self, batch: Batch) -> None:
+        """Put a batch that could not be stored back (behind any newer snapshot of the
+        same rows)."""
         with self._lock:
+            self._failed_rows = len(batch)
             for key, value in batch.items():
                 if key not in self._pending:
                     self._pending[key] = value
