@@ -19,6 +19,7 @@ from bgmock_twin.tracking.service import TrackingStatus
 @dataclass(frozen=True, slots=True)
 class TwinStatus:
     mode: str  # embedded or external
+    following: str  # kafka, or rest_polling (no Kafka)
     instance: str
     version: str
     started_at: datetime

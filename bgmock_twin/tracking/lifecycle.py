@@ -16,6 +16,9 @@ monotonic clock, never from service timestamps:
   bank ignores ``transactions.completed`` (it has no such transaction). The steps
   are initiated (the twin sees its own event come back) → forwarded → processed →
   completed, and the final step is ``completed``.
+- Without Kafka (REST polling, ``tracking.rest_follower``) the four event steps
+  cannot be seen: they are the payment's ``hidden`` steps, never invented, and the
+  flow is accepted → settled.
 - An unknown bankgood number skips forwarded and processed: the clearing answers
   ``completed`` FAILED directly. Waiting is always for the step after the furthest
   one seen, so skipped steps are never waited for.
@@ -174,10 +177,15 @@ class Payment:
     message: str | None = None
     finished_at: datetime | None = None
     refusal_ambiguous: bool = False  # rejected, but the request may have arrived
+    # steps the twin cannot see in its mode (no Kafka): never waited for, never invented
+    hidden: frozenset[Step] = frozenset()
 
     @property
     def sequence(self) -> tuple[Step, ...]:
-        return steps_of(self.channel)
+        steps = steps_of(self.channel)
+        if not self.hidden:
+            return steps
+        return tuple(step for step in steps if step not in self.hidden)
 
     @property
     def finished(self) -> bool:

@@ -94,6 +94,7 @@ class PollView:
     finished: bool
     initiated_seen: bool
     completed_seen: bool
+    age: float  # seconds since the intended send time (monotonic)
 
 
 class Tracker:
@@ -109,6 +110,7 @@ class Tracker:
         park_limit: int = 10_000,
         follow_horizon_seconds: float = 3600.0,
         events_limit: int = 1000,
+        hidden_rest_steps: frozenset[Step] = frozenset(),
     ) -> None:
         self.ledger = ledger
         self.step_deadline = step_deadline
@@ -118,6 +120,8 @@ class Tracker:
         self.park_seconds = park_seconds
         self.park_limit = park_limit
         self.follow_horizon = max(follow_horizon_seconds, sla * 2)
+        # steps of a REST payment this twin cannot see (no Kafka): see ``rest_follower``
+        self.hidden_rest_steps = hidden_rest_steps
         self._lock = threading.RLock()
         self._live: dict[str, Payment] = {}
         self._recent: OrderedDict[str, Payment] = OrderedDict()
@@ -142,6 +146,7 @@ class Tracker:
     def register(self, payment: Payment) -> None:
         """A payment is about to leave: from now on it is submitted and followed."""
         with self._lock:
+            self._hide_unseen(payment)
             self._live[payment.payment_id] = payment
             if payment.transaction_id is not None:
                 self._by_tx[payment.transaction_id] = payment.payment_id
@@ -339,6 +344,7 @@ class Tracker:
                 if row["payment_id"] in self._live or row["payment_id"] in self._recent:
                     continue
                 payment = payment_from_row(row, now_mono, now_utc)
+                self._hide_unseen(payment)
                 if payment.finished:
                     self._recent[payment.payment_id] = payment
                 else:
@@ -350,6 +356,19 @@ class Tracker:
                     self._by_tx[payment.transaction_id] = payment.payment_id
             metrics.PAYMENTS_IN_FLIGHT.set(len(self._live))
         return added
+
+    def _hide_unseen(self, payment: Payment) -> None:
+        """Mark the steps this twin cannot see on a REST payment (none with Kafka);
+        a step already seen (in an earlier run with Kafka) stays part of its flow."""
+        if payment.channel is Channel.REST and self.hidden_rest_steps:
+            payment.hidden = self.hidden_rest_steps - payment.steps.keys()
+
+    def awaiting_settlement(self) -> list[str]:
+        """REST payments in flight whose source bank has given an id: those a REST
+        follower must ask about (after a restart, say)."""
+        with self._lock:
+            return [p.payment_id for p in self._live.values()
+                    if p.channel is Channel.REST and p.transaction_id is not None]
 
     # --- reading ----------------------------------------------------------------------------
     def _find(self, payment_id: str | None) -> Payment | None:
@@ -378,6 +397,7 @@ class Tracker:
                 payment.transaction_id, payment.from_clearing, payment.channel,
                 payment.finished, Step.INITIATED in payment.steps,
                 Step.COMPLETED in payment.steps,
+                self.clock.monotonic() - payment.intended_mono,
             )
 
     def followed_ids(self) -> set[str]:
