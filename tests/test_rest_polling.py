@@ -11,6 +11,7 @@ the emulator, so the test counts the GETs BGMock really receives.
 from __future__ import annotations
 
 import json
+import signal
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,24 +37,39 @@ STATUS_PATHS = ("/bank/transaction/outgoing/", "/clearing/transaction/")
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
-        tuple[Daemon, dict[str, CountingProxy], EmulatorProcess]]:
-    tmp_path: Path = tmp_path_factory.mktemp("rest-polling")
-    with running_emulator(tmp_path, TWIN_EMULATOR_OUTBOX_INTERVAL_SECONDS="0.3") as bgmock:
-        proxies = {name: CountingProxy(bgmock.ports[name])
+def bgmock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
+        tuple[EmulatorProcess, dict[str, CountingProxy]]]:
+    """The emulator process (no Kafka anywhere) behind one counting proxy per service."""
+    tmp_path: Path = tmp_path_factory.mktemp("rest-polling-bgmock")
+    with running_emulator(tmp_path, TWIN_EMULATOR_OUTBOX_INTERVAL_SECONDS="0.3") as emulator:
+        proxies = {name: CountingProxy(emulator.ports[name])
                    for name in ("bank_a", "bank_b", "clearing")}
-        env = {"BANK_A_URL": proxies["bank_a"].url, "BANK_B_URL": proxies["bank_b"].url,
-               "CLEARING_SERVICE_URL": proxies["clearing"].url,
-               "TWIN_CONTROL_TOKEN": TOKEN, "TWIN_INSTANCE_ID": "no-kafka",
-               "TWIN_LOAD_RATE": "0.5", "TWIN_REST_POLL_BUDGET": str(BUDGET),
-               "TWIN_PAYMENT_SLA_SECONDS": "60", "TWIN_STEP_DEADLINE_SECONDS": "30",
-               "TWIN_ACCOUNTS_PER_BANK": "2", "TWIN_RECONCILE_INTERVAL_SECONDS": "2"}
         try:
-            with running_daemon(tmp_path, **env) as twin:
-                yield twin, proxies, bgmock
+            yield emulator, proxies
         finally:
             for proxy in proxies.values():
                 proxy.close()
+
+
+def twin_env(proxies: dict[str, CountingProxy], **overrides: str) -> dict[str, str]:
+    """A twin pointed at the three REST URLs, with no KAFKA_BOOTSTRAP_SERVERS."""
+    return {"BANK_A_URL": proxies["bank_a"].url, "BANK_B_URL": proxies["bank_b"].url,
+            "CLEARING_SERVICE_URL": proxies["clearing"].url, "TWIN_MODE": "external",
+            "TWIN_CONTROL_TOKEN": TOKEN, "TWIN_PAYMENT_SLA_SECONDS": "60",
+            "TWIN_STEP_DEADLINE_SECONDS": "30", "TWIN_ACCOUNTS_PER_BANK": "2",
+            "TWIN_RECONCILE_INTERVAL_SECONDS": "2", **overrides}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory,
+          bgmock: tuple[EmulatorProcess, dict[str, CountingProxy]]) -> Iterator[
+        tuple[Daemon, dict[str, CountingProxy], EmulatorProcess]]:
+    emulator, proxies = bgmock
+    tmp_path: Path = tmp_path_factory.mktemp("rest-polling-twin")
+    env = twin_env(proxies, TWIN_INSTANCE_ID="no-kafka", TWIN_LOAD_RATE="0.5",
+                   TWIN_REST_POLL_BUDGET=str(BUDGET))
+    with running_daemon(tmp_path, **env) as twin:
+        yield twin, proxies, emulator
 
 
 def _status_gets(proxies: dict[str, CountingProxy]) -> list[float]:
@@ -168,3 +184,34 @@ def test_status_log_and_info_metric_name_the_mode(
     assert "KAFKA_BOOTSTRAP_SERVERS" in lines[0]["reason"]
     # ready, honestly: the threads that send and poll run
     assert twin.get("/readyz").status_code == 200
+
+
+def test_a_restarted_twin_without_kafka_follows_the_payments_it_left_in_flight(
+        bgmock: tuple[EmulatorProcess, dict[str, CountingProxy]], tmp_path: Path) -> None:
+    """Stopped mid-simulation, the twin leaves accepted payments unsettled in its
+    ledger; started again, it polls them (and sends the rest of the run) until each
+    has its outcome. Its own accounts (another prefix) keep it apart from the twin
+    of the tests above."""
+    _, proxies = bgmock
+    env = twin_env(proxies, TWIN_INSTANCE_ID="no-kafka-restart", TWIN_ACCOUNT_PREFIX="TWINR",
+                   TWIN_LOAD_RATE="0", TWIN_DATABASE_URL=f"sqlite:///{tmp_path}/ledger.db")
+    with running_daemon(tmp_path, **env) as first:
+        wait_for(lambda: first.get("/api/v1/status").json()["payments"]["provisioned"],
+                 timeout=60, interval=0.2, message="twin accounts provisioned")
+        sim_id = start_simulation(first, count=30, rate=10, name="restart")
+        wait_for(lambda: first.get(f"/api/v1/simulations/{sim_id}").json()["dispatched"]
+                 >= 12, timeout=60, interval=0.05, message="12 payments sent")
+        first.process.send_signal(signal.SIGTERM)
+        assert first.process.wait(60) == 0
+    with running_daemon(tmp_path, **env) as second:
+        detail = wait_finished(second, sim_id, timeout=180)
+        resumed = [json.loads(line) for line in second.log().splitlines()
+                   if '"tracking_resumed"' in line]
+        assert resumed and resumed[0]["payments_in_flight"] > 0, second.log()[-2000:]
+        assert detail["unfinished"] == 0, detail
+        items = payments(second, sim_id)
+        assert detail["dispatched"] + detail["dropped"] == 30, detail
+        assert len(items) == detail["dispatched"]
+        for payment in items:
+            assert payment["status"] == "success", payment
+            assert steps(payment) == ["accepted", "settled"], payment
