@@ -157,3 +157,20 @@ def test_a_follow_check_retries_without_an_attempt_limit_on_its_own_backoff() ->
     finally:
         poller.stop()
     assert len(attempts) == 15  # bounded by the checker (final or past SLA), not by 3
+
+
+def test_the_status_command_names_how_the_twin_follows_and_what_it_cannot_see() -> None:
+    import io
+
+    from rich.console import Console
+
+    from bgmock_twin.control import render
+
+    body = {"mode": "external", "following": "rest_polling", "instance": "t",
+            "notObserved": ["initiated", "forwarded", "processed", "completed"],
+            "channels": ["rest"], "version": "0", "startedAt": "2026-12-06T23:00:00+00:00",
+            "services": {}}
+    out = Console(width=160, record=True, file=io.StringIO())
+    render.status(out, body)
+    assert "following payments by rest_polling; not observed: initiated, forwarded, " \
+        "processed, completed" in out.export_text()
