@@ -215,3 +215,45 @@ def test_a_restarted_twin_without_kafka_follows_the_payments_it_left_in_flight(
         for payment in items:
             assert payment["status"] == "success", payment
             assert steps(payment) == ["accepted", "settled"], payment
+
+
+def test_a_payment_late_to_settle_says_where_the_clearing_has_it(
+        bgmock: tuple[EmulatorProcess, dict[str, CountingProxy]], tmp_path: Path) -> None:
+    """Bank B's consumers paused: the payment waits at the clearing (PENDING there).
+    Without Kafka the twin cannot see the steps, but past the step deadline it asks
+    the clearing and shows its answer, timed on its own clock; once Bank B resumes,
+    the payment settles as usual."""
+    emulator, proxies = bgmock
+    admin = emulator.urls["admin"] + "/_emulator/faults"
+    env = twin_env(proxies, TWIN_INSTANCE_ID="no-kafka-stuck", TWIN_ACCOUNT_PREFIX="TWINS",
+                   TWIN_LOAD_RATE="0", TWIN_STEP_DEADLINE_SECONDS="2")
+    with running_daemon(tmp_path, **env) as twin:
+        wait_for(lambda: twin.get("/api/v1/status").json()["payments"]["provisioned"],
+                 timeout=60, interval=0.2, message="twin accounts provisioned")
+        paused = requests.post(admin, json={"service": "bank_b", "paused": True}, timeout=10)
+        assert paused.status_code == 200, paused.text
+        try:
+            sent = twin.post("/api/v1/transactions", {"fromBank": "a", "toBank": "b"})
+            assert sent.status_code == 202, sent.text
+            payment_id = sent.json()["paymentId"]
+
+            def diagnosed() -> dict[str, Any] | None:
+                view: dict[str, Any] = twin.get(f"/api/v1/transactions/{payment_id}").json()
+                return view if view["clearing"] is not None else None
+
+            view = wait_for(diagnosed, timeout=60, interval=0.25, message="clearing asked")
+            assert view["status"] == "in_flight" and view["stuckStep"] == "settled", view
+            assert view["clearing"]["status"] == "PENDING", view
+            assert view["clearing"]["sinceIntendedSeconds"] >= 2.0, view
+            assert steps(view) == ["accepted"]
+        finally:
+            resumed = requests.post(admin, json={"service": "bank_b", "paused": False},
+                                    timeout=10)
+            assert resumed.status_code == 200, resumed.text
+
+        def settled() -> dict[str, Any] | None:
+            view: dict[str, Any] = twin.get(f"/api/v1/transactions/{payment_id}").json()
+            return view if view["status"] == "success" else None
+
+        done = wait_for(settled, timeout=90, interval=0.5, message="settled after the pause")
+        assert steps(done) == ["accepted", "settled"] and done["stuckStep"] is None

@@ -55,6 +55,12 @@ class TimelineEntry(WireResponse):
     duration_seconds: float = Field(description="since the previous step seen")
 
 
+class ClearingView(WireResponse):
+    status: str = Field(description="PENDING, SUCCESS, FAILED, or unknown (not there)")
+    at: datetime
+    since_intended_seconds: float = Field(description="monotonic, from the intended send time")
+
+
 class TransactionView(WireResponse):
     payment_id: str
     transaction_id: str | None
@@ -80,6 +86,9 @@ class TransactionView(WireResponse):
     finished_at: datetime | None
     duration_seconds: float | None = Field(description="intended send to final step")
     timeline: list[TimelineEntry]
+    clearing: ClearingView | None = Field(
+        None, description="without Kafka: what the clearing said when the payment was "
+                          "late to settle (live payments only)")
     not_observed: list[str] = Field(
         default_factory=list,
         description="steps this twin cannot see in its mode (no Kafka: the four event "
@@ -136,6 +145,9 @@ def transaction_view(record: PaymentRecord,
         message=record.message, finished_at=record.finished_at,
         duration_seconds=round(duration, 6) if duration is not None else None,
         timeline=sorted(timeline, key=lambda e: e.since_intended_seconds),
+        clearing=None if record.clearing is None else ClearingView(
+            status=record.clearing.status, at=record.clearing.at,
+            since_intended_seconds=round(record.clearing.since_intended, 6)),
         not_observed=[step.value for step in ALL_STEPS
                       if step in hidden and record.step(step) is None],
     )

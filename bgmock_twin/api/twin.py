@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from bgmock_twin.books.service import BooksStatus
 from bgmock_twin.probes.health import ServiceHealth
-from bgmock_twin.tracking.service import TrackingStatus
+from bgmock_twin.tracking.status import TrackingStatus
 
 
 @dataclass(frozen=True, slots=True)

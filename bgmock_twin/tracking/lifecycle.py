@@ -72,7 +72,7 @@ from bgmock_twin.contract import (
 
 __all__ = [
     "ALL_STEPS", "FAILURE_KINDS", "FINISHED_OUTCOMES", "KAFKA_STEPS", "REST_STEPS", "TOPIC_STEP",
-    "Change", "Channel", "Kind", "Outcome", "Payment", "Route", "Step", "StepMark",
+    "Change", "Channel", "ClearingMark", "Kind", "Outcome", "Payment", "Route", "Step", "StepMark",
     "check_deadline", "final_step", "observe_step", "reject", "steps_of",
 ]
 
@@ -152,6 +152,20 @@ class StepMark:
     duration: float
 
 
+@dataclass(frozen=True, slots=True)
+class ClearingMark:
+    """What the clearing said of a payment when the twin asked it over REST
+    (``PENDING``, ``SUCCESS``, ``FAILED``, or ``unknown`` when it had no such
+    transaction), timed on the twin's monotonic clock from the intended send time.
+    Without Kafka this is where a payment late to settle is: not at the clearing
+    (its initiated event not consumed), PENDING there (forwarded or processed on
+    their way), final there (the source bank has not applied completed)."""
+
+    status: str
+    at: datetime
+    since_intended: float
+
+
 @dataclass(slots=True)
 class Payment:
     payment_id: str
@@ -179,6 +193,7 @@ class Payment:
     refusal_ambiguous: bool = False  # rejected, but the request may have arrived
     # steps the twin cannot see in its mode (no Kafka): never waited for, never invented
     hidden: frozenset[Step] = frozenset()
+    clearing: ClearingMark | None = None  # the latest answer of the clearing (live only)
 
     @property
     def sequence(self) -> tuple[Step, ...]:

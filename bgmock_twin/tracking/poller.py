@@ -15,7 +15,8 @@ Why each check happens (``Purpose``), cheapest first:
 - ``SETTLE``: right after ``completed`` was seen; the bank applies it a moment
   later, so PENDING is retried with exponential backoff.
 - ``STUCK``: a payment past its step deadline, at most every few seconds (the
-  deadline job asks), in case its events were lost.
+  deadline job asks), in case its events were lost. Without Kafka it also asks
+  the clearing, whose answer says where the payment is (``ClearingMark``).
 - ``FOLLOW``: without Kafka (``rest_follower``), the only way to follow a payment:
   asked again with a jittered back-off until the bank's status is final or the
   payment is past its SLA (then ``STUCK`` checks, rarer, take over).
@@ -77,11 +78,14 @@ class BudgetExhausted(Exception):
 
 class StatusChecker:
     def __init__(self, clients: BGMockClients, tracker: Tracker,
-                 budget: RequestBudget | None = None, sla: float | None = None) -> None:
+                 budget: RequestBudget | None = None, sla: float | None = None,
+                 ask_clearing_when_stuck: bool = False) -> None:
         self.clients = clients
         self.tracker = tracker
         self.budget = budget
         self.sla = sla  # FOLLOW checks stop once a payment is past it
+        # without Kafka: a stuck payment's check also asks the clearing where it is
+        self.ask_clearing_when_stuck = ask_clearing_when_stuck
         self.stop_event = threading.Event()
 
     def _spend(self) -> None:
@@ -108,6 +112,11 @@ class StatusChecker:
         try:
             stored = bank.get_outgoing(view.transaction_id)
             if stored is None or stored.status is Status.PENDING:
+                if view.stuck and self.ask_clearing_when_stuck:
+                    self._spend()
+                    at_clearing = self.clients.clearing.get_transaction(view.transaction_id)
+                    self.tracker.clearing_seen(
+                        payment_id, at_clearing.status if at_clearing is not None else None)
                 # PENDING after the 202 means reserved and on its way: not rejected
                 return Result.RETRY if purpose in (Purpose.SETTLE, Purpose.FOLLOW) \
                     else Result.DONE

@@ -23,7 +23,6 @@ import math
 import random
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 
@@ -54,6 +53,7 @@ from bgmock_twin.tracking.rest_follower import (
 )
 from bgmock_twin.tracking.sender import Sender
 from bgmock_twin.tracking.simulations import SimulationManager
+from bgmock_twin.tracking.status import LedgerStatus, TrackingStatus
 from bgmock_twin.tracking.tracker import Tracker
 
 log = get_logger(__name__)
@@ -62,37 +62,6 @@ PROVISION_INTERVAL_SECONDS = 60.0
 DEADLINE_INTERVAL_SECONDS = 1.0
 RETENTION_INTERVAL_SECONDS = 600.0
 LEDGER_BUFFER_SIZE = 100_000
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerStatus:
-    available: bool
-    buffered: int  # rows waiting for the writer
-
-
-@dataclass(frozen=True, slots=True)
-class TrackingStatus:
-    """The payments section of the twin's status."""
-
-    in_flight: int
-    stuck: dict[str, int]  # step waited for -> payments
-    submitted: int
-    outcomes: dict[str, int]  # counted outcome -> payments
-    parked_events: int  # events that came before their payment's transaction id
-    dropped: int
-    sender_busy: int
-    simulations_active: int
-    provisioned: bool
-    provision_error: str | None
-    following: bool
-    kafka_connected: bool
-    ledger: LedgerStatus
-    background_rate: float
-    consumer_group: str
-    following_by: str = Following.KAFKA.value  # kafka or rest_polling
-    not_observed: tuple[str, ...] = ()  # steps of a REST payment this twin cannot see
-    channels: tuple[str, ...] = ("rest", "kafka")  # channels a payment can be sent on
-    poll_requests: int = 0  # status GETs taken from the polling budget (REST polling)
 
 
 class SenderBusy(Unavailable):
@@ -134,7 +103,8 @@ class Tracking:
         )
         self.budget = RequestBudget(settings.rest_poll_budget_per_second) if polling else None
         self.checker = StatusChecker(clients, self.tracker, budget=self.budget,
-                                     sla=settings.payment_sla_seconds)
+                                     sla=settings.payment_sla_seconds,
+                                     ask_clearing_when_stuck=polling)
         self.poller = StatusPoller(self.checker.check)
         self.tracker.subscribe(self.poller.on_step)
         self.rest_follower = RestFollower(self.tracker, self.poller) if polling else None

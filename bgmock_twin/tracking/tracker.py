@@ -44,6 +44,7 @@ from bgmock_twin.tracking.lifecycle import (
     TOPIC_STEP,
     Change,
     Channel,
+    ClearingMark,
     Kind,
     Outcome,
     Payment,
@@ -95,6 +96,7 @@ class PollView:
     initiated_seen: bool
     completed_seen: bool
     age: float  # seconds since the intended send time (monotonic)
+    stuck: bool  # past its step deadline
 
 
 class Tracker:
@@ -188,6 +190,17 @@ class Tracker:
             payment = self._find(payment_id)
             if payment is not None:
                 self._apply(payment, reject(payment, reason, self.clock.now(), ambiguous))
+
+    def clearing_seen(self, payment_id: str, status: Status | None) -> None:
+        """The clearing's answer about a payment the source bank still holds PENDING
+        (``None``: it has no such transaction); kept on the live payment."""
+        with self._lock:
+            payment = self._find(payment_id)
+            if payment is not None and not payment.finished:
+                now = self.clock.monotonic()
+                payment.clearing = ClearingMark(
+                    status.value if status is not None else "unknown", self.clock.now(),
+                    max(0.0, now - payment.intended_mono))
 
     def settle(self, payment_id: str, bank_status: Status) -> None:
         """The source bank shows the payment with a final status."""
@@ -398,6 +411,7 @@ class Tracker:
                 payment.finished, Step.INITIATED in payment.steps,
                 Step.COMPLETED in payment.steps,
                 self.clock.monotonic() - payment.intended_mono,
+                payment.stuck_step is not None,
             )
 
     def followed_ids(self) -> set[str]:
