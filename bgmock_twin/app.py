@@ -1,7 +1,13 @@
 """Wiring: builds every component from the settings, owns start-up and shutdown.
 
 Order of start-up: logging → event bus → (embedded) emulator → REST clients →
-health probes → tracking → books → control API → scheduler. Shutdown runs the
+health probes → tracking → books → control API → scheduler.
+
+The mode: embedded (the emulator, over Kafka or the in-process bus) or external;
+external without ``KAFKA_BOOTSTRAP_SERVERS`` has no bus, so tracking follows its
+payments by REST polling (``tracking.rest_follower``). Which way it follows, and
+what it cannot see that way, is said once at start-up (``twin_mode``), in
+``/api/v1/status`` and in ``bgmock_twin_info{following}``. Shutdown runs the
 other way round and is bounded by ``TWIN_SHUTDOWN_GRACE_SECONDS``: stop
 scheduling, stop sending, let in-flight work finish or give up, close clients.
 """
@@ -36,6 +42,7 @@ from bgmock_twin.logs import configure_logging, get_logger
 from bgmock_twin.probes import build_checks, probe_jobs, registry_for
 from bgmock_twin.scheduler import JobScheduler
 from bgmock_twin.settings import Settings, mask_url
+from bgmock_twin.tracking.rest_follower import Following
 from bgmock_twin.tracking.service import Tracking
 
 log = get_logger(__name__)
@@ -66,6 +73,8 @@ class Twin:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.mode = "embedded" if settings.embedded else "external"
+        self.following = Following.KAFKA if settings.kafka_bootstrap_servers or \
+            settings.embedded else Following.REST_POLLING
         self.started_at = datetime.now(UTC)
         self.bus: EventBus | None = None
         self.emulator: EmbeddedBGMock | None = None
@@ -81,9 +90,9 @@ class Twin:
     # --- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
         settings = self.settings
-        metrics.TWIN_INFO.info(
-            {"version": __version__, "mode": self.mode, "instance_id": settings.instance_id}
-        )
+        metrics.TWIN_INFO.info({"version": __version__, "mode": self.mode,
+                                "instance_id": settings.instance_id,
+                                "following": self.following.value})
         self._export_slo_targets()
         self.bus = build_bus(settings)
         urls = self._start_bgmock()
@@ -94,12 +103,10 @@ class Twin:
         for service, check in build_checks(self.clients, self.bus, self.databases).items():
             self.health.register(service, check)
         self.scheduler.add(probe_jobs(self.health, settings.probes))
-        if self.bus is not None:
-            self.tracking = Tracking(settings.tracking, self.clients, self.bus)
+        tracking = self.tracking = Tracking(settings.tracking, self.clients, self.bus)
+        self._log_mode(tracking)
         books = self.books = self._build_books()
-        routers = [build_books_router(books)]
-        if self.tracking is not None:
-            routers.insert(0, tracking_router(self.tracking))
+        routers = [tracking_router(tracking), build_books_router(books)]
         api = settings.api
         app = create_api(self, api.token, api.max_request_bytes, routers,
                          rate_limit_per_second=api.api_rate_limit_per_second)
@@ -107,14 +114,28 @@ class Twin:
         self.api.start()
         log.info("control_api_listening", host=api.listen_host, port=self.api.port)
         self.scheduler.start()
-        if self.tracking is not None:
-            self.tracking.start()
-            self.scheduler.add(self.tracking.jobs())
+        tracking.start()
+        self.scheduler.add(tracking.jobs())
         self.scheduler.add(books.jobs())
         books.start()
         metrics.TWIN_READY.set(1)
         log.info("twin_started", mode=self.mode, instance=settings.instance_id,
                  urls=urls, services=self.health.services)
+
+    def _log_mode(self, tracking: Tracking) -> None:
+        """One line that says how this twin follows payments and what it cannot see."""
+        status = tracking.status()
+        if self.following is Following.REST_POLLING:
+            log.warning(
+                "twin_mode", mode=self.mode, following=self.following.value,
+                not_observed=list(status.not_observed), channels=list(status.channels),
+                poll_budget_per_second=self.settings.rest_poll_budget_per_second,
+                reason="KAFKA_BOOTSTRAP_SERVERS is not set: payments are sent over REST "
+                       "and followed by polling the source bank and the clearing; the "
+                       "kafka channel is refused and consumer lag is not exported")
+        else:
+            log.info("twin_mode", mode=self.mode, following=self.following.value,
+                     not_observed=[], channels=list(status.channels))
 
     def _start_bgmock(self) -> dict[str, str]:
         settings = self.settings
@@ -249,6 +270,7 @@ class Twin:
     def status(self) -> TwinStatus:
         return TwinStatus(
             mode=self.mode,
+            following=self.following.value,
             instance=self.settings.instance_id,
             version=__version__,
             started_at=self.started_at,

@@ -17,7 +17,11 @@ PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5
 JOB_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 # --- the twin itself -------------------------------------------------------------
-TWIN_INFO = Info("bgmock_twin", "Version, mode and instance of this twin.")
+TWIN_INFO = Info(
+    "bgmock_twin",
+    "Version, mode, instance of this twin and how it follows payments "
+    "(following: kafka, or rest_polling when it runs without Kafka).",
+)
 SLO_TARGET = Gauge(
     "bgmock_slo_target",
     "Alert thresholds from the twin's settings (slo: success_ratio, p95_seconds, "

@@ -199,11 +199,13 @@ def build_simulation_router(tracking: Tracking) -> APIRouter:
     @router.post(
         "/simulations", status_code=202, response_model=SimulationSummary,
         summary="Start a simulation (answers at once with its id)", dependencies=mutate,
-        responses={409: {"description": "too many simulations running"},
+        responses={409: {"description": "too many simulations running, or the kafka "
+                              "channel asked of a twin without Kafka"},
                    503: {"description": "BGMock unreachable: accounts not provisioned"}},
     )
     def create_simulation(request: SimulationRequest) -> SimulationSummary:
         spec = simulation_spec(request, tracking)
+        tracking.require_channel(spec.channel)  # no Kafka: the kafka channel is refused
         tracking.ensure_provisioned()
         return summary_view(simulations.summary(simulations.create(spec)))
 

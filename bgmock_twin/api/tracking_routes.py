@@ -24,7 +24,7 @@ from bgmock_twin.api.simulation_routes import build_simulation_router
 from bgmock_twin.api.wire import AccountNumber, Amount, JsonBodyRoute, WireRequest, WireResponse
 from bgmock_twin.contract import TOPICS
 from bgmock_twin.tracking.ledger import LedgerUnavailable, PaymentQuery
-from bgmock_twin.tracking.lifecycle import Channel, Kind
+from bgmock_twin.tracking.lifecycle import ALL_STEPS, Channel, Kind, Step
 from bgmock_twin.tracking.records import EXPORT_COLUMNS, PaymentRecord, export_row, record_of
 from bgmock_twin.tracking.service import Tracking
 
@@ -55,6 +55,12 @@ class TimelineEntry(WireResponse):
     duration_seconds: float = Field(description="since the previous step seen")
 
 
+class ClearingView(WireResponse):
+    status: str = Field(description="PENDING, SUCCESS, FAILED, or unknown (not there)")
+    at: datetime
+    since_intended_seconds: float = Field(description="monotonic, from the intended send time")
+
+
 class TransactionView(WireResponse):
     payment_id: str
     transaction_id: str | None
@@ -80,6 +86,13 @@ class TransactionView(WireResponse):
     finished_at: datetime | None
     duration_seconds: float | None = Field(description="intended send to final step")
     timeline: list[TimelineEntry]
+    clearing: ClearingView | None = Field(
+        None, description="without Kafka: what the clearing said when the payment was "
+                          "late to settle (live payments only)")
+    not_observed: list[str] = Field(
+        default_factory=list,
+        description="steps this twin cannot see in its mode (no Kafka: the four event "
+                    "steps); never invented, absent from the timeline")
 
 
 class TransactionPage(WireResponse):
@@ -108,7 +121,10 @@ class EventPage(WireResponse):
 
 
 # --- conversions ------------------------------------------------------------------------------
-def transaction_view(record: PaymentRecord) -> TransactionView:
+def transaction_view(record: PaymentRecord,
+                     hidden: frozenset[Step] = frozenset()) -> TransactionView:
+    """``hidden``: the steps of such a payment the twin cannot see in its mode; those
+    its timeline lacks are listed as not observed."""
     timeline = [
         TimelineEntry(step=s.step.value, at=s.at,
                       since_intended_seconds=round(s.since_intended, 6),
@@ -129,6 +145,11 @@ def transaction_view(record: PaymentRecord) -> TransactionView:
         message=record.message, finished_at=record.finished_at,
         duration_seconds=round(duration, 6) if duration is not None else None,
         timeline=sorted(timeline, key=lambda e: e.since_intended_seconds),
+        clearing=None if record.clearing is None else ClearingView(
+            status=record.clearing.status, at=record.clearing.at,
+            since_intended_seconds=round(record.clearing.since_intended, 6)),
+        not_observed=[step.value for step in ALL_STEPS
+                      if step in hidden and record.step(step) is None],
     )
 
 
@@ -179,7 +200,8 @@ def build_router(tracking: Tracking) -> APIRouter:
         "/transactions", status_code=202, response_model=TransactionView,
         summary="Send one synthetic payment now and follow it",
         dependencies=mutate,
-        responses={502: {"description": "the source did not accept it"},
+        responses={409: {"description": "the kafka channel, asked of a twin without Kafka"},
+                   502: {"description": "the source did not accept it"},
                    503: {"description": "BGMock unreachable or all sender slots busy"}},
     )
     def post_transaction(
@@ -191,7 +213,7 @@ def build_router(tracking: Tracking) -> APIRouter:
             to_account=req.to_account, amount=req.amount, channel=Channel(req.channel),
             kind=Kind(req.kind),
         )
-        view = transaction_view(record_of(payment))
+        view = transaction_view(record_of(payment), tracking.not_observed(payment.channel))
         if payment.outcome is not None and payment.outcome.value == "rejected" and \
                 payment.transaction_id is None and payment.channel is Channel.REST:
             raise HTTPException(status_code=502, detail=f"payment {payment.payment_id} "
@@ -225,7 +247,8 @@ def build_router(tracking: Tracking) -> APIRouter:
         if format == "csv":
             return _csv([export_row(r) for r in records], CSV_COLUMNS, "transactions.csv")
         return TransactionPage(
-            items=[transaction_view(r) for r in records], limit=limit, offset=offset,
+            items=[transaction_view(r, tracking.not_observed(r.channel)) for r in records],
+            limit=limit, offset=offset,
             next_offset=offset + limit if len(records) == limit else None,
         )
 
@@ -248,7 +271,7 @@ def build_router(tracking: Tracking) -> APIRouter:
                 raise _unavailable(exc) from None
         if record is None:
             raise HTTPException(status_code=404, detail="no such synthetic payment")
-        view = transaction_view(record)
+        view = transaction_view(record, tracking.not_observed(record.channel))
         if format == "csv":
             entries = [e.model_dump() for e in view.timeline]
             return _csv(entries, ["step", "at", "since_intended_seconds", "duration_seconds"],

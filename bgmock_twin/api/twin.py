@@ -13,12 +13,13 @@ from typing import Any, Protocol
 
 from bgmock_twin.books.service import BooksStatus
 from bgmock_twin.probes.health import ServiceHealth
-from bgmock_twin.tracking.service import TrackingStatus
+from bgmock_twin.tracking.status import TrackingStatus
 
 
 @dataclass(frozen=True, slots=True)
 class TwinStatus:
     mode: str  # embedded or external
+    following: str  # kafka, or rest_polling (no Kafka)
     instance: str
     version: str
     started_at: datetime

@@ -59,10 +59,18 @@ class PaymentsView(WireResponse):
     ledger: LedgerView
     background_rate: float
     consumer_group: str
+    poll_requests: int = Field(description="status GETs taken from the polling budget "
+                                           "(following by rest_polling)")
 
 
 class StatusView(WireResponse):
     mode: str
+    following: str = Field(description="how payments are followed: kafka (the four topics) "
+                                       "or rest_polling (no Kafka: the source bank and the "
+                                       "clearing polled over REST)")
+    not_observed: list[str] = Field(description="steps of a payment this twin cannot see "
+                                                "in its mode; never invented")
+    channels: list[str] = Field(description="channels a payment can be sent on")
     instance: str
     version: str
     started_at: str
@@ -84,7 +92,11 @@ def status_view(status: TwinStatus) -> StatusView:
     }
     payments = PaymentsView.model_validate(status.payments, from_attributes=True) \
         if status.payments is not None else None
-    return StatusView(mode=status.mode, instance=status.instance, version=status.version,
+    tracking = status.payments
+    return StatusView(mode=status.mode, following=status.following,
+                      not_observed=list(tracking.not_observed) if tracking else [],
+                      channels=list(tracking.channels) if tracking else [],
+                      instance=status.instance, version=status.version,
                       started_at=status.started_at.isoformat(), services=services,
                       payments=payments,
                       books=None if status.books is None else render_books_status(status.books))

@@ -119,6 +119,10 @@ def summary(out: Console, result: Summary) -> None:
 def status(out: Console, body: Mapping[str, Any]) -> None:
     out.print(f"twin {body.get('instance')} (version {body.get('version')}), "
               f"mode {body.get('mode')}, started {body.get('startedAt')}")
+    if body.get("following"):
+        unseen = body.get("notObserved") or []
+        out.print(f"following payments by {body.get('following')}"
+                  + (f"; not observed: {', '.join(map(str, unseen))}" if unseen else ""))
     services = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for column in ("service", "up", "latency", "last check", "failures", "reason"):
         services.add_column(column, justify="right" if column in ("latency", "failures")
@@ -145,7 +149,7 @@ def status(out: Console, body: Mapping[str, Any]) -> None:
             ("simulations running", payments.get("simulationsActive")),
             ("background rate", f"{payments.get('backgroundRate')}/s"),
             ("accounts provisioned", payments.get("provisioned")),
-            ("following Kafka", payments.get("following")),
+            ("following", payments.get("following")),
         ]
         for label, value in rows:
             table.add_row(label, "-" if value is None else str(value))

@@ -86,6 +86,18 @@ class LedgerSettings(BaseModel):
         return database_url(value)
 
 
+class RestPollingSettings(BaseModel):
+    """Following payments without Kafka (``tracking.rest_follower``)."""
+
+    model_config = SLICE_CONFIG
+
+    rest_poll_budget_per_second: float = Field(
+        50.0, ge=1, le=10_000, validation_alias=env("TWIN_REST_POLL_BUDGET"),
+        description="Without Kafka: status GETs per second, at most, that the twin "
+                    "sends BGMock to follow its payments by polling.",
+    )
+
+
 class TrackingSettings(LedgerSettings, DeadlineSettings, LoadSettings, RestSettings,
-                       BusSettings):
+                       RestPollingSettings, BusSettings):
     """Everything ``Tracking`` reads (its own fields and those it shares)."""

@@ -16,6 +16,9 @@ monotonic clock, never from service timestamps:
   bank ignores ``transactions.completed`` (it has no such transaction). The steps
   are initiated (the twin sees its own event come back) → forwarded → processed →
   completed, and the final step is ``completed``.
+- Without Kafka (REST polling, ``tracking.rest_follower``) the four event steps
+  cannot be seen: they are the payment's ``hidden`` steps, never invented, and the
+  flow is accepted → settled.
 - An unknown bankgood number skips forwarded and processed: the clearing answers
   ``completed`` FAILED directly. Waiting is always for the step after the furthest
   one seen, so skipped steps are never waited for.
@@ -69,7 +72,7 @@ from bgmock_twin.contract import (
 
 __all__ = [
     "ALL_STEPS", "FAILURE_KINDS", "FINISHED_OUTCOMES", "KAFKA_STEPS", "REST_STEPS", "TOPIC_STEP",
-    "Change", "Channel", "Kind", "Outcome", "Payment", "Route", "Step", "StepMark",
+    "Change", "Channel", "ClearingMark", "Kind", "Outcome", "Payment", "Route", "Step", "StepMark",
     "check_deadline", "final_step", "observe_step", "reject", "steps_of",
 ]
 
@@ -149,6 +152,20 @@ class StepMark:
     duration: float
 
 
+@dataclass(frozen=True, slots=True)
+class ClearingMark:
+    """What the clearing said of a payment when the twin asked it over REST
+    (``PENDING``, ``SUCCESS``, ``FAILED``, or ``unknown`` when it had no such
+    transaction), timed on the twin's monotonic clock from the intended send time.
+    Without Kafka this is where a payment late to settle is: not at the clearing
+    (its initiated event not consumed), PENDING there (forwarded or processed on
+    their way), final there (the source bank has not applied completed)."""
+
+    status: str
+    at: datetime
+    since_intended: float
+
+
 @dataclass(slots=True)
 class Payment:
     payment_id: str
@@ -174,10 +191,16 @@ class Payment:
     message: str | None = None
     finished_at: datetime | None = None
     refusal_ambiguous: bool = False  # rejected, but the request may have arrived
+    # steps the twin cannot see in its mode (no Kafka): never waited for, never invented
+    hidden: frozenset[Step] = frozenset()
+    clearing: ClearingMark | None = None  # the latest answer of the clearing (live only)
 
     @property
     def sequence(self) -> tuple[Step, ...]:
-        return steps_of(self.channel)
+        steps = steps_of(self.channel)
+        if not self.hidden:
+            return steps
+        return tuple(step for step in steps if step not in self.hidden)
 
     @property
     def finished(self) -> bool:

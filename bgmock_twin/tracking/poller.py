@@ -15,7 +15,14 @@ Why each check happens (``Purpose``), cheapest first:
 - ``SETTLE``: right after ``completed`` was seen; the bank applies it a moment
   later, so PENDING is retried with exponential backoff.
 - ``STUCK``: a payment past its step deadline, at most every few seconds (the
-  deadline job asks), in case its events were lost.
+  deadline job asks), in case its events were lost. Without Kafka it also asks
+  the clearing, whose answer says where the payment is (``ClearingMark``).
+- ``FOLLOW``: without Kafka (``rest_follower``), the only way to follow a payment:
+  asked again with a jittered back-off until the bank's status is final or the
+  payment is past its SLA (then ``STUCK`` checks, rarer, take over).
+
+With a ``RequestBudget`` (REST polling) every GET takes a token first, so the
+checks of thousands of payments in flight spread out instead of flooding BGMock.
 
 ``StatusPoller`` runs the checks on a few threads from a time-ordered queue, at
 most one queued check per payment.
@@ -24,6 +31,7 @@ most one queued check per payment.
 from __future__ import annotations
 
 import heapq
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +41,7 @@ from bgmock_twin.clients.bgmock import BGMockClients
 from bgmock_twin.clients.rest import ServiceError
 from bgmock_twin.contract import Status
 from bgmock_twin.logs import get_logger
+from bgmock_twin.tracking.budget import RequestBudget
 from bgmock_twin.tracking.lifecycle import Channel, Step
 from bgmock_twin.tracking.tracker import StepReached, Tracker
 from bgmock_twin.workers import Worker
@@ -47,11 +56,15 @@ class Purpose(Enum):
     ACCEPT_NOW = "accept_now"  # right after the 202 (single payments over the API)
     SETTLE = "settle"
     STUCK = "stuck"
+    FOLLOW = "follow"  # no Kafka: poll until final or past the SLA
 
 
 # Which purpose wins when two checks of one payment merge: an accept check gives up
-# as soon as events flow, a settle check retries until the bank's status is final.
-_STRENGTH = {Purpose.ACCEPT: 0, Purpose.ACCEPT_NOW: 1, Purpose.STUCK: 2, Purpose.SETTLE: 3}
+# as soon as events flow, settle and follow checks retry until the status is final.
+_STRENGTH = {Purpose.ACCEPT: 0, Purpose.ACCEPT_NOW: 1, Purpose.STUCK: 2, Purpose.SETTLE: 3,
+             Purpose.FOLLOW: 4}
+# How long a check waits for the request budget before it is retried later.
+BUDGET_WAIT_SECONDS = 2.0
 
 
 class Result(Enum):
@@ -59,10 +72,26 @@ class Result(Enum):
     RETRY = "retry"  # not final yet, or the bank could not be asked
 
 
+class BudgetExhausted(Exception):
+    """No request token came in time; the check is retried later."""
+
+
 class StatusChecker:
-    def __init__(self, clients: BGMockClients, tracker: Tracker) -> None:
+    def __init__(self, clients: BGMockClients, tracker: Tracker,
+                 budget: RequestBudget | None = None, sla: float | None = None,
+                 ask_clearing_when_stuck: bool = False) -> None:
         self.clients = clients
         self.tracker = tracker
+        self.budget = budget
+        self.sla = sla  # FOLLOW checks stop once a payment is past it
+        # without Kafka: a stuck payment's check also asks the clearing where it is
+        self.ask_clearing_when_stuck = ask_clearing_when_stuck
+        self.stop_event = threading.Event()
+
+    def _spend(self) -> None:
+        if self.budget is not None and \
+                not self.budget.take(BUDGET_WAIT_SECONDS, self.stop_event):
+            raise BudgetExhausted
 
     def check(self, payment_id: str, purpose: Purpose) -> Result:
         view = self.tracker.poll_view(payment_id)
@@ -72,21 +101,36 @@ class StatusChecker:
         if purpose in (Purpose.ACCEPT, Purpose.ACCEPT_NOW) and \
                 (view.initiated_seen or view.completed_seen):
             return Result.DONE  # events flow: it was not rejected
+        if purpose is Purpose.FOLLOW and self.sla is not None and view.age > self.sla:
+            return Result.DONE  # past its SLA: the deadline job's STUCK checks go on
+        try:
+            self._spend()
+        except BudgetExhausted:
+            return Result.RETRY
         self.tracker.mark_polled(payment_id)
         bank = self.clients.bank(view.from_clearing)
         try:
             stored = bank.get_outgoing(view.transaction_id)
             if stored is None or stored.status is Status.PENDING:
+                if view.stuck and self.ask_clearing_when_stuck:
+                    self._spend()
+                    at_clearing = self.clients.clearing.get_transaction(view.transaction_id)
+                    self.tracker.clearing_seen(
+                        payment_id, at_clearing.status if at_clearing is not None else None)
                 # PENDING after the 202 means reserved and on its way: not rejected
-                return Result.RETRY if purpose is Purpose.SETTLE else Result.DONE
+                return Result.RETRY if purpose in (Purpose.SETTLE, Purpose.FOLLOW) \
+                    else Result.DONE
             if stored.status is Status.FAILED and not view.initiated_seen \
                     and not view.completed_seen:
+                self._spend()
                 at_clearing = self.clients.clearing.get_transaction(view.transaction_id)
                 if at_clearing is None:
                     self.tracker.reject(payment_id, "rejected by the source bank")
                     return Result.DONE
         except ServiceError as exc:
             log.debug("status_check_failed", service=exc.service, reason=exc.reason)
+            return Result.RETRY
+        except BudgetExhausted:
             return Result.RETRY
         self.tracker.settle(payment_id, stored.status)
         return Result.DONE
@@ -102,14 +146,18 @@ class StatusPoller:
         first_delay: float = 0.05,
         max_delay: float = 2.0,
         max_attempts: int = 12,
+        follow_delay: Callable[[int], float] | None = None,
     ) -> None:
         self._check = check
         self.threads = threads
         self.first_delay = first_delay
         self.max_delay = max_delay
         self.max_attempts = max_attempts
+        # the delay before a FOLLOW check's next attempt (``rest_follower``); such
+        # checks are bounded by the SLA, not by ``max_attempts``
+        self.follow_delay = follow_delay or follow_backoff
         self._heap: list[tuple[float, int, str, Purpose, int]] = []
-        self._queued: dict[str, float] = {}
+        self._queued: dict[str, tuple[float, Purpose]] = {}
         # a later request with a stronger purpose rides on an earlier queued check
         self._upgraded: dict[str, Purpose] = {}
         self._counter = 0
@@ -130,6 +178,11 @@ class StatusPoller:
             worker.join(max(0.0, deadline - time.monotonic()))
         self._workers = []
 
+    @property
+    def alive(self) -> bool:
+        """Every check thread runs."""
+        return bool(self._workers) and all(worker.alive for worker in self._workers)
+
     def wake_all(self) -> None:
         with self._cond:
             self._cond.notify_all()
@@ -139,14 +192,19 @@ class StatusPoller:
         due = time.monotonic() + (self.first_delay if delay is None else delay)
         with self._cond:
             queued = self._queued.get(payment_id)
-            if queued is not None and queued <= due:
-                if _STRENGTH[purpose] > _STRENGTH[self._upgraded.get(payment_id, Purpose.ACCEPT)]:
-                    self._upgraded[payment_id] = purpose
+            if queued is not None and queued[0] <= due:
+                self._upgrade(payment_id, purpose)
                 return
-            self._queued[payment_id] = due
+            if queued is not None:  # this one goes first and keeps the stronger purpose
+                self._upgrade(payment_id, queued[1])
+            self._queued[payment_id] = (due, purpose)
             self._counter += 1
             heapq.heappush(self._heap, (due, self._counter, payment_id, purpose, attempt))
             self._cond.notify()
+
+    def _upgrade(self, payment_id: str, purpose: Purpose) -> None:
+        if _STRENGTH[purpose] > _STRENGTH[self._upgraded.get(payment_id, Purpose.ACCEPT)]:
+            self._upgraded[payment_id] = purpose
 
     def settle_soon(self, payment_id: str) -> None:
         self.schedule(payment_id, Purpose.SETTLE)
@@ -170,7 +228,7 @@ class StatusPoller:
                     self._cond.wait(min(wait, 0.5))
                     continue
                 heapq.heappop(self._heap)
-                if self._queued.get(payment_id) != due:
+                if self._queued.get(payment_id, (None,))[0] != due:
                     continue  # superseded by an earlier schedule
                 del self._queued[payment_id]
                 stronger = self._upgraded.pop(payment_id, None)
@@ -190,11 +248,28 @@ class StatusPoller:
         except Exception as exc:  # a bad answer never kills the poller
             log.warning("status_check_crashed", error=repr(exc))
             result = Result.RETRY
-        if result is Result.RETRY and attempt + 1 < self.max_attempts:
+        if result is Result.RETRY and purpose is Purpose.FOLLOW:
+            self.schedule(payment_id, purpose, self.follow_delay(attempt + 1), attempt + 1)
+        elif result is Result.RETRY and attempt + 1 < self.max_attempts:
             delay = min(self.max_delay, self.first_delay * 2 ** (attempt + 1))
             if purpose is not Purpose.SETTLE:
                 delay = max(delay, 1.0)
             self.schedule(payment_id, purpose, delay, attempt + 1)
+
+
+FOLLOW_FIRST_DELAY = 1.5  # BGMock's happy path takes 1-5 s (four outbox hops)
+FOLLOW_FACTOR = 1.6
+FOLLOW_MAX_DELAY = 8.0
+FOLLOW_JITTER = 0.25
+
+
+def follow_backoff(attempt: int, rng: random.Random | None = None) -> float:
+    """Seconds before FOLLOW attempt ``attempt`` (0 = the first, after the 202):
+    growing geometrically to a cap, each spread by +-25 % so payments sent together
+    are not asked about together."""
+    base = min(FOLLOW_MAX_DELAY, FOLLOW_FIRST_DELAY * FOLLOW_FACTOR ** attempt)
+    spread = (rng or random).uniform(1 - FOLLOW_JITTER, 1 + FOLLOW_JITTER)
+    return base * spread
 
 
 class _CheckThread(Worker):

@@ -14,7 +14,15 @@ from decimal import Decimal
 from typing import Any
 
 from bgmock_twin.contract import Channel, Status
-from bgmock_twin.tracking.lifecycle import ALL_STEPS, Kind, Outcome, Payment, Route, Step
+from bgmock_twin.tracking.lifecycle import (
+    ALL_STEPS,
+    ClearingMark,
+    Kind,
+    Outcome,
+    Payment,
+    Route,
+    Step,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +62,9 @@ class PaymentRecord:
     refusal_ambiguous: bool
     finished_at: datetime | None
     timeline: tuple[StepRecord, ...]  # the steps seen, in flow order
+    # without Kafka, the clearing's latest answer about a payment late to settle
+    # (live payments only: not kept in the ledger)
+    clearing: ClearingMark | None = None
 
     @property
     def finished(self) -> bool:
@@ -100,6 +111,7 @@ def record_of(p: Payment) -> PaymentRecord:
         finished_at=p.finished_at,
         timeline=tuple(StepRecord(step, mark.at, mark.since_intended, mark.duration)
                        for step in ALL_STEPS if (mark := p.steps.get(step)) is not None),
+        clearing=p.clearing,
     )
 
 

@@ -70,7 +70,7 @@ class Sender(Worker):
         self,
         tracker: Tracker,
         clients: BGMockClients,
-        bus: EventBus,
+        bus: EventBus | None,
         provisioner: Provisioner,
         checker: StatusChecker,
         poller: StatusPoller,
@@ -314,6 +314,8 @@ class Sender(Worker):
     def _get_producer(self) -> EventProducer:
         with self._producer_lock:
             if self._producer is None:
+                if self.bus is None:  # no Kafka: tracking refuses the channel before this
+                    raise BusError("no Kafka configured (KAFKA_BOOTSTRAP_SERVERS unset)")
                 self._producer = self.bus.producer()
             return self._producer
 

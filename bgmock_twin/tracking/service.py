@@ -1,7 +1,12 @@
 """The tracking facade the daemon wires in: one object that owns the ledger, the
-tracker, the sender, the Kafka follower, the status poller and the simulations,
-with a small public surface (``start``, ``jobs``, ``stop``, ``submit_one``,
-``status``, ``ready``). Its HTTP routes live in ``api/``; its
+tracker, the sender, the Kafka follower (or, without a bus, the REST follower),
+the status poller and the simulations, with a small public surface (``start``,
+``jobs``, ``stop``, ``submit_one``, ``status``, ``ready``).
+
+Given no event bus (external mode without ``KAFKA_BOOTSTRAP_SERVERS``) it follows
+payments by REST polling (``rest_follower``): the canary and simulations still run,
+the Kafka channel is refused with the reason, and the steps it cannot see are
+reported as not observed. Its HTTP routes live in ``api/``; its
 scheduled jobs are described by ``jobs()`` and registered by the wiring.
 
 Scheduled jobs (names as seen in ``bgmock_scheduler_*`` metrics):
@@ -18,7 +23,6 @@ import math
 import random
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 
@@ -26,20 +30,30 @@ from bgmock_twin.bus.base import EventBus
 from bgmock_twin.clients.bgmock import BGMockClients
 from bgmock_twin.clients.rest import ServiceError
 from bgmock_twin.contract import BANK_A, BANKS, Bank, bank_by_letter
-from bgmock_twin.errors import InvalidRequest, Unavailable
+from bgmock_twin.errors import InvalidRequest, NotInThisMode, Unavailable
 from bgmock_twin.logs import get_logger
 from bgmock_twin.scheduler import Job
 from bgmock_twin.settings import TrackingSettings
 from bgmock_twin.tracking import mix
+from bgmock_twin.tracking.budget import RequestBudget
 from bgmock_twin.tracking.clock import Clock
 from bgmock_twin.tracking.follower import Follower
 from bgmock_twin.tracking.ledger import Ledger, LedgerUnavailable
-from bgmock_twin.tracking.lifecycle import Channel, Kind, Payment, Route
+from bgmock_twin.tracking.lifecycle import ALL_STEPS, Channel, Kind, Payment, Route, Step
 from bgmock_twin.tracking.load import FixturesUnavailable, LoadProfile, Run, build_payment
 from bgmock_twin.tracking.poller import Purpose, StatusChecker, StatusPoller
 from bgmock_twin.tracking.provisioning import Fixtures, Provisioner, new_deposit_row
+from bgmock_twin.tracking.rest_follower import (
+    KAFKA_CHANNEL_REFUSED,
+    NOT_OBSERVED_WITHOUT_KAFKA,
+    Following,
+    RestFollower,
+    channels,
+    not_observed,
+)
 from bgmock_twin.tracking.sender import Sender
 from bgmock_twin.tracking.simulations import SimulationManager
+from bgmock_twin.tracking.status import LedgerStatus, TrackingStatus
 from bgmock_twin.tracking.tracker import Tracker
 
 log = get_logger(__name__)
@@ -50,33 +64,6 @@ RETENTION_INTERVAL_SECONDS = 600.0
 LEDGER_BUFFER_SIZE = 100_000
 
 
-@dataclass(frozen=True, slots=True)
-class LedgerStatus:
-    available: bool
-    buffered: int  # rows waiting for the writer
-
-
-@dataclass(frozen=True, slots=True)
-class TrackingStatus:
-    """The payments section of the twin's status."""
-
-    in_flight: int
-    stuck: dict[str, int]  # step waited for -> payments
-    submitted: int
-    outcomes: dict[str, int]  # counted outcome -> payments
-    parked_events: int  # events that came before their payment's transaction id
-    dropped: int
-    sender_busy: int
-    simulations_active: int
-    provisioned: bool
-    provision_error: str | None
-    following: bool
-    kafka_connected: bool
-    ledger: LedgerStatus
-    background_rate: float
-    consumer_group: str
-
-
 class SenderBusy(Unavailable):
     """Every sender slot is taken; the payment was dropped and counted."""
 
@@ -85,21 +72,28 @@ class InvalidPayment(InvalidRequest):
     """A payment asked of ``submit_one`` that the twin's accounts cannot make."""
 
 
+class ChannelUnavailable(NotInThisMode):
+    """The Kafka channel, asked of a twin that runs without Kafka (409)."""
+
+
 class Tracking:
     def __init__(
         self,
         settings: TrackingSettings,
         clients: BGMockClients,
-        bus: EventBus,
+        bus: EventBus | None,
         clock: Clock | None = None,
     ) -> None:
         self.settings = settings
+        self.following_by = Following.KAFKA if bus is not None else Following.REST_POLLING
+        polling = self.following_by is Following.REST_POLLING
         self.ledger = Ledger(settings.twin_database_url.get_secret_value(),
                              buffer_size=LEDGER_BUFFER_SIZE)
         self.tracker = Tracker(
             self.ledger, step_deadline=settings.step_deadline_seconds,
             sla=settings.payment_sla_seconds, clock=clock,
             park_seconds=settings.rest_timeout_seconds + 2,
+            hidden_rest_steps=NOT_OBSERVED_WITHOUT_KAFKA if polling else frozenset(),
         )
         self.provisioner = Provisioner(
             clients, settings.account_prefix, settings.accounts_per_bank,
@@ -107,15 +101,22 @@ class Tracking:
             has_history=self.ledger.has_history,
             stuck_after_seconds=settings.payment_sla_seconds,
         )
-        self.checker = StatusChecker(clients, self.tracker)
+        self.budget = RequestBudget(settings.rest_poll_budget_per_second) if polling else None
+        self.checker = StatusChecker(clients, self.tracker, budget=self.budget,
+                                     sla=settings.payment_sla_seconds,
+                                     ask_clearing_when_stuck=polling)
         self.poller = StatusPoller(self.checker.check)
         self.tracker.subscribe(self.poller.on_step)
+        self.rest_follower = RestFollower(self.tracker, self.poller) if polling else None
+        if self.rest_follower is not None:
+            self.tracker.subscribe(self.rest_follower.on_step)
         self.sender = Sender(
             self.tracker, clients, bus, self.provisioner, self.checker, self.poller,
             settings.max_in_flight_requests, settings.instance_id,
             ledger=self.ledger,
         )
-        self.follower = Follower(bus, settings.consumer_group, self.tracker, self.ledger)
+        self.follower = Follower(bus, settings.consumer_group, self.tracker, self.ledger) \
+            if bus is not None else None
         self.simulations = SimulationManager(
             self.sender, self.tracker, self.ledger, settings.instance_id)
         self.background = LoadProfile(
@@ -141,9 +142,11 @@ class Tracking:
         self.ledger.start()
         self.poller.start()
         self.sender.start()
-        self.follower.start()
+        if self.follower is not None:
+            self.follower.start()
         self._started = True
-        log.info("tracking_started", group=self.settings.consumer_group,
+        log.info("tracking_started", following=self.following_by.value,
+                 group=self.settings.consumer_group if self.follower is not None else None,
                  background_rate=self.settings.load_rate_per_second)
 
     def jobs(self) -> list[Job]:
@@ -183,8 +186,10 @@ class Tracking:
         budget = max(timeout, 0.5)
         self.sender.stop(budget * 0.4)
         self.simulations.shutdown()
+        self.checker.stop_event.set()  # a check waiting for the polling budget gives up
         self.poller.stop(budget * 0.1)
-        self.follower.stop(budget * 0.2)
+        if self.follower is not None:
+            self.follower.stop(budget * 0.2)
         self.ledger.stop(budget * 0.3)
         self.ledger.close()
         log.info("tracking_stopped")
@@ -201,6 +206,8 @@ class Tracking:
             return
         self._resumed.set()
         following = self.tracker.resume(rows)
+        if self.rest_follower is not None:
+            self.rest_follower.resume()
         self.simulations.load()
         if following:
             log.info("tracking_resumed", payments_in_flight=following)
@@ -301,6 +308,7 @@ class Tracking:
         once the source accepted it). Banks are letters (``a``, ``b``). Raises
         ``FixturesUnavailable`` (BGMock unreachable), ``InvalidPayment`` (accounts
         that are not the twin's, or both on one bank) or ``SenderBusy``."""
+        self.require_channel(channel)
         if channel is Channel.KAFKA and kind is Kind.INSUFFICIENT_FUNDS:
             raise InvalidPayment(
                 "insufficient_funds needs the rest channel (kafka bypasses the bank)")
@@ -337,15 +345,34 @@ class Tracking:
         followed = self.tracker.get(payment.payment_id)
         return followed if followed is not None else payment
 
+    def require_channel(self, channel: Channel) -> None:
+        """Refuse, with the reason, a channel this twin cannot send on (Kafka without
+        Kafka): for one payment and for simulations."""
+        if channel not in channels(self.following_by):
+            raise ChannelUnavailable(KAFKA_CHANNEL_REFUSED)
+
+    def not_observed(self, channel: Channel) -> frozenset[Step]:
+        """The steps of a payment on ``channel`` this twin cannot see in its mode."""
+        return not_observed(self.following_by, channel)
+
     # --- views ------------------------------------------------------------------------------
     def ready(self) -> bool:
-        """Started, not stopping, and the follower thread is alive. Deliberately not
-        tied to Kafka or BGMock being reachable: the twin's job is to report them."""
-        return self._started and not self._stopping and self.follower.alive
+        """Started, not stopping, and the threads that follow payments are alive (the
+        Kafka follower, or without Kafka the status poller that polls them).
+        Deliberately not tied to Kafka or BGMock being reachable: the twin's job is
+        to report them."""
+        if not self._started or self._stopping:
+            return False
+        if self.follower is not None:
+            return self.follower.alive
+        return self.poller.alive and self.sender.alive
 
     def following(self) -> bool:
-        """The follower is positioned on every partition (events will be seen)."""
-        return self.follower.ready()
+        """Payments are being followed: the Kafka follower is positioned on every
+        partition (events will be seen), or without Kafka the REST polling runs."""
+        if self.follower is not None:
+            return self.follower.ready()
+        return self.ready()
 
     def status(self) -> TrackingStatus:
         fixtures = self.provisioner.fixtures
@@ -361,12 +388,20 @@ class Tracking:
             simulations_active=self.simulations.active(),
             provisioned=fixtures is not None and fixtures.complete(),
             provision_error=self.provisioner.last_error,
-            following=self.follower.ready(),
-            kafka_connected=self.follower.connected,
+            following=self.following(),
+            kafka_connected=self.follower is not None and self.follower.connected,
             ledger=LedgerStatus(available=self.ledger.available, buffered=self.ledger.buffered),
             background_rate=self.settings.load_rate_per_second,
             consumer_group=self.settings.consumer_group,
+            following_by=self.following_by.value,
+            not_observed=self._not_observed_names(),
+            channels=tuple(c.value for c in channels(self.following_by)),
+            poll_requests=self.budget.spent if self.budget is not None else 0,
         )
+
+    def _not_observed_names(self) -> tuple[str, ...]:
+        hidden = self.not_observed(Channel.REST)
+        return tuple(step.value for step in ALL_STEPS if step in hidden)
 
 
 def _payers(fixtures: Fixtures, bank: Bank) -> list[str]:

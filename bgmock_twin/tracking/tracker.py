@@ -44,6 +44,7 @@ from bgmock_twin.tracking.lifecycle import (
     TOPIC_STEP,
     Change,
     Channel,
+    ClearingMark,
     Kind,
     Outcome,
     Payment,
@@ -94,6 +95,8 @@ class PollView:
     finished: bool
     initiated_seen: bool
     completed_seen: bool
+    age: float  # seconds since the intended send time (monotonic)
+    stuck: bool  # past its step deadline
 
 
 class Tracker:
@@ -109,6 +112,7 @@ class Tracker:
         park_limit: int = 10_000,
         follow_horizon_seconds: float = 3600.0,
         events_limit: int = 1000,
+        hidden_rest_steps: frozenset[Step] = frozenset(),
     ) -> None:
         self.ledger = ledger
         self.step_deadline = step_deadline
@@ -118,6 +122,8 @@ class Tracker:
         self.park_seconds = park_seconds
         self.park_limit = park_limit
         self.follow_horizon = max(follow_horizon_seconds, sla * 2)
+        # steps of a REST payment this twin cannot see (no Kafka): see ``rest_follower``
+        self.hidden_rest_steps = hidden_rest_steps
         self._lock = threading.RLock()
         self._live: dict[str, Payment] = {}
         self._recent: OrderedDict[str, Payment] = OrderedDict()
@@ -142,6 +148,7 @@ class Tracker:
     def register(self, payment: Payment) -> None:
         """A payment is about to leave: from now on it is submitted and followed."""
         with self._lock:
+            self._hide_unseen(payment)
             self._live[payment.payment_id] = payment
             if payment.transaction_id is not None:
                 self._by_tx[payment.transaction_id] = payment.payment_id
@@ -183,6 +190,17 @@ class Tracker:
             payment = self._find(payment_id)
             if payment is not None:
                 self._apply(payment, reject(payment, reason, self.clock.now(), ambiguous))
+
+    def clearing_seen(self, payment_id: str, status: Status | None) -> None:
+        """The clearing's answer about a payment the source bank still holds PENDING
+        (``None``: it has no such transaction); kept on the live payment."""
+        with self._lock:
+            payment = self._find(payment_id)
+            if payment is not None and not payment.finished:
+                now = self.clock.monotonic()
+                payment.clearing = ClearingMark(
+                    status.value if status is not None else "unknown", self.clock.now(),
+                    max(0.0, now - payment.intended_mono))
 
     def settle(self, payment_id: str, bank_status: Status) -> None:
         """The source bank shows the payment with a final status."""
@@ -339,6 +357,7 @@ class Tracker:
                 if row["payment_id"] in self._live or row["payment_id"] in self._recent:
                     continue
                 payment = payment_from_row(row, now_mono, now_utc)
+                self._hide_unseen(payment)
                 if payment.finished:
                     self._recent[payment.payment_id] = payment
                 else:
@@ -350,6 +369,19 @@ class Tracker:
                     self._by_tx[payment.transaction_id] = payment.payment_id
             metrics.PAYMENTS_IN_FLIGHT.set(len(self._live))
         return added
+
+    def _hide_unseen(self, payment: Payment) -> None:
+        """Mark the steps this twin cannot see on a REST payment (none with Kafka);
+        a step already seen (in an earlier run with Kafka) stays part of its flow."""
+        if payment.channel is Channel.REST and self.hidden_rest_steps:
+            payment.hidden = self.hidden_rest_steps - payment.steps.keys()
+
+    def awaiting_settlement(self) -> list[str]:
+        """REST payments in flight whose source bank has given an id: those a REST
+        follower must ask about (after a restart, say)."""
+        with self._lock:
+            return [p.payment_id for p in self._live.values()
+                    if p.channel is Channel.REST and p.transaction_id is not None]
 
     # --- reading ----------------------------------------------------------------------------
     def _find(self, payment_id: str | None) -> Payment | None:
@@ -378,6 +410,8 @@ class Tracker:
                 payment.transaction_id, payment.from_clearing, payment.channel,
                 payment.finished, Step.INITIATED in payment.steps,
                 Step.COMPLETED in payment.steps,
+                self.clock.monotonic() - payment.intended_mono,
+                payment.stuck_step is not None,
             )
 
     def followed_ids(self) -> set[str]:
