@@ -19,6 +19,7 @@ from bgmock_twin.books.checks import (
 )
 from bgmock_twin.books.model import AccountKey, DepositFact, PaymentFact, Progress, expect
 from bgmock_twin.contract import Channel
+from bgmock_twin.tracking.lifecycle import Outcome
 
 D = Decimal
 A1 = AccountKey("bank_a", "TWIN-A-001")
@@ -112,7 +113,8 @@ def test_reserved_matches_pending_only_once_the_difference_is_stable() -> None:
 
 
 def _finished(outcome: str, channel: str = "rest") -> FinishedPayment:
-    return FinishedPayment("pay-1", uuid.UUID(int=1), channel, outcome, "bank_a", "bank_b")
+    return FinishedPayment("pay-1", uuid.UUID(int=1), Channel(channel), Outcome(outcome),
+                           "bank_a", "bank_b")
 
 
 def test_status_agreement_rules() -> None:

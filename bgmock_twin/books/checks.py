@@ -43,6 +43,7 @@ from bgmock_twin.books.results import (
 )
 from bgmock_twin.contract import SERVICES as CONTRACT_SERVICES
 from bgmock_twin.contract import Channel
+from bgmock_twin.tracking.lifecycle import Outcome
 
 __all__ = [
     "BALANCE_DRIFT", "CHECKS", "CONSERVATION", "EVIDENCE_LIMIT", "OUTBOX_BACKLOG",
@@ -207,13 +208,13 @@ def expected_presence(payment: FinishedPayment) -> dict[str, set[str | None]]:
         if payment.destination_service is not None else None
     rest = payment.channel == Channel.REST
     allowed: dict[str, set[str | None]] = {}
-    if payment.outcome == "success":
+    if payment.outcome is Outcome.SUCCESS:
         if rest:
             allowed[source] = {"SUCCESS"}
         allowed["clearing"] = {"SUCCESS"}
         if destination is not None:
             allowed[destination] = {"SUCCESS"}
-    elif payment.outcome == "failed":
+    elif payment.outcome is Outcome.FAILED:
         if rest:
             allowed[source] = {"FAILED"}
         allowed["clearing"] = {"FAILED"}

@@ -9,6 +9,7 @@ from decimal import Decimal
 
 from bgmock_twin.books.model import AccountKey
 from bgmock_twin.contract import Channel
+from bgmock_twin.tracking.lifecycle import Outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +61,7 @@ class FinishedPayment:
     payment_id: str
     transaction_id: uuid.UUID
     channel: Channel
-    outcome: str  # success, failed or rejected
+    outcome: Outcome  # success, failed or rejected
     source_service: str  # bank_a / bank_b
     destination_service: str | None  # None when the destination bank is unknown
     intended_at: datetime | None = None  # UTC, when the twin meant to send it

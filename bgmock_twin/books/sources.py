@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 from bgmock_twin.books.model import AccountKey, DepositFact, PaymentFact, Progress
 from bgmock_twin.books.readings import FinishedPayment
 from bgmock_twin.contract import Channel, bank_by_clearing
+from bgmock_twin.tracking.lifecycle import Outcome
 from bgmock_twin.tracking.refusals import REFUSED_STATES, rejection_is_certain
 
 CENTS = Decimal("100")
@@ -204,7 +205,7 @@ class LedgerReader:
             to_bank = bank_by_clearing(row["to_clearing"])
             result.append((_utc(row["finished_at"]), FinishedPayment(
                 payment_id=row["payment_id"], transaction_id=transaction_id,
-                channel=Channel(row["channel"]), outcome=row["outcome"],
+                channel=Channel(row["channel"]), outcome=Outcome(row["outcome"]),
                 source_service=bank_of(row["from_clearing"]),
                 destination_service=to_bank.name if to_bank is not None else None,
                 intended_at=_utc(row["intended_at"]),
