@@ -35,7 +35,7 @@ from bgmock_twin.books.lag import lag_source_for
 from bgmock_twin.books.model import AccountKey
 from bgmock_twin.books.service import Books
 from bgmock_twin.books.sources import LedgerReader, bank_of
-from bgmock_twin.bus.base import EventBus
+from bgmock_twin.bus.base import BusError, EventBus
 from bgmock_twin.clients.bgmock import BGMockClients
 from bgmock_twin.clients.databases import readonly_engine
 from bgmock_twin.contract import BANK_A, BANK_B, CLEARING, SERVICES
@@ -90,6 +90,17 @@ class Twin:
 
     # --- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
+        """Start every part; a broker that cannot be reached is named in the error."""
+        began = time.monotonic()
+        try:
+            self._start_parts()
+        except BusError as exc:
+            servers = self.settings.kafka_bootstrap_servers
+            raise RuntimeError(
+                f"Kafka broker {servers} unreachable ({self._starting}; tried for "
+                f"{time.monotonic() - began:.1f} s): {exc}") from None
+
+    def _start_parts(self) -> None:
         settings = self.settings
         metrics.TWIN_INFO.info(
             {"version": __version__, "mode": self.mode, "instance_id": settings.instance_id}

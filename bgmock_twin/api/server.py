@@ -74,7 +74,7 @@ def create_api(
         "when TWIN_CONTROL_TOKEN is set.",
     )
     app.state.control_token = control_token
-    app.state.serving = routers is not None
+    app.state.serving = False
     install_error_handlers(app)
     app.middleware("http")(limits_middleware(RequestLimits(limits)))
     app.middleware("http")(_options_and_start_gate(app, twin))
@@ -99,7 +99,8 @@ def create_api(
         return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(build_twin_router(twin))
-    add_routers(app, routers or [])
+    if routers is not None:  # else the daemon adds them once its parts have started
+        add_routers(app, routers)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
@@ -118,26 +119,29 @@ def _options_and_start_gate(
     async def gate(request: Request, call_next: Callable[[Request], Awaitable[Response]]
                    ) -> Response:
         path = request.url.path
+        if request.method == "OPTIONS":
+            return _options(app, request)
         if path in EXEMPT_PATHS or path in DOCUMENT_PATHS:
             return await call_next(request)
         if not app.state.serving:
             _, reasons = twin.is_ready()
             return JSONResponse(status_code=503, headers={"Retry-After": "2"}, content=error_body(
                 "the twin is starting: " + ("; ".join(reasons) or "almost there")))
-        if request.method == "OPTIONS":
-            return _options(app, request)
         return await call_next(request)
 
     return gate
 
 
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
 def _options(app: FastAPI, request: Request) -> Response:
-    """``OPTIONS``: the methods the path answers to, in ``Allow`` (404 if none)."""
-    methods: set[str] = set()
-    for route in app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "__none__"})
-        if match is not Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
+    """``OPTIONS``: the methods the path answers to, in ``Allow`` (404 if none).
+
+    Asked of the router method by method: included routers are matched as a whole."""
+    methods = {method for method in HTTP_METHODS if any(
+        route.matches({**request.scope, "method": method})[0] is Match.FULL
+        for route in app.router.routes)}
     if not methods:
         return JSONResponse(status_code=404, content=error_body("Not Found"))
     if "GET" in methods:
