@@ -1,15 +1,19 @@
 """Wiring: builds every component from the settings, owns start-up and shutdown.
 
-Order of start-up: logging → event bus → (embedded) emulator → REST clients →
-health probes → tracking → books → control API → scheduler.
+Order of start-up: logging → control API (``/healthz`` live, ``/readyz`` not ready,
+saying what is still starting) → event bus → (embedded) emulator → REST clients →
+health probes → tracking → books → the components' routes → scheduler. The API
+comes first because the rest can take a while (a broker to reach, consumer groups
+to rebalance after a SIGKILL), and a kubelet must not kill a twin that is starting.
 
 The mode: embedded (the emulator, over Kafka or the in-process bus) or external;
 external without ``KAFKA_BOOTSTRAP_SERVERS`` has no bus, so tracking follows its
 payments by REST polling (``tracking.rest_follower``). Which way it follows, and
 what it cannot see that way, is said once at start-up (``twin_mode``), in
-``/api/v1/status`` and in ``bgmock_twin_info{following}``. Shutdown runs the
-other way round and is bounded by ``TWIN_SHUTDOWN_GRACE_SECONDS``: stop
-scheduling, stop sending, let in-flight work finish or give up, close clients.
+``/api/v1/status`` and in ``bgmock_twin_info{following}``.
+
+Shutdown runs the other way round and is bounded by ``TWIN_SHUTDOWN_GRACE_SECONDS``:
+stop scheduling, stop sending, let in-flight work finish or give up, close clients.
 """
 
 from __future__ import annotations
@@ -25,14 +29,20 @@ from sqlalchemy.engine import Engine
 
 from bgmock_twin import __version__, metrics
 from bgmock_twin.api.books_routes import build_books_router
-from bgmock_twin.api.server import ApiServer, create_api
+from bgmock_twin.api.server import (
+    ApiServer,
+    ConnectionLimits,
+    LimitSettings,
+    add_routers,
+    create_api,
+)
 from bgmock_twin.api.tracking_routes import build_router as tracking_router
 from bgmock_twin.api.twin import Fault, FaultResult, OutboxDrop, TwinStatus
 from bgmock_twin.books.lag import lag_source_for
 from bgmock_twin.books.model import AccountKey
 from bgmock_twin.books.service import Books
 from bgmock_twin.books.sources import LedgerReader, bank_of
-from bgmock_twin.bus.base import EventBus
+from bgmock_twin.bus.base import BusError, EventBus
 from bgmock_twin.clients.bgmock import BGMockClients
 from bgmock_twin.clients.databases import readonly_engine
 from bgmock_twin.contract import BANK_A, BANK_B, CLEARING, SERVICES
@@ -86,15 +96,31 @@ class Twin:
         self.books: Books | None = None
         self.api: ApiServer | None = None
         self._stopping = threading.Event()
+        self._starting: str | None = "starting"
 
     # --- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
+        """Start every part; a broker that cannot be reached is named in the error."""
+        began = time.monotonic()
+        try:
+            self._start_parts()
+        except BusError as exc:
+            servers = self.settings.kafka_bootstrap_servers
+            raise RuntimeError(
+                f"Kafka broker {servers} unreachable ({self._starting}; tried for "
+                f"{time.monotonic() - began:.1f} s): {exc}") from None
+
+    def _start_parts(self) -> None:
         settings = self.settings
         metrics.TWIN_INFO.info({"version": __version__, "mode": self.mode,
                                 "instance_id": settings.instance_id,
                                 "following": self.following.value})
         self._export_slo_targets()
+        app = self._start_api()
+        self._starting = "connecting the event bus"
         self.bus = build_bus(settings)
+        self._starting = "starting the embedded BGMock" if settings.embedded else \
+            "connecting to BGMock"
         urls = self._start_bgmock()
         self.clients = BGMockClients.build(
             urls, settings.rest_timeout_seconds, pool_size=settings.max_in_flight_requests + 8
@@ -106,21 +132,36 @@ class Twin:
         tracking = self.tracking = Tracking(settings.tracking, self.clients, self.bus)
         self._log_mode(tracking)
         books = self.books = self._build_books()
-        routers = [tracking_router(tracking), build_books_router(books)]
-        api = settings.api
-        app = create_api(self, api.token, api.max_request_bytes, routers,
-                         rate_limit_per_second=api.api_rate_limit_per_second)
-        self.api = ApiServer(app, api.listen_host, api.listen_port)
-        self.api.start()
-        log.info("control_api_listening", host=api.listen_host, port=self.api.port)
+        add_routers(app, [tracking_router(tracking), build_books_router(books)])
+        self._starting = "starting the scheduler"
         self.scheduler.start()
+        self._starting = "joining the Kafka consumer groups" if self.bus is not None else \
+            "starting the REST follower"
         tracking.start()
         self.scheduler.add(tracking.jobs())
         self.scheduler.add(books.jobs())
+        self._starting = "starting the books"
         books.start()
+        self._starting = None
         metrics.TWIN_READY.set(1)
         log.info("twin_started", mode=self.mode, instance=settings.instance_id,
                  urls=urls, services=self.health.services)
+
+    def _start_api(self) -> Any:
+        """Listen before anything slow starts; the control routes open later."""
+        api = self.settings.api
+        app = create_api(self, api.token, LimitSettings(
+            max_request_bytes=api.max_request_bytes,
+            mutate_rate=api.api_rate_limit_per_second,
+            read_rate=api.api_read_rate_limit_per_second,
+        ))
+        self.api = ApiServer(app, api.listen_host, api.listen_port, ConnectionLimits(
+            read_timeout=api.api_read_timeout_seconds,
+            max_connections=api.api_max_connections,
+        ))
+        self.api.start()
+        log.info("control_api_listening", host=api.listen_host, port=self.api.port)
+        return app
 
     def _log_mode(self, tracking: Tracking) -> None:
         """One line that says how this twin follows payments and what it cannot see."""
@@ -259,7 +300,9 @@ class Twin:
     # --- what the API reads -----------------------------------------------------------
     def is_ready(self) -> tuple[bool, list[str]]:
         reasons = []
-        if not self.scheduler.running:
+        if self._starting is not None:
+            reasons.append(f"starting: {self._starting}")
+        elif not self.scheduler.running:
             reasons.append("scheduler not running")
         if self._stopping.is_set():
             reasons.append("shutting down")

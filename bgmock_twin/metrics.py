@@ -84,6 +84,21 @@ API_AUTH_FAILURES = Counter(
 )
 for _reason in ("missing", "scheme", "wrong_token"):
     API_AUTH_FAILURES.labels(reason=_reason)
+API_RATE_LIMITED = Counter(
+    "bgmock_api_rate_limited",
+    "Control-API requests refused by a limit: kind is mutate or read (per-client budgets, "
+    "429) or in_flight (too many requests at once, 503); client is authenticated, "
+    "anonymous or any.",
+    ["kind", "client"],
+)
+API_CONNECTIONS_CLOSED = Counter(
+    "bgmock_api_connections_closed",
+    "Control-API connections the twin closed: read_timeout (request headers or body not "
+    "received in time) or evicted (the oldest idle connection, to admit a new one).",
+    ["reason"],
+)
+for _reason in ("read_timeout", "evicted"):
+    API_CONNECTIONS_CLOSED.labels(reason=_reason)
 
 # --- Kafka -------------------------------------------------------------------------------
 KAFKA_MESSAGES = Counter(

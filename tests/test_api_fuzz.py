@@ -27,7 +27,8 @@ TOKEN = "fuzz-token-0123456789"
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     tmp = tmp_path_factory.mktemp("fuzz")
     with running_daemon(tmp, TWIN_CONTROL_TOKEN=TOKEN, TWIN_LOAD_RATE="0",
-                        TWIN_API_RATE_LIMIT="100000", TWIN_MAX_IN_FLIGHT_REQUESTS="8") as d:
+                        TWIN_API_RATE_LIMIT="100000", TWIN_API_READ_RATE_LIMIT="100000",
+                        TWIN_MAX_IN_FLIGHT_REQUESTS="8") as d:
         yield d
 
 

@@ -44,6 +44,30 @@ class _RefusalLog:
 _refusals = _RefusalLog(LOG_INTERVAL_SECONDS)
 
 
+def refusal_reason(header: str, token: str) -> str | None:
+    """Why an ``Authorization`` header does not carry ``token`` (None when it does)."""
+    scheme, _, presented = header.partition(" ")
+    if not header:
+        return "missing"
+    if scheme.lower() != "bearer":
+        return "scheme"
+    if not secrets.compare_digest(presented.encode(), token.encode()):
+        return "wrong_token"
+    return None
+
+
+def is_authenticated(request: Request) -> bool:
+    """Whether the request presents the configured token (False with no token set).
+
+    The request limits use it to keep the operator's budget apart from anybody
+    else's: behind an ingress every client has the same address.
+    """
+    token: str | None = request.app.state.control_token
+    if token is None:
+        return False
+    return refusal_reason(request.headers.get("authorization", ""), token) is None
+
+
 def require_token(request: Request) -> None:
     """FastAPI dependency: 401 unless the configured control token is presented.
 
@@ -53,15 +77,8 @@ def require_token(request: Request) -> None:
     token: str | None = request.app.state.control_token
     if token is None:
         return
-    header = request.headers.get("authorization", "")
-    scheme, _, presented = header.partition(" ")
-    if not header:
-        reason = "missing"
-    elif scheme.lower() != "bearer":
-        reason = "scheme"
-    elif not secrets.compare_digest(presented.encode(), token.encode()):
-        reason = "wrong_token"
-    else:
+    reason = refusal_reason(request.headers.get("authorization", ""), token)
+    if reason is None:
         return
     metrics.API_AUTH_FAILURES.labels(reason=reason).inc()
     _refusals.refused(reason, request.client.host if request.client else "unknown")

@@ -1,60 +1,70 @@
 """The control API application: liveness, readiness, metrics, the daemon's own routes
 (``twin_routes``) and the routers of the other components, behind one error shape
-and request limits.
+and request limits (``api/limits.py``); ``api/listener.py`` serves it.
 
 Kept thin: every route reads from or delegates to a component of the running
 daemon (``bgmock_twin.app.Twin``, seen as a ``TwinView``).
+
+The API is created and started before the daemon's slow parts (the emulator, the
+Kafka consumer groups), so ``/healthz`` answers from the first second and
+``/readyz`` says what is still starting; the components' routers are added with
+``add_routers`` once they exist, and until then the control routes answer 503.
+``/healthz`` and ``/readyz`` run on the event loop and ``/metrics`` on its own
+thread, so none of them waits for a thread the other routes hold.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import OrderedDict
+import asyncio
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-import uvicorn
 from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from starlette.routing import Match
 
-from bgmock_twin import __version__, metrics
+from bgmock_twin import __version__
 from bgmock_twin.api.errors import error_body, install_error_handlers
+from bgmock_twin.api.limits import (
+    EXEMPT_PATHS,
+    LimitSettings,
+    RateLimiter,
+    RequestLimits,
+    limits_middleware,
+)
+from bgmock_twin.api.listener import ApiServer, ConnectionLimits
 from bgmock_twin.api.twin import TwinView
 from bgmock_twin.api.twin_routes import build_twin_router
 from bgmock_twin.logs import get_logger
 
+__all__ = ["ApiServer", "ConnectionLimits", "LimitSettings", "RateLimiter", "add_routers",
+           "create_api"]
+
 log = get_logger(__name__)
 
+DOCUMENT_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+_metrics_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics")
 
-class RateLimiter:
-    """Token buckets per client address for mutating requests (bounded memory)."""
-
-    def __init__(self, rate: float, burst: float, max_clients: int = 1024) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.max_clients = max_clients
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def allow(self, client: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            tokens, last = self._buckets.pop(client, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - last) * self.rate)
-            allowed = tokens >= 1
-            self._buckets[client] = (tokens - 1 if allowed else tokens, now)
-            while len(self._buckets) > self.max_clients:
-                self._buckets.popitem(last=False)
-        return allowed
+ERROR_SCHEMA: dict[str, Any] = {
+    "title": "Error", "type": "object", "required": ["error"],
+    "properties": {
+        "error": {"type": "string", "description": "what went wrong, in one sentence"},
+        "detail": {"type": "array", "items": {
+            "type": "object", "required": ["field", "message", "type"],
+            "properties": {"field": {"type": "string"}, "message": {"type": "string"},
+                           "type": {"type": "string"}}}},
+    },
+}
 
 
 def create_api(
     twin: TwinView,
     control_token: str | None,
-    max_request_bytes: int,
+    limits: LimitSettings,
     routers: list[APIRouter] | None = None,
-    rate_limit_per_second: float = 20.0,
 ) -> FastAPI:
     app = FastAPI(
         title="bgmock-twin control API",
@@ -64,17 +74,18 @@ def create_api(
         "when TWIN_CONTROL_TOKEN is set.",
     )
     app.state.control_token = control_token
+    app.state.serving = False
     install_error_handlers(app)
-    limiter = RateLimiter(rate_limit_per_second, burst=max(5.0, rate_limit_per_second * 5))
-    app.middleware("http")(_limit_and_count(max_request_bytes, limiter))
+    app.middleware("http")(limits_middleware(RequestLimits(limits)))
+    app.middleware("http")(_options_and_start_gate(app, twin))
 
     @app.get("/healthz", summary="Liveness: the process answers", tags=["health"])
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "alive"}
 
-    @app.get("/readyz", summary="Readiness: scheduler running and settings valid",
-             tags=["health"], responses={503: {"description": "not ready"}})
-    def readyz() -> JSONResponse:
+    @app.get("/readyz", summary="Readiness: started, scheduler running, settings valid",
+             tags=["health"], responses={503: {"description": "not ready, with the reasons"}})
+    async def readyz() -> JSONResponse:
         ready, reasons = twin.is_ready()
         if ready:
             return JSONResponse({"status": "ready"})
@@ -82,86 +93,86 @@ def create_api(
 
     @app.get("/metrics", summary="Prometheus metrics", tags=["health"],
              response_class=Response)
-    def prometheus_metrics() -> Response:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    async def prometheus_metrics() -> Response:
+        loop = asyncio.get_running_loop()
+        text = await loop.run_in_executor(_metrics_thread, generate_latest, REGISTRY)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(build_twin_router(twin))
-    for router in routers or []:
-        app.include_router(router)
+    if routers is not None:  # else the daemon adds them once its parts have started
+        add_routers(app, routers)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
 
-def _limit_and_count(
-    max_bytes: int, limiter: RateLimiter
+def add_routers(app: FastAPI, routers: list[APIRouter]) -> None:
+    """Mount the components' routers and open the control routes."""
+    for router in routers:
+        app.include_router(router)
+    app.openapi_schema = None
+    app.state.serving = True
+
+
+def _options_and_start_gate(
+    app: FastAPI, twin: TwinView
 ) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
-    async def middleware(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        length = request.headers.get("content-length")
-        client = request.client.host if request.client else "unknown"
-        if request.method in {"POST", "PUT", "PATCH", "DELETE"} and not limiter.allow(client):
-            response: Response = JSONResponse(
-                status_code=429, content=error_body("too many requests; slow down"),
-                headers={"Retry-After": "1"},
-            )
-        elif length is not None and (not length.isdigit() or int(length) > max_bytes):
-            response = JSONResponse(
-                status_code=413, content=error_body(f"request body over {max_bytes} bytes")
-            )
-        elif length is None and request.method in {"POST", "PUT", "PATCH"} and \
-                request.headers.get("transfer-encoding", "").lower() == "chunked":
-            body = b""
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > max_bytes:
-                    break
-            if len(body) > max_bytes:
-                response = JSONResponse(
-                    status_code=413, content=error_body(f"request body over {max_bytes} bytes")
-                )
-            else:
-                request._body = body  # starlette reads the cached body downstream
-                response = await call_next(request)
-        else:
-            response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        metrics.API_REQUESTS.labels(request.method, template, str(response.status_code)).inc()
-        return response
+    async def gate(request: Request, call_next: Callable[[Request], Awaitable[Response]]
+                   ) -> Response:
+        path = request.url.path
+        if request.method == "OPTIONS":
+            return _options(app, request)
+        if path in EXEMPT_PATHS or path in DOCUMENT_PATHS:
+            return await call_next(request)
+        if not app.state.serving:
+            _, reasons = twin.is_ready()
+            return JSONResponse(status_code=503, headers={"Retry-After": "2"}, content=error_body(
+                "the twin is starting: " + ("; ".join(reasons) or "almost there")))
+        return await call_next(request)
 
-    return middleware
+    return gate
 
 
-class ApiServer:
-    """Uvicorn on a background thread; ``stop()`` lets in-flight requests finish."""
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
-        config = uvicorn.Config(
-            app, host=host, port=port, log_config=None, access_log=False,
-            lifespan="off", timeout_graceful_shutdown=3, limit_concurrency=256,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="api", daemon=True)
 
-    def start(self, timeout: float = 10.0) -> None:
-        self._thread.start()
-        deadline = threading.Event()
-        for _ in range(int(timeout / 0.02)):
-            if self._server.started:
-                return
-            if not self._thread.is_alive():
-                break
-            deadline.wait(0.02)
-        raise RuntimeError("control API did not start (is the port in use?)")
+def _options(app: FastAPI, request: Request) -> Response:
+    """``OPTIONS``: the methods the path answers to, in ``Allow`` (404 if none).
 
-    @property
-    def port(self) -> int:
-        servers = getattr(self._server, "servers", [])
-        for server in servers:
-            for sock in server.sockets:
-                return int(sock.getsockname()[1])
-        return int(self._server.config.port)
+    Asked of the router method by method: included routers are matched as a whole."""
+    methods = {method for method in HTTP_METHODS if any(
+        route.matches({**request.scope, "method": method})[0] is Match.FULL
+        for route in app.router.routes)}
+    if not methods:
+        return JSONResponse(status_code=404, content=error_body("Not Found"))
+    if "GET" in methods:
+        methods.add("HEAD")
+    allow = ", ".join(sorted(methods | {"OPTIONS"}))
+    return Response(status_code=204, headers={"Allow": allow})
 
-    def stop(self, timeout: float = 5.0) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout)
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, with the error bodies the API really sends: every error is
+    ``Error`` (422 included), and 400 (a body that is not JSON, or incomplete) and 429
+    (a client over its budget) are documented."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                         routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
+    components["Error"] = ERROR_SCHEMA
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for path, operations in schema.get("paths", {}).items():
+        if path in EXEMPT_PATHS:
+            continue  # their bodies are their own (``/readyz`` says why not ready)
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if "requestBody" in operation:
+                responses.setdefault("400", {"description": "the body is not JSON or was cut"})
+            responses.setdefault("429", {"description": "over this client's budget"})
+            for code, response in responses.items():
+                if code[0] in "45":
+                    response["content"] = error
+    app.openapi_schema = schema
+    return schema

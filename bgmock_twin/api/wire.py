@@ -13,22 +13,33 @@ from typing import Annotated, Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
+
+from bgmock_twin.settings.fields import numeric_kind, plain_number
 
 MAX_AMOUNT = Decimal("1000000000")
 Amount = Annotated[Decimal, Field(gt=0, le=MAX_AMOUNT, max_digits=12, decimal_places=2)]
 AccountNumber = Annotated[str, Field(min_length=1, max_length=64,
                                      pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
-Rate = Annotated[float, Field(gt=0, le=1000)]
+MIN_RATE = 0.01  # one payment every 100 s; below, a simulation never ends in practice
+Rate = Annotated[float, Field(ge=MIN_RATE, le=1000)]
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
 
 
 class WireRequest(BaseModel):
-    """A request body: camelCase or snake_case names, no unknown field, finite numbers."""
+    """A request body: camelCase or snake_case names, no unknown field, finite numbers
+    written plainly (``true``, ``"1_000"`` and ``"\uff15"`` are not numbers)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel,
                               allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        kind = numeric_kind(field.annotation) if field is not None else None
+        return plain_number(value, kind) if kind is not None else value
 
 
 class WireResponse(BaseModel):

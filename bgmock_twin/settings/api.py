@@ -28,6 +28,20 @@ class ApiSettings(BaseModel):
         20.0, gt=0, le=100000, validation_alias=env("TWIN_API_RATE_LIMIT"),
         description="Mutating control-API requests per second per client (burst: 5x).",
     )
+    api_read_rate_limit_per_second: float = Field(
+        50.0, gt=0, le=100000, validation_alias=env("TWIN_API_READ_RATE_LIMIT"),
+        description="Reading control-API requests per second per client (burst: 2x); "
+        "/healthz, /readyz and /metrics are not limited.",
+    )
+    api_read_timeout_seconds: float = Field(
+        10.0, ge=1, le=300, allow_inf_nan=False,
+        validation_alias=env("TWIN_API_READ_TIMEOUT_SECONDS"),
+        description="Time a client has to send a request's headers, and then its body.",
+    )
+    api_max_connections: int = Field(
+        512, ge=16, le=10000, validation_alias=env("TWIN_API_MAX_CONNECTIONS"),
+        description="Open control-API connections; beyond, the oldest idle one is closed.",
+    )
 
     @field_validator("control_token")
     @classmethod

@@ -12,7 +12,15 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
@@ -21,7 +29,7 @@ from bgmock_twin.settings.books import BooksSettings
 from bgmock_twin.settings.databases import DatabaseSettings
 from bgmock_twin.settings.emulator import EmulatorSettings
 from bgmock_twin.settings.endpoints import EndpointSettings
-from bgmock_twin.settings.fields import env, mask_url
+from bgmock_twin.settings.fields import env, mask_url, numeric_kind, plain_number
 from bgmock_twin.settings.logs import LoggingSettings
 from bgmock_twin.settings.probes import ProbeSettings
 from bgmock_twin.settings.tracking import TrackingSettings
@@ -46,6 +54,14 @@ class Settings(EmulatorSettings, BooksSettings, TrackingSettings, ProbeSettings,
     shutdown_grace_seconds: float = Field(
         8.0, gt=0, le=60, validation_alias=env("TWIN_SHUTDOWN_GRACE_SECONDS")
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # "1_000", fullwidth digits and "true" parse as numbers; in a setting they are typos.
+        kind = numeric_kind(cls.model_fields[info.field_name or ""].annotation) \
+            if info.field_name in cls.model_fields else None
+        return plain_number(value, kind) if kind is not None else value
 
     # --- the slices, one per component ----------------------------------------------
     def slice(self, kind: type[SliceT]) -> SliceT:

@@ -75,7 +75,10 @@ class LedgerSettings(BaseModel):
     twin_database_url: SecretStr = Field(
         SecretStr("sqlite:///bgmock-twin.db"), validation_alias=env("TWIN_DATABASE_URL")
     )
-    retention_days: float = Field(7.0, gt=0, validation_alias=env("TWIN_RETENTION_DAYS"))
+    retention_days: float = Field(
+        7.0, gt=0, le=36_500, allow_inf_nan=False, validation_alias=env("TWIN_RETENTION_DAYS"),
+        description="Days finished payments are kept (at most 100 years: retention is on).",
+    )
     retention_max_payments: int = Field(
         1_000_000, ge=1000, validation_alias=env("TWIN_RETENTION_MAX_PAYMENTS")
     )

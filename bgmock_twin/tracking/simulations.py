@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -37,6 +38,7 @@ log = get_logger(__name__)
 
 Profile = Literal["constant", "ramp", "spike"]
 MAX_ACTIVE = 20
+MAX_DURATION_SECONDS = 7 * 86_400.0  # every simulation ends within a week
 MAX_KEPT = 500
 
 
@@ -204,6 +206,11 @@ class SimulationManager:
             expected_seconds = pacing.expected_duration(segments, spec.count)
         except ValueError as exc:
             raise InvalidSimulation(str(exc)) from None
+        if not math.isfinite(expected_seconds) or expected_seconds > MAX_DURATION_SECONDS:
+            # a rate just above zero would hold a slot forever
+            raise InvalidSimulation(
+                f"the simulation would take longer than {MAX_DURATION_SECONDS:.0f} s; "
+                "raise the rate or lower the count")
         now = self.tracker.clock.now()
         with self._lock:
             if sum(1 for s in self._sims.values() if s.state == "running") >= MAX_ACTIVE:
