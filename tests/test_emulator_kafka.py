@@ -90,7 +90,9 @@ def test_bgmock_consumer_groups_commit_their_offsets(kafka_world: World,
     assert w.final("01", tx, timeout=30)["status"] == "SUCCESS"
     admin = AdminClient({"bootstrap.servers": kafka_broker.bootstrap})
     expected = {
-        "clearing-service": (TOPIC_INITIATED, TOPIC_PROCESSED),
+        # the real clearing's groups, one per listener (contract corrections)
+        "clearing-service-initiated": (TOPIC_INITIATED,),
+        "clearing-service-processed": (TOPIC_PROCESSED,),
         "bank-service-forwarded.02": (TOPIC_FORWARDED,),
         "bank-service-completed.01": (TOPIC_COMPLETED,),
     }

@@ -10,19 +10,17 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import NoDecode
 
+from bgmock_twin.contract.groups import BANK_GROUPS, CLEARING_GROUPS
 from bgmock_twin.settings.bus import BusSettings
 from bgmock_twin.settings.databases import StatementSettings
 from bgmock_twin.settings.fields import SLICE_CONFIG, env
 from bgmock_twin.settings.probes import RestSettings
 from bgmock_twin.settings.tracking import DeadlineSettings
 
-DEFAULT_BANK_GROUPS = (
-    "bank-service-forwarded.01",
-    "bank-service-completed.01",
-    "bank-service-forwarded.02",
-    "bank-service-completed.02",
-)
-DEFAULT_CLEARING_GROUPS = ("clearing-service",)
+# The real services' groups (bgmock_twin.contract.groups): a group named here that
+# does not exist on the broker is reported as missing, never silently empty.
+DEFAULT_BANK_GROUPS = BANK_GROUPS
+DEFAULT_CLEARING_GROUPS = tuple(CLEARING_GROUPS.values())
 
 
 class SloSettings(BaseModel):
