@@ -155,6 +155,17 @@ def test_clean_books_under_load_have_no_violation(twin: Twin) -> None:
             for sample in family.samples]
     assert {s.labels["group"] for s in lags} >= set(groups) - {twin.settings.consumer_group}
     assert all(s.value >= 0 for s in lags)
+    # every default group (the real names, the clearing's two included) exists in the
+    # emulator and is judged; the status answer carries the judgement
+    body = requests.get(_api(twin) + "/api/v1/status", timeout=10).json()
+    consumer_lag = body["books"]["consumerLag"]
+    for group in twin.settings.lag_groups:
+        state = consumer_lag[group]
+        assert state["committedOffsets"] is True, (group, state)
+        assert state["status"] in {"OK", "UNKNOWN", "WARN", "STALL", "STOP"}, (group, state)
+        assert all(age >= 0 for age in state["lagSeconds"].values()), (group, state)
+        assert _gauge("bgmock_kafka_consumer_group_missing", group=group) == 0
+    assert {"clearing-service-initiated", "clearing-service-processed"} <= set(consumer_lag)
 
 
 def test_run_needs_the_token_and_get_is_open(twin: Twin) -> None:

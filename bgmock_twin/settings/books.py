@@ -59,6 +59,12 @@ class ReconcileSettings(BaseModel):
         description="Consumer groups whose lag is exported (JSON list or comma separated).",
     )
 
+    lag_window_samples: int = Field(
+        10, ge=2, le=1000, validation_alias=env("TWIN_LAG_WINDOW_SAMPLES"),
+        description="Readings in each group's sliding window (Burrow's intervals): a "
+                    "group is judged STALL, STOP or WARN only over a full window.",
+    )
+
     @field_validator("lag_groups", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
