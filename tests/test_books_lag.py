@@ -121,8 +121,9 @@ def test_memory_bus_group_judged_over_its_window(capsys: pytest.CaptureFixture[s
     seconds = []
     for i in range(3):
         producer.produce(TOPIC_FORWARDED, "k", b"{}")  # one partition
-        wait_for(lambda: time.monotonic() > started + 0.05 * (i + 1), timeout=5, interval=0.01,
-                 message="the clock moved")
+        due = started + 0.05 * (i + 1)
+        wait_for(lambda due=due: time.monotonic() > due, timeout=5,  # type: ignore[misc]
+                 interval=0.01, message="the clock moved")
         monitor.run()
         seconds.append(_sample("bgmock_kafka_consumer_lag_seconds", group="window-group",
                                topic=TOPIC_FORWARDED))
