@@ -96,7 +96,8 @@ def test_memory_bus_group_judged_over_its_window(capsys: pytest.CaptureFixture[s
     """The plumbing of the evaluator on the in-process bus: a consumer that keeps up is
     OK, one that stops while events keep coming is STALL once a full window saw it,
     and then OK again when it catches up; its oldest unconsumed event ages meanwhile.
-    A watched group that does not exist is MISSING, logged once, and exports no lag."""
+    A watched group that does not exist is MISSING at once, logged once when a whole
+    window saw it missing, and exports no lag."""
     from bgmock_twin.logs import configure_logging
 
     configure_logging("INFO", "json")
@@ -116,6 +117,9 @@ def test_memory_bus_group_judged_over_its_window(capsys: pytest.CaptureFixture[s
     assert _status_of("window-group") == {"OK"}
     assert _sample("bgmock_kafka_consumer_lag_seconds", group="window-group",
                    topic=TOPIC_FORWARDED) == 0
+    # missing at once, but not worth a warning before a whole window saw it missing
+    assert _status_of("window-typo") == {"MISSING"}
+    assert '"consumer_group_missing"' not in capsys.readouterr().err
     # the consumer stops; events keep arriving
     started = time.monotonic()
     seconds = []

@@ -110,7 +110,7 @@ class LagMonitor:
     _latest: dict[str, GroupLag] = field(default_factory=dict)
     _errors: dict[str, str] = field(default_factory=dict)
     _exported: set[tuple[str, str]] = field(default_factory=set)
-    _empty: set[str] = field(default_factory=set)
+    _empty: dict[str, int] = field(default_factory=dict)  # group -> runs found missing
     _windows: dict[str, dict[TopicPartition, tuple[Reading, ...]]] = field(default_factory=dict)
     _marks: dict[TopicPartition, tuple[Mark, ...]] = field(default_factory=dict)
     _status: dict[str, LagStatus] = field(default_factory=dict)
@@ -133,9 +133,8 @@ class LagMonitor:
             if not offsets:
                 self._missing(group)
                 continue
-            if group in self._empty:
+            if self._empty.pop(group, 0) >= self.window_samples:
                 log.info("consumer_group_found", group=group)
-                self._empty.discard(group)
             metrics.KAFKA_CONSUMER_GROUP_MISSING.labels(group).set(0)
             for topic, value in result.lag.items():
                 metrics.KAFKA_CONSUMER_LAG.labels(group, topic).set(value)
@@ -187,13 +186,14 @@ class LagMonitor:
 
     def _missing(self, group: str) -> None:
         """No committed offset at all: a wrong name or a group that never ran. Exported
-        as MISSING (no lag, no progress: a stall alert must not be silenced by "no data
-        = fine"), logged once until it appears."""
-        if group not in self._empty:
-            log.warning("consumer_group_missing", group=group,
+        as MISSING at once (no lag, no progress: a stall alert must not be silenced by
+        "no data = fine"); logged once, when it has been missing for a whole window (a
+        service that is just starting has not committed yet)."""
+        runs = self._empty[group] = self._empty.get(group, 0) + 1
+        if runs == self.window_samples:
+            log.warning("consumer_group_missing", group=group, runs=runs,
                         hint="no committed offsets on the broker: check TWIN_LAG_GROUPS "
                              "against the services' group ids")
-            self._empty.add(group)
         metrics.KAFKA_CONSUMER_GROUP_MISSING.labels(group).set(1)
         self._windows.pop(group, None)
         self._progress.pop(group, None)
