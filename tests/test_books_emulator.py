@@ -147,8 +147,12 @@ def test_clean_books_under_load_have_no_violation(twin: Twin) -> None:
     groups = [*twin.settings.lag_groups, twin.settings.consumer_group]
 
     def progress_of_every_group() -> bool:
-        return all(_gauge("bgmock_kafka_consumer_last_progress_timestamp_seconds", group=g)
-                   is not None for g in groups)
+        # the twin's own state: the gauges are process-wide (other tests set them too)
+        books = twin.status().books
+        lag = books.consumer_lag if books is not None else None
+        return lag is not None and all(lag[g].last_progress is not None for g in groups) \
+            and all(_gauge("bgmock_kafka_consumer_last_progress_timestamp_seconds", group=g)
+                    is not None for g in groups)
 
     wait_for(progress_of_every_group, timeout=20, message="lag of every group")
     lags = [sample for family in REGISTRY.collect() if family.name == "bgmock_kafka_consumer_lag"
