@@ -121,6 +121,22 @@ KAFKA_CONSUMER_LAG_ANOMALIES = Counter(
     "bgmock_kafka_consumer_lag_anomalies",
     "Negative lag readings clamped to zero (odd broker watermarks).", ["group", "topic"],
 )
+KAFKA_CONSUMER_LAG_SECONDS = Gauge(
+    "bgmock_kafka_consumer_lag_seconds",
+    "Age of the group's oldest unconsumed event per topic (the worst partition), "
+    "interpolated from the high watermark's history; 0 without lag.", ["group", "topic"],
+)
+KAFKA_CONSUMER_GROUP_STATUS = Gauge(
+    "bgmock_kafka_consumer_group_status",
+    "Burrow-style status of the group over its window of readings: 1 for the current "
+    "status (OK, UNKNOWN, WARN, STALL, STOP, MISSING, ERR), 0 for the others.",
+    ["group", "status"],
+)
+KAFKA_CONSUMER_GROUP_MISSING = Gauge(
+    "bgmock_kafka_consumer_group_missing",
+    "1 while a watched group has no committed offset on the broker (a wrong name, or a "
+    "group that never ran).", ["group"],
+)
 KAFKA_CONSUMER_LAST_PROGRESS = Gauge(
     "bgmock_kafka_consumer_last_progress_timestamp_seconds",
     "Unix time the group's committed offsets last moved (or it had no lag).", ["group"],

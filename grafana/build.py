@@ -578,6 +578,19 @@ def services() -> dash.Dashboard:
                      "twin's REST calls by service, route and status code.", [health, rest])
 
 
+# A group's status as one number for the state timeline (the twin exports every status
+# of a group, 1 for the current one): code -> (text, colour) in the value mapping.
+GROUP_STATUS = {"OK": (0, GREEN), "UNKNOWN": (1, BLUE), "WARN": (2, ORANGE), "STALL": (3, RED),
+                "STOP": (4, RED), "MISSING": (5, PURPLE), "ERR": (6, PURPLE)}
+
+
+def group_status_code() -> str:
+    return " + ".join(
+        f"{code} * max by (group) "
+        f"({sel('bgmock_kafka_consumer_group_status', f'status={json.dumps(name)}')})"
+        for name, (code, _) in GROUP_STATUS.items())
+
+
 def kafka() -> dash.Dashboard:
     messages = rate("bgmock_kafka_messages_total")
     lag = sel("bgmock_kafka_consumer_lag")
@@ -600,6 +613,27 @@ def kafka() -> dash.Dashboard:
                    steps=thresholds((GREEN, None), (RED, 0.001)), line_thresholds=True, w=24),
     ])
     groups = Row("Consumer groups", [
+        state_timeline("Consumer group status", "Each watched group's Burrow-style status, "
+                       "judged by the twin over its window of readings "
+                       "(TWIN_LAG_WINDOW_SAMPLES): OK, UNKNOWN (window not full yet), WARN "
+                       "(lag grew across the window), STALL (offsets frozen while events "
+                       "arrive), STOP (offsets and lag frozen with a backlog), MISSING (no "
+                       "committed offset on the broker: a wrong name in TWIN_LAG_GROUPS), "
+                       "ERR (could not be read).",
+                       [target(group_status_code(), "{{group}}")],
+                       mappings=value_map({str(code): (name, colour) for name, (code, colour)
+                                           in GROUP_STATUS.items()}),
+                       steps=thresholds((GREEN, None), (ORANGE, 1), (RED, 3)), w=24, h=8),
+        timeseries("Oldest unconsumed event per group", "Age of each group's oldest "
+                   "unconsumed event (its worst partition), interpolated from the high "
+                   "watermark's history; 0 without lag. The dashed line is the payment "
+                   "SLA: above it, payments through the group miss their SLA.", "s",
+                   targets(
+                       (f"max by (group) ({sel('bgmock_kafka_consumer_lag_seconds')})",
+                        "{{group}}"),
+                       (slo("sla_seconds"), "payment SLA"),
+                   ), steps=thresholds((GREEN, None), (ORANGE, 10), (RED, 30)),
+                   overrides=[slo_line_override("payment SLA")]),
         timeseries("Consumer lag per group", "Messages not yet consumed by each BGMock "
                    "consumer group, summed over topics and partitions. The dashed line is "
                    "bgmock_slo_target{slo=\"consumer_lag\"}.", "none", targets(
@@ -623,11 +657,12 @@ def kafka() -> dash.Dashboard:
                        f"sum by (group) "
                        f"({rate('bgmock_kafka_consumer_lag_anomalies_total')}) or "
                        f"sum by (group) ({lag}) * 0", "{{group}}")],
-                   steps=thresholds((GREEN, None), (ORANGE, 0.01)), w=24),
+                   steps=thresholds((GREEN, None), (ORANGE, 0.01))),
     ])
     return dashboard("bgmock-kafka", "BGMock Kafka",
                      "BGMock's Kafka topics as the twin sees them: messages per topic and "
-                     "status, invalid messages, consumer lag per group.", [flow, groups])
+                     "status, invalid messages, each consumer group's status, lag and the "
+                     "age of its oldest unconsumed event.", [flow, groups])
 
 
 def books() -> dash.Dashboard:

@@ -61,8 +61,7 @@ SLO_ALERTS = {
     "BGMockPaymentLatencyHigh": "p95_seconds",
     "BGMockOutboxBacklogGrowing": "outbox_pending",
     "BGMockOutboxStalled": "outbox_age_seconds",
-    "BGMockConsumerLagGrowing": "consumer_lag",
-    "BGMockConsumerGroupStalled": "sla_seconds",
+    "BGMockConsumerLagGrowing": "sla_seconds",
 }
 
 
@@ -170,6 +169,12 @@ BREAKAGES = [
     ("failures counted whatever their kind",  # in every window
      '{kind="normal",outcome!="success"}', '{outcome!="success"}', BURN_ALERT,
      "deliberate failures never burn budget"),
+    ("a stopped group not paged", 'status=~"STALL|STOP"', 'status=~"STALL"',
+     "BGMockConsumerGroupStalled", "consumer lag, stalled groups"),
+    ("an old backlog being worked off warned about",  # age alone, not the window's verdict
+     'bgmock_kafka_consumer_group_status{status="WARN"}) > 0',
+     'bgmock_kafka_consumer_group_status{status="WARN"}) >= 0',
+     "BGMockConsumerLagGrowing", "consumer lag, stalled groups"),
     ("refusals need not be sustained",
      "increase(bgmock_api_auth_failures_total[5m])) > 0\n        for: 15m",
      "increase(bgmock_api_auth_failures_total[5m])) > 0\n        for: 1m",

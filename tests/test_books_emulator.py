@@ -131,14 +131,29 @@ def test_clean_books_under_load_have_no_violation(twin: Twin) -> None:
     groups = [*twin.settings.lag_groups, twin.settings.consumer_group]
 
     def progress_of_every_group() -> bool:
-        return all(_gauge("bgmock_kafka_consumer_last_progress_timestamp_seconds", group=g)
-                   is not None for g in groups)
+        # the twin's own state: the gauges are process-wide (other tests set them too)
+        books = twin.status().books
+        lag = books.consumer_lag if books is not None else None
+        return lag is not None and all(lag[g].last_progress is not None for g in groups) \
+            and all(_gauge("bgmock_kafka_consumer_last_progress_timestamp_seconds", group=g)
+                    is not None for g in groups)
 
     wait_for(progress_of_every_group, timeout=20, message="lag of every group")
     lags = [sample for family in REGISTRY.collect() if family.name == "bgmock_kafka_consumer_lag"
             for sample in family.samples]
     assert {s.labels["group"] for s in lags} >= set(groups) - {twin.settings.consumer_group}
     assert all(s.value >= 0 for s in lags)
+    # every default group (the real names, the clearing's two included) exists in the
+    # emulator and is judged; the status answer carries the judgement
+    body = requests.get(api_url(twin) + "/api/v1/status", timeout=10).json()
+    consumer_lag = body["books"]["consumerLag"]
+    for group in twin.settings.lag_groups:
+        state = consumer_lag[group]
+        assert state["committedOffsets"] is True, (group, state)
+        assert state["status"] in {"OK", "UNKNOWN", "WARN", "STALL", "STOP"}, (group, state)
+        assert all(age >= 0 for age in state["lagSeconds"].values()), (group, state)
+        assert _gauge("bgmock_kafka_consumer_group_missing", group=group) == 0
+    assert {"clearing-service-initiated", "clearing-service-processed"} <= set(consumer_lag)
 
 
 def test_run_needs_the_token_and_get_is_open(twin: Twin) -> None:

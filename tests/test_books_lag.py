@@ -11,7 +11,13 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import REGISTRY
 
-from bgmock_twin.books.lag import KafkaLagSource, LagMonitor, MemoryLagSource, compute_lag
+from bgmock_twin.books.lag import (
+    KafkaLagSource,
+    LagMonitor,
+    LagStatus,
+    MemoryLagSource,
+    compute_lag,
+)
 from bgmock_twin.bus.kafka import KafkaBus
 from bgmock_twin.bus.memory import InMemoryBus
 from bgmock_twin.contract import TOPIC_COMPLETED, TOPIC_FORWARDED
@@ -51,6 +57,7 @@ def test_memory_bus_lag_rises_when_a_group_stops_and_falls_when_it_resumes() -> 
     assert _sample("bgmock_kafka_consumer_last_progress_timestamp_seconds",
                    group="lag-test-absent") is None
     assert monitor.status()["groups"]["lag-test-absent"]["committed_offsets"] is False
+    assert monitor.status()["groups"]["lag-test-absent"]["status"] == "MISSING"
     assert _sample("bgmock_kafka_consumer_lag", group="lag-test-group",
                    topic=TOPIC_FORWARDED) == 0
     progress_before = _sample("bgmock_kafka_consumer_last_progress_timestamp_seconds",
@@ -77,6 +84,72 @@ def test_memory_bus_lag_rises_when_a_group_stops_and_falls_when_it_resumes() -> 
                     group="lag-test-group")
     assert after is not None and after > progress_before
     assert monitor.status()["groups"]["lag-test-group"]["lag"] == {TOPIC_FORWARDED: 0}
+
+
+def _status_of(group: str) -> set[str]:
+    return {status.value for status in LagStatus
+            if _sample("bgmock_kafka_consumer_group_status", group=group,
+                       status=status.value) == 1}
+
+
+def test_memory_bus_group_judged_over_its_window(capsys: pytest.CaptureFixture[str]) -> None:
+    """The plumbing of the evaluator on the in-process bus: a consumer that keeps up is
+    OK, one that stops while events keep coming is STALL once a full window saw it,
+    and then OK again when it catches up; its oldest unconsumed event ages meanwhile.
+    A watched group that does not exist is MISSING at once, logged once when a whole
+    window saw it missing, and exports no lag."""
+    from bgmock_twin.logs import configure_logging
+
+    configure_logging("INFO", "json")
+    bus = InMemoryBus()
+    producer = bus.producer()
+    consumer = bus.consumer("window-group", [TOPIC_FORWARDED])
+    monitor = LagMonitor(MemoryLagSource(bus), ["window-group", "window-typo"],
+                         window_samples=3)
+
+    def consume_all() -> None:
+        while records := consumer.poll(0.05):
+            consumer.commit(records)
+
+    producer.produce(TOPIC_FORWARDED, "k", b"{}")
+    consume_all()
+    monitor.run()
+    assert _status_of("window-group") == {"OK"}
+    assert _sample("bgmock_kafka_consumer_lag_seconds", group="window-group",
+                   topic=TOPIC_FORWARDED) == 0
+    # missing at once, but not worth a warning before a whole window saw it missing
+    assert _status_of("window-typo") == {"MISSING"}
+    assert '"consumer_group_missing"' not in capsys.readouterr().err
+    # the consumer stops; events keep arriving
+    started = time.monotonic()
+    seconds = []
+    for i in range(3):
+        producer.produce(TOPIC_FORWARDED, "k", b"{}")  # one partition
+        due = started + 0.05 * (i + 1)
+        wait_for(lambda due=due: time.monotonic() > due, timeout=5,  # type: ignore[misc]
+                 interval=0.01, message="the clock moved")
+        monitor.run()
+        seconds.append(_sample("bgmock_kafka_consumer_lag_seconds", group="window-group",
+                               topic=TOPIC_FORWARDED))
+        if i < 2:  # the caught-up reading is still in the window
+            assert _status_of("window-group") == {"OK"}, i
+    assert _status_of("window-group") == {"STALL"}
+    assert monitor.states()["window-group"].status is LagStatus.STALL
+    assert seconds == sorted(seconds) and 0 < seconds[-1] < time.monotonic() - started + 1
+    consume_all()
+    monitor.run()
+    assert _status_of("window-group") == {"OK"}
+    assert _sample("bgmock_kafka_consumer_lag_seconds", group="window-group",
+                   topic=TOPIC_FORWARDED) == 0
+    # the misnamed group: MISSING on every run, one log line in all
+    assert _status_of("window-typo") == {"MISSING"}
+    assert _sample("bgmock_kafka_consumer_group_missing", group="window-typo") == 1
+    assert _sample("bgmock_kafka_consumer_group_missing", group="window-group") == 0
+    assert _sample("bgmock_kafka_consumer_lag_seconds", group="window-typo",
+                   topic=TOPIC_FORWARDED) is None
+    err = capsys.readouterr().err
+    assert err.count('"consumer_group_missing"') == 1, err
+    assert "window-typo" in err
 
 
 # --- a real broker ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from bgmock_twin.api.books_routes import reconciliation_body, render_books_status
 from bgmock_twin.books import checks as c
-from bgmock_twin.books.lag import GroupState
+from bgmock_twin.books.lag import GroupState, LagStatus
 from bgmock_twin.books.readings import OutboxStats, StoredRow
 from bgmock_twin.books.report import Report
 from bgmock_twin.books.results import BankDrift, CheckResult, CheckStatus
@@ -57,12 +57,18 @@ def test_report_fields_are_camel_case_and_data_is_kept() -> None:
 def test_books_status_section() -> None:
     status = BooksStatus(datetime(2025, 11, 20, 10, tzinfo=UTC), "ok",
                          {c.CONSERVATION: CheckStatus.OK}, 0,
-                         {"g": GroupState({"t": 2}, 17.5, None, True)})
+                         {"g": GroupState({"t": 2}, 17.5, None, True, LagStatus.STALL,
+                                          {"t": 42.5}),
+                          "typo": GroupState({}, None, None, False, LagStatus.MISSING)})
     assert render_books_status(status) == {
         "lastRun": "2025-11-20T10:00:00+00:00", "status": "ok",
         "checks": {c.CONSERVATION: "ok"}, "violations": 0,
         "consumerLag": {"g": {"lag": {"t": 2}, "lastProgress": 17.5, "error": None,
-                              "committedOffsets": True}}}
+                              "committedOffsets": True, "status": "STALL",
+                              "lagSeconds": {"t": 42.5}},
+                        "typo": {"lag": {}, "lastProgress": None, "error": None,
+                                 "committedOffsets": False, "status": "MISSING",
+                                 "lagSeconds": None}}}
     without_lag = BooksStatus(None, "pending", {}, 0, None)
     assert render_books_status(without_lag) == {"lastRun": None, "status": "pending",
                                                 "checks": {}, "violations": 0}

@@ -376,6 +376,8 @@ def test_emulate_process_serves_fixed_ports_and_stops_on_sigterm(tmp_path: Path)
         bank_a = f"http://127.0.0.1:{ports['BANK_A']}"
         wait_for(lambda: requests.get(f"{bank_a}/bank/health", timeout=1).text == "OK",
                  timeout=20, message="emulate process up")
+        # the admin API starts just after the services: on a loaded machine, later
+        wait_for(lambda: port_open(ports["ADMIN"]), timeout=20, message="admin API up")
         world_urls = requests.get(f"http://127.0.0.1:{ports['ADMIN']}/_emulator",
                                   timeout=5).json()["urls"]
         assert world_urls["clearing"] == f"http://127.0.0.1:{ports['CLEARING']}"

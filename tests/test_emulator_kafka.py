@@ -12,7 +12,9 @@ from decimal import Decimal
 import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
+from prometheus_client import REGISTRY
 
+from bgmock_twin.books.lag import KafkaLagSource, LagMonitor, LagStatus
 from bgmock_twin.bus.kafka import KafkaBus
 from bgmock_twin.contract import (
     TOPIC_COMPLETED,
@@ -24,6 +26,7 @@ from bgmock_twin.contract import (
     encode_event,
 )
 from bgmock_twin.emulator import EmulatorConfig
+from bgmock_twin.settings import ReconcileSettings
 from tests.support.broker import TansuBroker
 from tests.support.emulator_world import World, emulator_world
 from tests.support.ports import wait_for
@@ -35,7 +38,7 @@ def kafka_world(kafka_broker: TansuBroker) -> Iterator[World]:
     bus = KafkaBus(kafka_broker.bootstrap, session_timeout_ms=6000, client_id="emu-test",
                    metrics_label="emulator")
     started = time.monotonic()
-    # starting creates the topics and joins the five groups
+    # starting creates the topics and joins the six groups
     with emulator_world(EmulatorConfig(host="127.0.0.1", bus=bus,
                                        outbox_interval_seconds=0.1)) as world:
         print(f"emulator on Kafka ready after {time.monotonic() - started:.1f}s")
@@ -83,11 +86,17 @@ def test_bgmock_consumer_groups_commit_their_offsets(kafka_world: World,
     w = kafka_world
     tx = w.pay("01", w.account("01"), w.mapping("02", w.account("02")), "1")
     assert w.final("01", tx, timeout=30)["status"] == "SUCCESS"
+    back = w.pay("02", w.account("02"), w.mapping("01", w.account("01")), "1")
+    assert w.final("02", back, timeout=30)["status"] == "SUCCESS"
     admin = AdminClient({"bootstrap.servers": kafka_broker.bootstrap})
     expected = {
-        "clearing-service": (TOPIC_INITIATED, TOPIC_PROCESSED),
+        # the real clearing's groups, one per listener (contract corrections)
+        "clearing-service-initiated": (TOPIC_INITIATED,),
+        "clearing-service-processed": (TOPIC_PROCESSED,),
+        "bank-service-forwarded.01": (TOPIC_FORWARDED,),
         "bank-service-forwarded.02": (TOPIC_FORWARDED,),
         "bank-service-completed.01": (TOPIC_COMPLETED,),
+        "bank-service-completed.02": (TOPIC_COMPLETED,),
     }
 
     def committed(group: str, topic: str) -> int:
@@ -100,6 +109,32 @@ def test_bgmock_consumer_groups_commit_their_offsets(kafka_world: World,
         for topic in topics:
             wait_for(lambda g=group, t=topic: committed(g, t) > 0, timeout=10,  # type: ignore[misc]
                      message=f"{group} committed on {topic}")
+    # ... and nothing under the name the twin used to watch
+    assert committed("clearing-service", TOPIC_INITIATED) == 0
+
+    # The twin's lag job with its default groups finds every one of them on the broker
+    # (the clearing's two included); a group the broker does not have is MISSING.
+    groups = [*ReconcileSettings().lag_groups, "clearing-service"]
+    assert set(groups) == {*expected, "clearing-service"}
+    monitor = LagMonitor(KafkaLagSource(kafka_broker.bootstrap, timeout=5), groups)
+    try:
+        monitor.run()
+        states = monitor.states()
+    finally:
+        monitor.close()
+    for group, topics in expected.items():
+        state = states[group]
+        assert state.error is None and state.committed_offsets, (group, state)
+        assert state.status is not LagStatus.MISSING, group
+        assert state.lag is not None and set(state.lag) == set(topics), (group, state.lag)
+        assert state.lag_seconds is not None and set(state.lag_seconds) == set(topics)
+        assert REGISTRY.get_sample_value("bgmock_kafka_consumer_group_missing",
+                                         {"group": group}) == 0
+        assert REGISTRY.get_sample_value("bgmock_kafka_consumer_group_status",
+                                         {"group": group, "status": state.status.value}) == 1
+    assert states["clearing-service"].status is LagStatus.MISSING
+    assert REGISTRY.get_sample_value("bgmock_kafka_consumer_group_missing",
+                                     {"group": "clearing-service"}) == 1
 
 
 def test_bus_fault_on_kafka_stalls_the_emulator_only(kafka_world: World) -> None:

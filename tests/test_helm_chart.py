@@ -852,8 +852,8 @@ def test_schema_rejects_bad_values_at_install_time(chart: helm_python.Chart,
 @pytest.mark.parametrize("values", [
     {"config": {"TWIN_LOG_LEVEL": "warning", "TWIN_LOAD_AMOUNT_MIN": "0.05",
                 "TWIN_LOAD_AMOUNT_MAX": "12"}},
-    {"config": {"TWIN_LAG_GROUPS": ["bank-service-forwarded.01", "clearing-service"]}},
-    {"config": {"TWIN_LAG_GROUPS": "bank-service-forwarded.01,clearing-service"}},
+    {"config": {"TWIN_LAG_GROUPS": ["bank-service-forwarded.01", "clearing-service-initiated"]}},
+    {"config": {"TWIN_LAG_GROUPS": "bank-service-forwarded.01,clearing-service-initiated"}},
     {"podDisruptionBudget": {"minAvailable": "50%"}},
     {"service": {"type": "NodePort", "nodePort": 30090}},
 ])

@@ -125,6 +125,17 @@ def test_lag_groups_accept_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "bank-service-forwarded.01" in Settings.model_fields["lag_groups"].default_factory()  # type: ignore[misc]
 
 
+def test_default_lag_groups_are_the_real_services_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The contract's corrections: the clearing has one group per listener and no
+    group named ``clearing-service``; the banks one per topic and clearing number."""
+    monkeypatch.delenv("TWIN_LAG_GROUPS", raising=False)
+    assert load_settings().lag_groups == [
+        "bank-service-forwarded.01", "bank-service-completed.01",
+        "bank-service-forwarded.02", "bank-service-completed.02",
+        "clearing-service-initiated", "clearing-service-processed",
+    ]
+
+
 def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items()
             if not k.startswith(("TWIN_", "KAFKA_", "BANK_", "DB_", "CLEARING_"))}

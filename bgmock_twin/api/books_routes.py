@@ -67,6 +67,10 @@ class GroupLagBody(_Out):
     last_progress: float | None = Field(description="unix time the group last moved")
     error: str | None
     committed_offsets: bool = Field(description="false: the group never committed")
+    status: str = Field(description="OK, UNKNOWN, WARN, STALL, STOP, MISSING or ERR: "
+                                    "Burrow-style, over the group's window of readings")
+    lag_seconds: dict[str, float] | None = Field(
+        default=None, description="by topic: age of the oldest unconsumed event")
 
 
 class BooksStatusBody(_Out):
@@ -144,7 +148,8 @@ def books_status_body(status: BooksStatus) -> BooksStatusBody:
     """The ``books`` section of ``/api/v1/status``."""
     lag = None if status.consumer_lag is None else {
         group: GroupLagBody(lag=state.lag, last_progress=state.last_progress,
-                            error=state.error, committed_offsets=state.committed_offsets)
+                            error=state.error, committed_offsets=state.committed_offsets,
+                            status=state.status.value, lag_seconds=state.lag_seconds)
         for group, state in status.consumer_lag.items()}
     return BooksStatusBody(
         last_run=status.last_run.isoformat() if status.last_run else None,

@@ -8,7 +8,9 @@
   databases): read-only readers of the real state;
 - ``reads``, ``journal``, ``snapshot_checks``, ``report``, ``reconcile``: one
   reconciliation run with time-boxed reads;
-- ``lag``: consumer-group lag of BGMock's and the twin's groups;
+- ``lag``, ``lag_window``, ``lag_sources``: consumer-group lag of BGMock's and the
+  twin's groups, each group's Burrow-style status over a window of readings and the
+  age of its oldest unconsumed event (pure), read from the bus or from Kafka;
 - ``service``: ``Books``, the component the daemon wires in (its routes are in
   ``api.books_routes``).
 """

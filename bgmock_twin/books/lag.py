@@ -1,44 +1,59 @@
-"""Consumer-group lag of BGMock's groups and the twin's own.
+"""Consumer-group lag of BGMock's groups and the twin's own, and a judgement of each.
 
 Every lag interval, for each group: its committed offsets, the high watermark of
 each partition it committed, and their difference summed per topic
 (``bgmock_kafka_consumer_lag{group,topic}``). A committed offset above the high
 watermark is an odd broker answer (some brokers count record batches, not
 records): the partition's lag is clamped to 0 and the reading counted as an
-anomaly. ``bgmock_kafka_consumer_last_progress_timestamp_seconds{group}`` is the
-last time the group's committed offsets moved or it had no lag, so alerts can say
-"stalled" rather than "big".
+anomaly. Beyond raw offsets (``lag_window``): how old the oldest unconsumed event
+is (``bgmock_kafka_consumer_lag_seconds``) and a Burrow-style status per group,
+judged over a sliding window of readings (``bgmock_kafka_consumer_group_status``),
+so alerts can say "stalled" rather than "big". A configured group without any
+committed offset (a wrong name, or a group that never ran) is reported as
+MISSING (``bgmock_kafka_consumer_group_missing`` and one log line), never as an
+empty, reassuring series. ``bgmock_kafka_consumer_last_progress_timestamp_seconds``
+is the last time the group's offsets moved or it had no lag.
 
-Two sources: the in-process bus's own offsets, and Kafka through consumers that
-never subscribe (committed offsets, watermarks), every call with a timeout so a
-slow broker costs one run, never a hung job.
+The sources (``lag_sources``): the in-process bus's offsets, or Kafka.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from bgmock_twin import metrics
-from bgmock_twin.contract import TOPICS
+from bgmock_twin.books.lag_sources import (
+    KafkaLagSource,
+    LagSource,
+    MemoryLagSource,
+    TopicPartition,
+    lag_source_for,
+)
+from bgmock_twin.books.lag_window import (
+    LagStatus,
+    Mark,
+    Reading,
+    advance,
+    lag_seconds,
+    partition_status,
+    remember,
+    worst,
+)
 from bgmock_twin.logs import get_logger
+
+__all__ = ["GroupLag", "GroupState", "KafkaLagSource", "LagMonitor", "LagSource", "LagStatus",
+           "MemoryLagSource", "compute_lag", "lag_source_for"]
 
 log = get_logger(__name__)
 
-TopicPartition = tuple[str, int]
-
-
-class LagSource(Protocol):
-    def committed(self, group: str) -> dict[TopicPartition, int]:
-        """The group's committed offsets (only partitions with a commit)."""
-
-    def high_watermarks(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
-        """The next offset of each partition (missing when it could not be read)."""
-
-    def close(self) -> None: ...
+WINDOW_SAMPLES = 10
+# Watermark changes remembered per partition for lag in seconds (about four hours of
+# readings at the default interval under steady traffic); beyond, "at least".
+MARKS_KEPT = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +89,8 @@ class GroupState:
     last_progress: float | None  # unix time its offsets last moved (or it had no lag)
     error: str | None  # why the last read failed
     committed_offsets: bool  # False: the group never committed (or does not exist)
+    status: LagStatus = LagStatus.UNKNOWN
+    lag_seconds: dict[str, float] | None = None  # by topic: age of the oldest unconsumed event
 
 
 @dataclass(slots=True)
@@ -84,19 +101,65 @@ class _Progress:
 
 @dataclass(slots=True)
 class LagMonitor:
-    """Collects lag for a fixed set of groups and exports it."""
+    """Collects lag for a fixed set of groups, judges and exports it."""
 
     source: LagSource
     groups: Sequence[str]
+    window_samples: int = WINDOW_SAMPLES
     _progress: dict[str, _Progress] = field(default_factory=dict)
     _latest: dict[str, GroupLag] = field(default_factory=dict)
     _errors: dict[str, str] = field(default_factory=dict)
     _exported: set[tuple[str, str]] = field(default_factory=set)
-    _empty: set[str] = field(default_factory=set)
+    _empty: dict[str, int] = field(default_factory=dict)  # group -> runs found missing
+    _windows: dict[str, dict[TopicPartition, tuple[Reading, ...]]] = field(default_factory=dict)
+    _marks: dict[TopicPartition, tuple[Mark, ...]] = field(default_factory=dict)
+    _status: dict[str, LagStatus] = field(default_factory=dict)
+    _seconds: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def run(self) -> dict[str, GroupLag]:
         """One collection; a group that cannot be read keeps no stale figures."""
+        committed, highs = self._read()
+        now, clock = time.time(), time.monotonic()
+        for tp, high in highs.items():
+            self._marks[tp] = remember(self._marks.get(tp, ()), clock, high, MARKS_KEPT)
         results: dict[str, GroupLag] = {}
+        seen: set[tuple[str, str]] = set()
+        for group in self.groups:
+            if group in self._errors:
+                self._judged(group, LagStatus.ERR)
+                continue
+            offsets = committed.get(group, {})
+            results[group] = result = compute_lag(group, offsets, highs)
+            if not offsets:
+                self._missing(group)
+                continue
+            if self._empty.pop(group, 0) >= self.window_samples:
+                log.info("consumer_group_found", group=group)
+            metrics.KAFKA_CONSUMER_GROUP_MISSING.labels(group).set(0)
+            for topic, value in result.lag.items():
+                metrics.KAFKA_CONSUMER_LAG.labels(group, topic).set(value)
+                seen.add((group, topic))
+            for topic, count in result.anomalies.items():
+                metrics.KAFKA_CONSUMER_LAG_ANOMALIES.labels(group, topic).inc(count)
+            self._judge(group, offsets, highs, clock)
+            previous = self._progress.get(group)
+            if previous is None or previous.committed_total != result.committed_total \
+                    or sum(result.lag.values()) == 0:
+                self._progress[group] = _Progress(result.committed_total, now)
+            metrics.KAFKA_CONSUMER_LAST_PROGRESS.labels(group).set(self._progress[group].at)
+        for group, topic in self._exported - seen:
+            with contextlib.suppress(KeyError):
+                metrics.KAFKA_CONSUMER_LAG.remove(group, topic)
+            with contextlib.suppress(KeyError):
+                metrics.KAFKA_CONSUMER_LAG_SECONDS.remove(group, topic)
+        self._exported = seen
+        self._latest = results
+        return results
+
+    def _read(self) -> tuple[dict[str, dict[TopicPartition, int]],
+                             dict[TopicPartition, int]]:
+        """Every group's committed offsets and the ends of their partitions; a failure
+        is noted per group in ``_errors`` (one broker failure ends the run's reads)."""
         committed: dict[str, dict[TopicPartition, int]] = {}
         failure: str | None = None
         for group in self.groups:
@@ -116,39 +179,61 @@ class LagMonitor:
             highs = self.source.high_watermarks(wanted) if wanted else {}
         except Exception as exc:
             log.warning("watermarks_unavailable", error=str(exc)[:200])
-            highs = {}
             for group in committed:
                 self._errors[group] = f"watermarks: {str(exc)[:180]}"
-            committed = {}
-        now = time.time()
-        seen: set[tuple[str, str]] = set()
-        for group, offsets in committed.items():
-            result = compute_lag(group, offsets, highs)
-            results[group] = result
-            if not offsets:
-                # never committed (or a wrong group name): no lag and no progress to
-                # export - a stall alert must not be silenced by "no data = fine"
-                if group not in self._empty:
-                    log.info("consumer_group_without_offsets", group=group)
-                    self._empty.add(group)
+            return {}, {}
+        return committed, highs
+
+    def _missing(self, group: str) -> None:
+        """No committed offset at all: a wrong name or a group that never ran. Exported
+        as MISSING at once (no lag, no progress: a stall alert must not be silenced by
+        "no data = fine"); logged once, when it has been missing for a whole window (a
+        service that is just starting has not committed yet)."""
+        runs = self._empty[group] = self._empty.get(group, 0) + 1
+        if runs == self.window_samples:
+            log.warning("consumer_group_missing", group=group, runs=runs,
+                        hint="no committed offsets on the broker: check TWIN_LAG_GROUPS "
+                             "against the services' group ids")
+        metrics.KAFKA_CONSUMER_GROUP_MISSING.labels(group).set(1)
+        self._windows.pop(group, None)
+        self._progress.pop(group, None)
+        with contextlib.suppress(KeyError):
+            metrics.KAFKA_CONSUMER_LAST_PROGRESS.remove(group)
+        self._judged(group, LagStatus.MISSING)
+
+    def _judge(self, group: str, offsets: Mapping[TopicPartition, int],
+               highs: Mapping[TopicPartition, int], clock: float) -> None:
+        """Advance the group's windows, then its status and lag in seconds."""
+        windows = self._windows.setdefault(group, {})
+        seconds: dict[str, float] = {}
+        for tp, offset in offsets.items():
+            high = highs.get(tp)
+            if high is None or offset < 0:
                 continue
-            self._empty.discard(group)
-            for topic, value in result.lag.items():
-                metrics.KAFKA_CONSUMER_LAG.labels(group, topic).set(value)
-                seen.add((group, topic))
-            for topic, count in result.anomalies.items():
-                metrics.KAFKA_CONSUMER_LAG_ANOMALIES.labels(group, topic).inc(count)
-            previous = self._progress.get(group)
-            if previous is None or previous.committed_total != result.committed_total \
-                    or sum(result.lag.values()) == 0:
-                self._progress[group] = _Progress(result.committed_total, now)
-            metrics.KAFKA_CONSUMER_LAST_PROGRESS.labels(group).set(self._progress[group].at)
-        for group, topic in self._exported - seen:
-            with contextlib.suppress(KeyError):
-                metrics.KAFKA_CONSUMER_LAG.remove(group, topic)
-        self._exported = seen
-        self._latest = results
-        return results
+            windows[tp] = advance(windows.get(tp, ()), Reading(clock, offset, high),
+                                  self.window_samples)
+            age = lag_seconds(self._marks.get(tp, ()), offset, clock)
+            seconds[tp[0]] = max(seconds.get(tp[0], 0.0), age)
+        for tp in set(windows) - set(offsets):
+            del windows[tp]
+        for topic, age in seconds.items():
+            metrics.KAFKA_CONSUMER_LAG_SECONDS.labels(group, topic).set(round(age, 3))
+        self._seconds[group] = seconds
+        self._judged(group, worst(partition_status(w, self.window_samples)
+                                  for w in windows.values()))
+
+    def _judged(self, group: str, status: LagStatus) -> None:
+        if status in (LagStatus.ERR, LagStatus.MISSING):
+            self._windows.pop(group, None)  # a gap in the readings: judge afresh
+            self._seconds.pop(group, None)
+        previous = self._status.get(group)
+        if previous is not None and previous is not status and status is not LagStatus.ERR:
+            log.info("consumer_group_status", group=group, status=status.value,
+                     previous=previous.value)
+        self._status[group] = status
+        for value in LagStatus:
+            metrics.KAFKA_CONSUMER_GROUP_STATUS.labels(group, value.value).set(
+                1 if value is status else 0)
 
     def states(self) -> dict[str, GroupState]:
         return {
@@ -157,6 +242,8 @@ class LagMonitor:
                 last_progress=self._progress[group].at if group in self._progress else None,
                 error=self._errors.get(group),
                 committed_offsets=group not in self._empty,
+                status=self._status.get(group, LagStatus.UNKNOWN),
+                lag_seconds=dict(self._seconds[group]) if group in self._seconds else None,
             )
             for group in self.groups
         }
@@ -165,134 +252,10 @@ class LagMonitor:
         """``states`` as plain data (tests and logs)."""
         return {"groups": {group: {"lag": state.lag, "last_progress": state.last_progress,
                                    "error": state.error,
-                                   "committed_offsets": state.committed_offsets}
+                                   "committed_offsets": state.committed_offsets,
+                                   "status": state.status.value,
+                                   "lag_seconds": state.lag_seconds}
                            for group, state in self.states().items()}}
 
     def close(self) -> None:
         self.source.close()
-
-
-class MemoryLagSource:
-    """Offsets of the in-process bus (``InMemoryBus.committed`` / ``end_offsets``)."""
-
-    def __init__(self, bus: Any, topics: Iterable[str] = TOPICS) -> None:
-        self.bus = bus
-        self.topics = tuple(topics)
-
-    def committed(self, group: str) -> dict[TopicPartition, int]:
-        result: dict[TopicPartition, int] = {}
-        for topic in self.topics:
-            for partition, offset in self.bus.committed(group, topic).items():
-                result[(topic, partition)] = offset
-        return result
-
-    def high_watermarks(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
-        ends: dict[str, dict[int, int]] = {}
-        result: dict[TopicPartition, int] = {}
-        for topic, partition in partitions:
-            if topic not in ends:
-                ends[topic] = self.bus.end_offsets(topic)
-            if partition in ends[topic]:
-                result[(topic, partition)] = ends[topic][partition]
-        return result
-
-    def close(self) -> None:
-        return None
-
-
-class KafkaLagSource:
-    """Committed offsets and watermarks through plain consumers that never subscribe:
-    one per group for its committed offsets (created lazily and kept, so at most one
-    per configured group) and one that only asks for metadata and watermarks.
-
-    Not the admin API's ``list_consumer_group_offsets``: librdkafka (up to 2.16 at
-    least, confluentinc/librdkafka#4605) aborts the whole process with
-    ``rd_kafka_enq_once_del_source_return: Assertion `eonce->refcnt > 0'`` when the
-    coordinator connection drops during that request - a broker restart killed the
-    daemon. A consumer's own ``committed`` takes another code path and survives it.
-    """
-
-    def __init__(self, bootstrap: str, timeout: float, client_id: str = "bgmock-twin-lag") -> None:
-        self.bootstrap = bootstrap
-        self.timeout = timeout
-        self.client_id = client_id
-        self._consumer: Any = None
-        self._group_consumers: dict[str, Any] = {}
-
-    def _config(self, group: str) -> dict[str, Any]:
-        return {"bootstrap.servers": self.bootstrap, "client.id": self.client_id,
-                "group.id": group, "enable.auto.commit": False, "log_level": 3}
-
-    def _metadata_consumer(self) -> Any:
-        from confluent_kafka import Consumer
-
-        if self._consumer is None:
-            self._consumer = Consumer(self._config(f"{self.client_id}-watermarks"))
-        return self._consumer
-
-    def _group_consumer(self, group: str) -> Any:
-        from confluent_kafka import Consumer
-
-        consumer = self._group_consumers.get(group)
-        if consumer is None:
-            consumer = self._group_consumers[group] = Consumer(self._config(group))
-        return consumer
-
-    def committed(self, group: str) -> dict[TopicPartition, int]:
-        from confluent_kafka import TopicPartition as KafkaTopicPartition
-
-        deadline = time.monotonic() + self.timeout
-        metadata = self._metadata_consumer().list_topics(timeout=self.timeout)
-        partitions = [KafkaTopicPartition(name, p)
-                      for name, topic in sorted(metadata.topics.items())
-                      if not name.startswith("__") and topic.error is None
-                      for p in sorted(topic.partitions)]
-        if not partitions:
-            return {}
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("committed offsets not read within the timeout")
-        answer = self._group_consumer(group).committed(partitions, timeout=remaining)
-        result: dict[TopicPartition, int] = {}
-        for tp in answer:
-            if tp.error is None and tp.offset >= 0:
-                result[(tp.topic, tp.partition)] = int(tp.offset)
-        return result
-
-    def high_watermarks(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
-        from confluent_kafka import TopicPartition as KafkaTopicPartition
-
-        consumer = self._metadata_consumer()
-        deadline = time.monotonic() + self.timeout
-        result: dict[TopicPartition, int] = {}
-        for topic, partition in partitions:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("watermarks not read within the timeout")
-            _low, high = consumer.get_watermark_offsets(
-                KafkaTopicPartition(topic, partition), timeout=remaining, cached=False)
-            if high is not None and high >= 0:
-                result[(topic, partition)] = int(high)
-        return result
-
-    def close(self) -> None:
-        consumers = [*self._group_consumers.values(),
-                     *([self._consumer] if self._consumer is not None else [])]
-        self._group_consumers = {}
-        self._consumer = None
-        for consumer in consumers:
-            try:
-                consumer.close()
-            except Exception as exc:  # closing a consumer of a dead broker may fail
-                log.debug("lag_consumer_close_failed", error=repr(exc))
-
-
-def lag_source_for(bus: Any, bootstrap: str | None, timeout: float) -> LagSource | None:
-    """The lag source matching the bus in use (None when there is no bus)."""
-    if bus is None:
-        return None
-    if hasattr(bus, "committed") and hasattr(bus, "end_offsets"):
-        return MemoryLagSource(bus)
-    if bootstrap:
-        return KafkaLagSource(bootstrap, timeout)
-    return None

@@ -83,7 +83,8 @@ class Books:
             twin_accounts=twin_accounts,
         )
         groups = list(dict.fromkeys([*settings.lag_groups, settings.consumer_group]))
-        self.lag = LagMonitor(lag_source, groups) if lag_source is not None else None
+        self.lag = (LagMonitor(lag_source, groups, settings.lag_window_samples)
+                    if lag_source is not None else None)
         self._run_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._latest: Report | None = None

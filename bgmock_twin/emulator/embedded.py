@@ -32,6 +32,7 @@ from bgmock_twin.contract import (
     TOPIC_PROCESSED,
     TOPICS,
 )
+from bgmock_twin.contract.groups import CLEARING_GROUPS, bank_groups
 from bgmock_twin.emulator.admin import admin_router
 from bgmock_twin.emulator.bank import BankService
 from bgmock_twin.emulator.clearing import ClearingService
@@ -44,14 +45,6 @@ from bgmock_twin.logs import get_logger
 from bgmock_twin.settings import mask_url
 
 log = get_logger(__name__)
-
-CLEARING_GROUP = "clearing-service"
-
-
-def bank_groups(clearing_number: str) -> tuple[str, str]:
-    """The consumer groups of a bank: forwarded and completed."""
-    return (f"bank-service-forwarded.{clearing_number}",
-            f"bank-service-completed.{clearing_number}")
 
 
 @dataclass
@@ -207,10 +200,11 @@ class EmbeddedBGMock:
             self._listeners.append(item)
             item.start()
 
-        listener(CLEARING.name, CLEARING_GROUP, [TOPIC_INITIATED, TOPIC_PROCESSED], {
-            TOPIC_INITIATED: clearing.handle_initiated,
-            TOPIC_PROCESSED: clearing.process_processed,
-        }, None)
+        # one group per listener, as the real clearing has (contract corrections)
+        listener(CLEARING.name, CLEARING_GROUPS[TOPIC_INITIATED], [TOPIC_INITIATED],
+                 {TOPIC_INITIATED: clearing.handle_initiated}, None)
+        listener(CLEARING.name, CLEARING_GROUPS[TOPIC_PROCESSED], [TOPIC_PROCESSED],
+                 {TOPIC_PROCESSED: clearing.process_processed}, None)
         for bank in (self.bank_a, self.bank_b):
             forwarded_group, completed_group = bank_groups(bank.clearing_number)
             listener(bank.name, forwarded_group, [TOPIC_FORWARDED],

@@ -10,19 +10,17 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import NoDecode
 
+from bgmock_twin.contract.groups import BANK_GROUPS, CLEARING_GROUPS
 from bgmock_twin.settings.bus import BusSettings
 from bgmock_twin.settings.databases import StatementSettings
 from bgmock_twin.settings.fields import SLICE_CONFIG, env
 from bgmock_twin.settings.probes import RestSettings
 from bgmock_twin.settings.tracking import DeadlineSettings
 
-DEFAULT_BANK_GROUPS = (
-    "bank-service-forwarded.01",
-    "bank-service-completed.01",
-    "bank-service-forwarded.02",
-    "bank-service-completed.02",
-)
-DEFAULT_CLEARING_GROUPS = ("clearing-service",)
+# The real services' groups (bgmock_twin.contract.groups): a group named here that
+# does not exist on the broker is reported as missing, never silently empty.
+DEFAULT_BANK_GROUPS = BANK_GROUPS
+DEFAULT_CLEARING_GROUPS = tuple(CLEARING_GROUPS.values())
 
 
 class SloSettings(BaseModel):
@@ -59,6 +57,12 @@ class ReconcileSettings(BaseModel):
         default_factory=lambda: [*DEFAULT_BANK_GROUPS, *DEFAULT_CLEARING_GROUPS],
         validation_alias=env("TWIN_LAG_GROUPS"),
         description="Consumer groups whose lag is exported (JSON list or comma separated).",
+    )
+
+    lag_window_samples: int = Field(
+        10, ge=2, le=1000, validation_alias=env("TWIN_LAG_WINDOW_SAMPLES"),
+        description="Readings in each group's sliding window (Burrow's intervals): a "
+                    "group is judged STALL, STOP or WARN only over a full window.",
     )
 
     @field_validator("lag_groups", mode="before")
