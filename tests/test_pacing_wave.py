@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -44,12 +45,12 @@ def test_wave_schedule_is_the_inverse_of_its_integral() -> None:
     wave = pacing.wave(20.0, 15.0, 6.0)
     times = list(pacing.offsets(wave, 1000))
     assert times[0] == 0.0
-    assert all(b > a for a, b in zip(times, times[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(times))
     for i in (1, 17, 119, 500, 999):
         assert wave.integral(times[i]) == pytest.approx(i, abs=1e-6)
     # faster at the crest (t = period/4) than in the trough (t = 3*period/4)
-    crest = [b - a for a, b in zip(times, times[1:], strict=False) if 1.3 < a < 1.7]
-    trough = [b - a for a, b in zip(times, times[1:], strict=False) if 4.3 < a < 4.7]
+    crest = [b - a for a, b in itertools.pairwise(times) if 1.3 < a < 1.7]
+    trough = [b - a for a, b in itertools.pairwise(times) if 4.3 < a < 4.7]
     assert max(crest) < min(trough)
     assert 1 / (sum(crest) / len(crest)) == pytest.approx(35.0, rel=0.02)
     assert 1 / (sum(trough) / len(trough)) == pytest.approx(5.0, rel=0.05)
