@@ -46,7 +46,7 @@ EXIT_OK = 0
 EXIT_NOT_RUN = 2
 EXIT_THRESHOLDS = 99
 EXIT_INTERRUPTED = 130
-CLIENT_COMMANDS = ("simulate", "status", "simulations")
+CLIENT_COMMANDS = ("simulate", "status", "simulations", "accounts")
 POLL_SECONDS = 0.5
 LOST_TWIN_SECONDS = 15.0
 
@@ -184,6 +184,12 @@ def add_parsers(commands: Any) -> None:
     _connection(status)
     status.add_argument("--json", action="store_true", help="the raw JSON answer")
 
+    accounts = commands.add_parser(
+        "accounts", help="the twin's accounts: actual and expected balances, drift, in flight")
+    _connection(accounts)
+    accounts.add_argument("--bank", choices=("bank_a", "bank_b"), help="one bank only")
+    accounts.add_argument("--json", action="store_true", help="the raw JSON answer")
+
     sims = commands.add_parser("simulations",
                                help="the twin's simulations; with an id, its summary")
     _connection(sims)
@@ -223,6 +229,9 @@ def main(args: argparse.Namespace) -> int:
         if args.command == "status":
             body = client.status()
             _show(out, body, args.json, render.status)
+            return EXIT_OK
+        if args.command == "accounts":
+            _show(out, client.accounts(args.bank), args.json, render.accounts)
             return EXIT_OK
         if args.command == "simulations":
             if args.id:
