@@ -10,6 +10,7 @@ refreshes it on demand.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Literal
 
 from fastapi import APIRouter
@@ -18,7 +19,6 @@ from pydantic import Field
 from bgmock_twin.api.wire import WireResponse
 from bgmock_twin.books.accounts import IN_FLIGHT_LISTED, AccountLine, AccountsView, BankTotals
 from bgmock_twin.books.model import Range
-from bgmock_twin.books.results import money
 from bgmock_twin.books.service import Books
 
 
@@ -62,8 +62,20 @@ class AccountsBody(WireResponse):
     accounts: list[AccountBody]
 
 
+CENT = Decimal("0.01")
+
+
+def money(value: Decimal | None) -> str | None:
+    """An amount as a decimal string in cents (``0.00``, never ``0``)."""
+    return None if value is None else format(value.quantize(CENT), "f")
+
+
+def _money(value: Decimal) -> str:
+    return format(value.quantize(CENT), "f")
+
+
 def _range(value: Range) -> RangeBody:
-    return RangeBody(min=format(value.lo, "f"), max=format(value.hi, "f"))
+    return RangeBody(min=_money(value.lo), max=_money(value.hi))
 
 
 def account_body(line: AccountLine) -> AccountBody:
@@ -78,8 +90,8 @@ def account_body(line: AccountLine) -> AccountBody:
 
 def _bank(totals: BankTotals) -> BankBody:
     return BankBody(accounts=totals.accounts, read=totals.read,
-                    balance=format(totals.balance, "f"), reserved=format(totals.reserved, "f"),
-                    expected_balance=_range(totals.expected), drift=format(totals.drift, "f"))
+                    balance=_money(totals.balance), reserved=_money(totals.reserved),
+                    expected_balance=_range(totals.expected), drift=_money(totals.drift))
 
 
 def accounts_body(view: AccountsView | None, bank: str | None = None) -> AccountsBody:

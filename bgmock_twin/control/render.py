@@ -73,9 +73,12 @@ def summary(out: Console, result: Summary) -> None:
     figures.add_row("dropped", str(result.count("dropped")), _pct(result.count("dropped"),
                                                                   planned))
     target = spec.get("rate")
+    if spec.get("profile") == "wave":
+        aim = f"wave around {spec.get('waveBase')}/s"
+    else:
+        aim = f"target {target}/s" if target is not None else ""
     if result.run_seconds is not None:
-        figures.add_row("achieved rate", _num(result.achieved_rate, "/s", 2),
-                        f"target {target}/s" if target is not None else "")
+        figures.add_row("achieved rate", _num(result.achieved_rate, "/s", 2), aim)
     if result.run_seconds is not None:
         figures.add_row("run time", _num(result.run_seconds, " s", 1),
                         f"sending {_num(result.send_seconds, ' s', 1)}")
