@@ -64,6 +64,8 @@ def test_a_duration_run_plans_the_profiles_count_and_holds_the_rate(twin: Daemon
     location = answer.headers["Location"]
     assert location == f"/api/v1/simulations/{created['id']}"
     assert twin.get(location).status_code == 200
+    post = twin.get("/openapi.json").json()["paths"]["/api/v1/simulations"]["post"]
+    assert "Location" in post["responses"]["202"]["headers"]
 
     detail = _finished(twin, created["id"])
     assert (detail["dispatched"], detail["dropped"]) == (60, 0)

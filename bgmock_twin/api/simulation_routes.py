@@ -257,7 +257,10 @@ def build_simulation_router(tracking: Tracking) -> APIRouter:
     @router.post(
         "/simulations", status_code=202, response_model=SimulationSummary,
         summary="Start a simulation (answers at once with its id)", dependencies=mutate,
-        responses={409: {"description": "too many simulations running, or the kafka "
+        responses={202: {"description": "started", "headers": {"Location": {
+                       "description": "the new simulation: /api/v1/simulations/{id}",
+                       "schema": {"type": "string"}}}},
+                   409: {"description": "too many simulations running, or the kafka "
                               "channel asked of a twin without Kafka"},
                    503: {"description": "BGMock unreachable: accounts not provisioned"}},
     )
