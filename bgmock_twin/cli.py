@@ -5,8 +5,8 @@ Daemon commands: ``run``, ``emulate`` and ``check-config``. They load the settin
 stop them at once with one line per bad setting, naming it and the reason, and exit
 code 2; the offending values are never printed.
 
-Client commands: ``simulate``, ``status`` and ``simulations`` (``bgmock_twin.control``)
-talk to a running twin over HTTP and need none of the daemon's settings.
+Client commands: ``simulate``, ``status``, ``simulations`` and ``accounts``
+(``bgmock_twin.control``) talk to a running twin over HTTP and need none of the daemon's settings.
 """
 
 from __future__ import annotations

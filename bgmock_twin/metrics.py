@@ -192,6 +192,24 @@ DRIFTING_ACCOUNTS = Gauge(
     "bgmock_balance_drifting_accounts", "Twin accounts whose balance differs from the model.",
     ["bank"],
 )
+ACCOUNT_BALANCE = Gauge(
+    "bgmock_account_balance",
+    "Sum of the balances of the twin's accounts at a bank, as the bank reports them "
+    "(accounts read at the last reconciliation).", ["bank"],
+)
+ACCOUNT_RESERVED = Gauge(
+    "bgmock_account_reserved",
+    "Sum of the reserved balances of the twin's accounts at a bank, as reported.", ["bank"],
+)
+ACCOUNT_BALANCE_EXPECTED_MIN = Gauge(
+    "bgmock_account_balance_expected_min",
+    "Lower bound of the same sum as the twin's books expect it (payments in flight "
+    "widen the range).", ["bank"],
+)
+ACCOUNT_BALANCE_EXPECTED_MAX = Gauge(
+    "bgmock_account_balance_expected_max",
+    "Upper bound of the same sum as the twin's books expect it.", ["bank"],
+)
 INVARIANT_VIOLATIONS = Gauge(
     "bgmock_invariant_violations", "Current violations per reconciliation check.", ["check"]
 )

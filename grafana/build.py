@@ -681,6 +681,20 @@ def books() -> dash.Dashboard:
                            "{{bank}}")],
                    steps=thresholds((GREEN, None), (RED, 1)), line_thresholds=True,
                    decimals=0),
+        # per bank, not per account: account numbers are never labels (the per-account
+        # table is GET /api/v1/accounts and `bgmock-twin accounts`)
+        timeseries("Twin accounts: actual vs expected balance", "Sum of the balances of "
+                   "the twin's accounts at each bank as the bank reports them (actual), and "
+                   "the range the twin's books expect for the same accounts (payments in "
+                   "flight widen it). Actual outside the range is drift; per account see "
+                   "`bgmock-twin accounts`.", "none", targets(
+                       (f"max by (bank) ({sel('bgmock_account_balance')})",
+                        "{{bank}} actual"),
+                       (f"max by (bank) ({sel('bgmock_account_balance_expected_min')})",
+                        "{{bank}} expected min"),
+                       (f"max by (bank) ({sel('bgmock_account_balance_expected_max')})",
+                        "{{bank}} expected max"),
+                   ), decimals=2, w=24),
     ])
     checks = Row("Invariants", [
         timeseries("Violations by check", "Current violations per reconciliation check "

@@ -1,6 +1,7 @@
-"""The client's own parsing: the threshold grammar, durations, and how a duration
-becomes a count (checked against the daemon's real pacing), plus the client's
-import boundary (it talks HTTP and imports nothing of the daemon)."""
+"""The client's own parsing: the threshold grammar, durations, the profile part of
+the request body, plus the client's import boundary (it talks HTTP and imports
+nothing of the daemon). How a duration becomes a count is the twin's business
+(``tests/test_pacing_wave.py``, ``tests/test_simulation_sizing.py``)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from bgmock_twin.control.durations import (
-    count_for_duration,
-    due_within,
-    parse_duration,
-    profile_segments,
-)
+from bgmock_twin.control.durations import parse_duration
+from bgmock_twin.control.profiles import profile_fields
 from bgmock_twin.control.summary import Summary
 from bgmock_twin.control.thresholds import NAMES, ThresholdError, evaluate, parse_threshold
-from bgmock_twin.tracking import pacing
 
 CONTROL = Path(__file__).resolve().parent.parent / "bgmock_twin" / "control"
 
@@ -113,54 +109,32 @@ def test_bad_durations(text: str) -> None:
         parse_duration(text)
 
 
-PROFILES = [
-    ("constant", {"rate": 20.0}, pacing.constant(20.0)),
-    ("constant", {"rate": 0.5}, pacing.constant(0.5)),
-    ("constant", {"rate": 3.3}, pacing.constant(3.3)),
+@pytest.mark.parametrize(("profile", "params", "body"), [
+    ("constant", {"rate": 20.0}, {"profile": "constant", "rate": 20.0}),
+    ("constant", {"delay": 2.0}, {"profile": "constant", "delay": 2.0}),
     ("ramp", {"ramp_from": 1.0, "ramp_to": 50.0, "ramp_seconds": 60.0},
-     pacing.ramp(1.0, 50.0, 60.0)),
-    ("ramp", {"ramp_from": 0.0, "ramp_to": 10.0, "ramp_seconds": 7.0},
-     pacing.ramp(0.0, 10.0, 7.0)),
-    ("ramp", {"ramp_from": 30.0, "ramp_to": 5.0, "ramp_seconds": 20.0},
-     pacing.ramp(30.0, 5.0, 20.0)),
-    ("spike", {"rate": 5.0, "spike_rate": 40.0, "spike_start": 10.0, "spike_seconds": 5.0},
-     pacing.spike(5.0, 40.0, 10.0, 5.0)),
-    ("spike", {"rate": 2.0, "spike_rate": 9.0, "spike_start": 0.0, "spike_seconds": 3.0},
-     pacing.spike(2.0, 9.0, 0.0, 3.0)),
-]
-
-
-@pytest.mark.parametrize(("profile", "params", "daemon_segments"), PROFILES)
-@pytest.mark.parametrize("seconds", [0.3, 1.0, 2.5, 7.0, 12.0, 30.0, 95.0])
-def test_duration_count_matches_the_daemons_own_pacing(
-    profile: str, params: dict[str, float], daemon_segments: list[pacing.Segment],
-    seconds: float,
-) -> None:
-    """The count the client asks for is exactly the number of payments the twin's
-    pacer schedules before the duration ends (at least one)."""
-    segments = profile_segments(profile, **params)
-    count = count_for_duration(segments, seconds)
-    horizon = count + 50
-    due = sum(1 for offset in pacing.offsets(daemon_segments, horizon) if offset < seconds)
-    assert count == max(1, due)
-
-
-def test_duration_count_of_the_issues_example() -> None:
-    assert count_for_duration(profile_segments("constant", rate=20), 30) == 600
-    assert due_within(profile_segments("ramp", ramp_from=0, ramp_to=10, ramp_seconds=10),
-                      20) == pytest.approx(50 + 100)
+     {"profile": "ramp", "ramp": {"fromRate": 1.0, "toRate": 50.0, "duration": 60.0}}),
+    ("spike", {"rate": 5.0, "spike_rate": 40.0, "spike_start": 0.0, "spike_seconds": 5.0},
+     {"profile": "spike", "rate": 5.0, "spike": {"rate": 40.0, "start": 0.0, "duration": 5.0}}),
+    ("wave", {"wave_base": 20.0, "wave_amplitude": 10.0, "wave_period": 60.0},
+     {"profile": "wave", "wave": {"baseRate": 20.0, "amplitude": 10.0, "periodSeconds": 60.0}}),
+])
+def test_profile_fields_of_the_request_body(profile: str, params: dict[str, float],
+                                            body: dict[str, object]) -> None:
+    assert profile_fields(profile, **params) == body
 
 
 @pytest.mark.parametrize(("profile", "params", "message"), [
     ("constant", {}, "needs --rate or --delay"),
     ("ramp", {"ramp_from": 1.0}, "needs --ramp-from, --ramp-to and --ramp-duration"),
     ("spike", {"rate": 1.0, "spike_rate": 5.0}, "needs --spike-rate"),
-    ("wave", {"rate": 1.0}, "unknown profile"),
+    ("wave", {"rate": 1.0}, "needs --wave-base, --wave-amplitude and --wave-period"),
+    ("sawtooth", {"rate": 1.0}, "unknown profile"),
 ])
 def test_profiles_missing_their_parameters(profile: str, params: dict[str, float],
                                            message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        profile_segments(profile, **params)
+        profile_fields(profile, **params)
 
 
 # --- boundary -------------------------------------------------------------------------------

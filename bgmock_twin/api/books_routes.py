@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 from pydantic.alias_generators import to_camel
 
+from bgmock_twin.api.accounts_routes import build_accounts_router
 from bgmock_twin.api.auth import require_token
 from bgmock_twin.books.report import Report
 from bgmock_twin.books.results import CHECKS, EVIDENCE_LIMIT, CheckResult, Violation, money
@@ -169,6 +170,7 @@ def render_books_status(status: BooksStatus) -> dict[str, Any]:
 # --- routes -----------------------------------------------------------------------------------
 def build_books_router(books: Books) -> APIRouter:
     router = APIRouter(tags=["reconciliation"])
+    router.include_router(build_accounts_router(books))
 
     @router.get("/api/v1/reconciliation", response_model=ReconciliationBody,
                 summary="The latest reconciliation: each check's status (ok, violated, "

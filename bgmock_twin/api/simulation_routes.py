@@ -10,13 +10,14 @@ from __future__ import annotations
 import uuid
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from bgmock_twin.api.auth import require_token
 from bgmock_twin.api.wire import Amount, JsonBodyRoute, Rate, Seconds, WireRequest, WireResponse
 from bgmock_twin.tracking import simulation_report as report
+from bgmock_twin.tracking import simulation_spec as spec_domain
 from bgmock_twin.tracking import simulations as domain
 from bgmock_twin.tracking.lifecycle import FAILURE_KINDS, Channel, Kind
 from bgmock_twin.tracking.service import Tracking
@@ -37,17 +38,31 @@ class SpikeRequest(WireRequest):
     duration: Seconds = Field(..., description="seconds the spike lasts")
 
 
-class SimulationRequest(WireRequest):
-    """A run of ``count`` payments. ``rate`` (payments/s) or the seed's fixed
-    ``delay`` (seconds between payments) is the base rate of the constant and spike
-    profiles; a ramp takes its rates from ``ramp``."""
+class WaveRequest(WireRequest):
+    """rate(t) = baseRate + amplitude * sin(2*pi*t / periodSeconds), never below 0."""
 
-    count: int = Field(..., ge=1, le=100_000)
+    base_rate: Rate = Field(..., description="payments/s the wave rises and falls around")
+    amplitude: float = Field(..., ge=0, le=1000, description="payments/s above and below")
+    period_seconds: Seconds = Field(..., description="seconds of one rise and fall")
+
+
+class SimulationRequest(WireRequest):
+    """A run of ``count`` payments, or of the payments its profile has due within
+    ``duration`` seconds (exactly one of the two). ``rate`` (payments/s) or the
+    seed's fixed ``delay`` (seconds between payments) is the base rate of the
+    constant and spike profiles; a ramp takes its rates from ``ramp``, a wave from
+    ``wave``."""
+
+    count: int | None = Field(None, ge=1, le=spec_domain.MAX_COUNT)
+    duration: Seconds | None = Field(
+        None, description="seconds to send for, instead of count: the count is the "
+        "profile's integral over them, rounded up")
     rate: Rate | None = None
     delay: float | None = Field(None, ge=0.5, le=10)
-    profile: Literal["constant", "ramp", "spike"] = "constant"
+    profile: Literal["constant", "ramp", "spike", "wave"] = "constant"
     ramp: RampRequest | None = None
     spike: SpikeRequest | None = None
+    wave: WaveRequest | None = None
     channel: Literal["rest", "kafka"] = "rest"
     direction: Literal["a_to_b", "b_to_a", "both"] = "both"
     amount_min: Amount | None = None
@@ -71,6 +86,14 @@ class SimulationRequest(WireRequest):
             raise ValueError("amount_min must not exceed amount_max")
         return self
 
+    @model_validator(mode="after")
+    def _size_and_wave(self) -> SimulationRequest:
+        if (self.count is None) == (self.duration is None):
+            raise ValueError("give exactly one of count (payments) and duration (seconds)")
+        if self.profile == "wave" and self.wave is None:
+            raise ValueError("profile wave needs wave: {baseRate, amplitude, periodSeconds}")
+        return self
+
 
 # --- responses --------------------------------------------------------------------------------
 class SimulationSummary(WireResponse):
@@ -85,6 +108,9 @@ class SimulationSummary(WireResponse):
     unfinished: int
     channel: str
     profile: str
+    duration_seconds: float | None = Field(description="the duration asked for, if any")
+    achieved_rate: float | None = Field(
+        description="payments dispatched per second of sending (null before any)")
 
 
 class SimulationList(WireResponse):
@@ -92,16 +118,38 @@ class SimulationList(WireResponse):
 
 
 class Percentiles(WireResponse):
-    """Nearest-rank percentiles in seconds (null when there is no value yet)."""
+    """Exact statistics in seconds, percentiles nearest-rank (null when there is no
+    value yet)."""
 
     count: int
+    min: float | None
+    mean: float | None
     p50: float | None
+    p90: float | None
     p95: float | None
     p99: float | None
+    max: float | None
 
 
 class LagPercentiles(Percentiles):
-    max: float | None
+    pass
+
+
+class Results(WireResponse):
+    """The figures the client's thresholds read (``success_ratio`` and so on)."""
+
+    achieved_rate: float | None
+    sending_seconds: float | None
+    dispatched: int
+    dropped: int
+    success: int
+    failed: int
+    rejected: int
+    stuck: int
+    unfinished: int
+    success_ratio: float | None
+    error_ratio: float | None
+    drop_ratio: float | None
 
 
 class Latency(WireResponse):
@@ -129,10 +177,12 @@ class SimulationDetail(SimulationSummary):
     current_status: dict[str, int]
     latency: Latency
     send_lag: LagPercentiles = Field(description="actual minus intended send time")
+    results: Results = Field(description="threshold-ready figures of the run")
 
 
 # --- conversions ------------------------------------------------------------------------------
-def simulation_spec(request: SimulationRequest, tracking: Tracking) -> domain.SimulationSpec:
+def simulation_spec(request: SimulationRequest,
+                    tracking: Tracking) -> spec_domain.SimulationSpec:
     """The domain's spec of a request; unset amounts come from the twin's settings."""
     settings = tracking.settings
     kinds = tuple(Kind(k) for k in request.failure_kinds) if request.failure_kinds \
@@ -140,8 +190,8 @@ def simulation_spec(request: SimulationRequest, tracking: Tracking) -> domain.Si
     amount_min = request.amount_min or min(settings.load_amount_min,
                                            request.amount_max or settings.load_amount_min)
     amount_max = request.amount_max or max(settings.load_amount_max, amount_min)
-    return domain.SimulationSpec(
-        count=request.count, amount_min=amount_min, amount_max=amount_max,
+    spec = spec_domain.SimulationSpec(
+        count=request.count or 1, amount_min=amount_min, amount_max=amount_max,
         profile=request.profile, rate=request.rate, delay=request.delay,
         ramp_from=request.ramp.from_rate if request.ramp else None,
         ramp_to=request.ramp.to_rate if request.ramp else None,
@@ -149,9 +199,15 @@ def simulation_spec(request: SimulationRequest, tracking: Tracking) -> domain.Si
         spike_rate=request.spike.rate if request.spike else None,
         spike_start=request.spike.start if request.spike else None,
         spike_duration=request.spike.duration if request.spike else None,
+        wave_base=request.wave.base_rate if request.wave else None,
+        wave_amplitude=request.wave.amplitude if request.wave else None,
+        wave_period=request.wave.period_seconds if request.wave else None,
         channel=Channel(request.channel), direction=request.direction,
         failure_share=request.failure_share, failure_kinds=kinds, name=request.name,
     )
+    if request.duration is not None:
+        return spec_domain.sized_by_duration(spec, request.duration)
+    return spec
 
 
 def _summary_fields(summary: domain.SimulationSummary) -> dict[str, Any]:
@@ -162,6 +218,7 @@ def _summary_fields(summary: domain.SimulationSummary) -> dict[str, Any]:
         "planned": summary.planned, "dispatched": summary.dispatched,
         "dropped": summary.dropped, "unfinished": summary.unfinished,
         "channel": summary.channel.value, "profile": summary.profile,
+        "duration_seconds": summary.duration_seconds, "achieved_rate": summary.achieved_rate,
     }
 
 
@@ -170,7 +227,8 @@ def summary_view(summary: domain.SimulationSummary) -> SimulationSummary:
 
 
 def _percentiles(p: report.Percentiles) -> Percentiles:
-    return Percentiles(count=p.count, p50=p.p50, p95=p.p95, p99=p.p99)
+    return Percentiles(count=p.count, min=p.min, mean=p.mean, p50=p.p50, p90=p.p90,
+                       p95=p.p95, p99=p.p99, max=p.max)
 
 
 def detail_view(detail: domain.SimulationDetail) -> SimulationDetail:
@@ -185,8 +243,8 @@ def detail_view(detail: domain.SimulationDetail) -> SimulationDetail:
         current_status=detail.current_status,
         latency=Latency(total=_percentiles(detail.latency.total),
                         steps={k: _percentiles(v) for k, v in detail.latency.steps.items()}),
-        send_lag=LagPercentiles(count=lag.count, p50=lag.p50, p95=lag.p95, p99=lag.p99,
-                                max=lag.max),
+        send_lag=LagPercentiles.model_validate(_percentiles(lag).model_dump()),
+        results=Results.model_validate(detail.results, from_attributes=True),
     )
 
 
@@ -199,15 +257,21 @@ def build_simulation_router(tracking: Tracking) -> APIRouter:
     @router.post(
         "/simulations", status_code=202, response_model=SimulationSummary,
         summary="Start a simulation (answers at once with its id)", dependencies=mutate,
-        responses={409: {"description": "too many simulations running, or the kafka "
+        responses={202: {"description": "started", "headers": {"Location": {
+                       "description": "the new simulation: /api/v1/simulations/{id}",
+                       "schema": {"type": "string"}}}},
+                   409: {"description": "too many simulations running, or the kafka "
                               "channel asked of a twin without Kafka"},
                    503: {"description": "BGMock unreachable: accounts not provisioned"}},
     )
-    def create_simulation(request: SimulationRequest) -> SimulationSummary:
+    def create_simulation(request: SimulationRequest, http: Request,
+                          response: Response) -> SimulationSummary:
         spec = simulation_spec(request, tracking)
         tracking.require_channel(spec.channel)  # no Kafka: the kafka channel is refused
         tracking.ensure_provisioned()
-        return summary_view(simulations.summary(simulations.create(spec)))
+        created = simulations.summary(simulations.create(spec))
+        response.headers["Location"] = f"{http.url.path.rstrip('/')}/{created.simulation_id}"
+        return summary_view(created)
 
     @router.get("/simulations", response_model=SimulationList,
                 summary="Every simulation this twin knows, newest first")

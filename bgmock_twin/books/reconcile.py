@@ -41,6 +41,7 @@ from sqlalchemy.engine import Engine
 
 from bgmock_twin.books import checks as c
 from bgmock_twin.books import snapshot_checks
+from bgmock_twin.books.accounts import AccountsView, account_lines
 from bgmock_twin.books.journal import clock_offset, learn_offsets, with_views
 from bgmock_twin.books.model import AccountKey, expect
 from bgmock_twin.books.readings import AccountReading, FinishedPayment
@@ -216,7 +217,10 @@ class Reconciler:
         for result in results.values():
             if result.status is CheckStatus.UNKNOWN and not result.reason:
                 result.reason = "data source unavailable"
-        return Report(ran_at, time.monotonic() - started, results, sources, self.clock_offsets)
+        view = AccountsView(ran_at, tuple(balance.banks_read), balance.accounts) \
+            if balance.accounts is not None else None
+        return Report(ran_at, time.monotonic() - started, results, sources, self.clock_offsets,
+                      view)
 
     # --- pieces ----------------------------------------------------------------------------
     def _configured_services(self) -> list[str]:
@@ -309,6 +313,8 @@ class Reconciler:
             c.balance_drift(model, readings, banks_read),
             c.conservation(model, readings),
             sources,
+            account_lines(model, readings, banks_read, payments,
+                          {pid for pid, info in snapshot.meta.items() if not info.finished}),
         )
 
     def _read_balances(self, accounts: set[AccountKey], deadline: float,

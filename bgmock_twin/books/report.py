@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from bgmock_twin.books.accounts import AccountLine, AccountsView
 from bgmock_twin.books.model import ZERO, AccountKey
 from bgmock_twin.books.readings import AccountReading
 from bgmock_twin.books.results import BankDrift, CheckResult, CheckStatus
@@ -19,6 +20,7 @@ class Report:
     results: dict[str, CheckResult]
     sources: dict[str, str]
     clock_offsets: dict[str, timedelta] = field(default_factory=dict)
+    accounts: AccountsView | None = None  # None when the balances could not be modelled
 
     @property
     def violations(self) -> int:
@@ -41,6 +43,7 @@ class BalancePass:
     drift: CheckResult
     conservation: CheckResult
     sources: dict[str, str] = field(default_factory=dict)
+    accounts: tuple[AccountLine, ...] | None = None  # None without a model
 
 
 def confirmed(first: BalancePass, second: BalancePass) -> BalancePass:
@@ -64,7 +67,8 @@ def confirmed(first: BalancePass, second: BalancePass) -> BalancePass:
         drift.drift = confirmed_drift(drift)
     return BalancePass(second.readings, second.banks_read, drift,
                        both(first.conservation, second.conservation),
-                       {**first.sources, **{f"confirm_{k}": v for k, v in second.sources.items()}})
+                       {**first.sources, **{f"confirm_{k}": v for k, v in second.sources.items()}},
+                       second.accounts)
 
 
 def confirmed_drift(result: CheckResult) -> dict[str, BankDrift]:

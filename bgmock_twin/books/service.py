@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 
 from bgmock_twin import metrics
 from bgmock_twin.books import checks as c
+from bgmock_twin.books.accounts import AccountsView
 from bgmock_twin.books.lag import GroupState, LagMonitor, LagSource
 from bgmock_twin.books.model import AccountKey
 from bgmock_twin.books.reconcile import ReconcileConfig, Reconciler
@@ -88,9 +89,11 @@ class Books:
         self._run_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._latest: Report | None = None
+        self._accounts: AccountsView | None = None
         self._keys: dict[str, set[str]] = {}
         self._drift_banks: set[str] = set()
         self._outbox_services: set[str] = set()
+        self._account_banks: set[str] = set()
 
     @property
     def interval_seconds(self) -> float:
@@ -159,6 +162,8 @@ class Books:
             self._export_figures(report)
             metrics.RECONCILIATION_LAST_RUN.set(report.ran_at.timestamp())
             self._latest = report
+            if report.accounts is not None:
+                self._accounts = report.accounts
 
     def _track_offenders(self, check: str, result: CheckResult) -> None:
         previous = self._keys.get(check, set())
@@ -201,8 +206,34 @@ class Books:
                 metrics.OUTBOX_PENDING.remove(service)
                 metrics.OUTBOX_OLDEST_AGE.remove(service)
         self._outbox_services = services
+        self._export_accounts(report.accounts)
+
+    def _export_accounts(self, view: AccountsView | None) -> None:
+        """Per-bank sums of the banks read (account numbers are never labels); a bank
+        not read, or a run without a model, leaves no stale figure."""
+        banks: set[str] = set()
+        totals = view.totals() if view is not None else {}
+        for bank in view.banks_read if view is not None else ():
+            figures = totals[bank]
+            metrics.ACCOUNT_BALANCE.labels(bank).set(float(figures.balance))
+            metrics.ACCOUNT_RESERVED.labels(bank).set(float(figures.reserved))
+            metrics.ACCOUNT_BALANCE_EXPECTED_MIN.labels(bank).set(float(figures.expected.lo))
+            metrics.ACCOUNT_BALANCE_EXPECTED_MAX.labels(bank).set(float(figures.expected.hi))
+            banks.add(bank)
+        for bank in self._account_banks - banks:
+            for gauge in (metrics.ACCOUNT_BALANCE, metrics.ACCOUNT_RESERVED,
+                          metrics.ACCOUNT_BALANCE_EXPECTED_MIN,
+                          metrics.ACCOUNT_BALANCE_EXPECTED_MAX):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(bank)
+        self._account_banks = banks
 
     # --- views ------------------------------------------------------------------------------
+    def accounts(self) -> AccountsView | None:
+        """The accounts as the latest reconciliation that modelled them saw them."""
+        with self._state_lock:
+            return self._accounts
+
     def status(self) -> BooksStatus:
         latest = self.latest()
         return BooksStatus(

@@ -78,6 +78,7 @@ def progress_of(
 class PaymentMeta:
     transaction_id: uuid.UUID | None
     intended_at: datetime  # UTC
+    finished: bool = True  # False while the twin still follows it (in flight)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,12 +137,14 @@ class LedgerReader:
                 sa.literal(False).label("refusal_ambiguous"),
                 sa.func.min(p.c.intended_at).label("intended_at"),
                 sa.literal(False).label("recent"),
+                sa.literal(True).label("is_finished"),
                 sa.func.sum(_cents(p.c.amount, dialect)).label("cents"),
             ).where(old_finished).group_by(*group)
             single = sa.select(
                 p.c.payment_id, *group, p.c.transaction_id, p.c.refusal_ambiguous,
                 p.c.intended_at,
                 (p.c.updated_at >= changed_since).label("recent"),
+                p.c.finished.label("is_finished"),
                 _cents(p.c.amount, dialect).label("cents"),
             ).where(sa.not_(old_finished))
             rows = [dict(r._mapping) for r in conn.execute(sa.union_all(summed, single))]
@@ -151,7 +154,8 @@ class LedgerReader:
         for i, row in enumerate(rows):
             if row["payment_id"] is not None:
                 meta[row["payment_id"]] = PaymentMeta(_uuid(row["transaction_id"]),
-                                                      _utc(row["intended_at"]))
+                                                      _utc(row["intended_at"]),
+                                                      bool(row["is_finished"]))
             if row["recent"]:
                 progress = Progress.SUBMITTED
             else:

@@ -43,6 +43,9 @@ class ControlClient:
     def simulations(self) -> list[dict[str, Any]]:
         return list(self._json("GET", f"{API}/simulations").get("items", []))
 
+    def accounts(self, bank: str | None = None) -> dict[str, Any]:
+        return self._json("GET", f"{API}/accounts", params={"bank": bank} if bank else None)
+
     def simulation(self, simulation_id: str) -> dict[str, Any]:
         return self._json("GET", f"{API}/simulations/{simulation_id}")
 

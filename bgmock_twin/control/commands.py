@@ -30,7 +30,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bgmock_twin.control import render
 from bgmock_twin.control.client import DEFAULT_URL, ControlClient, ControlError
-from bgmock_twin.control.durations import count_for_duration, parse_duration, profile_segments
+from bgmock_twin.control.durations import parse_duration
+from bgmock_twin.control.profiles import PROFILES, profile_fields
 from bgmock_twin.control.summary import Summary, live_figures
 from bgmock_twin.control.thresholds import (
     NAMES,
@@ -45,10 +46,9 @@ EXIT_OK = 0
 EXIT_NOT_RUN = 2
 EXIT_THRESHOLDS = 99
 EXIT_INTERRUPTED = 130
-CLIENT_COMMANDS = ("simulate", "status", "simulations")
+CLIENT_COMMANDS = ("simulate", "status", "simulations", "accounts")
 POLL_SECONDS = 0.5
 LOST_TWIN_SECONDS = 15.0
-MAX_COUNT = 100_000  # the API's bound on count
 
 
 # --- argument types -------------------------------------------------------------------------
@@ -90,6 +90,16 @@ def _positive(text: str) -> float:
     return value
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
 def _share(text: str) -> float:
     try:
         value = float(text)
@@ -124,13 +134,13 @@ def add_parsers(commands: Any) -> None:
     size = simulate.add_mutually_exclusive_group(required=True)
     size.add_argument("--count", type=int, help="payments to send (1..100000)")
     size.add_argument("--duration", type=_duration,
-                      help="send for this long (30s, 2m, 1h): turned into the count the "
-                      "profile sends in that time, since the API takes a count")
+                      help="send for this long (30s, 2m, 1h): the twin plans the payments "
+                      "the profile has due in that time")
     base = simulate.add_mutually_exclusive_group()
     base.add_argument("--rate", type=_positive, help="payments/s (constant and spike base)")
     base.add_argument("--delay", type=_positive,
                       help="seconds between payments instead of --rate (0.5..10)")
-    simulate.add_argument("--profile", choices=("constant", "ramp", "spike"),
+    simulate.add_argument("--profile", choices=PROFILES,
                           default="constant", help="load profile (default constant)")
     simulate.add_argument("--ramp-from", type=float, help="ramp: payments/s at the start")
     simulate.add_argument("--ramp-to", type=_positive, help="ramp: payments/s at the end")
@@ -138,6 +148,12 @@ def add_parsers(commands: Any) -> None:
     simulate.add_argument("--spike-rate", type=_positive, help="spike: payments/s in it")
     simulate.add_argument("--spike-start", type=_offset, help="spike: time after the start")
     simulate.add_argument("--spike-duration", type=_duration, help="spike: how long")
+    simulate.add_argument("--wave-base", type=_positive,
+                          help="wave: payments/s it rises and falls around")
+    simulate.add_argument("--wave-amplitude", type=_non_negative,
+                          help="wave: payments/s above and below the base (the rate "
+                          "never goes below 0)")
+    simulate.add_argument("--wave-period", type=_duration, help="wave: one rise and fall")
     simulate.add_argument("--channel", choices=("rest", "kafka"), default="rest")
     simulate.add_argument("--direction", choices=("a_to_b", "b_to_a", "both"), default="both")
     simulate.add_argument("--amount-min", type=_amount, help="smallest amount, e.g. 1.00")
@@ -168,6 +184,12 @@ def add_parsers(commands: Any) -> None:
     _connection(status)
     status.add_argument("--json", action="store_true", help="the raw JSON answer")
 
+    accounts = commands.add_parser(
+        "accounts", help="the twin's accounts: actual and expected balances, drift, in flight")
+    _connection(accounts)
+    accounts.add_argument("--bank", choices=("bank_a", "bank_b"), help="one bank only")
+    accounts.add_argument("--json", action="store_true", help="the raw JSON answer")
+
     sims = commands.add_parser("simulations",
                                help="the twin's simulations; with an id, its summary")
     _connection(sims)
@@ -193,6 +215,8 @@ def _simulate_epilog() -> str:
         "      --threshold 'success_ratio>=0.99' --threshold 'p95_total<5'\n"
         "  bgmock-twin simulate --profile ramp --ramp-from 1 --ramp-to 50 "
         "--ramp-duration 1m --count 3000\n"
+        "  bgmock-twin simulate --profile wave --wave-base 20 --wave-amplitude 10 "
+        "--wave-period 1m --duration 5m\n"
     )
 
 
@@ -205,6 +229,9 @@ def main(args: argparse.Namespace) -> int:
         if args.command == "status":
             body = client.status()
             _show(out, body, args.json, render.status)
+            return EXIT_OK
+        if args.command == "accounts":
+            _show(out, client.accounts(args.bank), args.json, render.accounts)
             return EXIT_OK
         if args.command == "simulations":
             if args.id:
@@ -234,36 +261,20 @@ def _show(out: Console, body: Any, raw: bool, table: Any) -> None:
         table(out, body)
 
 
-def request_body(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The POST body, and how ``--duration`` became a count (None without it).
-    Raises ``ValueError`` for options that do not fit together."""
-    body: dict[str, Any] = {"profile": args.profile, "channel": args.channel,
-                            "direction": args.direction, "failureShare": args.failure_share}
-    if args.rate is not None:
-        body["rate"] = args.rate
-    if args.delay is not None:
-        body["delay"] = args.delay
-    if args.profile == "ramp":
-        body["ramp"] = {"fromRate": args.ramp_from, "toRate": args.ramp_to,
-                        "duration": args.ramp_duration}
-    if args.profile == "spike":
-        body["spike"] = {"rate": args.spike_rate, "start": args.spike_start,
-                         "duration": args.spike_duration}
-    base = args.rate if args.rate is not None else (1 / args.delay if args.delay else None)
-    segments = profile_segments(
-        args.profile, rate=base, ramp_from=args.ramp_from, ramp_to=args.ramp_to,
-        ramp_seconds=args.ramp_duration, spike_rate=args.spike_rate,
-        spike_start=args.spike_start, spike_seconds=args.spike_duration)
-    from_duration = None
+def request_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The POST body. Raises ``ValueError`` for options that do not fit together."""
+    body: dict[str, Any] = profile_fields(
+        args.profile, rate=args.rate, delay=args.delay, ramp_from=args.ramp_from,
+        ramp_to=args.ramp_to, ramp_seconds=args.ramp_duration, spike_rate=args.spike_rate,
+        spike_start=args.spike_start, spike_seconds=args.spike_duration,
+        wave_base=args.wave_base, wave_amplitude=args.wave_amplitude,
+        wave_period=args.wave_period)
+    body.update(channel=args.channel, direction=args.direction,
+                failureShare=args.failure_share)
     if args.duration is not None:
-        count = count_for_duration(segments, args.duration)
-        if count > MAX_COUNT:
-            raise ValueError(f"--duration {args.duration:g}s at this profile is {count} "
-                             f"payments; the twin takes at most {MAX_COUNT} per simulation")
-        from_duration = {"durationSeconds": args.duration, "count": count}
+        body["duration"] = args.duration
     else:
-        count = args.count
-    body["count"] = count
+        body["count"] = args.count
     if args.amount_min is not None:
         body["amountMin"] = args.amount_min
     if args.amount_max is not None:
@@ -272,7 +283,7 @@ def request_body(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, An
         body["failureKinds"] = [k.strip() for k in args.failure_kinds.split(",") if k.strip()]
     if args.name:
         body["name"] = args.name
-    return body, from_duration
+    return body
 
 
 class _Display:
@@ -346,7 +357,7 @@ def _poll(client: ControlClient, simulation_id: str) -> dict[str, Any]:
 
 def simulate(args: argparse.Namespace, client: ControlClient, out: Console) -> int:
     try:
-        body, from_duration = request_body(args)
+        body = request_body(args)
     except ValueError as exc:
         print(f"bgmock-twin simulate: {exc}", file=sys.stderr)
         return EXIT_NOT_RUN
@@ -357,16 +368,14 @@ def simulate(args: argparse.Namespace, client: ControlClient, out: Console) -> i
         if path is not None and not path.resolve().parent.is_dir():
             print(f"bgmock-twin simulate: {flag} {path}: no such directory", file=sys.stderr)
             return EXIT_NOT_RUN
-    if from_duration is not None:
-        print(f"--duration {args.duration:g}s at this profile is {from_duration['count']} "
-              f"payments: the twin's API takes a count, so sending --count "
-              f"{from_duration['count']}", flush=True)
     wait = args.wait or bool(args.threshold) or args.out is not None or args.csv is not None
     started = time.monotonic()
     created = client.start_simulation(body)
     simulation_id = str(created["id"])
+    sized = f" in {args.duration:g} s" if args.duration is not None else ""
     print(f"simulation {simulation_id} started on {client.url}: {created.get('planned')} "
-          f"payments, {created.get('profile')} profile, {created.get('channel')}", flush=True)
+          f"payments{sized}, {created.get('profile')} profile, {created.get('channel')}",
+          flush=True)
     if not wait:
         print(f"follow it: bgmock-twin simulations {simulation_id} --url {client.url}")
         return EXIT_OK
@@ -395,8 +404,7 @@ def simulate(args: argparse.Namespace, client: ControlClient, out: Console) -> i
         print("the simulation was stopped on the twin before its end", file=sys.stderr)
 
     result = Summary(detail, run_seconds=ended - started,
-                     send_seconds=(send_end or ended) - started, interrupted=interrupted,
-                     from_duration=from_duration)
+                     send_seconds=(send_end or ended) - started, interrupted=interrupted)
     result.verdicts = evaluate(args.threshold, result.values())
     render.summary(out, result)
 

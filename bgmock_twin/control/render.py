@@ -73,9 +73,12 @@ def summary(out: Console, result: Summary) -> None:
     figures.add_row("dropped", str(result.count("dropped")), _pct(result.count("dropped"),
                                                                   planned))
     target = spec.get("rate")
+    if spec.get("profile") == "wave":
+        aim = f"wave around {spec.get('waveBase')}/s"
+    else:
+        aim = f"target {target}/s" if target is not None else ""
     if result.run_seconds is not None:
-        figures.add_row("achieved rate", _num(result.achieved_rate, "/s", 2),
-                        f"target {target}/s" if target is not None else "")
+        figures.add_row("achieved rate", _num(result.achieved_rate, "/s", 2), aim)
     if result.run_seconds is not None:
         figures.add_row("run time", _num(result.run_seconds, " s", 1),
                         f"sending {_num(result.send_seconds, ' s', 1)}")
@@ -182,3 +185,52 @@ def simulations(out: Console, items: list[Mapping[str, Any]]) -> None:
             str(item.get("unfinished")), f"{item.get('profile')}/{item.get('channel')}",
         )
     out.print(table)
+
+
+# --- accounts -------------------------------------------------------------------------------
+def _range(value: Any) -> str:
+    if not isinstance(value, Mapping):
+        return "-"
+    low, high = value.get("min"), value.get("max")
+    return str(low) if low == high else f"{low}..{high}"
+
+
+def accounts(out: Console, body: Mapping[str, Any]) -> None:
+    """One row per twin account: actual against expected, drift, payments in flight."""
+    if not body.get("readAt"):
+        out.print("no reconciliation yet: the accounts are read at the first one "
+                  "(or run one: POST /api/v1/reconciliation/run)")
+        return
+    out.print(f"accounts as read at {body.get('readAt')} "
+              f"(banks read: {', '.join(body.get('banksRead') or []) or 'none'})")
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for column in ("bank", "account", "balance", "expected", "reserved", "expected reserved",
+                   "drift", "in flight", "source"):
+        table.add_column(column, no_wrap=True, justify="left" if column in (
+            "bank", "account", "source") else "right")
+    for item in body.get("accounts") or []:
+        if item.get("missing"):
+            balance = "MISSING"
+        else:
+            balance = "-" if item.get("balance") is None else str(item["balance"])
+        drift = item.get("drift")
+        table.add_row(
+            str(item.get("bank")), str(item.get("account")), balance,
+            _range(item.get("expectedBalance")),
+            "-" if item.get("reserved") is None else str(item["reserved"]),
+            _range(item.get("expectedReserved")),
+            "-" if drift is None else str(drift), str(item.get("inFlight", 0)),
+            str(item.get("source") or "not read"),
+        )
+    out.print(table)
+    banks = body.get("banks") or {}
+    if banks:
+        totals = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        for column in ("bank", "accounts read", "balance", "expected", "drift"):
+            totals.add_column(column, justify="left" if column == "bank" else "right")
+        for name, bank in banks.items():
+            totals.add_row(name, f"{bank.get('read')}/{bank.get('accounts')}",
+                           str(bank.get("balance")), _range(bank.get("expectedBalance")),
+                           str(bank.get("drift")))
+        out.print()
+        out.print(totals)

@@ -19,7 +19,6 @@ class Summary:
     run_seconds: float | None = None
     send_seconds: float | None = None
     interrupted: bool = False
-    from_duration: dict[str, Any] | None = None
     verdicts: list[Verdict] = field(default_factory=list)
 
     # --- figures ------------------------------------------------------------------------------
@@ -37,6 +36,10 @@ class Summary:
 
     @property
     def achieved_rate(self) -> float | None:
+        """The twin's figure (payments per second of its sending), else the client's."""
+        given = (self.detail.get("results") or {}).get("achievedRate")
+        if isinstance(given, int | float):
+            return float(given)
         dispatched = self.count("dispatched")
         if dispatched == 0 or not self.send_seconds or self.send_seconds <= 0:
             return None
@@ -92,7 +95,7 @@ class Summary:
             "state": self.detail.get("state"),
             "interrupted": self.interrupted,
             "spec": self.detail.get("spec"),
-            "countFromDuration": self.from_duration,
+            "durationSeconds": self.detail.get("durationSeconds"),
             "planned": self.count("planned"),
             "dispatched": self.count("dispatched"),
             "dropped": self.count("dropped"),

@@ -43,7 +43,7 @@ def _names() -> dict[str, str]:
         "success_ratio": "success / dispatched (0..1)",
         "error_ratio": "(failed + rejected + stuck) / dispatched (0..1)",
         "drop_ratio": "dropped / planned (0..1)",
-        "achieved_rate": "payments sent per second, measured by the client",
+        "achieved_rate": "payments sent per second of sending, as the twin measured it",
         "run_seconds": "seconds from the start to the end of the run, measured by the client",
     }
     for stat in STATS:

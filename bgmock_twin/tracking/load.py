@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,11 +17,11 @@ from decimal import Decimal
 from bgmock_twin.errors import Unavailable
 from bgmock_twin.logs import get_logger
 from bgmock_twin.tracking import mix
+from bgmock_twin.tracking.drops import DropBursts, DropLine
 from bgmock_twin.tracking.lifecycle import FAILURE_KINDS, Channel, Kind, Payment, Route
 from bgmock_twin.tracking.provisioning import Fixtures, Payee
 
 log = get_logger(__name__)
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +120,10 @@ class Run:
     lags: list[float] = field(default_factory=list)
     lag_max: float = 0.0
     stopped: bool = False
+    ended_mono: float | None = None  # when the run finished (its last payment due, or stopped)
     done: threading.Event = field(default_factory=threading.Event)
     on_done: Callable[[Run], None] | None = None
+    drops: DropBursts = field(default_factory=DropBursts)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -142,8 +145,30 @@ class Run:
             if self.keep_lags:
                 self.lags.append(lag)
 
+    def note_drop(self, reason: str) -> None:
+        """Count a dropped payment; logged once per burst (``drops``)."""
+        with self._lock:
+            self.dropped += 1
+            line = self.drops.dropped(reason, time.monotonic())
+        self._log_drops(line)
+
+    def note_sent(self) -> None:
+        with self._lock:
+            line = self.drops.sent(time.monotonic())
+        self._log_drops(line)
+
+    def _log_drops(self, line: DropLine | None) -> None:
+        if line is not None:
+            log.warning("payments_dropped", dropped=line.count, reason=line.reason,
+                        reasons=line.reasons, over_seconds=line.seconds,
+                        dropped_in_run=self.dropped, simulation=self.simulation_id)
+
     def finish(self) -> None:
         if not self.done.is_set():
+            self.ended_mono = time.monotonic()
+            with self._lock:
+                line = self.drops.flush(self.ended_mono)
+            self._log_drops(line)
             self.done.set()
             if self.on_done is not None:
                 try:

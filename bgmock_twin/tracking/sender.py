@@ -179,15 +179,13 @@ class Sender(Worker):
             self._drop(run, str(exc))
             return
         run.dispatched += 1
+        run.note_sent()
         self._pool.submit(self._work, payment, run, due)
 
     def _drop(self, run: Run, reason: str) -> None:
-        run.dropped += 1
         self.dropped += 1
         metrics.PAYMENTS_DROPPED.inc()
-        if run.dropped == 1 or run.dropped % 1000 == 0:
-            log.warning("payment_dropped", reason=reason, dropped=run.dropped,
-                        simulation=run.simulation_id)
+        run.note_drop(reason)  # one log line per burst, with its count
 
     def _plan(self, run: Run, index: int, due: float) -> Payment:
         fixtures = self.provisioner.fixtures

@@ -1,5 +1,10 @@
 """Simulations: named runs of N payments on a load profile, started over the API.
 
+A run is sized by a count, or by a duration: then it is the payments its profile
+has due within that time (``pacing.count_for_duration``), fixed when it starts.
+Its achieved rate is payments dispatched per second of sending, the sending time
+being the profile's window for them (or longer, when the pacer fell behind).
+
 A simulation is *running* while payments are still due or any sent payment has no
 counted outcome yet; it becomes *finished* when every payment is accounted for
 (dispatched = sent, each with an outcome, or dropped), or *stopped* when deleted.
@@ -13,102 +18,42 @@ ledger (nearest rank), and its send lag from what the pacer measured.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import threading
+import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
 from bgmock_twin import metrics
-from bgmock_twin.errors import Conflict, InvalidRequest, NotFound
+from bgmock_twin.errors import Conflict, NotFound
 from bgmock_twin.logs import get_logger
-from bgmock_twin.tracking import mix, pacing
+from bgmock_twin.tracking import pacing
 from bgmock_twin.tracking.ledger import Ledger, LedgerUnavailable
-from bgmock_twin.tracking.lifecycle import ALL_STEPS, FAILURE_KINDS, Channel, Kind, Outcome
-from bgmock_twin.tracking.load import LoadProfile, Run
+from bgmock_twin.tracking.lifecycle import ALL_STEPS, Channel, Outcome
+from bgmock_twin.tracking.load import Run
 from bgmock_twin.tracking.sender import Sender
-from bgmock_twin.tracking.simulation_report import Latency, Percentiles, Progress, summarize
+from bgmock_twin.tracking.simulation_report import (
+    Latency,
+    Percentiles,
+    Progress,
+    Results,
+    results,
+    summarize,
+)
+from bgmock_twin.tracking.simulation_spec import (
+    InvalidSimulation,
+    SimulationSpec,
+)
 from bgmock_twin.tracking.tracker import Tracker
 
 log = get_logger(__name__)
 
-Profile = Literal["constant", "ramp", "spike"]
 MAX_ACTIVE = 20
 MAX_DURATION_SECONDS = 7 * 86_400.0  # every simulation ends within a week
 MAX_KEPT = 500
-
-
-@dataclass(frozen=True, slots=True)
-class SimulationSpec:
-    count: int
-    amount_min: Decimal
-    amount_max: Decimal
-    profile: Profile = "constant"
-    rate: float | None = None
-    delay: float | None = None
-    ramp_from: float | None = None
-    ramp_to: float | None = None
-    ramp_duration: float | None = None
-    spike_rate: float | None = None
-    spike_start: float | None = None
-    spike_duration: float | None = None
-    channel: Channel = Channel.REST
-    direction: mix.Direction = "both"
-    failure_share: float = 0.0
-    failure_kinds: tuple[Kind, ...] = FAILURE_KINDS
-    name: str | None = None
-
-    def segments(self) -> list[pacing.Segment]:
-        """The rate profile; raises ``ValueError`` if the parameters do not fit it."""
-        if self.profile == "ramp":
-            if self.ramp_from is None or self.ramp_to is None or self.ramp_duration is None:
-                raise ValueError("a ramp needs ramp_from, ramp_to and ramp_duration")
-            return pacing.ramp(self.ramp_from, self.ramp_to, self.ramp_duration)
-        base = self.base_rate()
-        if self.profile == "spike":
-            if self.spike_rate is None or self.spike_start is None or \
-                    self.spike_duration is None:
-                raise ValueError("a spike needs spike_rate, spike_start and spike_duration")
-            return pacing.spike(base, self.spike_rate, self.spike_start, self.spike_duration)
-        return pacing.constant(base)
-
-    def base_rate(self) -> float:
-        if (self.rate is None) == (self.delay is None):
-            raise ValueError("give exactly one of rate (payments/s) and delay (seconds)")
-        return self.rate if self.rate is not None else 1 / float(self.delay or 1)
-
-    def load_profile(self) -> LoadProfile:
-        return LoadProfile(
-            amount_min=self.amount_min, amount_max=self.amount_max, channel=self.channel,
-            direction=self.direction, failure_share=self.failure_share,
-            failure_kinds=self.failure_kinds,
-        )
-
-    def to_json(self) -> str:
-        data = asdict(self)
-        data["amount_min"] = format(self.amount_min, "f")
-        data["amount_max"] = format(self.amount_max, "f")
-        data["channel"] = self.channel.value
-        data["failure_kinds"] = [k.value for k in self.failure_kinds]
-        return json.dumps(data)
-
-    @classmethod
-    def from_json(cls, text: str) -> SimulationSpec:
-        data = json.loads(text)
-        data["amount_min"] = Decimal(data["amount_min"])
-        data["amount_max"] = Decimal(data["amount_max"])
-        data["channel"] = Channel(data["channel"])
-        data["failure_kinds"] = tuple(Kind(k) for k in data["failure_kinds"])
-        return cls(**data)
-
-    def fields(self) -> dict[str, Any]:
-        """The fields that are set, as JSON values (money as strings)."""
-        data: dict[str, Any] = json.loads(self.to_json())
-        return {k: v for k, v in data.items() if v is not None}
 
 
 @dataclass
@@ -124,6 +69,20 @@ class Simulation:
     dropped_before: int = 0
     expected_seconds: float = 0.0
     resumed: bool = False
+    window_seconds: float = 0.0  # the profile's time for the current run's payments
+
+    def sending_seconds(self, now_mono: float) -> float | None:
+        """How long the current run has been sending (None without a run here)."""
+        run = self.run
+        if run is None or run.start_mono == 0.0:
+            return None
+        if run.ended_mono is None:
+            return now_mono - run.start_mono
+        took = run.ended_mono - run.start_mono
+        return took if run.stopped else max(took, self.window_seconds)
+
+    def run_dispatched(self) -> int:
+        return self.run.dispatched if self.run else 0
 
     @property
     def dispatched(self) -> int:
@@ -159,6 +118,8 @@ class SimulationSummary:
     unfinished: int
     channel: Channel
     profile: str
+    duration_seconds: float | None  # the duration asked for, if sized by one
+    achieved_rate: float | None  # payments dispatched per second of sending (this run)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +133,7 @@ class SimulationDetail:
     current_status: dict[str, int]  # status in the ledger -> payments
     latency: Latency
     send_lag: Percentiles  # actual minus intended send time, with its max
+    results: Results  # the threshold-ready figures
 
 
 class TooManySimulations(Conflict):
@@ -180,10 +142,6 @@ class TooManySimulations(Conflict):
 
 class UnknownSimulation(NotFound):
     """No simulation has this id (or it was forgotten after ``MAX_KEPT`` newer ones)."""
-
-
-class InvalidSimulation(InvalidRequest):
-    """A spec whose rates and durations do not make a load profile."""
 
 
 class SimulationManager:
@@ -202,7 +160,7 @@ class SimulationManager:
     def create(self, spec: SimulationSpec) -> Simulation:
         """Start sending ``spec``; raises ``InvalidSimulation`` or ``TooManySimulations``."""
         try:
-            segments = spec.segments()
+            segments = spec.rate_profile()
             expected_seconds = pacing.expected_duration(segments, spec.count)
         except ValueError as exc:
             raise InvalidSimulation(str(exc)) from None
@@ -221,10 +179,12 @@ class SimulationManager:
             self._start(sim, segments, 0)
             self._trim()
         log.info("simulation_started", simulation=sim.simulation_id, count=spec.count,
-                 channel=spec.channel.value, profile=spec.profile)
+                 duration=spec.duration, channel=spec.channel.value, profile=spec.profile)
         return sim
 
-    def _start(self, sim: Simulation, segments: Sequence[pacing.Segment], skip: int) -> None:
+    def _start(self, sim: Simulation, segments: pacing.Profile, skip: int) -> None:
+        sim.window_seconds = pacing.window_for(segments, sim.spec.count) - \
+            pacing.window_for(segments, skip)
         offsets: Iterator[float] = pacing.offsets(segments, sim.spec.count)
         if skip:
             rest = itertools.islice(offsets, skip, None)
@@ -266,10 +226,33 @@ class SimulationManager:
                         self.tracker.sim_uncounted(sim.simulation_id) == 0:
                     sim.state = "finished"
                     sim.finished_at = now
-                    log.info("simulation_finished", simulation=sim.simulation_id,
-                             dispatched=sim.dispatched, dropped=sim.dropped)
+                    self._log_finished(sim)
                 self.ledger.write("simulation", sim.row(now))
             self._gauge()
+
+    def _log_finished(self, sim: Simulation) -> None:
+        """The finish line: the figures a threshold would be checked against."""
+        figures: dict[str, Any] = {}
+        try:
+            self.ledger.flush(0.5)
+            figures = asdict(self._results(sim, self.ledger.count_by_counted_outcome(
+                sim.simulation_id)))
+            total = summarize(self.ledger.durations(sim.simulation_id)["total"])
+            figures.update(p95_total=total.p95, p99_total=total.p99)
+        except LedgerUnavailable as exc:
+            figures = {"dispatched": sim.dispatched, "dropped": sim.dropped,
+                       "figures_unavailable": str(exc)}
+        log.info("simulation_finished", simulation=sim.simulation_id, name=sim.spec.name,
+                 planned=sim.spec.count, **figures)
+
+    def _results(self, sim: Simulation, counted: dict[str, int]) -> Results:
+        return results(
+            planned=sim.spec.count, dispatched=sim.dispatched, dropped=sim.dropped,
+            outcomes={o.value: counted.get(o.value, 0) for o in Outcome},
+            unfinished=self.tracker.sim_uncounted(sim.simulation_id),
+            sending_seconds=sim.sending_seconds(time.monotonic()),
+            dispatched_in_run=sim.run_dispatched(),
+        )
 
     def shutdown(self) -> None:
         """Persist the progress of running simulations so a restart resumes them."""
@@ -322,7 +305,7 @@ class SimulationManager:
                 done = sim.dispatched_before + sim.dropped_before
                 sim.state = "running"
                 sim.resumed = True
-                self._start(sim, sim.spec.segments(), done)
+                self._start(sim, sim.spec.rate_profile(), done)
                 log.info("simulation_resumed", simulation=sim.simulation_id,
                          remaining=sim.spec.count - done)
 
@@ -357,12 +340,15 @@ class SimulationManager:
             return [self.summary(s) for s in sims]
 
     def summary(self, sim: Simulation) -> SimulationSummary:
+        sending = sim.sending_seconds(time.monotonic())
+        achieved = round(sim.run_dispatched() / sending, 3) if sending else None
         return SimulationSummary(
             simulation_id=sim.simulation_id, name=sim.spec.name, state=sim.state,
             created_at=sim.created_at, finished_at=sim.finished_at, planned=sim.spec.count,
             dispatched=sim.dispatched, dropped=sim.dropped,
             unfinished=self.tracker.sim_uncounted(sim.simulation_id),
             channel=sim.spec.channel, profile=sim.spec.profile,
+            duration_seconds=sim.spec.duration, achieved_rate=achieved,
         )
 
     def detail(self, sim: Simulation) -> SimulationDetail:
@@ -397,4 +383,5 @@ class SimulationManager:
                 steps={s.value: summarize(durations[s.value]) for s in ALL_STEPS},
             ),
             send_lag=summarize(run.lags, round(run.lag_max, 6)) if run else summarize([]),
+            results=self._results(sim, counted),
         )
