@@ -99,10 +99,10 @@ class Twin:
         books = self.books = self._build_books()
         routers = [build_books_router(books)]
         if self.tracking is not None:
-            routers.insert(0, tracking_router(self.tracking))
+            routers.insert(0, tracking_router(self.tracking, settings.api.heavy_reads))
         api = settings.api
         app = create_api(self, api.token, api.max_request_bytes, routers,
-                         rate_limit_per_second=api.api_rate_limit_per_second)
+                         rate_limit_per_second=api.api_rate_limit_per_second, docs=api.docs)
         self.api = ApiServer(app, api.listen_host, api.listen_port)
         self.api.start()
         log.info("control_api_listening", host=api.listen_host, port=self.api.port)

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from bgmock_twin import __version__, metrics
+from bgmock_twin.api.docs import make_app
 from bgmock_twin.api.errors import error_body, install_error_handlers
 from bgmock_twin.api.twin import TwinView
 from bgmock_twin.api.twin_routes import build_twin_router
@@ -55,8 +56,10 @@ def create_api(
     max_request_bytes: int,
     routers: list[APIRouter] | None = None,
     rate_limit_per_second: float = 20.0,
+    docs: bool = True,
 ) -> FastAPI:
-    app = FastAPI(
+    app = make_app(
+        docs,
         title="bgmock-twin control API",
         version=__version__,
         description="Health, synthetic payments, simulations and reconciliation of the "

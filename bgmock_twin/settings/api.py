@@ -28,6 +28,16 @@ class ApiSettings(BaseModel):
         20.0, gt=0, le=100000, validation_alias=env("TWIN_API_RATE_LIMIT"),
         description="Mutating control-API requests per second per client (burst: 5x).",
     )
+    heavy_reads: int = Field(
+        2, ge=1, le=64, validation_alias=env("TWIN_API_HEAVY_READS"),
+        description="Transaction exports (CSV, NDJSON) and pages over 1000 items served "
+        "at a time; more are answered 429 with Retry-After.",
+    )
+    docs: bool = Field(
+        True, validation_alias=env("TWIN_API_DOCS"),
+        description="Serve the Swagger UI (/docs) and ReDoc (/redoc), their assets from "
+        "the twin itself; /openapi.json is always served.",
+    )
 
     @field_validator("control_token")
     @classmethod

@@ -6,7 +6,7 @@ on top, so callers keep one handle while each concern lives in its own module.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,6 +37,13 @@ class Ledger(LedgerStore):
     def query(self, q: PaymentQuery) -> list[PaymentRecord]:
         """Payments matching ``q``, newest first."""
         return [record_from_row(row) for row in queries.payment_rows(self.engine, q)]
+
+    def query_chunks(self, q: PaymentQuery, chunk_size: int = 500
+                     ) -> Iterator[list[PaymentRecord]]:
+        """Payments matching ``q``, newest first, in bounded chunks (see
+        ``queries.payment_row_chunks``): what exports stream from."""
+        for rows in queries.payment_row_chunks(self.engine, q, chunk_size):
+            yield [record_from_row(row) for row in rows]
 
     def get(self, identifier: str) -> PaymentRecord | None:
         """One payment by its payment id or its BGMock transaction id."""
