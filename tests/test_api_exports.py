@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 import requests
 import sqlalchemy as sa
+from prometheus_client import REGISTRY
 
-from bgmock_twin.tracking.ledger import payment_row
+from bgmock_twin.tracking.ledger import Ledger, PaymentQuery, payment_row
 from bgmock_twin.tracking.ledger.schema import make_engine
 from bgmock_twin.tracking.lifecycle import Channel, Kind, Payment, Route
 from bgmock_twin.tracking.records import EXPORT_COLUMNS
@@ -306,3 +307,42 @@ def test_docs_pages_can_be_turned_off(tmp_path: Path) -> None:
         assert d.get("/docs").status_code == 404
         assert d.get("/redoc").status_code == 404
         assert d.get("/openapi.json").status_code == 200
+
+
+def test_readers_never_keep_the_ledger_writer_waiting(ledger_url: str) -> None:
+    """Sixteen readers streaming the whole list at once, more than the writer's pool
+    holds: every batch of payments is still stored within seconds."""
+    _seed(ledger_url, 3_000, datetime.now(UTC) - timedelta(hours=1))
+    stop = threading.Event()
+    reads = [0]
+    failures: list[Exception] = []
+    write_errors = REGISTRY.get_sample_value("bgmock_ledger_write_errors_total")
+
+    def read_everything(book: Ledger) -> None:
+        try:
+            while not stop.is_set():
+                for chunk in book.query_chunks(PaymentQuery(simulation_id=SIM, limit=None),
+                                               200):
+                    reads[0] += len(chunk)
+        except Exception as exc:  # a reader refused a connection: reported below
+            failures.append(exc)
+
+    with running_ledger(ledger_url, flush_interval=0.02) as book:
+        readers = [threading.Thread(target=read_everything, args=(book,)) for _ in range(16)]
+        for reader in readers:
+            reader.start()
+        try:
+            wait_for(lambda: reads[0] > 3_000, timeout=60, message="readers under way")
+            for round_ in range(5):
+                for _ in range(200):
+                    book.write("payment", _payment(datetime.now(UTC), "writer"))
+                started = time.monotonic()
+                assert book.flush(15), f"round {round_}: writes waited behind the readers"
+                assert time.monotonic() - started < 15
+        finally:
+            stop.set()
+            for reader in readers:
+                reader.join(60)
+    assert len(_ids_in_ledger(ledger_url, "writer")) == 1_000
+    assert REGISTRY.get_sample_value("bgmock_ledger_write_errors_total") == write_errors, "a write failed"
+    assert not failures, failures[:3]
