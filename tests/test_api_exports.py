@@ -347,3 +347,45 @@ def test_readers_never_keep_the_ledger_writer_waiting(ledger_url: str) -> None:
     assert len(_ids_in_ledger(ledger_url, "writer")) == 1_000
     assert REGISTRY.get_sample_value("bgmock_ledger_write_errors_total") == write_errors, "a write failed"
     assert not failures, failures[:3]
+
+
+def test_readers_do_not_starve_a_simulation(daemon: Daemon) -> None:
+    """The reader flood of the issue, scaled to this machine: readers paging, exporting
+    and scraping without pause while a simulation runs; it drops nothing and every
+    payment finishes."""
+    started = daemon.post("/api/v1/simulations", json={"count": 200, "rate": 20})
+    assert started.status_code == 202, started.text
+    sim = started.json()["id"]
+    stop = threading.Event()
+    answers: list[int] = []
+
+    def read() -> None:
+        session = requests.Session()
+        for i in range(100_000):  # bounded; stops with the simulation
+            if stop.is_set():
+                return
+            params = {"format": "csv"} if i % 5 == 0 else {"limit": 100}
+            answers.append(session.get(daemon.url + "/api/v1/transactions", params=params,
+                                       timeout=60).status_code)
+            answers.append(session.get(daemon.url + "/metrics", timeout=60).status_code)
+
+    readers = [threading.Thread(target=read) for _ in range(6)]
+    for reader in readers:
+        reader.start()
+    try:
+        detail = wait_for(
+            lambda: (d := daemon.get(f"/api/v1/simulations/{sim}").json())["state"]
+            == "finished" and d, timeout=180, interval=0.5, message="simulation finished")
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join(120)
+    assert detail["dispatched"] == 200 and detail["dropped"] == 0, detail
+    assert len(answers) > 50 and set(answers) <= {200, 429}, sorted(set(answers))
+
+    def all_finished() -> dict[str, object] | None:
+        current = daemon.get(f"/api/v1/simulations/{sim}").json()
+        return current if not current["currentStatus"].get("in_flight") else None
+
+    final = wait_for(all_finished, timeout=120, interval=0.5, message="payments finished")
+    assert not final["currentStatus"].get("stuck"), final["currentStatus"]
