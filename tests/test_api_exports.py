@@ -24,6 +24,7 @@ import requests
 import sqlalchemy as sa
 from prometheus_client import REGISTRY
 
+from bgmock_twin.control.client import ControlClient, ControlError
 from bgmock_twin.tracking.ledger import Ledger, PaymentQuery, payment_row
 from bgmock_twin.tracking.ledger.schema import make_engine
 from bgmock_twin.tracking.lifecycle import Channel, Kind, Payment, Route
@@ -389,3 +390,31 @@ def test_readers_do_not_starve_a_simulation(daemon: Daemon) -> None:
 
     final = wait_for(all_finished, timeout=120, interval=0.5, message="payments finished")
     assert not final["currentStatus"].get("stuck"), final["currentStatus"]
+
+
+def test_the_client_never_takes_a_broken_off_export_for_a_whole_one() -> None:
+    """A twin that stops mid-export (its ledger failed) ends the chunked answer
+    without its last chunk: ``bgmock-twin simulate --csv`` reports it incomplete."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve_one_cut_export() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            body = b"payment_id,amount\r\nabc,1.00\r\n"
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/csv\r\n"
+                         b"transfer-encoding: chunked\r\n\r\n"
+                         + f"{len(body):x}\r\n".encode() + body + b"\r\n")
+            # no terminating zero-length chunk: the connection just ends
+
+    thread = threading.Thread(target=serve_one_cut_export)
+    thread.start()
+    client = ControlClient(f"http://127.0.0.1:{port}", timeout=10)
+    try:
+        with pytest.raises(ControlError, match="broke off"):
+            list(client.payments_csv(str(uuid.uuid4())))
+    finally:
+        client.close()
+        thread.join(10)
+        server.close()
