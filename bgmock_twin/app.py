@@ -132,7 +132,8 @@ class Twin:
         tracking = self.tracking = Tracking(settings.tracking, self.clients, self.bus)
         self._log_mode(tracking)
         books = self.books = self._build_books()
-        add_routers(app, [tracking_router(tracking), build_books_router(books)])
+        add_routers(app, [tracking_router(tracking, settings.api.heavy_reads),
+                          build_books_router(books)])
         self._starting = "starting the scheduler"
         self.scheduler.start()
         self._starting = "joining the Kafka consumer groups" if self.bus is not None else \
@@ -154,7 +155,7 @@ class Twin:
             max_request_bytes=api.max_request_bytes,
             mutate_rate=api.api_rate_limit_per_second,
             read_rate=api.api_read_rate_limit_per_second,
-        ))
+        ), docs=api.docs)
         self.api = ApiServer(app, api.listen_host, api.listen_port, ConnectionLimits(
             read_timeout=api.api_read_timeout_seconds,
             max_connections=api.api_max_connections,

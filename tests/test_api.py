@@ -170,6 +170,52 @@ def test_status_never_shows_the_token(daemon: Daemon) -> None:
     assert TOKEN not in daemon.log()
 
 
+# Maps keyed by an identifier (a service, a check, a source, a status) keep the
+# identifier as its key, the same string as in the metric labels and query values;
+# every field name is camelCase.
+IDENTIFIER_KEYED = {"services", "checks", "sources", "currentStatus", "outcomes", "drift",
+                    "driftingAccounts", "clockOffsetsSeconds", "byStatus", "counts"}
+
+
+def _snake_fields(value: object, parent: str = "", path: str = "") -> list[str]:
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "_" in key and parent not in IDENTIFIER_KEYED:
+                found.append(f"{path}.{key}")
+            found += _snake_fields(item, key, f"{path}.{key}")
+    elif isinstance(value, list):
+        for item in value:
+            found += _snake_fields(item, parent, f"{path}[]")
+    return found
+
+
+def test_every_answer_names_its_fields_in_camel_case(daemon: Daemon) -> None:
+    sim = _post(daemon, "/api/v1/simulations", '{"count": 2, "rate": 5}')
+    assert sim.status_code == 202, sim.text
+    payment = _post(daemon, "/api/v1/transactions", "{}")
+    assert payment.status_code in (202, 502), payment.text
+    bodies = {"POST /api/v1/simulations": sim.json(),
+              "POST /api/v1/transactions": payment.json(),
+              "422": _post(daemon, "/api/v1/transactions", '{"amount": -1}').json(),
+              "404": daemon.get("/api/v1/nothing-here").json()}
+    ids = {"simulation_id": sim.json()["id"],
+           "transaction_id": payment.json().get("paymentId", sim.json()["id"])}
+    spec = daemon.get("/openapi.json").json()
+    gets = [path for path, operations in spec["paths"].items() if "get" in operations
+            and path not in ("/metrics", "/healthz", "/readyz")]
+    assert "/api/v1/transactions/{transaction_id}" in gets
+    for path in gets:
+        answer = daemon.get(path.format(**ids))
+        assert answer.status_code < 500, (path, answer.text)
+        bodies[f"GET {path}"] = answer.json()
+    run = _post(daemon, "/api/v1/reconciliation/run", "{}")
+    bodies["POST /api/v1/reconciliation/run"] = run.json()
+    offending = {where: fields for where, body in bodies.items()
+                 if (fields := _snake_fields(body))}
+    assert not offending
+
+
 def test_each_domain_refusal_has_its_status_code_and_message() -> None:
     from bgmock_twin.api.errors import refusal
     from bgmock_twin.errors import NotInThisMode, RequestRefused

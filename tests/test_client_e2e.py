@@ -62,7 +62,7 @@ def test_a_run_that_meets_its_thresholds_exits_0_with_summary_and_every_payment(
         "simulate", "--url", twin.url, "--rate", "8", "--count", "12", "--name", "ci-pass",
         "--wait", "--threshold", "success_ratio>=0.99", "--threshold", "dropped==0",
         "--threshold", "stuck==0", "--threshold", "p95_total<30",
-        "--out", str(out), "--csv", str(payments), "--csv-page-size", "5",
+        "--out", str(out), "--csv", str(payments),
         "--progress-every", "1s",
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -3,7 +3,8 @@
 The scheme is case-insensitive (RFC 7235); the token is compared byte for byte, so a
 padded token is not the token. Refusals are counted by reason and logged at most once
 per ``LOG_INTERVAL_SECONDS`` with the number refused since, so a flood of bad requests
-cannot flood the log.
+cannot flood the log. The dependency also declares FastAPI's bearer scheme, so the
+OpenAPI document names it on exactly the operations that require the token.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from typing import Annotated
 
-from fastapi import HTTPException, Request, status
+from fastapi import HTTPException, Request, Security, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from bgmock_twin import metrics
 from bgmock_twin.logs import get_logger
@@ -43,6 +46,12 @@ class _RefusalLog:
 
 _refusals = _RefusalLog(LOG_INTERVAL_SECONDS)
 
+# Declares the scheme in the OpenAPI document only: it never refuses (auto_error off),
+# the checks below do, the same way with or without it.
+BEARER_SCHEME = HTTPBearer(
+    auto_error=False, scheme_name="bearerAuth",
+    description="TWIN_CONTROL_TOKEN; required when the twin has one set",
+)
 
 def refusal_reason(header: str, token: str) -> str | None:
     """Why an ``Authorization`` header does not carry ``token`` (None when it does)."""
@@ -68,7 +77,10 @@ def is_authenticated(request: Request) -> bool:
     return refusal_reason(request.headers.get("authorization", ""), token) is None
 
 
-def require_token(request: Request) -> None:
+def require_token(
+    request: Request,
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER_SCHEME)] = None,
+) -> None:
     """FastAPI dependency: 401 unless the configured control token is presented.
 
     With no token configured every caller is allowed (the daemon refuses to start

@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.routing import Match
 
 from bgmock_twin import __version__
+from bgmock_twin.api.docs import make_app
 from bgmock_twin.api.errors import error_body, install_error_handlers
 from bgmock_twin.api.limits import (
     EXEMPT_PATHS,
@@ -65,8 +66,10 @@ def create_api(
     control_token: str | None,
     limits: LimitSettings,
     routers: list[APIRouter] | None = None,
+    docs: bool = True,
 ) -> FastAPI:
-    app = FastAPI(
+    app = make_app(
+        docs,
         title="bgmock-twin control API",
         version=__version__,
         description="Health, synthetic payments, simulations and reconciliation of the "

@@ -4,6 +4,7 @@
 Thin on purpose: request models bound every value (so bad input is a 422 naming
 the field, never a 500), each route delegates to ``Tracking``, whose refusals
 ``api/errors.py`` maps to status codes. The wire conventions are ``api/wire.py``'s.
+The transaction list is streamed and its heavy reads bounded (``api/streams.py``).
 """
 
 from __future__ import annotations
@@ -17,15 +18,35 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import Field
 
 from bgmock_twin.api.auth import require_token
+from bgmock_twin.api.errors import error_body
 from bgmock_twin.api.simulation_routes import build_simulation_router
+from bgmock_twin.api.streams import (
+    CHUNK_ROWS,
+    HEAVY_PAGE,
+    RETRY_AFTER_SECONDS,
+    CsvEncoder,
+    Encoder,
+    NdjsonEncoder,
+    PageEncoder,
+    ReadSlots,
+    cell,
+    first_chunk,
+    stream,
+)
 from bgmock_twin.api.wire import AccountNumber, Amount, JsonBodyRoute, WireRequest, WireResponse
 from bgmock_twin.contract import TOPICS
 from bgmock_twin.tracking.ledger import LedgerUnavailable, PaymentQuery
 from bgmock_twin.tracking.lifecycle import ALL_STEPS, Channel, Kind, Step
-from bgmock_twin.tracking.records import EXPORT_COLUMNS, PaymentRecord, export_row, record_of
+from bgmock_twin.tracking.records import (
+    PaymentRecord,
+    cursor_keyset,
+    record_of,
+)
 from bgmock_twin.tracking.service import Tracking
 
 STATUS_VALUES = Literal["in_flight", "success", "failed", "rejected", "stuck"]
@@ -99,7 +120,11 @@ class TransactionPage(WireResponse):
     items: list[TransactionView]
     limit: int
     offset: int
-    next_offset: int | None
+    next_offset: int | None = Field(description="offset of the next page; null on the last")
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page (stable while payments are added); "
+        "null on the last")
+    has_more: bool = Field(description="whether more payments match after this page")
 
 
 class EventView(WireResponse):
@@ -157,29 +182,16 @@ def _value(member: StrEnum | None) -> str | None:
     return member.value if member is not None else None
 
 
-CSV_COLUMNS = list(EXPORT_COLUMNS)
-
-
 def _csv(rows: list[dict[str, Any]], columns: list[str], filename: str) -> Response:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([_cell(row.get(c)) for c in columns])
+        writer.writerow([cell(row.get(c)) for c in columns])
     return Response(
         buffer.getvalue(), media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    return str(value)
 
 
 def _unavailable(exc: Exception) -> HTTPException:
@@ -190,11 +202,24 @@ CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/csv": {"schema": {"type": "string"}}},
           "description": "JSON, or CSV with format=csv"},
 }
+LIST_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/csv": {"schema": {"type": "string"}},
+                      "application/x-ndjson": {"schema": {"type": "string"}}},
+          "description": "a JSON page; every matching payment as CSV (format=csv) or "
+                         "one JSON object a line (format=ndjson), streamed"},
+    429: {"description": "too many heavy reads at once; retry after `Retry-After` seconds"},
+    503: {"description": "the ledger cannot be read"},
+}
 
 
-def build_router(tracking: Tracking) -> APIRouter:
+def build_router(tracking: Tracking, heavy_reads: int = 2) -> APIRouter:
+    """The tracking routes; at most ``heavy_reads`` exports or big pages at a time."""
     router = APIRouter(prefix="/api/v1", tags=["tracking"], route_class=JsonBodyRoute)
     mutate = [Depends(require_token)]
+    slots = ReadSlots(heavy_reads)
+
+    def render(record: PaymentRecord) -> TransactionView:
+        return transaction_view(record, tracking.not_observed(record.channel))
 
     @router.post(
         "/transactions", status_code=202, response_model=TransactionView,
@@ -221,36 +246,66 @@ def build_router(tracking: Tracking) -> APIRouter:
         return view
 
     @router.get(
-        "/transactions", response_model=TransactionPage, responses=CSV_RESPONSE,
-        summary="Synthetic payments from the ledger (newest first), JSON or CSV",
+        "/transactions", response_model=TransactionPage, responses=LIST_RESPONSES,
+        summary="Synthetic payments from the ledger (newest first): a JSON page, or "
+                "every match streamed as CSV or NDJSON",
+        description="Page with `nextCursor` (pass it back as `cursor`): stable while "
+        "payments are added. `limit`/`offset` still work. `format=csv` and "
+        "`format=ndjson` stream every matching payment (or `limit` of them when given). "
+        f"Exports and pages over {HEAVY_PAGE} items are heavy reads: a few at a time, "
+        "429 with `Retry-After` beyond.",
     )
-    def list_transactions(
+    async def list_transactions(
         status: STATUS_VALUES | None = None,
         simulation: Annotated[uuid.UUID | None, Query(description="simulation id")] = None,
         since: Annotated[datetime | None,
                          Query(description="intended send time at or after")] = None,
         channel: Literal["rest", "kafka"] | None = None,
         route: Literal["a_to_b", "b_to_a"] | None = None,
-        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+        limit: Annotated[int | None, Query(
+            ge=1, le=10_000,
+            description="items per JSON page (default 100); for csv/ndjson at most "
+                        "this many (default: every match)")] = None,
         offset: Annotated[int, Query(ge=0, le=100_000_000)] = 0,
-        format: Literal["json", "csv"] = "json",
-    ) -> Any:
+        cursor: Annotated[str | None, Query(
+            max_length=200, description="`nextCursor` of the previous page")] = None,
+        format: Literal["json", "csv", "ndjson"] = "json",
+    ) -> Response:
+        after = _keyset(cursor, offset)
         if since is not None and since.tzinfo is None:
             since = since.replace(tzinfo=UTC)
-        query = PaymentQuery(status=status, simulation_id=str(simulation) if simulation else None,
-                             since=since, channel=channel, route=route, limit=limit,
-                             offset=offset)
-        try:
-            records = tracking.ledger.query(query)
-        except LedgerUnavailable as exc:
-            raise _unavailable(exc) from None
+        page = limit or 100
+        encoder: Encoder
         if format == "csv":
-            return _csv([export_row(r) for r in records], CSV_COLUMNS, "transactions.csv")
-        return TransactionPage(
-            items=[transaction_view(r, tracking.not_observed(r.channel)) for r in records],
-            limit=limit, offset=offset,
-            next_offset=offset + limit if len(records) == limit else None,
-        )
+            encoder, wanted = CsvEncoder(), limit
+        elif format == "ndjson":
+            encoder, wanted = NdjsonEncoder(render), limit
+        else:
+            encoder, wanted = PageEncoder(render, page, offset), page + 1
+        slot = None
+        if format != "json" or page > HEAVY_PAGE:
+            slot = slots.take()
+            if slot is None:
+                return JSONResponse(
+                    status_code=429, headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                    content=error_body(f"{slots.limit} heavy reads are running; retry "
+                                       f"after {RETRY_AFTER_SECONDS} s"))
+        query = PaymentQuery(status=status, simulation_id=str(simulation) if simulation else None,
+                             since=since, channel=channel, route=route, limit=wanted,
+                             offset=offset, after=after)
+        chunks = tracking.ledger.query_chunks(query, CHUNK_ROWS)
+        try:
+            first = await first_chunk(chunks)
+        except BaseException as exc:
+            if slot is not None:
+                slot.release()
+            if isinstance(exc, LedgerUnavailable):
+                raise _unavailable(exc) from None
+            raise
+        headers = {} if format == "json" else {
+            "Content-Disposition": f'attachment; filename="transactions.{format}"'}
+        return StreamingResponse(stream(first, chunks, encoder, slot),
+                                 media_type=encoder.media_type, headers=headers)
 
     @router.get(
         "/transactions/{transaction_id}", response_model=TransactionView,
@@ -271,7 +326,7 @@ def build_router(tracking: Tracking) -> APIRouter:
                 raise _unavailable(exc) from None
         if record is None:
             raise HTTPException(status_code=404, detail="no such synthetic payment")
-        view = transaction_view(record, tracking.not_observed(record.channel))
+        view = render(record)
         if format == "csv":
             entries = [e.model_dump() for e in view.timeline]
             return _csv(entries, ["step", "at", "since_intended_seconds", "duration_seconds"],
@@ -292,3 +347,16 @@ def build_router(tracking: Tracking) -> APIRouter:
 
     router.include_router(build_simulation_router(tracking))
     return router
+
+
+def _keyset(cursor: str | None, offset: int) -> tuple[datetime, str] | None:
+    """The keyset a cursor stands for; a 422 naming the field for a bad one."""
+    if cursor is None:
+        return None
+    try:
+        if offset:
+            raise ValueError("cursor and offset cannot be combined; pass one of them")
+        return cursor_keyset(cursor)
+    except ValueError as exc:
+        raise RequestValidationError([{"loc": ("query", "cursor"), "msg": str(exc),
+                                       "type": "value_error"}]) from None

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import IO, Any, cast
 
 import requests
+from urllib3.exceptions import ProtocolError
 
 # The daemon's default listen address (TWIN_LISTEN_HOST/TWIN_LISTEN_PORT).
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -55,38 +56,24 @@ class ControlClient:
     def stop_simulation(self, simulation_id: str) -> dict[str, Any]:
         return self._json("DELETE", f"{API}/simulations/{simulation_id}")
 
-    def payments_csv(self, simulation_id: str, page_size: int) -> Iterator[list[str]]:
-        """Every payment of a simulation as CSV rows, the header first, read page by
-        page (``limit``/``offset``) and row by row off the socket; a payment seen on
-        two pages (the ledger's order is total, so only if rows were added meanwhile)
-        is given once."""
-        offset, header_sent, seen = 0, False, set()
-        while True:
-            response = self._request(
-                "GET", f"{API}/transactions", stream=True,
-                params={"simulation": simulation_id, "format": "csv", "limit": page_size,
-                        "offset": offset},
-            )
-            with response:
-                response.raw.decode_content = True
-                response.raw.auto_close = False  # let the text wrapper see EOF, not a close
-                raw = cast(IO[bytes], response.raw)
-                reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
-                header = next(reader, None)
-                if header is None:
-                    return
-                if not header_sent:
-                    header_sent = True
-                    yield header
-                rows = 0
-                for row in reader:
-                    rows += 1
-                    if row and row[0] not in seen:
-                        seen.add(row[0])
-                        yield row
-            if rows < page_size:
-                return
-            offset += page_size
+    def payments_csv(self, simulation_id: str) -> Iterator[list[str]]:
+        """Every payment of a simulation as CSV rows, the header first: one streamed
+        export (``format=csv`` has no page cap), read row by row off the socket. An
+        export the twin broke off raises ``ControlError``, so a cut file is never
+        taken for a whole one."""
+        response = self._request(
+            "GET", f"{API}/transactions", stream=True,
+            params={"simulation": simulation_id, "format": "csv"},
+        )
+        with response:
+            response.raw.decode_content = True
+            response.raw.auto_close = False  # let the text wrapper see EOF, not a close
+            raw = cast(IO[bytes], response.raw)
+            reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
+            try:
+                yield from reader
+            except (requests.RequestException, OSError, ProtocolError) as exc:
+                raise ControlError(f"the CSV export broke off: {exc}") from None
 
     # --- plumbing -----------------------------------------------------------------------------
     def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:

@@ -173,9 +173,6 @@ def add_parsers(commands: Any) -> None:
                           help="write the summary and each threshold's verdict as JSON")
     simulate.add_argument("--csv", type=Path, metavar="FILE.csv",
                           help="write every payment of the run as CSV (streamed)")
-    simulate.add_argument("--csv-page-size", type=int, default=1000,
-                          help="payments per request when reading them for --csv "
-                          "(1..10000, default 1000)")
     simulate.add_argument("--progress-every", type=_duration, default=5.0,
                           help="seconds between progress lines when stdout is not a "
                           "terminal (default 5s)")
@@ -361,9 +358,6 @@ def simulate(args: argparse.Namespace, client: ControlClient, out: Console) -> i
     except ValueError as exc:
         print(f"bgmock-twin simulate: {exc}", file=sys.stderr)
         return EXIT_NOT_RUN
-    if not 1 <= args.csv_page_size <= 10_000:
-        print("bgmock-twin simulate: --csv-page-size must be 1..10000", file=sys.stderr)
-        return EXIT_NOT_RUN
     for flag, path in (("--out", args.out), ("--csv", args.csv)):
         if path is not None and not path.resolve().parent.is_dir():
             print(f"bgmock-twin simulate: {flag} {path}: no such directory", file=sys.stderr)
@@ -412,7 +406,7 @@ def simulate(args: argparse.Namespace, client: ControlClient, out: Console) -> i
     export_failed = False
     if args.csv is not None:
         try:
-            rows = _write_csv(client, simulation_id, args.csv, args.csv_page_size)
+            rows = _write_csv(client, simulation_id, args.csv)
         except ControlError as exc:  # the summary is still written below
             export_failed = True
             report["csv"] = {"path": str(args.csv), "error": str(exc)}
@@ -436,11 +430,11 @@ def simulate(args: argparse.Namespace, client: ControlClient, out: Console) -> i
     return EXIT_NOT_RUN if export_failed else EXIT_OK
 
 
-def _write_csv(client: ControlClient, simulation_id: str, path: Path, page_size: int) -> int:
+def _write_csv(client: ControlClient, simulation_id: str, path: Path) -> int:
     rows = -1  # the header is not a payment
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        for row in client.payments_csv(simulation_id, page_size):
+        for row in client.payments_csv(simulation_id):
             writer.writerow(row)
             rows += 1
     return max(rows, 0)

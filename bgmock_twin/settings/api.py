@@ -42,6 +42,16 @@ class ApiSettings(BaseModel):
         512, ge=16, le=10000, validation_alias=env("TWIN_API_MAX_CONNECTIONS"),
         description="Open control-API connections; beyond, the oldest idle one is closed.",
     )
+    heavy_reads: int = Field(
+        2, ge=1, le=64, validation_alias=env("TWIN_API_HEAVY_READS"),
+        description="Transaction exports (CSV, NDJSON) and pages over 1000 items served "
+        "at a time; more are answered 429 with Retry-After.",
+    )
+    docs: bool = Field(
+        True, validation_alias=env("TWIN_API_DOCS"),
+        description="Serve the Swagger UI (/docs) and ReDoc (/redoc), their assets from "
+        "the twin itself; /openapi.json is always served.",
+    )
 
     @field_validator("control_token")
     @classmethod

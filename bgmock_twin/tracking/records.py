@@ -4,12 +4,18 @@ back from the ledger.
 ``Payment`` is the tracker's mutable working state; the ledger stores rows. Readers
 (the control API, tests, reports) get a ``PaymentRecord`` from either, so a live
 payment is never turned into a database row just to be shown.
+
+A record's place in the list order (newest intended send time first, then payment id)
+is also what a client holds between pages: ``cursor_of`` makes it an opaque token and
+``cursor_keyset`` reads it back, refusing anything it did not make.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -136,3 +142,30 @@ def export_row(record: PaymentRecord) -> dict[str, Any]:
         row.update({f"{s.step.value}_at": s.at, f"{s.step.value}_since": s.since_intended,
                     f"{s.step.value}_seconds": s.duration})
     return row
+
+
+# --- the cursor of the transaction list -------------------------------------------------------
+_CURSOR_VERSION = "p1"
+
+
+def cursor_of(record: PaymentRecord) -> str:
+    """An opaque token for the place just after ``record`` in the list order."""
+    text = f"{_CURSOR_VERSION}|{record.intended_at.astimezone(UTC).isoformat()}|" \
+           f"{record.payment_id}"
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def cursor_keyset(cursor: str) -> tuple[datetime, str]:
+    """The (intended_at, payment_id) a cursor stands for; ``ValueError`` for anything
+    ``cursor_of`` did not make."""
+    if not 1 <= len(cursor) <= 200 or not cursor.isascii():
+        raise ValueError("not a cursor of this list")
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        version, at_text, payment_id = text.split("|")
+        at = datetime.fromisoformat(at_text)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ValueError("not a cursor of this list") from None
+    if version != _CURSOR_VERSION or at.tzinfo is None or not 1 <= len(payment_id) <= 36:
+        raise ValueError("not a cursor of this list")
+    return at.astimezone(UTC), payment_id

@@ -39,3 +39,10 @@ def footprint(pid: int) -> Footprint:
 def peak(samples: list[Footprint]) -> Footprint:
     return Footprint(max(s.threads for s in samples), max(s.fds for s in samples),
                      max(s.sockets for s in samples))
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process now (VmRSS)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(int(line.split()[1]) * 1024 for line in status.splitlines()
+                if line.startswith("VmRSS:"))

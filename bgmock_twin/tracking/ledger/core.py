@@ -6,7 +6,7 @@ on top, so callers keep one handle while each concern lives in its own module.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,11 +36,18 @@ class Ledger(LedgerStore):
 
     def query(self, q: PaymentQuery) -> list[PaymentRecord]:
         """Payments matching ``q``, newest first."""
-        return [record_from_row(row) for row in queries.payment_rows(self.engine, q)]
+        return [record_from_row(row) for row in queries.payment_rows(self.read_engine, q)]
+
+    def query_chunks(self, q: PaymentQuery, chunk_size: int = 500
+                     ) -> Iterator[list[PaymentRecord]]:
+        """Payments matching ``q``, newest first, in bounded chunks (see
+        ``queries.payment_row_chunks``): what exports stream from."""
+        for rows in queries.payment_row_chunks(self.read_engine, q, chunk_size):
+            yield [record_from_row(row) for row in rows]
 
     def get(self, identifier: str) -> PaymentRecord | None:
         """One payment by its payment id or its BGMock transaction id."""
-        row = queries.payment_row_by_id(self.engine, identifier)
+        row = queries.payment_row_by_id(self.read_engine, identifier)
         return record_from_row(row) if row is not None else None
 
     def count_by_status(self, simulation_id: str | None = None) -> dict[str, int]:

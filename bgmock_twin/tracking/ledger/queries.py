@@ -2,12 +2,16 @@
 durations of a simulation, what to resume after a restart, an account's history.
 
 Plain reads through the engine, each raising ``LedgerUnavailable`` when the database
-cannot answer; nothing here writes.
+cannot answer; nothing here writes. Reads of many payments come in bounded chunks
+(``payment_row_chunks``): each chunk is one short statement on a pooled connection of
+its own, taken up after the last row of the one before (keyset), so a large export
+never holds a transaction, a snapshot or more than one chunk in memory, and the
+ledger's writer is never kept waiting behind it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -28,8 +32,9 @@ class PaymentQuery:
     since: datetime | None = None
     channel: str | None = None
     route: str | None = None
-    limit: int = 100
+    limit: int | None = 100  # None: every matching payment
     offset: int = 0
+    after: tuple[datetime, str] | None = None  # keyset: (intended_at, payment_id) seen last
 
 
 def read(engine: Engine, statement: Any) -> list[dict[str, Any]]:
@@ -56,8 +61,9 @@ def recent_finished(engine: Engine, instance_id: str, since: datetime,
                 .order_by(payments.c.intended_at.desc()).limit(limit))
 
 
-def payment_rows(engine: Engine, q: PaymentQuery) -> list[dict[str, Any]]:
-    """Payments matching ``q``, newest first."""
+def _matching(q: PaymentQuery) -> Any:
+    """The payments matching ``q``'s filters and keyset, in the list's total order:
+    newest intended send time first, then payment id."""
     statement = sa.select(payments)
     if q.status:
         statement = statement.where(payments.c.status == q.status)
@@ -69,10 +75,39 @@ def payment_rows(engine: Engine, q: PaymentQuery) -> list[dict[str, Any]]:
         statement = statement.where(payments.c.channel == q.channel)
     if q.route:
         statement = statement.where(payments.c.route == q.route)
-    statement = statement.order_by(
-        payments.c.intended_at.desc(), payments.c.payment_id
-    ).limit(q.limit).offset(q.offset)
-    return read(engine, statement)
+    if q.after is not None:
+        at, payment_id = q.after
+        statement = statement.where(sa.or_(
+            payments.c.intended_at < at,
+            sa.and_(payments.c.intended_at == at, payments.c.payment_id > payment_id)))
+    return statement.order_by(payments.c.intended_at.desc(), payments.c.payment_id)
+
+
+def payment_rows(engine: Engine, q: PaymentQuery) -> list[dict[str, Any]]:
+    """Payments matching ``q``, newest first (a bounded page: ``q.limit`` must be set)."""
+    return read(engine, _matching(q).limit(q.limit).offset(q.offset))
+
+
+def payment_row_chunks(engine: Engine, q: PaymentQuery,
+                       chunk_size: int) -> Iterator[list[dict[str, Any]]]:
+    """Payments matching ``q``, newest first, ``chunk_size`` rows at a time, at most
+    ``q.limit`` in all (every one when None). Each chunk is its own short read, which
+    resumes after the last row of the previous one; a payment written meanwhile
+    further on in the order is still seen, one written before it is not."""
+    remaining, offset, after = q.limit, q.offset, q.after
+    while remaining is None or remaining > 0:
+        size = chunk_size if remaining is None else min(chunk_size, remaining)
+        chunk_query = PaymentQuery(q.status, q.simulation_id, q.since, q.channel, q.route,
+                                   after=after)
+        rows = read(engine, _matching(chunk_query).limit(size).offset(offset))
+        if rows:
+            yield rows
+        if len(rows) < size:
+            return
+        offset = 0
+        after = (rows[-1]["intended_at"], rows[-1]["payment_id"])
+        if remaining is not None:
+            remaining -= len(rows)
 
 
 def payment_row_by_id(engine: Engine, identifier: str) -> dict[str, Any] | None:

@@ -142,9 +142,13 @@ OPENING = "opening"
 CARRY_FORWARD = "carry_forward"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, reader: bool = False) -> Engine:
     """An engine for a ledger URL: SQLite in WAL mode (or in memory, one shared
-    connection), PostgreSQL with a small pool and short connect timeout."""
+    connection), PostgreSQL with a small pool and short connect timeout.
+
+    ``reader``: the engine of the API's reads, apart from the writer's, so readers
+    never take the connections the writer needs; its SQLite connections are
+    ``query_only``, its PostgreSQL pool small (heavy reads are bounded in the API)."""
     parsed = resolve_database_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
@@ -164,12 +168,22 @@ def make_engine(url: str) -> Engine:
                 cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA busy_timeout=10000")
+            if reader:
+                cursor.execute("PRAGMA query_only=ON")
             cursor.close()
 
         return engine
     if parsed.get_backend_name() == "postgresql":
         return sa.create_engine(
-            parsed, pool_pre_ping=True, pool_size=4, max_overflow=4, pool_timeout=5,
+            parsed, pool_pre_ping=True, pool_size=2 if reader else 4,
+            max_overflow=4, pool_timeout=10 if reader else 5,
             connect_args={"connect_timeout": 3},
         )
     return sa.create_engine(parsed, pool_pre_ping=True)
+
+
+def is_in_memory(url: str) -> bool:
+    """An in-memory SQLite ledger: one database per connection, so it cannot have a
+    reader engine of its own."""
+    parsed = resolve_database_url(url)
+    return parsed.get_backend_name() == "sqlite" and (parsed.database or "") in ("", ":memory:")

@@ -28,7 +28,7 @@ from bgmock_twin import metrics
 from bgmock_twin.errors import Unavailable
 from bgmock_twin.logs import get_logger
 from bgmock_twin.settings import mask_url
-from bgmock_twin.tracking.ledger.schema import PRIMARY_KEYS, TABLES, make_engine
+from bgmock_twin.tracking.ledger.schema import PRIMARY_KEYS, TABLES, is_in_memory, make_engine
 from bgmock_twin.tracking.ledger.upgrade import ensure_schema
 from bgmock_twin.workers import Backoff, Worker
 
@@ -58,6 +58,8 @@ class LedgerStore(Worker):
         self.flush_interval = flush_interval
         self.chunk_size = chunk_size
         self.engine = make_engine(url)
+        # the API's reads go through an engine of their own (see ``make_engine``)
+        self.read_engine = self.engine if is_in_memory(url) else make_engine(url, reader=True)
         self._lock = threading.Condition()
         self._pending: Batch = {}
         self._inflight = 0
@@ -102,6 +104,7 @@ class LedgerStore(Worker):
 
     def close(self) -> None:
         self.engine.dispose()
+        self.read_engine.dispose()
 
     # --- writes -------------------------------------------------------------------------
     def write(self, kind: str, row: dict[str, Any]) -> int:
