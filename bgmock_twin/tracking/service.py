@@ -88,7 +88,8 @@ class Tracking:
         self.following_by = Following.KAFKA if bus is not None else Following.REST_POLLING
         polling = self.following_by is Following.REST_POLLING
         self.ledger = Ledger(settings.twin_database_url.get_secret_value(),
-                             buffer_size=LEDGER_BUFFER_SIZE)
+                             buffer_size=LEDGER_BUFFER_SIZE, spill_dir=settings.ledger_spill_dir,
+                             instance_id=settings.instance_id)
         self.tracker = Tracker(
             self.ledger, step_deadline=settings.step_deadline_seconds,
             sla=settings.payment_sla_seconds, clock=clock,
