@@ -4,7 +4,6 @@ and the ledger. ``TrackingSettings`` holds everything ``Tracking`` reads."""
 from __future__ import annotations
 
 from decimal import Decimal
-from pathlib import Path
 from typing import Self
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
@@ -80,12 +79,12 @@ class LedgerSettings(BaseModel):
     retention_max_payments: int = Field(
         1_000_000, ge=1000, validation_alias=env("TWIN_RETENTION_MAX_PAYMENTS")
     )
-    ledger_spill_dir: Path | None = Field(
-        None, validation_alias=env("TWIN_LEDGER_SPILL_DIR"),
+    ledger_spill_dir: str = Field(
+        "", validation_alias=env("TWIN_LEDGER_SPILL_DIR"),
         description="Where ledger rows still unwritten at shutdown (a full disk, the "
                     "database gone) are kept as JSON lines until the next start reads "
-                    "them back; by default next to an SQLite ledger, the working "
-                    "directory for PostgreSQL (the temporary directory when that fails).",
+                    "them back. Unset: next to an SQLite ledger, the working directory for "
+                    "PostgreSQL; the temporary directory when writing there fails.",
     )
 
     @field_validator("twin_database_url")
