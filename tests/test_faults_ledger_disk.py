@@ -18,7 +18,10 @@ on a full disk, writes fail with "database or disk is full". What must hold:
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
+import signal
 import tempfile
 import time
 import uuid
@@ -33,7 +36,22 @@ import sqlalchemy as sa
 from prometheus_client import REGISTRY
 
 from bgmock_twin.tracking.ledger import Ledger, deposits
+from tests.support.daemon import Daemon, running_daemon
+from tests.support.emulator_process import running_emulator
+from tests.support.faultkit import (
+    FAST_ENV,
+    FINISHED,
+    assert_accounted,
+    metric_sum,
+    payments,
+    simulation,
+    start_simulation,
+    wait_dispatched,
+    wait_finished,
+    wait_provisioned,
+)
 from tests.support.ports import wait_for
+from tests.support.postgres import PostgresServer
 from tests.support.small_disk import SmallDisk, small_disk
 
 MIB = 1024 * 1024
@@ -194,3 +212,148 @@ def test_spill_on_the_full_disk_itself_goes_to_the_temporary_directory(
     finally:
         for path in fallback:
             path.unlink(missing_ok=True)
+
+
+# --- a real daemon --------------------------------------------------------------------
+LEDGER_CHECKS = ("balance_drift", "conservation", "status_agreement")
+
+
+def next_report(daemon: Daemon, after: str | None, timeout: float = 30) -> dict[str, Any]:
+    """The first reconciliation report that ran after ``after``."""
+    def fresh() -> dict[str, Any] | None:
+        report: dict[str, Any] = daemon.get("/api/v1/reconciliation").json()
+        ran_at = report["ranAt"]
+        return report if ran_at is not None and (after is None or ran_at > after) else None
+
+    return wait_for(fresh, timeout=timeout, interval=0.2, message="a new reconciliation")
+
+
+def statuses(report: dict[str, Any]) -> dict[str, str]:
+    return {name: check["status"] for name, check in report["checks"].items()}
+
+
+def books_ok(daemon: Daemon, timeout: float = 60) -> dict[str, Any]:
+    def ok() -> dict[str, Any] | None:
+        report = next_report(daemon, None)
+        found = statuses(report)
+        return report if all(found[c] == "ok" for c in LEDGER_CHECKS) \
+            and report["violations"] == 0 else None
+
+    return wait_for(ok, timeout=timeout, interval=0.5, message="the books reconcile")
+
+
+def ledger_state(daemon: Daemon) -> dict[str, Any]:
+    state: dict[str, Any] = daemon.get("/api/v1/status").json()["payments"]["ledger"]
+    return state
+
+
+def log_events(daemon: Daemon, event: str) -> list[dict[str, Any]]:
+    found = []
+    for line in daemon.log().splitlines():
+        if line.startswith("{") and f'"{event}"' in line:
+            entry = json.loads(line)
+            if entry.get("event") == event:
+                found.append(entry)
+    return found
+
+
+def test_daemon_books_unknown_while_the_ledger_disk_is_full_and_nothing_lost_at_sigterm(
+        tmp_path: Path, disk: SmallDisk, postgres: PostgresServer) -> None:
+    databases = {name: postgres.create_database(f"diskfull_{name}")
+                 for name in ("bank_a", "bank_b", "switch")}
+    emulator_env = {"TWIN_EMULATOR_OUTBOX_INTERVAL_SECONDS": "0.2",
+                    "TWIN_EMULATOR_DB_BANK_A": databases["bank_a"],
+                    "TWIN_EMULATOR_DB_BANK_B": databases["bank_b"],
+                    "TWIN_EMULATOR_DB_SWITCH": databases["switch"]}
+    spill_dir = tmp_path / "spill"
+    with running_emulator(tmp_path, **emulator_env) as bgmock:
+        env = {**FAST_ENV, **bgmock.external_env(),
+               "DB_BANK_A": databases["bank_a"], "DB_BANK_B": databases["bank_b"],
+               "DB_SWITCH": databases["switch"], "TWIN_INSTANCE_ID": "disk-full",
+               "TWIN_DATABASE_URL": f"sqlite:///{disk.path}/ledger.db",
+               "TWIN_LEDGER_SPILL_DIR": str(spill_dir)}
+        with running_daemon(tmp_path, **env) as first:
+            wait_provisioned(first)
+            warm = start_simulation(first, count=10, rate=5, name="warm")
+            wait_finished(first, warm, timeout=60)
+            healthy = books_ok(first)
+            detections = metric_sum(first, "bgmock_invariant_violations_detected_total")
+
+            disk.fill()
+            full = time.monotonic()
+            sim = start_simulation(first, count=36, rate=2, name="disk-full")
+            wait_for(lambda: ledger_state(first)["available"] is False, timeout=20,
+                     message="ledger writes failing")
+            # for 15 s of payments whose rows cannot be stored, every run says unknown
+            seen: list[dict[str, Any]] = []
+            after = healthy["ranAt"]
+            while time.monotonic() - full < 15 or len(seen) < 2:
+                report = next_report(first, after)
+                after = report["ranAt"]
+                found = statuses(report)
+                assert "violated" not in found.values(), report
+                assert report["violations"] == 0, report
+                if not ledger_state(first)["available"]:
+                    seen.append(report)
+            unwritten = first.metric("bgmock_ledger_buffered") or 0
+            last = seen[-1]
+            print(f"disk full {time.monotonic() - full:.0f}s: {len(seen)} runs, "
+                  f"{unwritten:.0f} unwritten rows; {statuses(last)}; "
+                  f"{ {c: last['checks'][c]['reason'] for c in LEDGER_CHECKS} }")
+            assert unwritten > 0
+            for check in LEDGER_CHECKS:
+                assert last["checks"][check]["status"] == "unknown", last["checks"][check]
+                assert re.fullmatch(r"the ledger holds \d+ unwritten rows",
+                                    last["checks"][check]["reason"]), last["checks"][check]
+                assert first.metric("bgmock_reconciliation_check_unknown", check=check) == 1.0
+                assert first.metric("bgmock_invariant_violations", check=check) == 0.0
+
+            disk.free()
+            freed = time.monotonic()
+            wait_for(lambda: ledger_state(first)["available"] and
+                     first.metric("bgmock_ledger_buffered") == 0.0, timeout=30, interval=0.2,
+                     message="ledger caught up")
+            print(f"space back: ledger caught up in {time.monotonic() - freed:.1f}s")
+            wait_finished(first, sim, timeout=60)
+            assert_accounted(first, sim)
+            books_ok(first)
+            assert metric_sum(first, "bgmock_invariant_violations_detected_total") == detections
+
+            # SIGTERM while the disk is full: the unwritten rows go to the spill file
+            disk.fill()
+            cut = start_simulation(first, count=40, rate=4, name="sigterm-full")
+            wait_dispatched(first, cut, 12)
+            wait_for(lambda: ledger_state(first)["available"] is False and
+                     (first.metric("bgmock_ledger_buffered") or 0) > 0, timeout=20,
+                     message="rows waiting on the full disk")
+            first.process.send_signal(signal.SIGTERM)
+            assert first.process.wait(timeout=30) == 0
+            spilled = log_events(first, "ledger_rows_spilled")
+            assert len(spilled) == 1, first.log()[-3000:]
+            path, rows = Path(spilled[0]["path"]), spilled[0]["rows"]
+            assert path.parent == spill_dir and rows > 0
+            assert len(path.read_text().splitlines()) == rows
+            print(f"SIGTERM on a full disk: {rows} rows spilled to {path.name}")
+
+        disk.free()
+        with running_daemon(tmp_path, **env) as second:
+            restored = log_events(second, "ledger_spill_restored")
+            assert [(Path(e["path"]), e["rows"]) for e in restored] == [(path, rows)]
+            assert not path.exists()
+            for sim_id in (warm, sim):
+                assert_accounted(second, sim_id)
+            # every payment the stopped twin sent is in the ledger, and ends
+            def all_finished() -> list[dict[str, Any]] | None:
+                listed = payments(second, cut)
+                return listed if listed and all(p["status"] in FINISHED
+                                                for p in listed) else None
+
+            ended = wait_for(all_finished, timeout=90, interval=0.5,
+                             message="the spilled payments finish")
+            dispatched = simulation(second, cut)["dispatched"]
+            assert len(ended) == dispatched >= 12, (len(ended), dispatched)
+            report = books_ok(second)
+            for bank in ("bank_a", "bank_b"):
+                assert second.metric("bgmock_balance_drift", bank=bank) == 0.0, bank
+            print(f"after restart: {len(ended)} payments of the cut run finished; "
+                  f"{statuses(report)}")
