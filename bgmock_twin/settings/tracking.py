@@ -80,10 +80,10 @@ class LedgerSettings(BaseModel):
         1_000_000, ge=1000, validation_alias=env("TWIN_RETENTION_MAX_PAYMENTS")
     )
     ledger_spill_dir: str = Field(
-        "", validation_alias=env("TWIN_LEDGER_SPILL_DIR"),
+        "auto", min_length=1, validation_alias=env("TWIN_LEDGER_SPILL_DIR"),
         description="Where ledger rows still unwritten at shutdown (a full disk, the "
                     "database gone) are kept as JSON lines until the next start reads "
-                    "them back. Unset: next to an SQLite ledger, the working directory for "
+                    "them back. `auto`: next to an SQLite ledger, the working directory for "
                     "PostgreSQL; the temporary directory when writing there fails.",
     )
 

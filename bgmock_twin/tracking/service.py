@@ -88,7 +88,8 @@ class Tracking:
         self.settings = settings
         self.following_by = Following.KAFKA if bus is not None else Following.REST_POLLING
         polling = self.following_by is Following.REST_POLLING
-        spill_dir = Path(settings.ledger_spill_dir) if settings.ledger_spill_dir else None
+        spill_dir = None if settings.ledger_spill_dir == "auto" \
+            else Path(settings.ledger_spill_dir)
         self.ledger = Ledger(settings.twin_database_url.get_secret_value(),
                              buffer_size=LEDGER_BUFFER_SIZE, spill_dir=spill_dir,
                              instance_id=settings.instance_id)
