@@ -357,3 +357,22 @@ def test_daemon_books_unknown_while_the_ledger_disk_is_full_and_nothing_lost_at_
                 assert second.metric("bgmock_balance_drift", bank=bank) == 0.0, bank
             print(f"after restart: {len(ended)} payments of the cut run finished; "
                   f"{statuses(report)}")
+
+
+def test_a_spill_file_the_database_refuses_is_set_aside_and_never_blocks_the_ledger(
+        tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    spill_dir = tmp_path / "spill"
+    ledger = Ledger(url, spill_dir=spill_dir, instance_id="edited")
+    assert ledger.spill is not None
+    good = ledger.spill.write([("deposit", deposit("5.00", width=10))])
+    broken = ledger.spill.write([("deposit", {**deposit(width=10), "amount": None})])
+    with good.open("a") as out:
+        out.write("not json\n{\"kind\": \"nope\", \"row\": {}}\n")
+    try:
+        assert ledger.open()  # the refused file does not make the ledger unavailable
+        assert list(stored(ledger).values()) == [Decimal("5.00")]
+        assert not good.exists() and not broken.exists()
+        assert broken.with_suffix(".rejected").exists()
+    finally:
+        ledger.close()

@@ -116,9 +116,17 @@ class LedgerStore(Worker):
             return
         for path in self.spill.files():
             rows, bad = self.spill.read(path)
-            for start in range(0, len(rows), self.chunk_size):
-                with self.engine.begin() as conn:
-                    _upsert_rows(conn, rows[start:start + self.chunk_size])
+            try:
+                for start in range(0, len(rows), self.chunk_size):
+                    with self.engine.begin() as conn:
+                        _upsert_rows(conn, rows[start:start + self.chunk_size])
+            except (sa.exc.IntegrityError, sa.exc.DataError, TypeError, ValueError) as exc:
+                # rows the database refuses (an edited file): kept aside, never retried
+                # forever, never blocking the ledger
+                path.replace(path.with_suffix(".rejected"))
+                log.error("ledger_spill_rejected", path=str(path), rows=len(rows),
+                          error=short_error(exc))
+                continue
             path.unlink(missing_ok=True)
             metrics.LEDGER_SPILL_RESTORED.inc(len(rows))
             log.info("ledger_spill_restored", path=str(path), rows=len(rows), skipped=bad)
