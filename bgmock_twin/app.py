@@ -230,7 +230,8 @@ class Twin:
             from bgmock_twin.tracking.ledger import deposits, payments
 
             tracked = self.tracking.ledger
-            ledger = LedgerReader(tracked.engine, payments, deposits, flush=tracked.flush)
+            ledger = LedgerReader(tracked.engine, payments, deposits, flush=tracked.flush,
+                                  unwritten=lambda: tracked.buffered)
         lag_source = lag_source_for(
             self.bus, settings.kafka_bootstrap_servers,
             timeout=max(1.0, min(5.0, settings.lag_interval_seconds / 2)))

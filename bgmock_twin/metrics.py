@@ -182,7 +182,19 @@ LEDGER_WRITE_ERRORS = Counter(
 LEDGER_DROPPED = Counter(
     "bgmock_ledger_dropped", "Ledger writes dropped because the buffer was full."
 )
-LEDGER_BUFFERED = Gauge("bgmock_ledger_buffered", "Ledger writes waiting for the database.")
+LEDGER_BUFFERED = Gauge(
+    "bgmock_ledger_buffered",
+    "Ledger rows not yet stored: waiting for the database (the books are unknown while "
+    "rows written before a reconciliation stay unwritten).",
+)
+LEDGER_SPILLED = Counter(
+    "bgmock_ledger_spilled_rows",
+    "Unwritten ledger rows kept in a spill file when the twin stopped.",
+)
+LEDGER_SPILL_RESTORED = Counter(
+    "bgmock_ledger_spill_restored_rows",
+    "Rows read back from spill files into the ledger at start.",
+)
 
 # --- books -----------------------------------------------------------------------------
 BALANCE_DRIFT = Gauge(

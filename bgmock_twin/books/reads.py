@@ -60,6 +60,7 @@ class Reads:
 class Got(Generic[T]):
     value: T | None
     state: str  # "ok", "timeout", "busy ..." or "error: ..."
+    error: Exception | None = None  # what the read raised
 
 
 def outcome(future: Future[T], deadline: float) -> Got[T]:
@@ -71,7 +72,7 @@ def outcome(future: Future[T], deadline: float) -> Got[T]:
     except SourceBusy:
         return Got(None, "busy (previous read still running)")
     except Exception as exc:
-        return Got(None, f"error: {_short(exc)}")
+        return Got(None, f"error: {_short(exc)}", exc)
 
 
 def _short(exc: BaseException) -> str:

@@ -49,8 +49,8 @@ from bgmock_twin.books.reads import Reads, bind_bank, bind_books, bind_clearing,
 from bgmock_twin.books.report import BalancePass, Report, confirmed
 from bgmock_twin.books.rest import read_rest_accounts
 from bgmock_twin.books.results import CheckResult, CheckStatus
-from bgmock_twin.books.snapshot_checks import database_of
-from bgmock_twin.books.sources import LedgerReader, LedgerSnapshot
+from bgmock_twin.books.snapshot_checks import database_of, ledger_reason
+from bgmock_twin.books.sources import LedgerBehind, LedgerReader, LedgerSnapshot
 from bgmock_twin.books.sql import BankBooks, BankSnapshot, ClearingSnapshot
 from bgmock_twin.clients.bgmock import BGMockClients
 from bgmock_twin.contract import BANK_A, BANK_B, BANKS, CLEARING, SERVICES, Channel
@@ -65,6 +65,7 @@ STATUS_BATCH = 2000
 CONFIRM_DELAY_SECONDS = 1.0
 JOURNAL_WINDOW = timedelta(minutes=5)  # journal rows read with the balances
 JOURNAL_SKEW = timedelta(minutes=1)  # clock difference tolerated between twin and banks
+LEDGER_FLUSH_SECONDS = 1.0  # how long a read waits for the ledger to store what it holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +155,7 @@ class Reconciler:
             clearing_future = self._reads.submit(CLEARING.database, bind_clearing(
                 clearing_engine, [p.transaction_id for p in candidates],
                 stale_cutoff(CLEARING.name), self.config.statement_timeout_ms))
-        balance = self._balance_pass(accounts, deadline, ledger_ok=ledger_state == "ok")
+        balance = self._balance_pass(accounts, deadline, ledger_state)
         sources.update(balance.sources)
 
         banks: dict[str, BankSnapshot] = {}
@@ -176,7 +177,7 @@ class Reconciler:
         if CheckStatus.VIOLATED in (balance.drift.status, balance.conservation.status):
             wait = min(self.config.confirm_delay_seconds, max(0.0, deadline - time.monotonic()))
             time.sleep(wait)
-            second = self._balance_pass(accounts, deadline, ledger_ok=True)
+            second = self._balance_pass(accounts, deadline, "ok")
             balance = confirmed(balance, second)
         results[c.BALANCE_DRIFT] = balance.drift
         results[c.CONSERVATION] = balance.conservation
@@ -236,12 +237,16 @@ class Reconciler:
         ledger = self.ledger
 
         def read() -> tuple[list[tuple[datetime, FinishedPayment]], set[AccountKey]]:
+            # rows the ledger could not store would be missed for good once the
+            # watermark passed them: nothing is read while there are any
+            ledger.ensure_current(LEDGER_FLUSH_SECONDS)
             finished = ledger.finished_between(since, until, STATUS_BATCH)
             return finished, ledger.deposit_accounts()
 
         got = outcome(self._reads.submit("ledger", read), deadline)
         if got.value is None:
-            return list(self._status_hold.values()), accounts, got.state
+            state = str(got.error) if isinstance(got.error, LedgerBehind) else got.state
+            return list(self._status_hold.values()), accounts, state
         finished, deposit_accounts = got.value
         accounts |= deposit_accounts
         self._known_accounts |= deposit_accounts
@@ -261,9 +266,10 @@ class Reconciler:
             return []
 
     def _balance_pass(self, accounts: set[AccountKey], deadline: float,
-                      ledger_ok: bool) -> BalancePass:
+                      ledger_state: str) -> BalancePass:
         """Read the twin's balances (with the banks' journals, or through REST), then
-        the ledger snapshot, then compare."""
+        the ledger snapshot, then compare. Unknown, never a violation, when the ledger
+        could not be read or holds rows it has not stored (``ledger_state``)."""
         sources: dict[str, str] = {}
         read_started = self.now()
         window_start = read_started - JOURNAL_WINDOW
@@ -272,19 +278,21 @@ class Reconciler:
         readings, banks_read, ordered, books = self._read_balances(
             accounts, deadline, sources, {bank: naive_start + used[bank] for bank in READ_ORDER})
         snapshot: LedgerSnapshot | None = None
-        if self.ledger is not None and ledger_ok:
+        reason = "no ledger" if self.ledger is None else ledger_reason(ledger_state)
+        if self.ledger is not None and ledger_state == "ok":
             ledger = self.ledger
             changed_since = read_started - CHANGED_MARGIN
 
             def read_snapshot() -> LedgerSnapshot:
-                return ledger.snapshot(changed_since, flush_timeout=1.0,
+                return ledger.snapshot(changed_since, flush_timeout=LEDGER_FLUSH_SECONDS,
                                        detail_since=window_start - JOURNAL_SKEW)
 
             got = outcome(self._reads.submit("ledger_snapshot", read_snapshot), deadline)
             snapshot = got.value
             sources["ledger_snapshot"] = got.state
+            reason = str(got.error) if isinstance(got.error, LedgerBehind) \
+                else "ledger unavailable"
         if snapshot is None:
-            reason = "ledger unavailable" if self.ledger is not None else "no ledger"
             return BalancePass(readings, banks_read, CheckResult.unknown(c.BALANCE_DRIFT, reason),
                                CheckResult.unknown(c.CONSERVATION, reason), sources)
         self._known_accounts |= snapshot.accounts

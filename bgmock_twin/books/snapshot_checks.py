@@ -85,8 +85,8 @@ def status_agreement(
         return StatusAgreement(CheckResult.skipped(
             c.STATUS_AGREEMENT, "needs DB_BANK_A, DB_BANK_B and DB_SWITCH"), dict(hold))
     if ledger_state != "ok":
-        return StatusAgreement(CheckResult.unknown(c.STATUS_AGREEMENT, f"ledger {ledger_state}"),
-                               dict(hold))
+        return StatusAgreement(CheckResult.unknown(c.STATUS_AGREEMENT,
+                                                   ledger_reason(ledger_state)), dict(hold))
     statuses: dict[str, Mapping[uuid.UUID, str]] = {}
     for bank, snapshot in banks.items():
         statuses[f"{bank}:outgoing"] = snapshot.outgoing_status
@@ -106,3 +106,8 @@ def status_agreement(
     if len(kept) > STATUS_HOLD_LIMIT:
         kept = dict(list(kept.items())[-STATUS_HOLD_LIMIT:])
     return StatusAgreement(result, kept)
+
+
+def ledger_reason(ledger_state: str) -> str:
+    """Why the checks that read the ledger are unknown, from its read's state."""
+    return ledger_state if ledger_state.startswith("the ledger") else f"ledger {ledger_state}"

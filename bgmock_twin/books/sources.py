@@ -96,6 +96,16 @@ def _cents(column: Any, dialect: str) -> Any:
     return sa.cast(sa.cast(column, sa.Numeric(19, 2)) * 100, sa.BigInteger)
 
 
+class LedgerBehind(Exception):
+    """The ledger holds rows it could not store (a full disk, its database gone):
+    what it says of the money is behind what happened, so nothing can be checked
+    against it."""
+
+    def __init__(self, rows: int) -> None:
+        super().__init__(f"the ledger holds {rows} unwritten rows")
+        self.rows = rows
+
+
 class LedgerReader:
     """Reads the tracking ledger's tables (``twin_payments``, ``twin_deposits``)."""
 
@@ -105,20 +115,33 @@ class LedgerReader:
         payments: sa.Table,
         deposits: sa.Table,
         flush: Callable[[float], bool] | None = None,
+        unwritten: Callable[[], int] | None = None,
     ) -> None:
+        """``flush(timeout)``: store what the twin wrote so far (False if it could
+        not); ``unwritten()``: the rows the ledger's buffer still holds."""
         self.engine = engine
         self.payments = payments
         self.deposits = deposits
         self.flush = flush
+        self.unwritten = unwritten
+
+    def ensure_current(self, flush_timeout: float) -> None:
+        """Return once everything written so far is stored; ``LedgerBehind`` when
+        rows remain unwritten after ``flush_timeout``."""
+        if self.flush is None or self.flush(flush_timeout):
+            return
+        rows = self.unwritten() if self.unwritten is not None else 0
+        if rows > 0:
+            raise LedgerBehind(rows)
 
     def snapshot(self, changed_since: datetime, flush_timeout: float = 1.0,
                  detail_since: datetime | None = None) -> LedgerSnapshot:
         """Deposits and payments as of now. Rows written at or after
         ``changed_since`` (UTC) are taken as possibly ahead of the real state.
         Payments intended at or after ``detail_since`` are listed one by one (with
-        their transaction ids), never summed."""
-        if self.flush is not None:
-            self.flush(flush_timeout)
+        their transaction ids), never summed. ``LedgerBehind`` while rows written
+        before the call stay unwritten."""
+        self.ensure_current(flush_timeout)
         p, d = self.payments, self.deposits
         with self.engine.connect() as conn:
             dialect = conn.dialect.name

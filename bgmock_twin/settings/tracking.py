@@ -82,6 +82,13 @@ class LedgerSettings(BaseModel):
     retention_max_payments: int = Field(
         1_000_000, ge=1000, validation_alias=env("TWIN_RETENTION_MAX_PAYMENTS")
     )
+    ledger_spill_dir: str = Field(
+        "auto", min_length=1, validation_alias=env("TWIN_LEDGER_SPILL_DIR"),
+        description="Where ledger rows still unwritten at shutdown (a full disk, the "
+                    "database gone) are kept as JSON lines until the next start reads "
+                    "them back. `auto`: next to an SQLite ledger, the working directory for "
+                    "PostgreSQL; the temporary directory when writing there fails.",
+    )
 
     @field_validator("twin_database_url")
     @classmethod

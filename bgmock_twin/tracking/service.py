@@ -25,6 +25,7 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 from bgmock_twin.bus.base import EventBus
 from bgmock_twin.clients.bgmock import BGMockClients
@@ -87,8 +88,11 @@ class Tracking:
         self.settings = settings
         self.following_by = Following.KAFKA if bus is not None else Following.REST_POLLING
         polling = self.following_by is Following.REST_POLLING
+        spill_dir = None if settings.ledger_spill_dir == "auto" \
+            else Path(settings.ledger_spill_dir)
         self.ledger = Ledger(settings.twin_database_url.get_secret_value(),
-                             buffer_size=LEDGER_BUFFER_SIZE)
+                             buffer_size=LEDGER_BUFFER_SIZE, spill_dir=spill_dir,
+                             instance_id=settings.instance_id)
         self.tracker = Tracker(
             self.ledger, step_deadline=settings.step_deadline_seconds,
             sla=settings.payment_sla_seconds, clock=clock,

@@ -10,6 +10,15 @@ and counted (``bgmock_ledger_dropped_total``) - the next snapshot of a payment c
 its full state again. Every write gets a sequence number and ``durable_seq`` says up to
 which one everything is stored (or dropped), which lets the Kafka follower commit
 offsets only after what it read is recorded.
+
+A full disk (issue 15): a backlog is stored in transactions of ``chunk_size`` rows,
+each committed on its own, so a little free space drains it step by step instead of
+one ever-growing transaction that never fits. An SQLite WAL keeps the size it once
+had (it is reused, not shrunk), so it would take back the space freed for the
+ledger: the WAL is capped (``journal_size_limit``) and, after a failed write, a
+``wal_checkpoint(TRUNCATE)`` gives its space back before the retry. Stopped with
+rows it could not store, the store writes them to a spill file (``spill``) that the
+next ``open`` reads back first: nothing is lost.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,12 +39,15 @@ from bgmock_twin.errors import Unavailable
 from bgmock_twin.logs import get_logger
 from bgmock_twin.settings import mask_url
 from bgmock_twin.tracking.ledger.schema import PRIMARY_KEYS, TABLES, is_in_memory, make_engine
+from bgmock_twin.tracking.ledger.spill import Row, Spill, default_directory, is_persistent
 from bgmock_twin.tracking.ledger.upgrade import ensure_schema
 from bgmock_twin.workers import Backoff, Worker
 
 log = get_logger(__name__)
 
 Batch = dict[tuple[str, str], tuple[dict[str, Any], int]]  # (kind, id) -> (row, seq)
+WAL_SIZE_LIMIT = 1024 * 1024  # bytes an SQLite WAL keeps after a checkpoint reset it
+WAL_CHECKPOINT_PAGES = 256  # pages (1 MiB) after which a commit moves the WAL into the file
 
 
 class LedgerUnavailable(Unavailable):
@@ -50,7 +63,12 @@ class LedgerStore(Worker):
         buffer_size: int = 100_000,
         flush_interval: float = 0.1,
         chunk_size: int = 1000,
+        *,
+        spill_dir: Path | None = None,
+        instance_id: str = "",
     ) -> None:
+        """``spill_dir``: where rows unwritten at stop go (``spill``; by default next
+        to an SQLite file); an in-memory ledger has no spill."""
         super().__init__("ledger-writer", backoff=Backoff(0.2, 5.0),
                          error_event="ledger_write_failed")
         self.url = url
@@ -60,6 +78,11 @@ class LedgerStore(Worker):
         self.engine = make_engine(url)
         # the API's reads go through an engine of their own (see ``make_engine``)
         self.read_engine = self.engine if is_in_memory(url) else make_engine(url, reader=True)
+        self._sqlite_file = self.engine.dialect.name == "sqlite" and is_persistent(url)
+        if self._sqlite_file:
+            sa.event.listen(self.engine, "connect", _cap_wal)
+        self.spill = Spill(spill_dir or default_directory(url), url, instance_id) \
+            if is_persistent(url) else None
         self._lock = threading.Condition()
         self._pending: Batch = {}
         self._inflight = 0
@@ -73,16 +96,42 @@ class LedgerStore(Worker):
 
     # --- lifecycle -----------------------------------------------------------------------
     def open(self) -> bool:
-        """Create (or upgrade) the tables if needed; False (and retried by the writer)
-        if the database is unavailable."""
+        """Create (or upgrade) the tables if needed and read back the rows a previous
+        run spilled; False (and retried by the writer) if the database is
+        unavailable."""
         try:
-            ensure_schema(self.engine)
+            self._prepare()
         except Exception as exc:
             metrics.LEDGER_WRITE_ERRORS.inc()
             log.warning("ledger_unavailable", url=mask_url(self.url), error=short_error(exc))
             return False
-        self._schema_ready = True
         return True
+
+    def _prepare(self) -> None:
+        ensure_schema(self.engine)
+        self._restore_spills()
+        self._schema_ready = True
+
+    def _restore_spills(self) -> None:
+        """Store the rows of every spill file (oldest first), then remove the file."""
+        if self.spill is None:
+            return
+        for path in self.spill.files():
+            rows, bad = self.spill.read(path)
+            try:
+                for start in range(0, len(rows), self.chunk_size):
+                    with self.engine.begin() as conn:
+                        _upsert_rows(conn, rows[start:start + self.chunk_size])
+            except (sa.exc.IntegrityError, sa.exc.DataError, TypeError, ValueError) as exc:
+                # rows the database refuses (an edited file): kept aside, never retried
+                # forever, never blocking the ledger
+                path.replace(path.with_suffix(".rejected"))
+                log.error("ledger_spill_rejected", path=str(path), rows=len(rows),
+                          error=short_error(exc))
+                continue
+            path.unlink(missing_ok=True)
+            metrics.LEDGER_SPILL_RESTORED.inc(len(rows))
+            log.info("ledger_spill_restored", path=str(path), rows=len(rows), skipped=bad)
 
     @property
     def available(self) -> bool:
@@ -99,8 +148,30 @@ class LedgerStore(Worker):
         budget = self.join_timeout if timeout is None else timeout
         self.flush(budget)
         super().stop(budget)
-        if self._pending:
-            log.warning("ledger_stopped_with_unwritten_rows", rows=len(self._pending))
+        with self._lock:
+            left = sorted(self._pending.items(), key=lambda item: item[1][1])
+            rows: list[Row] = [(kind, row) for (kind, _), (row, _) in left]
+        if rows:
+            self._spill(rows)
+
+    def _spill(self, rows: list[Row]) -> None:
+        """Keep the rows the database did not take in a spill file (``spill``)."""
+        if self.spill is None:
+            log.error("ledger_stopped_with_unwritten_rows", rows=len(rows),
+                      reason="in-memory ledger: nothing to keep them in")
+            return
+        try:
+            path = self.spill.write(rows)
+        except OSError as exc:
+            log.error("ledger_stopped_with_unwritten_rows", rows=len(rows),
+                      reason=f"spill failed: {exc}")
+            return
+        with self._lock:
+            self._pending.clear()
+            metrics.LEDGER_BUFFERED.set(self._inflight)
+        metrics.LEDGER_SPILLED.inc(len(rows))
+        log.warning("ledger_rows_spilled", path=str(path), rows=len(rows),
+                    note="read back into the ledger at the next start")
 
     def close(self) -> None:
         self.engine.dispose()
@@ -204,19 +275,32 @@ class LedgerStore(Worker):
             return batch, self._seq
 
     def _write(self, batch: Batch) -> None:
+        """Store ``batch`` in transactions of ``chunk_size`` rows; what was stored
+        leaves the batch, so on an error only the rest is put back."""
         if not self._schema_ready:
-            ensure_schema(self.engine)
-            self._schema_ready = True
+            self._prepare()
             for callback in self._on_available:
                 callback()
-        by_kind: dict[str, list[dict[str, Any]]] = {}
-        for (kind, _key), (row, _seq) in batch.items():
-            by_kind.setdefault(kind, []).append(row)
-        with self.engine.begin() as conn:
-            for kind, rows in by_kind.items():
-                for start in range(0, len(rows), self.chunk_size):
-                    _upsert(conn, TABLES[kind], PRIMARY_KEYS[kind],
-                            rows[start:start + self.chunk_size])
+        if self._failing_since is not None and self._sqlite_file:
+            self._give_wal_space_back()
+        keys = list(batch)
+        for start in range(0, len(keys), self.chunk_size):
+            chunk = keys[start:start + self.chunk_size]
+            with self.engine.begin() as conn:
+                _upsert_rows(conn, [(kind, batch[(kind, key)][0]) for kind, key in chunk])
+            for key in chunk:
+                del batch[key]
+            with self._lock:
+                self._inflight = len(batch)
+
+    def _give_wal_space_back(self) -> None:
+        """Move the WAL into the database file and truncate it, so the space it took
+        is free for the rows (a failure only means the disk is still full)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        except Exception as exc:
+            log.debug("ledger_checkpoint_failed", error=short_error(exc))
 
     def _put_back(self, batch: Batch) -> None:
         """Put a batch that could not be stored back (behind any newer snapshot of the
@@ -249,6 +333,26 @@ def _upsert_statement(dialect: str, table: sa.Table, key: str) -> Any:
         index_elements=[key],
         set_={c.name: insert.excluded[c.name] for c in table.columns if c.name != key},
     )
+
+
+def _upsert_rows(conn: Connection, rows: Sequence[Row]) -> None:
+    """Upsert (kind, row) pairs, grouped by table and by the columns they carry."""
+    groups: dict[tuple[str, frozenset[str]], list[dict[str, Any]]] = {}
+    for kind, row in rows:
+        groups.setdefault((kind, frozenset(row)), []).append(row)
+    for (kind, _columns), group in groups.items():
+        _upsert(conn, TABLES[kind], PRIMARY_KEYS[kind], group)
+
+
+def _cap_wal(dbapi_connection: Any, _record: Any) -> None:
+    """Keep an SQLite WAL small: checkpointed every ``WAL_CHECKPOINT_PAGES`` (not
+    SQLite's 4 MiB) and shrunk back to ``WAL_SIZE_LIMIT`` when a checkpoint resets it,
+    instead of keeping the largest size it ever had. The headroom a checkpoint needs
+    on the disk stays that small too."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+    cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+    cursor.close()
 
 
 def _upsert(conn: Connection, table: sa.Table, key: str, rows: Sequence[dict[str, Any]]) -> None:
