@@ -34,7 +34,6 @@ from bgmock_twin.contract import (
     TOPIC_PROCESSED,
     TOPICS,
     TYPE_ID_HEADER,
-    TYPE_INCOMING,
     TYPE_OUTGOING,
     TYPE_RESPONSE,
     OutgoingTransactionEvent,
@@ -48,6 +47,8 @@ from bgmock_twin.emulator import EmbeddedBGMock, EmulatorConfig
 from tests.support.ports import wait_for
 
 FAST_OUTBOX = 0.05
+CLEARING_INCOMING = "com.clearingservice.event.IncomingTransactionEvent"
+CLEARING_RESPONSE = "com.clearingservice.event.TransactionResponseEvent"
 SPRING_KEYS = {"timestamp", "status", "error", "path"}
 
 
@@ -198,6 +199,11 @@ def body_of(record: Record) -> dict[str, Any]:
     return loads_json(record.value or b"")  # type: ignore[no-any-return]
 
 
+def lock_failures(service: str, origin: str) -> float:
+    return REGISTRY.get_sample_value("bgmock_emulator_optimistic_lock_failures_total", {
+        "service": service, "origin": origin}) or 0.0
+
+
 def events_count(service: str, topic: str, result: str) -> float:
     return REGISTRY.get_sample_value("bgmock_emulator_events_total", {
         "service": service, "topic": topic, "result": result}) or 0.0
@@ -284,9 +290,16 @@ def test_deposit_reserve_commit_release(world: World) -> None:
 
     reserve = world.http.post(f"{url}/reserve", params={"amount": "100"})
     assert reserve.status_code == 200
-    assert loads_json(reserve.content)["reservedBalance"] == Decimal("100.00")
-    # available = balance - reserved = 50.25
-    assert world.http.post(f"{url}/reserve", params={"amount": "50.26"}).status_code == 400
+    result = loads_json(reserve.content)
+    assert set(result) == {"success", "message", "account"} and result["success"] is True
+    assert result["account"]["reservedBalance"] == Decimal("100.00")
+    assert isinstance(result["message"], str)
+    # available = balance - reserved = 50.25: refused, still a 200, the account unchanged
+    refused = world.http.post(f"{url}/reserve", params={"amount": "50.26"})
+    assert refused.status_code == 200
+    refused_body = loads_json(refused.content)
+    assert refused_body["success"] is False and refused_body["message"]
+    assert refused_body["account"]["reservedBalance"] == Decimal("100.00")
     commit = world.http.post(f"{url}/commit", params={"amount": "40"})
     assert commit.status_code == 200
     assert world.balances("02", number) == (Decimal("110.25"), Decimal("60.00"))
@@ -294,7 +307,16 @@ def test_deposit_reserve_commit_release(world: World) -> None:
     assert world.http.post(f"{url}/release", params={"amount": "60.01"}).status_code == 400
     assert world.http.post(f"{url}/release", params={"amount": "60"}).status_code == 200
     assert world.balances("02", number) == (Decimal("110.25"), Decimal("0.00"))
-    assert world.http.post(f"{url}/reserve", params={"amount": "0"}).status_code == 400
+    # No positivity check on reserve: zero and negative amounts "succeed" as written.
+    zero = world.http.post(f"{url}/reserve", params={"amount": "0"})
+    assert zero.status_code == 200 and zero.json()["success"] is True
+    negative = world.http.post(f"{url}/reserve", params={"amount": "-5"})
+    assert negative.status_code == 200 and negative.json()["success"] is True
+    assert world.balances("02", number) == (Decimal("110.25"), Decimal("-5.00"))
+    assert world.http.post(f"{url}/release", params={"amount": "0"}).status_code == 400
+    nobody = world.http.post(f"{world.b}/bank/account/NOPE-2/reserve", params={"amount": "1"})
+    assert nobody.status_code == 200
+    assert nobody.json() == {"success": False, "message": "Account not found", "account": None}
 
 
 def test_bank_mapping_crud(world: World) -> None:
@@ -304,6 +326,9 @@ def test_bank_mapping_crud(world: World) -> None:
     created = world.http.post(f"{world.c}/clearing/bank-mapping", json=body)
     assert created.status_code == 201
     assert set(created.json()) == {"id", *body}
+    uuid.UUID(created.json()["id"])  # a UUID, not a sequence number
+    # There is no list endpoint: only GET by bankgood number.
+    assert world.http.get(f"{world.c}/clearing/bank-mapping").status_code == 405
     assert {k: created.json()[k] for k in body} == body
     assert world.http.post(f"{world.c}/clearing/bank-mapping", json=body).status_code == 500
     got = world.http.get(f"{world.c}/clearing/bank-mapping/{bankgood}")
@@ -358,10 +383,11 @@ def _check_payment_events(world: World, tx: str, source: str, dest: str, payer: 
     forwarded = world.spy.wait(tx, TOPIC_FORWARDED)
     processed = world.spy.wait(tx, TOPIC_PROCESSED)
     completed = world.spy.wait(tx, TOPIC_COMPLETED)
+    # Each service writes its own classes' names; consumers ignore them.
     for records, key, type_id in ((initiated, source, TYPE_OUTGOING),
-                                  (forwarded, dest, TYPE_INCOMING),
+                                  (forwarded, dest, CLEARING_INCOMING),
                                   (processed, dest, TYPE_RESPONSE),
-                                  (completed, source, TYPE_RESPONSE)):
+                                  (completed, source, CLEARING_RESPONSE)):
         assert len(records) == 1
         record = records[0]
         assert record.key == key.encode()
@@ -379,7 +405,9 @@ def _check_payment_events(world: World, tx: str, source: str, dest: str, payer: 
                         "status", "createdAt", "updatedAt"}
     assert (fwd["toClearingNumber"], fwd["toAccountNumber"], fwd["amount"], fwd["status"]) == \
         (dest, payee, Decimal(amount), "PENDING")
-    assert isinstance(fwd["createdAt"], list) and len(fwd["createdAt"]) >= 5
+    # The forwarded dates copy the initiated event's (null) createdAt; no updatedAt.
+    assert fwd["createdAt"] is None and fwd["updatedAt"] is None
+    assert f'"amount":{amount}' in (forwarded[0].value or b"").decode()  # scale kept
     assert body_of(processed[0]) == {"transactionId": tx, "status": "SUCCESS",
                                      "message": "Transaction processed"}
     assert body_of(completed[0]) == {"transactionId": tx, "status": "SUCCESS",
@@ -490,12 +518,16 @@ def test_client_transaction_id_only_skips_duplicates(world: World) -> None:
 
 def test_unknown_bankgood_fails_at_the_clearing(world: World) -> None:
     payer = world.account("01", "100.00")
-    tx = world.pay("01", payer, f"BG-UNKNOWN-{uuid.uuid4().hex[:6]}", "40")
+    bankgood = f"BG-UNKNOWN-{uuid.uuid4().hex[:6]}"
+    tx = world.pay("01", payer, bankgood, "40")
     assert world.final("01", tx)["status"] == "FAILED"
     assert world.clearing_status(tx) == "FAILED"
     completed = world.spy.wait(tx, TOPIC_COMPLETED)
     assert completed[0].key == b"01"
-    assert body_of(completed[0])["status"] == "FAILED"
+    assert body_of(completed[0]) == {"transactionId": tx, "status": "FAILED",
+                                     "message": f"No bank-mapping found for {bankgood}"}
+    assert completed[0].header(TYPE_ID_HEADER) == \
+        b"com.clearingservice.event.TransactionResponseEvent"
     assert world.spy.of(tx, TOPIC_FORWARDED) == []
     assert world.balances("01", payer) == (Decimal("100.00"), Decimal("0.00"))
 
@@ -508,7 +540,11 @@ def test_unknown_payee_account_fails_at_the_destination(world: World) -> None:
     processed = world.spy.wait(tx, TOPIC_PROCESSED)
     assert processed[0].key == b"01"
     assert body_of(processed[0])["status"] == "FAILED"
-    assert body_of(processed[0])["message"]
+    assert body_of(processed[0])["message"] == \
+        'Transaction failed: 404 NOT_FOUND "Account not found"'
+    # the clearing relays the message as it came
+    completed = world.spy.wait(tx, TOPIC_COMPLETED)
+    assert body_of(completed[0])["message"] == body_of(processed[0])["message"]
     incoming = world.incoming("01", tx)
     assert incoming is not None and incoming["status"] == "FAILED"
     assert world.clearing_status(tx) == "FAILED"
@@ -629,9 +665,12 @@ def test_rest_doors_enter_the_same_handlers(world: World) -> None:
     world.spy.wait(tx, TOPIC_COMPLETED)
     assert world.balances("02", payee)[0] == Decimal("7.00")
 
+    # A processed event for a transaction the clearing never saw: silently ignored.
+    never_seen = str(uuid.uuid4())
     unknown = world.http.post(f"{world.c}/clearing/transaction/processed", json={
-        "transactionId": str(uuid.uuid4()), "status": "SUCCESS", "message": "x"})
-    assert unknown.status_code == 500
+        "transactionId": never_seen, "status": "SUCCESS", "message": "x"})
+    assert unknown.status_code == 202
+    assert world.clearing_status(never_seen) is None
     again = world.http.post(f"{world.c}/clearing/transaction/processed", json={
         "transactionId": tx, "status": "SUCCESS", "message": "again"})
     assert again.status_code == 202
@@ -641,7 +680,8 @@ def test_rest_doors_enter_the_same_handlers(world: World) -> None:
     bank_door = world.http.post(f"{world.b}/bank/transaction/incoming", json={
         "transactionId": incoming_id, "toClearingNumber": "02", "toAccountNumber": payee,
         "amount": 3, "status": "PENDING"})
-    assert bank_door.status_code == 202
+    # The bank's doors answer 200 with an empty body.
+    assert bank_door.status_code == 200 and bank_door.content == b""
     assert world.incoming("02", incoming_id)["status"] == "SUCCESS"  # type: ignore[index]
     assert world.balances("02", payee)[0] == Decimal("10.00")
     processed = world.spy.wait(incoming_id, TOPIC_PROCESSED)
@@ -655,7 +695,7 @@ def test_rest_doors_enter_the_same_handlers(world: World) -> None:
         assert world.outgoing("01", pending)["status"] == "PENDING"  # type: ignore[index]
         completed_door = world.http.post(f"{world.a}/bank/transaction/outgoing/completed", json={
             "transactionId": pending, "status": "FAILED", "message": "via REST"})
-        assert completed_door.status_code == 202
+        assert completed_door.status_code == 200 and completed_door.content == b""
         assert world.outgoing("01", pending)["status"] == "FAILED"  # type: ignore[index]
         assert world.balances("01", payer) == (Decimal("50.00"), Decimal("0.00"))
     finally:
@@ -675,12 +715,19 @@ def test_incoming_get_and_delete(world: World) -> None:
     world.http.post(f"{world.a}/bank/transaction/incoming", json={
         "transactionId": tx, "toClearingNumber": "01", "toAccountNumber": payee, "amount": 1})
     assert world.http.get(f"{world.a}/bank/transaction/incoming/{tx}").status_code == 200
-    assert world.http.delete(f"{world.a}/bank/transaction/incoming/{tx}").status_code == 200
+    deleted = world.http.delete(f"{world.a}/bank/transaction/incoming/{tx}")
+    assert deleted.status_code == 200 and deleted.headers["Content-Type"].startswith("text/plain")
+    assert deleted.text  # a plain-text sentence, not JSON
+    # An unknown transaction: 404 with an empty body.
     missing = world.http.get(f"{world.a}/bank/transaction/incoming/{tx}")
-    assert missing.status_code == 404 and "error" in missing.json()
-    assert world.http.delete(f"{world.a}/bank/transaction/incoming/{tx}").status_code == 404
-    assert world.http.get(f"{world.a}/bank/transaction/outgoing/{uuid.uuid4()}").status_code \
-        == 404
+    assert missing.status_code == 404 and missing.content == b""
+    again = world.http.delete(f"{world.a}/bank/transaction/incoming/{tx}")
+    assert again.status_code == 404 and again.headers["Content-Type"].startswith("text/plain")
+    unknown_out = world.http.get(f"{world.a}/bank/transaction/outgoing/{uuid.uuid4()}")
+    assert unknown_out.status_code == 404 and unknown_out.content == b""
+    gone_out = world.http.delete(f"{world.a}/bank/transaction/outgoing/{uuid.uuid4()}")
+    assert gone_out.status_code == 404 and gone_out.headers["Content-Type"].startswith(
+        "text/plain")
     gone = world.http.get(f"{world.c}/clearing/transaction/{uuid.uuid4()}")
     assert gone.status_code == 404 and "error" in gone.json()
 
@@ -689,6 +736,7 @@ def test_concurrent_payments_never_overdraw(world: World) -> None:
     payer = world.account("01", "100.00")
     bankgood = world.mapping("02", world.account("02", "0.00"))
     ids: list[str] = []
+    lost_races: list[str] = []
     lock = threading.Lock()
 
     def pay() -> None:
@@ -696,16 +744,29 @@ def test_concurrent_payments_never_overdraw(world: World) -> None:
             answer = session.post(f"{world.a}/bank/transaction/outgoing", json={
                 "fromAccountNumber": payer, "toBankgoodNumber": bankgood, "amount": "15"})
             with lock:
-                ids.append(answer.json()["transactionId"])
+                if answer.status_code == 500:  # lost the race on the payer's version
+                    lost_races.append(answer.text)
+                else:
+                    assert answer.status_code == 202, answer.text
+                    ids.append(answer.json()["transactionId"])
 
     threads = [threading.Thread(target=pay) for _ in range(12)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    assert len(ids) + len(lost_races) == 12
     statuses = [world.final("01", tx)["status"] for tx in ids]
-    assert statuses.count("SUCCESS") == 6 and statuses.count("FAILED") == 6
-    assert world.balances("01", payer) == (Decimal("10.00"), Decimal("0.00"))
+    successes = statuses.count("SUCCESS")
+    assert successes <= 6 and successes + statuses.count("FAILED") == len(ids)
+    if not lost_races:
+        assert successes == 6
+    assert world.balances("01", payer) == (Decimal("100.00") - 15 * successes, Decimal("0.00"))
+    with world.emulator.engines["bank_a"].connect() as conn:
+        stored = conn.execute(sa.select(sa.func.count()).select_from(bank_outgoing_transactions)
+                              .where(bank_outgoing_transactions.c.from_account_number == payer)
+                              ).scalar_one()
+    assert stored == len(ids)  # a 500 stored nothing
 
 
 def test_keep_alive_serves_many_requests_on_one_connection(world: World) -> None:
@@ -724,3 +785,62 @@ def test_keep_alive_serves_many_requests_on_one_connection(world: World) -> None
         assert conn.getresponse().read() == b"OK"
     finally:
         conn.close()
+
+
+# --- optimistic locking (@Version) -----------------------------------------------------------
+def test_payment_whose_payer_is_credited_meanwhile_is_500_with_nothing_stored(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On the in-memory SQLite books: the payment reads the payer, a forwarded credit
+    to the same account (the real listener handler) commits before the payment
+    writes, and the payment's versioned write fails: 500, nothing stored."""
+    from bgmock_twin.contract import IncomingTransactionEvent
+
+    payer = world.account("01", "100.00")
+    bankgood = world.mapping("02", world.account("02", "0.00"))
+    bank = world.emulator.bank_a
+    original = bank._read_account
+    credit = uuid.uuid4()
+
+    def read_then_credited(number: str | None) -> Any:
+        row = original(number)
+        if number == payer:
+            monkeypatch.setattr(bank, "_read_account", original)
+            assert bank.handle_forwarded(IncomingTransactionEvent(
+                transaction_id=credit, to_clearing_number="01", to_account_number=payer,
+                amount=Decimal("5.00"), status=Status.PENDING)) == "handled"
+        return row
+
+    monkeypatch.setattr(bank, "_read_account", read_then_credited)
+    before = lock_failures("bank_a", "rest")
+    answer = world.http.post(f"{world.a}/bank/transaction/outgoing", json={
+        "fromAccountNumber": payer, "toBankgoodNumber": bankgood, "amount": "30"})
+    assert answer.status_code == 500 and set(answer.json()) == SPRING_KEYS
+    assert lock_failures("bank_a", "rest") == before + 1
+    assert world.balances("01", payer) == (Decimal("105.00"), Decimal("0.00"))
+    with world.emulator.engines["bank_a"].connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(bank_outgoing_transactions)
+                            .where(bank_outgoing_transactions.c.from_account_number == payer)
+                            ).scalar_one() == 0
+    # the next attempt reads the new version and goes through
+    tx = world.pay("01", payer, bankgood, "30")
+    assert world.final("01", tx)["status"] == "SUCCESS"
+    assert world.balances("01", payer) == (Decimal("75.00"), Decimal("0.00"))
+
+
+def test_deposit_losing_the_race_is_500(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    number = world.account("02", "10.00")
+    bank = world.emulator.bank_b
+    original = bank._read_account
+
+    def read_then_deposited(account: str | None) -> Any:
+        row = original(account)
+        monkeypatch.setattr(bank, "_read_account", original)
+        assert world.http.post(f"{world.b}/bank/account/{number}/deposit",
+                               params={"amount": "1"}).status_code == 200
+        return row
+
+    monkeypatch.setattr(bank, "_read_account", read_then_deposited)
+    answer = world.http.post(f"{world.b}/bank/account/{number}/deposit", params={"amount": "7"})
+    assert answer.status_code == 500
+    assert world.balances("02", number) == (Decimal("11.00"), Decimal("0.00"))

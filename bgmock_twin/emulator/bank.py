@@ -7,6 +7,13 @@ incoming payments from ``transactions.forwarded`` that credit the payee and emit
 ``transactions.processed``, and ``transactions.completed`` that settles or
 releases the reservation. Every state change and its outbox row share one
 database transaction; events already handled are skipped.
+
+Accounts carry a version, as BGMock's ``@Version`` entity does: a REST handler
+reads the account in one step and writes it (after its inserts, in Hibernate's
+flush order) with a compare-and-set on that version in the next, so a listener's
+credit, commit or release (or another request) committed in between makes the
+request fail with 500 and store nothing (``db.StaleAccount``). A listener that
+loses such a race has its record retried.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
+from bgmock_twin import metrics
 from bgmock_twin.contract import (
     TOPIC_INITIATED,
     TOPIC_PROCESSED,
@@ -50,7 +58,7 @@ from bgmock_twin.emulator.common import (
     path_uuid,
     query_amount,
 )
-from bgmock_twin.emulator.db import Database, money, run_in, utcnow
+from bgmock_twin.emulator.db import Database, StaleAccount, money, run_in, utcnow
 from bgmock_twin.emulator.outbox import add_event
 from bgmock_twin.emulator.web import ApiError, Request, Response, Router
 from bgmock_twin.logs import get_logger
@@ -59,7 +67,11 @@ log = get_logger(__name__)
 
 ACCEPTED_MESSAGE = "Transaction received"
 PROCESSED_MESSAGE = "Transaction processed"
-UNKNOWN_ACCOUNT_MESSAGE = "Receiver account not found"
+# What Spring's RestClient exception says when the payee lookup answers 404 (inferred).
+UNKNOWN_ACCOUNT_MESSAGE = 'Transaction failed: 404 NOT_FOUND "Account not found"'
+RESERVED_MESSAGE = "Funds reserved"
+INSUFFICIENT_MESSAGE = "Insufficient available funds"
+NO_ACCOUNT_MESSAGE = "Account not found"
 
 
 def account_json(row: Row[Any]) -> dict[str, Any]:
@@ -82,9 +94,10 @@ class _Statements:
         out, inc = bank_outgoing_transactions, incoming_transactions
         self.account = sa.select(accounts).where(
             accounts.c.account_number == sa.bindparam("number"))
-        self.account_locked = db.locked(self.account)
+        # Hibernate's versioned update: a compare-and-set on the version read.
         self.set_money = accounts.update().where(
-            accounts.c.account_id == sa.bindparam("p_id")).values(
+            accounts.c.account_id == sa.bindparam("p_id"),
+            sa.func.coalesce(accounts.c.version, 0) == sa.bindparam("p_expected")).values(
             balance=sa.bindparam("p_balance"), reserved_balance=sa.bindparam("p_reserved"),
             updated_at=sa.bindparam("p_now"), version=sa.bindparam("p_version"))
         self.outgoing = sa.select(out).where(out.c.transaction_id == sa.bindparam("id"))
@@ -111,18 +124,36 @@ class BankService:
         self.sql = _Statements(db)
 
     # --- accounts -------------------------------------------------------------------
-    def _account(self, conn: Connection, number: str | None, lock: bool) -> Row[Any] | None:
-        query = self.sql.account_locked if lock else self.sql.account
-        return conn.execute(query, {"number": number}).first()
+    def _account(self, conn: Connection, number: str | None) -> Row[Any] | None:
+        """The account as it is now, unlocked (its version is checked on write)."""
+        return conn.execute(self.sql.account, {"number": number}).first()
 
     def _set_money(self, conn: Connection, row: Row[Any], *, balance: Decimal | None = None,
                    reserved: Decimal | None = None) -> None:
-        conn.execute(self.sql.set_money, {
-            "p_id": row.account_id,
+        """Write ``row``'s money if its version is still the one read; otherwise
+        ``StaleAccount`` (the caller's transaction is then rolled back whole)."""
+        version = row.version or 0
+        written = conn.execute(self.sql.set_money, {
+            "p_id": row.account_id, "p_expected": version,
             "p_balance": money(row.balance) if balance is None else balance,
             "p_reserved": money(row.reserved_balance) if reserved is None else reserved,
-            "p_now": utcnow(), "p_version": (row.version or 0) + 1,
+            "p_now": utcnow(), "p_version": version + 1,
         })
+        if written.rowcount != 1:
+            raise StaleAccount(row.account_number)
+
+    def _read_account(self, number: str | None) -> Row[Any] | None:
+        """A REST handler's first step: load the account (its own short transaction,
+        as under READ COMMITTED nothing holds it until the versioned write)."""
+        with self.db.begin() as conn:
+            return self._account(conn, number)
+
+    def _lost_race(self, exc: StaleAccount, path: str) -> ApiError:
+        """A REST write that lost the race on an account: Spring's 500, nothing kept."""
+        metrics.EMULATOR_OPTIMISTIC_LOCK_FAILURES.labels(service=self.name, origin="rest").inc()
+        log.info("emulator_optimistic_lock_failure", service=self.name, path=path,
+                 origin="rest")
+        return ApiError(500, str(exc))
 
     def _set_account(self, conn: Connection, row: Row[Any], **values: Any) -> None:
         conn.execute(accounts.update().where(accounts.c.account_id == row.account_id).values(
@@ -145,7 +176,7 @@ class BankService:
                     balance=balance, reserved_balance=reserved, version=0,
                     created_at=now, updated_at=now,
                 ))
-                row = self._account(conn, number, lock=False)
+                row = self._account(conn, number)
         except IntegrityError:
             # BGMock answers a duplicate account number with the constraint error: 500.
             raise ApiError(500, "duplicate account number") from None
@@ -159,7 +190,7 @@ class BankService:
 
     def get_account(self, request: Request) -> Response:
         with self.db.begin() as conn:
-            row = self._account(conn, request.params["accountNumber"], lock=False)
+            row = self._account(conn, request.params["accountNumber"])
         if row is None:
             raise ApiError(404, "Account not found")
         return Response.json(200, account_json(row))
@@ -171,7 +202,7 @@ class BankService:
         new_number = opt_str(body, "accountNumber")
         try:
             with self.db.begin() as conn:
-                row = self._account(conn, request.params["accountNumber"], lock=True)
+                row = self._account(conn, request.params["accountNumber"])
                 if row is None:
                     raise ApiError(404, "Account not found")
                 if balance is None or balance < 0:
@@ -179,7 +210,7 @@ class BankService:
                 if new_number is None:
                     raise ApiError(500, "account_number must not be null")
                 self._set_account(conn, row, account_holder=holder, account_number=new_number)
-                updated = self._account(conn, new_number, lock=False)
+                updated = self._account(conn, new_number)
         except IntegrityError:
             raise ApiError(500, "duplicate account number") from None
         assert updated is not None
@@ -187,7 +218,7 @@ class BankService:
 
     def delete_account(self, request: Request) -> Response:
         with self.db.begin() as conn:
-            row = self._account(conn, request.params["accountNumber"], lock=True)
+            row = self._account(conn, request.params["accountNumber"])
             if row is None:
                 raise ApiError(404, "Account not found")
             conn.execute(accounts.delete().where(accounts.c.account_id == row.account_id))
@@ -195,37 +226,62 @@ class BankService:
 
     def _adjust(self, request: Request, operation: str) -> Response:
         amount = query_amount(request)
+        number = request.params["accountNumber"]
+        if operation == "reserve":
+            return self._reserve(number, money(amount), request.path)
         if amount <= 0:
             raise ApiError(400, "Amount must be positive")
         amount = money(amount)
-        with self.db.begin() as conn:
-            row = self._account(conn, request.params["accountNumber"], lock=True)
-            if row is None:
-                raise ApiError(404, "Account not found")
-            balance, reserved = money(row.balance), money(row.reserved_balance)
-            if operation == "deposit":
-                balance += amount
-            elif operation == "reserve":
-                if balance - reserved < amount:
-                    raise ApiError(400, "Insufficient available funds")
-                reserved += amount
-            elif operation == "commit":
-                if reserved < amount:
-                    raise ApiError(400, "Not enough reserved funds")
-                reserved -= amount
-                balance -= amount
-            else:
-                if reserved < amount:
-                    raise ApiError(400, "Not enough reserved funds to release")
-                reserved -= amount
-            self._set_money(conn, row, balance=balance, reserved=reserved)
-            updated = self._account(conn, row.account_number, lock=False)
-        assert updated is not None
+        row = self._read_account(number)
+        if row is None:
+            raise ApiError(404, "Account not found")
+        balance, reserved = money(row.balance), money(row.reserved_balance)
+        if operation == "deposit":
+            balance += amount
+        elif operation == "commit":
+            if reserved < amount:
+                raise ApiError(400, "Not enough reserved funds")
+            reserved -= amount
+            balance -= amount
+        else:
+            if reserved < amount:
+                raise ApiError(400, "Not enough reserved funds to release")
+            reserved -= amount
+        updated = self._write_money(row, balance, reserved, request.path)
         return Response.json(200, account_json(updated))
+
+    def _write_money(self, row: Row[Any], balance: Decimal, reserved: Decimal,
+                     path: str) -> Row[Any]:
+        """A REST handler's second step: the versioned write; 500 if it lost a race."""
+        try:
+            with self.db.begin() as conn:
+                self._set_money(conn, row, balance=balance, reserved=reserved)
+                updated = self._account(conn, row.account_number)
+        except StaleAccount as exc:
+            raise self._lost_race(exc, path) from None
+        assert updated is not None
+        return updated
+
+    def _reserve(self, number: str, amount: Decimal, path: str) -> Response:
+        """BGMock's reserve answers 200 with a result object, whatever happened, and
+        does not check that the amount is positive."""
+        row = self._read_account(number)
+        if row is None:
+            return Response.json(200, {"success": False, "message": NO_ACCOUNT_MESSAGE,
+                                       "account": None})
+        balance, reserved = money(row.balance), money(row.reserved_balance)
+        if balance - reserved < amount:
+            return Response.json(200, {"success": False, "message": INSUFFICIENT_MESSAGE,
+                                       "account": account_json(row)})
+        updated = self._write_money(row, balance, reserved + amount, path)
+        return Response.json(200, {"success": True, "message": RESERVED_MESSAGE,
+                                   "account": account_json(updated)})
 
     # --- outgoing payments ------------------------------------------------------------
     def create_outgoing(self, request: Request) -> Response:
-        """Step 1: reserve, store PENDING + outbox; or store FAILED. Always 202."""
+        """Step 1: reserve, store PENDING + outbox; or store FAILED. Always 202,
+        except a null amount or payer, or a lost race on the payer's account: 500
+        with nothing stored."""
         body = request.json_object()
         client_id = opt_uuid(body, "transactionId")
         from_account = opt_str(body, "fromAccountNumber")
@@ -242,30 +298,38 @@ class BankService:
         amount = money(raw_amount)
         transaction_id = uuid.uuid4()
         now = utcnow()
-        with self.db.begin() as conn:
-            account = self._account(conn, from_account, lock=True)
-            status = Status.PENDING
-            if amount <= 0 or account is None or (
-                money(account.balance) - money(account.reserved_balance) < amount
-            ):
-                status = Status.FAILED
-            conn.execute(self.sql.insert_outgoing, {
-                "transaction_id": transaction_id, "from_clearing_number": self.clearing_number,
-                "from_account_number": from_account, "to_bankgood_number": to_bankgood,
-                "amount": amount, "status": status.value, "created_at": now, "updated_at": now,
-            })
-            if status is Status.PENDING:
-                assert account is not None
-                self._set_money(conn, account, reserved=money(account.reserved_balance) + amount)
-                # The bank copies the timestamps before the database fills them: null dates.
-                add_event(conn, self.outbox, TOPIC_INITIATED, self.clearing_number,
-                          OutgoingTransactionEvent(
-                              transaction_id=transaction_id,
-                              from_clearing_number=self.clearing_number,
-                              from_account_number=from_account,
-                              to_bankgood_number=to_bankgood,
-                              amount=amount, status=Status.PENDING,
-                          ))
+        account = self._read_account(from_account)
+        status = Status.PENDING
+        if amount <= 0 or account is None or (
+            money(account.balance) - money(account.reserved_balance) < amount
+        ):
+            status = Status.FAILED
+        try:
+            with self.db.begin() as conn:
+                conn.execute(self.sql.insert_outgoing, {
+                    "transaction_id": transaction_id,
+                    "from_clearing_number": self.clearing_number,
+                    "from_account_number": from_account, "to_bankgood_number": to_bankgood,
+                    "amount": amount, "status": status.value, "created_at": now,
+                    "updated_at": now,
+                })
+                if status is Status.PENDING:
+                    assert account is not None
+                    # The bank copies the timestamps before the database fills them:
+                    # null dates.
+                    add_event(conn, self.outbox, TOPIC_INITIATED, self.clearing_number,
+                              OutgoingTransactionEvent(
+                                  transaction_id=transaction_id,
+                                  from_clearing_number=self.clearing_number,
+                                  from_account_number=from_account,
+                                  to_bankgood_number=to_bankgood,
+                                  amount=amount, status=Status.PENDING,
+                              ))
+                    # Hibernate flushes inserts first, then the versioned update.
+                    self._set_money(conn, account,
+                                    reserved=money(account.reserved_balance) + amount)
+        except StaleAccount as exc:
+            raise self._lost_race(exc, request.path) from None
         return accepted(ACCEPTED_MESSAGE, transaction_id)
 
     def get_outgoing(self, request: Request) -> Response:
@@ -274,7 +338,7 @@ class BankService:
             row = conn.execute(sa.select(bank_outgoing_transactions).where(
                 bank_outgoing_transactions.c.transaction_id == transaction_id)).first()
         if row is None:
-            raise ApiError(404, "Outgoing transaction not found", spring=False)
+            return Response.empty(404)
         return Response.json(200, outgoing_json(row))
 
     def delete_outgoing(self, request: Request) -> Response:
@@ -283,8 +347,8 @@ class BankService:
         with self.db.begin() as conn:
             deleted = conn.execute(table.delete().where(table.c.transaction_id == transaction_id))
         if deleted.rowcount == 0:
-            raise ApiError(404, "Outgoing transaction not found", spring=False)
-        return Response.json(200, {"message": "Outgoing transaction deleted successfully"})
+            return Response.text(404, "Outgoing transaction not found")
+        return Response.text(200, "Outgoing transaction deleted successfully")
 
     def handle_completed(self, event: TransactionResponseEvent,
                          conn: Connection | None = None) -> str:
@@ -297,7 +361,7 @@ class BankService:
             return UNKNOWN_TRANSACTION  # e.g. a payment injected straight into Kafka
         if tx.status != Status.PENDING.value or event.status is Status.PENDING:
             return DUPLICATE
-        account = self._account(conn, tx.from_account_number, lock=True)
+        account = self._account(conn, tx.from_account_number)
         if account is not None:
             amount = money(tx.amount)
             reserved = money(account.reserved_balance) - amount
@@ -312,9 +376,13 @@ class BankService:
         return HANDLED
 
     def post_completed(self, request: Request) -> Response:
+        """The REST door into the completed handler: 200 with an empty body."""
         event: TransactionResponseEvent = body_event(request, "response")
-        self.handle_completed(event)
-        return accepted("Completed transaction accepted", event.transaction_id)
+        try:
+            self.handle_completed(event)
+        except StaleAccount as exc:
+            raise self._lost_race(exc, request.path) from None
+        return Response.empty(200)
 
     # --- incoming payments ------------------------------------------------------------
     def handle_forwarded(self, event: IncomingTransactionEvent,
@@ -327,7 +395,7 @@ class BankService:
         if seen is not None:
             return DUPLICATE
         amount = money(event.amount)
-        account = self._account(conn, event.to_account_number, lock=True)
+        account = self._account(conn, event.to_account_number)
         if account is not None:
             self._set_money(conn, account, balance=money(account.balance) + amount)
             status, message = Status.SUCCESS, PROCESSED_MESSAGE
@@ -346,9 +414,13 @@ class BankService:
         return HANDLED
 
     def post_incoming(self, request: Request) -> Response:
+        """The REST door into the forwarded handler: 200 with an empty body."""
         event: IncomingTransactionEvent = body_event(request, "incoming")
-        self.handle_forwarded(event)
-        return accepted("Incoming transaction accepted", event.transaction_id)
+        try:
+            self.handle_forwarded(event)
+        except StaleAccount as exc:
+            raise self._lost_race(exc, request.path) from None
+        return Response.empty(200)
 
     def get_incoming(self, request: Request) -> Response:
         transaction_id = path_uuid(request, "transactionId")
@@ -356,7 +428,7 @@ class BankService:
             row = conn.execute(sa.select(incoming_transactions).where(
                 incoming_transactions.c.transaction_id == transaction_id)).first()
         if row is None:
-            raise ApiError(404, "Incoming transaction not found", spring=False)
+            return Response.empty(404)
         return Response.json(200, incoming_json(row))
 
     def delete_incoming(self, request: Request) -> Response:
@@ -365,13 +437,13 @@ class BankService:
         with self.db.begin() as conn:
             deleted = conn.execute(table.delete().where(table.c.transaction_id == transaction_id))
         if deleted.rowcount == 0:
-            raise ApiError(404, "Incoming transaction not found", spring=False)
-        return Response.json(200, {"message": "Incoming transaction deleted successfully"})
+            return Response.text(404, "Incoming transaction not found")
+        return Response.text(200, "Incoming transaction deleted successfully")
 
     # --- books faults -------------------------------------------------------------------
     def corrupt_balance(self, account_number: str, delta: Decimal) -> Decimal:
         with self.db.begin() as conn:
-            row = self._account(conn, account_number, lock=True)
+            row = self._account(conn, account_number)
             if row is None:
                 raise KeyError(account_number)
             balance = money(money(row.balance) + delta)
