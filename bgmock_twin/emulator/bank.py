@@ -13,12 +13,15 @@ reads the account in one step and writes it (after its inserts, in Hibernate's
 flush order) with a compare-and-set on that version in the next, so a listener's
 credit, commit or release (or another request) committed in between makes the
 request fail with 500 and store nothing (``db.StaleAccount``). A listener that
-loses such a race has its record retried.
+loses such a race has its record retried. The window between the load and the
+write is BGMock's (``flush_window_seconds``, its round trips to the database), so
+races happen under load at the rate they happen in BGMock, not at random.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -117,8 +120,10 @@ class BankService:
     metadata = bank_metadata
     outbox = bank_outbox_events
 
-    def __init__(self, name: str, clearing_number: str, db: Database) -> None:
+    def __init__(self, name: str, clearing_number: str, db: Database,
+                 flush_window_seconds: float = 0.0) -> None:
         self.name = name
+        self.flush_window_seconds = flush_window_seconds
         self.clearing_number = clearing_number
         self.db = db
         self.sql = _Statements(db)
@@ -146,7 +151,12 @@ class BankService:
         """A REST handler's first step: load the account (its own short transaction,
         as under READ COMMITTED nothing holds it until the versioned write)."""
         with self.db.begin() as conn:
-            return self._account(conn, number)
+            row = self._account(conn, number)
+        if self.flush_window_seconds > 0:
+            # BGMock's round trips between the load and the flush: other writers
+            # (listeners, other requests) commit meanwhile, on any database.
+            time.sleep(self.flush_window_seconds)
+        return row
 
     def _lost_race(self, exc: StaleAccount, path: str) -> ApiError:
         """A REST write that lost the race on an account: Spring's 500, nothing kept."""

@@ -62,6 +62,8 @@ class EmulatorConfig:
     host: str = "127.0.0.1"
     db_urls: Mapping[str, str | None] = field(default_factory=dict)
     outbox_interval_seconds: float = 1.0
+    # between a bank's load of an account and its versioned write (see bank.py)
+    flush_window_seconds: float = 0.002
     admin_port: int | None = None
     ports: Mapping[str, int] = field(default_factory=dict)
     ready_timeout_seconds: float = 60.0
@@ -159,7 +161,8 @@ class EmbeddedBGMock:
             metadata = ClearingService.metadata if spec is CLEARING else BankService.metadata
             self._dbs[spec.name] = Database(url, metadata, spec.name)
         self._services = {
-            bank.name: BankService(bank.name, bank.clearing_number, self._dbs[bank.name])
+            bank.name: BankService(bank.name, bank.clearing_number, self._dbs[bank.name],
+                                   flush_window_seconds=config.flush_window_seconds)
             for bank in BANKS
         }
         self._services[CLEARING.name] = ClearingService(self._dbs[CLEARING.name])
