@@ -799,19 +799,19 @@ def test_payment_whose_payer_is_credited_meanwhile_is_500_with_nothing_stored(
     payer = world.account("01", "100.00")
     bankgood = world.mapping("02", world.account("02", "0.00"))
     bank = world.emulator.bank_a
-    original = bank._read_account
+    original = bank.accounts.read
     credit = uuid.uuid4()
 
     def read_then_credited(number: str | None) -> Any:
         row = original(number)
         if number == payer:
-            monkeypatch.setattr(bank, "_read_account", original)
+            monkeypatch.setattr(bank.accounts, "read", original)
             assert bank.handle_forwarded(IncomingTransactionEvent(
                 transaction_id=credit, to_clearing_number="01", to_account_number=payer,
                 amount=Decimal("5.00"), status=Status.PENDING)) == "handled"
         return row
 
-    monkeypatch.setattr(bank, "_read_account", read_then_credited)
+    monkeypatch.setattr(bank.accounts, "read", read_then_credited)
     before = lock_failures("bank_a", "rest")
     answer = world.http.post(f"{world.a}/bank/transaction/outgoing", json={
         "fromAccountNumber": payer, "toBankgoodNumber": bankgood, "amount": "30"})
@@ -831,16 +831,41 @@ def test_payment_whose_payer_is_credited_meanwhile_is_500_with_nothing_stored(
 def test_deposit_losing_the_race_is_500(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     number = world.account("02", "10.00")
     bank = world.emulator.bank_b
-    original = bank._read_account
+    original = bank.accounts.read
 
     def read_then_deposited(account: str | None) -> Any:
         row = original(account)
-        monkeypatch.setattr(bank, "_read_account", original)
+        monkeypatch.setattr(bank.accounts, "read", original)
         assert world.http.post(f"{world.b}/bank/account/{number}/deposit",
                                params={"amount": "1"}).status_code == 200
         return row
 
-    monkeypatch.setattr(bank, "_read_account", read_then_deposited)
+    monkeypatch.setattr(bank.accounts, "read", read_then_deposited)
     answer = world.http.post(f"{world.b}/bank/account/{number}/deposit", params={"amount": "7"})
     assert answer.status_code == 500
     assert world.balances("02", number) == (Decimal("11.00"), Decimal("0.00"))
+
+
+def test_consumers_ignore_type_headers_and_amounts_keep_their_scale(world: World) -> None:
+    payer = world.account("01", "100.00")
+    payee = world.account("02", "0.00")
+    tx = world.pay("01", payer, world.mapping("02", payee), "20.1")
+    assert world.final("01", tx)["status"] == "SUCCESS"
+    # the scale of numeric(…, 2) on the wire: 20.10, never 20.1
+    for topic in (TOPIC_INITIATED, TOPIC_FORWARDED):
+        assert '"amount":20.10' in (world.spy.wait(tx, topic)[0].value or b"").decode()
+    assert '"amount":20.10' in world.http.get(
+        f"{world.a}/bank/transaction/outgoing/{tx}").text
+    # a record with a foreign or missing type header is handled all the same
+    producer = world.bus.producer()
+    credits = [uuid.uuid4(), uuid.uuid4()]
+    for credit, headers in zip(credits, ({TYPE_ID_HEADER: b"com.example.Nonsense"}, None),
+                               strict=True):
+        producer.produce(TOPIC_FORWARDED, "02", json.dumps({
+            "transactionId": str(credit), "toClearingNumber": "02", "toAccountNumber": payee,
+            "amount": 1.5, "status": "PENDING"}).encode(), headers)
+    producer.flush(5)
+    for credit in credits:
+        wait_for(lambda c=credit: world.incoming("02", str(c)), timeout=10,  # type: ignore[misc]
+                 message="credit with an odd type header handled")
+    assert world.balances("02", payee) == (Decimal("23.10"), Decimal("0.00"))

@@ -8,29 +8,25 @@ incoming payments from ``transactions.forwarded`` that credit the payee and emit
 releases the reservation. Every state change and its outbox row share one
 database transaction; events already handled are skipped.
 
-Accounts carry a version, as BGMock's ``@Version`` entity does: a REST handler
-reads the account in one step and writes it (after its inserts, in Hibernate's
-flush order) with a compare-and-set on that version in the next, so a listener's
-credit, commit or release (or another request) committed in between makes the
-request fail with 500 and store nothing (``db.StaleAccount``). A listener that
-loses such a race has its record retried. The window between the load and the
-write is BGMock's (``flush_window_seconds``, its round trips to the database), so
-races happen under load at the rate they happen in BGMock, not at random.
+Accounts carry a version (``accounts.py``): a payment reads the payer in one step
+and writes it (after its inserts, in Hibernate's flush order) with a
+compare-and-set on that version in the next, so a listener's credit, commit or
+release (or another request) committed in between makes the request fail with 500
+and store nothing (``db.StaleAccount``). A listener that loses such a race has its
+record retried. The window between the load and the write is BGMock's
+(``flush_window_seconds``, its round trips to the database), so races happen
+under load at the rate they happen in BGMock, not at random.
 """
 
 from __future__ import annotations
 
 import functools
-import time
 import uuid
 from decimal import Decimal
-from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Row
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Connection
 
-from bgmock_twin import metrics
 from bgmock_twin.contract import (
     TOPIC_INITIATED,
     TOPIC_PROCESSED,
@@ -40,12 +36,12 @@ from bgmock_twin.contract import (
     TransactionResponseEvent,
 )
 from bgmock_twin.contract.tables import (
-    accounts,
     bank_metadata,
     bank_outbox_events,
     bank_outgoing_transactions,
     incoming_transactions,
 )
+from bgmock_twin.emulator.accounts import Accounts
 from bgmock_twin.emulator.common import (
     DUPLICATE,
     HANDLED,
@@ -59,7 +55,6 @@ from bgmock_twin.emulator.common import (
     opt_uuid,
     outgoing_json,
     path_uuid,
-    query_amount,
 )
 from bgmock_twin.emulator.db import Database, StaleAccount, money, run_in, utcnow
 from bgmock_twin.emulator.outbox import add_event
@@ -72,21 +67,6 @@ ACCEPTED_MESSAGE = "Transaction received"
 PROCESSED_MESSAGE = "Transaction processed"
 # What Spring's RestClient exception says when the payee lookup answers 404 (inferred).
 UNKNOWN_ACCOUNT_MESSAGE = 'Transaction failed: 404 NOT_FOUND "Account not found"'
-RESERVED_MESSAGE = "Funds reserved"
-INSUFFICIENT_MESSAGE = "Insufficient available funds"
-NO_ACCOUNT_MESSAGE = "Account not found"
-
-
-def account_json(row: Row[Any]) -> dict[str, Any]:
-    return {
-        "accountId": row.account_id,
-        "accountNumber": row.account_number,
-        "accountHolder": row.account_holder,
-        "balance": money(row.balance),
-        "reservedBalance": money(row.reserved_balance),
-        "createdAt": row.created_at,
-        "updatedAt": row.updated_at,
-    }
 
 
 class _Statements:
@@ -95,14 +75,6 @@ class _Statements:
 
     def __init__(self, db: Database) -> None:
         out, inc = bank_outgoing_transactions, incoming_transactions
-        self.account = sa.select(accounts).where(
-            accounts.c.account_number == sa.bindparam("number"))
-        # Hibernate's versioned update: a compare-and-set on the version read.
-        self.set_money = accounts.update().where(
-            accounts.c.account_id == sa.bindparam("p_id"),
-            sa.func.coalesce(accounts.c.version, 0) == sa.bindparam("p_expected")).values(
-            balance=sa.bindparam("p_balance"), reserved_balance=sa.bindparam("p_reserved"),
-            updated_at=sa.bindparam("p_now"), version=sa.bindparam("p_version"))
         self.outgoing = sa.select(out).where(out.c.transaction_id == sa.bindparam("id"))
         self.outgoing_locked = db.locked(self.outgoing)
         self.insert_outgoing = out.insert()
@@ -114,6 +86,8 @@ class _Statements:
         self.insert_incoming = inc.insert()
 
 
+
+
 class BankService:
     """One bank: its database, its REST routes and its event handlers."""
 
@@ -123,169 +97,10 @@ class BankService:
     def __init__(self, name: str, clearing_number: str, db: Database,
                  flush_window_seconds: float = 0.0) -> None:
         self.name = name
-        self.flush_window_seconds = flush_window_seconds
         self.clearing_number = clearing_number
         self.db = db
         self.sql = _Statements(db)
-
-    # --- accounts -------------------------------------------------------------------
-    def _account(self, conn: Connection, number: str | None) -> Row[Any] | None:
-        """The account as it is now, unlocked (its version is checked on write)."""
-        return conn.execute(self.sql.account, {"number": number}).first()
-
-    def _set_money(self, conn: Connection, row: Row[Any], *, balance: Decimal | None = None,
-                   reserved: Decimal | None = None) -> None:
-        """Write ``row``'s money if its version is still the one read; otherwise
-        ``StaleAccount`` (the caller's transaction is then rolled back whole)."""
-        version = row.version or 0
-        written = conn.execute(self.sql.set_money, {
-            "p_id": row.account_id, "p_expected": version,
-            "p_balance": money(row.balance) if balance is None else balance,
-            "p_reserved": money(row.reserved_balance) if reserved is None else reserved,
-            "p_now": utcnow(), "p_version": version + 1,
-        })
-        if written.rowcount != 1:
-            raise StaleAccount(row.account_number)
-
-    def _read_account(self, number: str | None) -> Row[Any] | None:
-        """A REST handler's first step: load the account (its own short transaction,
-        as under READ COMMITTED nothing holds it until the versioned write)."""
-        with self.db.begin() as conn:
-            row = self._account(conn, number)
-        if self.flush_window_seconds > 0:
-            # BGMock's round trips between the load and the flush: other writers
-            # (listeners, other requests) commit meanwhile, on any database.
-            time.sleep(self.flush_window_seconds)
-        return row
-
-    def _lost_race(self, exc: StaleAccount, path: str) -> ApiError:
-        """A REST write that lost the race on an account: Spring's 500, nothing kept."""
-        metrics.EMULATOR_OPTIMISTIC_LOCK_FAILURES.labels(service=self.name, origin="rest").inc()
-        log.info("emulator_optimistic_lock_failure", service=self.name, path=path,
-                 origin="rest")
-        return ApiError(500, str(exc))
-
-    def _set_account(self, conn: Connection, row: Row[Any], **values: Any) -> None:
-        conn.execute(accounts.update().where(accounts.c.account_id == row.account_id).values(
-            updated_at=utcnow(), version=(row.version or 0) + 1, **values))
-
-    def create_account(self, request: Request) -> Response:
-        body = request.json_object()
-        number = opt_str(body, "accountNumber")
-        holder = opt_str(body, "accountHolder")
-        balance = money(opt_amount(body, "balance") or Decimal(0))
-        reserved = money(opt_amount(body, "reservedBalance") or Decimal(0))
-        if number is None:
-            raise ApiError(500, "account_number must not be null")  # a not-null violation
-        now = utcnow()
-        account_id = uuid.uuid4()
-        try:
-            with self.db.begin() as conn:
-                conn.execute(accounts.insert().values(
-                    account_id=account_id, account_number=number, account_holder=holder,
-                    balance=balance, reserved_balance=reserved, version=0,
-                    created_at=now, updated_at=now,
-                ))
-                row = self._account(conn, number)
-        except IntegrityError:
-            # BGMock answers a duplicate account number with the constraint error: 500.
-            raise ApiError(500, "duplicate account number") from None
-        assert row is not None
-        return Response.json(201, account_json(row))
-
-    def list_accounts(self, request: Request) -> Response:
-        with self.db.begin() as conn:
-            rows = conn.execute(sa.select(accounts).order_by(accounts.c.created_at)).all()
-        return Response.json(200, [account_json(row) for row in rows])
-
-    def get_account(self, request: Request) -> Response:
-        with self.db.begin() as conn:
-            row = self._account(conn, request.params["accountNumber"])
-        if row is None:
-            raise ApiError(404, "Account not found")
-        return Response.json(200, account_json(row))
-
-    def update_account(self, request: Request) -> Response:
-        body = request.json_object()
-        balance = opt_amount(body, "balance")
-        holder = opt_str(body, "accountHolder")
-        new_number = opt_str(body, "accountNumber")
-        try:
-            with self.db.begin() as conn:
-                row = self._account(conn, request.params["accountNumber"])
-                if row is None:
-                    raise ApiError(404, "Account not found")
-                if balance is None or balance < 0:
-                    raise ApiError(400, "Balance cannot be null or negative")
-                if new_number is None:
-                    raise ApiError(500, "account_number must not be null")
-                self._set_account(conn, row, account_holder=holder, account_number=new_number)
-                updated = self._account(conn, new_number)
-        except IntegrityError:
-            raise ApiError(500, "duplicate account number") from None
-        assert updated is not None
-        return Response.json(200, account_json(updated))
-
-    def delete_account(self, request: Request) -> Response:
-        with self.db.begin() as conn:
-            row = self._account(conn, request.params["accountNumber"])
-            if row is None:
-                raise ApiError(404, "Account not found")
-            conn.execute(accounts.delete().where(accounts.c.account_id == row.account_id))
-        return Response.empty(204)
-
-    def _adjust(self, request: Request, operation: str) -> Response:
-        amount = query_amount(request)
-        number = request.params["accountNumber"]
-        if operation == "reserve":
-            return self._reserve(number, money(amount), request.path)
-        if amount <= 0:
-            raise ApiError(400, "Amount must be positive")
-        amount = money(amount)
-        row = self._read_account(number)
-        if row is None:
-            raise ApiError(404, "Account not found")
-        balance, reserved = money(row.balance), money(row.reserved_balance)
-        if operation == "deposit":
-            balance += amount
-        elif operation == "commit":
-            if reserved < amount:
-                raise ApiError(400, "Not enough reserved funds")
-            reserved -= amount
-            balance -= amount
-        else:
-            if reserved < amount:
-                raise ApiError(400, "Not enough reserved funds to release")
-            reserved -= amount
-        updated = self._write_money(row, balance, reserved, request.path)
-        return Response.json(200, account_json(updated))
-
-    def _write_money(self, row: Row[Any], balance: Decimal, reserved: Decimal,
-                     path: str) -> Row[Any]:
-        """A REST handler's second step: the versioned write; 500 if it lost a race."""
-        try:
-            with self.db.begin() as conn:
-                self._set_money(conn, row, balance=balance, reserved=reserved)
-                updated = self._account(conn, row.account_number)
-        except StaleAccount as exc:
-            raise self._lost_race(exc, path) from None
-        assert updated is not None
-        return updated
-
-    def _reserve(self, number: str, amount: Decimal, path: str) -> Response:
-        """BGMock's reserve answers 200 with a result object, whatever happened, and
-        does not check that the amount is positive."""
-        row = self._read_account(number)
-        if row is None:
-            return Response.json(200, {"success": False, "message": NO_ACCOUNT_MESSAGE,
-                                       "account": None})
-        balance, reserved = money(row.balance), money(row.reserved_balance)
-        if balance - reserved < amount:
-            return Response.json(200, {"success": False, "message": INSUFFICIENT_MESSAGE,
-                                       "account": account_json(row)})
-        updated = self._write_money(row, balance, reserved + amount, path)
-        return Response.json(200, {"success": True, "message": RESERVED_MESSAGE,
-                                   "account": account_json(updated)})
+        self.accounts = Accounts(name, db, flush_window_seconds)
 
     # --- outgoing payments ------------------------------------------------------------
     def create_outgoing(self, request: Request) -> Response:
@@ -308,7 +123,7 @@ class BankService:
         amount = money(raw_amount)
         transaction_id = uuid.uuid4()
         now = utcnow()
-        account = self._read_account(from_account)
+        account = self.accounts.read(from_account)
         status = Status.PENDING
         if amount <= 0 or account is None or (
             money(account.balance) - money(account.reserved_balance) < amount
@@ -336,10 +151,10 @@ class BankService:
                                   amount=amount, status=Status.PENDING,
                               ))
                     # Hibernate flushes inserts first, then the versioned update.
-                    self._set_money(conn, account,
+                    self.accounts.set_money(conn, account,
                                     reserved=money(account.reserved_balance) + amount)
         except StaleAccount as exc:
-            raise self._lost_race(exc, request.path) from None
+            raise self.accounts.lost_race(exc, request.path) from None
         return accepted(ACCEPTED_MESSAGE, transaction_id)
 
     def get_outgoing(self, request: Request) -> Response:
@@ -371,15 +186,15 @@ class BankService:
             return UNKNOWN_TRANSACTION  # e.g. a payment injected straight into Kafka
         if tx.status != Status.PENDING.value or event.status is Status.PENDING:
             return DUPLICATE
-        account = self._account(conn, tx.from_account_number)
+        account = self.accounts.row(conn, tx.from_account_number)
         if account is not None:
             amount = money(tx.amount)
             reserved = money(account.reserved_balance) - amount
             if event.status is Status.SUCCESS:
-                self._set_money(conn, account, reserved=reserved,
+                self.accounts.set_money(conn, account, reserved=reserved,
                                 balance=money(account.balance) - amount)
             else:
-                self._set_money(conn, account, reserved=reserved)
+                self.accounts.set_money(conn, account, reserved=reserved)
         conn.execute(self.sql.set_outgoing_status, {
             "p_id": event.transaction_id, "p_status": event.status.value,
             "p_now": utcnow()})
@@ -391,7 +206,7 @@ class BankService:
         try:
             self.handle_completed(event)
         except StaleAccount as exc:
-            raise self._lost_race(exc, request.path) from None
+            raise self.accounts.lost_race(exc, request.path) from None
         return Response.empty(200)
 
     # --- incoming payments ------------------------------------------------------------
@@ -405,9 +220,9 @@ class BankService:
         if seen is not None:
             return DUPLICATE
         amount = money(event.amount)
-        account = self._account(conn, event.to_account_number)
+        account = self.accounts.row(conn, event.to_account_number)
         if account is not None:
-            self._set_money(conn, account, balance=money(account.balance) + amount)
+            self.accounts.set_money(conn, account, balance=money(account.balance) + amount)
             status, message = Status.SUCCESS, PROCESSED_MESSAGE
         else:
             status, message = Status.FAILED, UNKNOWN_ACCOUNT_MESSAGE
@@ -429,7 +244,7 @@ class BankService:
         try:
             self.handle_forwarded(event)
         except StaleAccount as exc:
-            raise self._lost_race(exc, request.path) from None
+            raise self.accounts.lost_race(exc, request.path) from None
         return Response.empty(200)
 
     def get_incoming(self, request: Request) -> Response:
@@ -452,27 +267,20 @@ class BankService:
 
     # --- books faults -------------------------------------------------------------------
     def corrupt_balance(self, account_number: str, delta: Decimal) -> Decimal:
-        with self.db.begin() as conn:
-            row = self._account(conn, account_number)
-            if row is None:
-                raise KeyError(account_number)
-            balance = money(money(row.balance) + delta)
-            conn.execute(accounts.update().where(accounts.c.account_id == row.account_id)
-                         .values(balance=balance))
-        return balance
+        return self.accounts.corrupt_balance(account_number, delta)
 
     # --- routes ---------------------------------------------------------------------------
     def router(self) -> Router:
         r = Router()
         r.add("GET", "/bank/health", health)
-        r.add("GET", "/bank/account", self.list_accounts)
-        r.add("POST", "/bank/account", self.create_account)
-        r.add("GET", "/bank/account/{accountNumber}", self.get_account)
-        r.add("PUT", "/bank/account/{accountNumber}", self.update_account)
-        r.add("DELETE", "/bank/account/{accountNumber}", self.delete_account)
+        r.add("GET", "/bank/account", self.accounts.list_accounts)
+        r.add("POST", "/bank/account", self.accounts.create_account)
+        r.add("GET", "/bank/account/{accountNumber}", self.accounts.get_account)
+        r.add("PUT", "/bank/account/{accountNumber}", self.accounts.update_account)
+        r.add("DELETE", "/bank/account/{accountNumber}", self.accounts.delete_account)
         for operation in ("deposit", "reserve", "commit", "release"):
             r.add("POST", f"/bank/account/{{accountNumber}}/{operation}",
-                  functools.partial(self._adjust, operation=operation))
+                  functools.partial(self.accounts.adjust, operation=operation))
         r.add("POST", "/bank/transaction/outgoing", self.create_outgoing)
         r.add("POST", "/bank/transaction/outgoing/completed", self.post_completed)
         r.add("GET", "/bank/transaction/outgoing/{transactionId}", self.get_outgoing)
