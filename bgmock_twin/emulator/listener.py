@@ -2,8 +2,13 @@
 
 Like a Spring ``@KafkaListener`` with manual acknowledgement: poll, hand every
 record to the service's handler, commit the batch. A bank listener keeps only
-records keyed with its own clearing number (a null key is dropped). A record
-that is not a valid event is counted and skipped; its log line is rate-limited
+records keyed with its own clearing number (a null key is dropped). The
+``__TypeId__`` header is ignored, as BGMock's listeners (fixed target class)
+ignore it. A record that is not a valid event is counted and skipped: BGMock's
+container delivers such a poison record ten times (no back-off) and then skips
+it; decoding the same bytes again cannot succeed, so the emulator skips it at
+the first failure, with the same outcome and without the futile work. Its log
+line is rate-limited
 (``INVALID_LOG_LINES`` per ``INVALID_LOG_WINDOW_SECONDS``, then one summary line),
 so a flood of poison messages cannot flood the log - or, in the daemon's embedded
 mode, slow every other thread of the process down with it.
