@@ -224,12 +224,16 @@ class Accounts:
 
     # --- books faults -------------------------------------------------------------------
     def corrupt_balance(self, account_number: str, delta: Decimal) -> Decimal:
+        """Change a balance behind BGMock's back (a books fault): one relative SQL
+        update, as someone editing the table would write it, so it neither loses a
+        concurrent write nor bumps the version."""
+        delta = money(delta)
         with self.db.begin() as conn:
-            row = self.row(conn, account_number)
-            if row is None:
+            changed = conn.execute(accounts.update()
+                                   .where(accounts.c.account_number == account_number)
+                                   .values(balance=accounts.c.balance + delta))
+            if changed.rowcount != 1:
                 raise KeyError(account_number)
-            balance = money(money(row.balance) + delta)
-            conn.execute(accounts.update().where(accounts.c.account_id == row.account_id)
-                         .values(balance=balance))
-        return balance
-
+            row = self.row(conn, account_number)
+        assert row is not None
+        return money(row.balance)
