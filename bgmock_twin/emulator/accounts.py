@@ -100,8 +100,14 @@ class Accounts:
         return ApiError(500, str(exc))
 
     def _set_account(self, conn: Connection, row: Row[Any], **values: Any) -> None:
-        conn.execute(accounts.update().where(accounts.c.account_id == row.account_id).values(
-            updated_at=utcnow(), version=(row.version or 0) + 1, **values))
+        """A versioned write of other fields (the same compare-and-set as money)."""
+        version = row.version or 0
+        written = conn.execute(accounts.update().where(
+            accounts.c.account_id == row.account_id,
+            sa.func.coalesce(accounts.c.version, 0) == version).values(
+            updated_at=utcnow(), version=version + 1, **values))
+        if written.rowcount != 1:
+            raise StaleAccount(row.account_number)
 
     def create_account(self, request: Request) -> Response:
         body = request.json_object()
@@ -157,6 +163,8 @@ class Accounts:
                 updated = self.row(conn, new_number)
         except IntegrityError:
             raise ApiError(500, "duplicate account number") from None
+        except StaleAccount as exc:
+            raise self.lost_race(exc, request.path) from None
         assert updated is not None
         return Response.json(200, account_json(updated))
 
