@@ -199,6 +199,7 @@ class Twin:
                 CLEARING.name: secret(settings.emulator_db_switch),
             },
             outbox_interval_seconds=settings.emulator_outbox_interval_seconds,
+            flush_window_seconds=settings.emulator_flush_window_seconds,
         ))
         self.emulator.start()
         log.info("embedded_bgmock_started", urls=self.emulator.urls)

@@ -253,6 +253,12 @@ EMULATOR_OUTBOX_PUBLISHED = Counter(
     "bgmock_emulator_outbox_published", "Outbox rows the emulated services published.",
     ["service"],
 )
+EMULATOR_OPTIMISTIC_LOCK_FAILURES = Counter(
+    "bgmock_emulator_optimistic_lock_failures",
+    "Account writes of the emulated banks that lost a race on the account's version "
+    "(origin: rest, answered 500 with nothing stored; listener, the record retried).",
+    ["service", "origin"],
+)
 EMULATOR_OUTBOX_FAILURES = Counter(
     "bgmock_emulator_outbox_publish_failures",
     "Outbox publishing rounds that failed (reason: bus, database, unexpected).",

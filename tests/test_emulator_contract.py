@@ -32,7 +32,6 @@ from bgmock_twin.contract import (
     TOPIC_INITIATED,
     TOPIC_PROCESSED,
     TYPE_ID_HEADER,
-    TYPE_INCOMING,
     TYPE_OUTGOING,
     TYPE_RESPONSE,
     OutgoingTransactionEvent,
@@ -45,6 +44,8 @@ from bgmock_twin.emulator import EmulatorConfig
 from tests.support.emulator_world import FAST_OUTBOX, World, emulator_world
 from tests.support.ports import wait_for
 
+CLEARING_INCOMING = "com.clearingservice.event.IncomingTransactionEvent"
+CLEARING_RESPONSE = "com.clearingservice.event.TransactionResponseEvent"
 SPRING_KEYS = {"timestamp", "status", "error", "path"}
 
 
@@ -60,6 +61,11 @@ def world() -> Iterator[World]:
 
 def body_of(record: Record) -> dict[str, Any]:
     return loads_json(record.value or b"")  # type: ignore[no-any-return]
+
+
+def lock_failures(service: str, origin: str) -> float:
+    return REGISTRY.get_sample_value("bgmock_emulator_optimistic_lock_failures_total", {
+        "service": service, "origin": origin}) or 0.0
 
 
 def events_count(service: str, topic: str, result: str) -> float:
@@ -148,9 +154,16 @@ def test_deposit_reserve_commit_release(world: World) -> None:
 
     reserve = world.http.post(f"{url}/reserve", params={"amount": "100"})
     assert reserve.status_code == 200
-    assert loads_json(reserve.content)["reservedBalance"] == Decimal("100.00")
-    # available = balance - reserved = 50.25
-    assert world.http.post(f"{url}/reserve", params={"amount": "50.26"}).status_code == 400
+    result = loads_json(reserve.content)
+    assert set(result) == {"success", "message", "account"} and result["success"] is True
+    assert result["account"]["reservedBalance"] == Decimal("100.00")
+    assert isinstance(result["message"], str)
+    # available = balance - reserved = 50.25: refused, still a 200, the account unchanged
+    refused = world.http.post(f"{url}/reserve", params={"amount": "50.26"})
+    assert refused.status_code == 200
+    refused_body = loads_json(refused.content)
+    assert refused_body["success"] is False and refused_body["message"]
+    assert refused_body["account"]["reservedBalance"] == Decimal("100.00")
     commit = world.http.post(f"{url}/commit", params={"amount": "40"})
     assert commit.status_code == 200
     assert world.balances("02", number) == (Decimal("110.25"), Decimal("60.00"))
@@ -158,7 +171,16 @@ def test_deposit_reserve_commit_release(world: World) -> None:
     assert world.http.post(f"{url}/release", params={"amount": "60.01"}).status_code == 400
     assert world.http.post(f"{url}/release", params={"amount": "60"}).status_code == 200
     assert world.balances("02", number) == (Decimal("110.25"), Decimal("0.00"))
-    assert world.http.post(f"{url}/reserve", params={"amount": "0"}).status_code == 400
+    # No positivity check on reserve: zero and negative amounts "succeed" as written.
+    zero = world.http.post(f"{url}/reserve", params={"amount": "0"})
+    assert zero.status_code == 200 and zero.json()["success"] is True
+    negative = world.http.post(f"{url}/reserve", params={"amount": "-5"})
+    assert negative.status_code == 200 and negative.json()["success"] is True
+    assert world.balances("02", number) == (Decimal("110.25"), Decimal("-5.00"))
+    assert world.http.post(f"{url}/release", params={"amount": "0"}).status_code == 400
+    nobody = world.http.post(f"{world.b}/bank/account/NOPE-2/reserve", params={"amount": "1"})
+    assert nobody.status_code == 200
+    assert nobody.json() == {"success": False, "message": "Account not found", "account": None}
 
 
 def test_bank_mapping_crud(world: World) -> None:
@@ -168,6 +190,9 @@ def test_bank_mapping_crud(world: World) -> None:
     created = world.http.post(f"{world.c}/clearing/bank-mapping", json=body)
     assert created.status_code == 201
     assert set(created.json()) == {"id", *body}
+    uuid.UUID(created.json()["id"])  # a UUID, not a sequence number
+    # There is no list endpoint: only GET by bankgood number.
+    assert world.http.get(f"{world.c}/clearing/bank-mapping").status_code == 405
     assert {k: created.json()[k] for k in body} == body
     assert world.http.post(f"{world.c}/clearing/bank-mapping", json=body).status_code == 500
     got = world.http.get(f"{world.c}/clearing/bank-mapping/{bankgood}")
@@ -222,10 +247,11 @@ def _check_payment_events(world: World, tx: str, source: str, dest: str, payer: 
     forwarded = world.spy.wait(tx, TOPIC_FORWARDED)
     processed = world.spy.wait(tx, TOPIC_PROCESSED)
     completed = world.spy.wait(tx, TOPIC_COMPLETED)
+    # Each service writes its own classes' names; consumers ignore them.
     for records, key, type_id in ((initiated, source, TYPE_OUTGOING),
-                                  (forwarded, dest, TYPE_INCOMING),
+                                  (forwarded, dest, CLEARING_INCOMING),
                                   (processed, dest, TYPE_RESPONSE),
-                                  (completed, source, TYPE_RESPONSE)):
+                                  (completed, source, CLEARING_RESPONSE)):
         assert len(records) == 1
         record = records[0]
         assert record.key == key.encode()
@@ -243,7 +269,9 @@ def _check_payment_events(world: World, tx: str, source: str, dest: str, payer: 
                         "status", "createdAt", "updatedAt"}
     assert (fwd["toClearingNumber"], fwd["toAccountNumber"], fwd["amount"], fwd["status"]) == \
         (dest, payee, Decimal(amount), "PENDING")
-    assert isinstance(fwd["createdAt"], list) and len(fwd["createdAt"]) >= 5
+    # The forwarded dates copy the initiated event's (null) createdAt; no updatedAt.
+    assert fwd["createdAt"] is None and fwd["updatedAt"] is None
+    assert f'"amount":{amount}' in (forwarded[0].value or b"").decode()  # scale kept
     assert body_of(processed[0]) == {"transactionId": tx, "status": "SUCCESS",
                                      "message": "Transaction processed"}
     assert body_of(completed[0]) == {"transactionId": tx, "status": "SUCCESS",
@@ -354,12 +382,16 @@ def test_client_transaction_id_only_skips_duplicates(world: World) -> None:
 
 def test_unknown_bankgood_fails_at_the_clearing(world: World) -> None:
     payer = world.account("01", "100.00")
-    tx = world.pay("01", payer, f"BG-UNKNOWN-{uuid.uuid4().hex[:6]}", "40")
+    bankgood = f"BG-UNKNOWN-{uuid.uuid4().hex[:6]}"
+    tx = world.pay("01", payer, bankgood, "40")
     assert world.final("01", tx)["status"] == "FAILED"
     assert world.clearing_status(tx) == "FAILED"
     completed = world.spy.wait(tx, TOPIC_COMPLETED)
     assert completed[0].key == b"01"
-    assert body_of(completed[0])["status"] == "FAILED"
+    assert body_of(completed[0]) == {"transactionId": tx, "status": "FAILED",
+                                     "message": f"No bank-mapping found for {bankgood}"}
+    assert completed[0].header(TYPE_ID_HEADER) == \
+        b"com.clearingservice.event.TransactionResponseEvent"
     assert world.spy.of(tx, TOPIC_FORWARDED) == []
     assert world.balances("01", payer) == (Decimal("100.00"), Decimal("0.00"))
 
@@ -372,7 +404,11 @@ def test_unknown_payee_account_fails_at_the_destination(world: World) -> None:
     processed = world.spy.wait(tx, TOPIC_PROCESSED)
     assert processed[0].key == b"01"
     assert body_of(processed[0])["status"] == "FAILED"
-    assert body_of(processed[0])["message"]
+    assert body_of(processed[0])["message"] == \
+        'Transaction failed: 404 NOT_FOUND "Account not found"'
+    # the clearing relays the message as it came
+    completed = world.spy.wait(tx, TOPIC_COMPLETED)
+    assert body_of(completed[0])["message"] == body_of(processed[0])["message"]
     incoming = world.incoming("01", tx)
     assert incoming is not None and incoming["status"] == "FAILED"
     assert world.clearing_status(tx) == "FAILED"
@@ -493,9 +529,12 @@ def test_rest_doors_enter_the_same_handlers(world: World) -> None:
     world.spy.wait(tx, TOPIC_COMPLETED)
     assert world.balances("02", payee)[0] == Decimal("7.00")
 
+    # A processed event for a transaction the clearing never saw: silently ignored.
+    never_seen = str(uuid.uuid4())
     unknown = world.http.post(f"{world.c}/clearing/transaction/processed", json={
-        "transactionId": str(uuid.uuid4()), "status": "SUCCESS", "message": "x"})
-    assert unknown.status_code == 500
+        "transactionId": never_seen, "status": "SUCCESS", "message": "x"})
+    assert unknown.status_code == 202
+    assert world.clearing_status(never_seen) is None
     again = world.http.post(f"{world.c}/clearing/transaction/processed", json={
         "transactionId": tx, "status": "SUCCESS", "message": "again"})
     assert again.status_code == 202
@@ -505,7 +544,8 @@ def test_rest_doors_enter_the_same_handlers(world: World) -> None:
     bank_door = world.http.post(f"{world.b}/bank/transaction/incoming", json={
         "transactionId": incoming_id, "toClearingNumber": "02", "toAccountNumber": payee,
         "amount": 3, "status": "PENDING"})
-    assert bank_door.status_code == 202
+    # The bank's doors answer 200 with an empty body.
+    assert bank_door.status_code == 200 and bank_door.content == b""
     assert world.incoming("02", incoming_id)["status"] == "SUCCESS"  # type: ignore[index]
     assert world.balances("02", payee)[0] == Decimal("10.00")
     processed = world.spy.wait(incoming_id, TOPIC_PROCESSED)
@@ -519,7 +559,7 @@ def test_rest_doors_enter_the_same_handlers(world: World) -> None:
         assert world.outgoing("01", pending)["status"] == "PENDING"  # type: ignore[index]
         completed_door = world.http.post(f"{world.a}/bank/transaction/outgoing/completed", json={
             "transactionId": pending, "status": "FAILED", "message": "via REST"})
-        assert completed_door.status_code == 202
+        assert completed_door.status_code == 200 and completed_door.content == b""
         assert world.outgoing("01", pending)["status"] == "FAILED"  # type: ignore[index]
         assert world.balances("01", payer) == (Decimal("50.00"), Decimal("0.00"))
     finally:
@@ -539,12 +579,19 @@ def test_incoming_get_and_delete(world: World) -> None:
     world.http.post(f"{world.a}/bank/transaction/incoming", json={
         "transactionId": tx, "toClearingNumber": "01", "toAccountNumber": payee, "amount": 1})
     assert world.http.get(f"{world.a}/bank/transaction/incoming/{tx}").status_code == 200
-    assert world.http.delete(f"{world.a}/bank/transaction/incoming/{tx}").status_code == 200
+    deleted = world.http.delete(f"{world.a}/bank/transaction/incoming/{tx}")
+    assert deleted.status_code == 200 and deleted.headers["Content-Type"].startswith("text/plain")
+    assert deleted.text  # a plain-text sentence, not JSON
+    # An unknown transaction: 404 with an empty body.
     missing = world.http.get(f"{world.a}/bank/transaction/incoming/{tx}")
-    assert missing.status_code == 404 and "error" in missing.json()
-    assert world.http.delete(f"{world.a}/bank/transaction/incoming/{tx}").status_code == 404
-    assert world.http.get(f"{world.a}/bank/transaction/outgoing/{uuid.uuid4()}").status_code \
-        == 404
+    assert missing.status_code == 404 and missing.content == b""
+    again = world.http.delete(f"{world.a}/bank/transaction/incoming/{tx}")
+    assert again.status_code == 404 and again.headers["Content-Type"].startswith("text/plain")
+    unknown_out = world.http.get(f"{world.a}/bank/transaction/outgoing/{uuid.uuid4()}")
+    assert unknown_out.status_code == 404 and unknown_out.content == b""
+    gone_out = world.http.delete(f"{world.a}/bank/transaction/outgoing/{uuid.uuid4()}")
+    assert gone_out.status_code == 404 and gone_out.headers["Content-Type"].startswith(
+        "text/plain")
     gone = world.http.get(f"{world.c}/clearing/transaction/{uuid.uuid4()}")
     assert gone.status_code == 404 and "error" in gone.json()
 
@@ -553,6 +600,7 @@ def test_concurrent_payments_never_overdraw(world: World) -> None:
     payer = world.account("01", "100.00")
     bankgood = world.mapping("02", world.account("02", "0.00"))
     ids: list[str] = []
+    lost_races: list[str] = []
     lock = threading.Lock()
 
     def pay() -> None:
@@ -560,16 +608,29 @@ def test_concurrent_payments_never_overdraw(world: World) -> None:
             answer = session.post(f"{world.a}/bank/transaction/outgoing", json={
                 "fromAccountNumber": payer, "toBankgoodNumber": bankgood, "amount": "15"})
             with lock:
-                ids.append(answer.json()["transactionId"])
+                if answer.status_code == 500:  # lost the race on the payer's version
+                    lost_races.append(answer.text)
+                else:
+                    assert answer.status_code == 202, answer.text
+                    ids.append(answer.json()["transactionId"])
 
     threads = [threading.Thread(target=pay) for _ in range(12)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    assert len(ids) + len(lost_races) == 12
     statuses = [world.final("01", tx)["status"] for tx in ids]
-    assert statuses.count("SUCCESS") == 6 and statuses.count("FAILED") == 6
-    assert world.balances("01", payer) == (Decimal("10.00"), Decimal("0.00"))
+    successes = statuses.count("SUCCESS")
+    assert successes <= 6 and successes + statuses.count("FAILED") == len(ids)
+    if not lost_races:
+        assert successes == 6
+    assert world.balances("01", payer) == (Decimal("100.00") - 15 * successes, Decimal("0.00"))
+    with world.emulator.engines["bank_a"].connect() as conn:
+        stored = conn.execute(sa.select(sa.func.count()).select_from(bank_outgoing_transactions)
+                              .where(bank_outgoing_transactions.c.from_account_number == payer)
+                              ).scalar_one()
+    assert stored == len(ids)  # a 500 stored nothing
 
 
 def test_keep_alive_serves_many_requests_on_one_connection(world: World) -> None:
@@ -588,3 +649,87 @@ def test_keep_alive_serves_many_requests_on_one_connection(world: World) -> None
         assert conn.getresponse().read() == b"OK"
     finally:
         conn.close()
+
+
+# --- optimistic locking (@Version) -----------------------------------------------------------
+def test_payment_whose_payer_is_credited_meanwhile_is_500_with_nothing_stored(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On the in-memory SQLite books: the payment reads the payer, a forwarded credit
+    to the same account (the real listener handler) commits before the payment
+    writes, and the payment's versioned write fails: 500, nothing stored."""
+    from bgmock_twin.contract import IncomingTransactionEvent
+
+    payer = world.account("01", "100.00")
+    bankgood = world.mapping("02", world.account("02", "0.00"))
+    bank = world.emulator.bank_a
+    original = bank.accounts.read
+    credit = uuid.uuid4()
+
+    def read_then_credited(number: str | None) -> Any:
+        row = original(number)
+        if number == payer:
+            monkeypatch.setattr(bank.accounts, "read", original)
+            assert bank.handle_forwarded(IncomingTransactionEvent(
+                transaction_id=credit, to_clearing_number="01", to_account_number=payer,
+                amount=Decimal("5.00"), status=Status.PENDING)) == "handled"
+        return row
+
+    monkeypatch.setattr(bank.accounts, "read", read_then_credited)
+    before = lock_failures("bank_a", "rest")
+    answer = world.http.post(f"{world.a}/bank/transaction/outgoing", json={
+        "fromAccountNumber": payer, "toBankgoodNumber": bankgood, "amount": "30"})
+    assert answer.status_code == 500 and set(answer.json()) == SPRING_KEYS
+    assert lock_failures("bank_a", "rest") == before + 1
+    assert world.balances("01", payer) == (Decimal("105.00"), Decimal("0.00"))
+    with world.emulator.engines["bank_a"].connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(bank_outgoing_transactions)
+                            .where(bank_outgoing_transactions.c.from_account_number == payer)
+                            ).scalar_one() == 0
+    # the next attempt reads the new version and goes through
+    tx = world.pay("01", payer, bankgood, "30")
+    assert world.final("01", tx)["status"] == "SUCCESS"
+    assert world.balances("01", payer) == (Decimal("75.00"), Decimal("0.00"))
+
+
+def test_deposit_losing_the_race_is_500(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    number = world.account("02", "10.00")
+    bank = world.emulator.bank_b
+    original = bank.accounts.read
+
+    def read_then_deposited(account: str | None) -> Any:
+        row = original(account)
+        monkeypatch.setattr(bank.accounts, "read", original)
+        assert world.http.post(f"{world.b}/bank/account/{number}/deposit",
+                               params={"amount": "1"}).status_code == 200
+        return row
+
+    monkeypatch.setattr(bank.accounts, "read", read_then_deposited)
+    answer = world.http.post(f"{world.b}/bank/account/{number}/deposit", params={"amount": "7"})
+    assert answer.status_code == 500
+    assert world.balances("02", number) == (Decimal("11.00"), Decimal("0.00"))
+
+
+def test_consumers_ignore_type_headers_and_amounts_keep_their_scale(world: World) -> None:
+    payer = world.account("01", "100.00")
+    payee = world.account("02", "0.00")
+    tx = world.pay("01", payer, world.mapping("02", payee), "20.1")
+    assert world.final("01", tx)["status"] == "SUCCESS"
+    # the scale of numeric(…, 2) on the wire: 20.10, never 20.1
+    for topic in (TOPIC_INITIATED, TOPIC_FORWARDED):
+        assert '"amount":20.10' in (world.spy.wait(tx, topic)[0].value or b"").decode()
+    assert '"amount":20.10' in world.http.get(
+        f"{world.a}/bank/transaction/outgoing/{tx}").text
+    # a record with a foreign or missing type header is handled all the same
+    producer = world.bus.producer()
+    credits = [uuid.uuid4(), uuid.uuid4()]
+    for credit, headers in zip(credits, ({TYPE_ID_HEADER: b"com.example.Nonsense"}, None),
+                               strict=True):
+        producer.produce(TOPIC_FORWARDED, "02", json.dumps({
+            "transactionId": str(credit), "toClearingNumber": "02", "toAccountNumber": payee,
+            "amount": 1.5, "status": "PENDING"}).encode(), headers)
+    producer.flush(5)
+    for credit in credits:
+        wait_for(lambda c=credit: world.incoming("02", str(c)), timeout=10,  # type: ignore[misc]
+                 message="credit with an odd type header handled")
+    assert world.balances("02", payee) == (Decimal("23.10"), Decimal("0.00"))

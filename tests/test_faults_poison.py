@@ -26,6 +26,7 @@ from tests.support.faultkit import (
     FLOW,
     SLA,
     assert_accounted,
+    lost_race,
     metric_sum,
     service_up,
     start_simulation,
@@ -47,14 +48,16 @@ PER_KIND = 1500  # per topic: 4 kinds x 4 topics x 1500 = 24,000 poison messages
 SIMULATION = {"count": 30, "rate": 10, "direction": "both"}
 
 
-def measured_run(daemon: Daemon, name: str) -> dict[str, Any]:
+def measured_run(daemon: Daemon, name: str) -> tuple[dict[str, Any], int]:
+    """The run's detail and how many of its payments lost a race at the bank."""
     sim = start_simulation(daemon, name=name, **SIMULATION)
     detail = wait_finished(daemon, sim, timeout=SLA + 20)
     _, rows = assert_accounted(daemon, sim)
-    late = [row for row in rows if row["status"] != "success" or set(steps(row)) != set(FLOW)
-            or row["durationSeconds"] > SLA]
+    late = [row for row in rows if not lost_race(row) and (
+        row["status"] != "success" or set(steps(row)) != set(FLOW)
+        or row["durationSeconds"] > SLA)]
     assert not late, late
-    return detail
+    return detail, sum(map(lost_race, rows))
 
 
 def flood(bootstrap: str, done: threading.Event, counts: dict[str, int]) -> None:
@@ -79,7 +82,7 @@ def test_poison_flood_is_counted_skipped_and_does_not_slow_good_events(
         wait_provisioned(daemon)
         wait_for(lambda: daemon.get("/api/v1/status").json()["payments"]["following"],
                  timeout=15, message="follower positioned")
-        quiet = measured_run(daemon, "without-flood")
+        quiet, quiet_lost = measured_run(daemon, "without-flood")
         before = {(t, r): daemon.metric("bgmock_kafka_messages_invalid_total", topic=t,
                                         reason=r) or 0.0 for t in TOPICS for r in POISON}
 
@@ -89,7 +92,7 @@ def test_poison_flood_is_counted_skipped_and_does_not_slow_good_events(
         flooder = threading.Thread(target=flood, args=(kafka_broker.bootstrap, done, counts),
                                    daemon=True)
         flooder.start()
-        noisy = measured_run(daemon, "under-flood")
+        noisy, noisy_lost = measured_run(daemon, "under-flood")
         flooder.join(60)
         assert done.is_set(), "the flood was not written"
 
@@ -112,6 +115,7 @@ def test_poison_flood_is_counted_skipped_and_does_not_slow_good_events(
         print(f"good payments end to end: without flood p50 {q['p50']}s p95 {q['p95']}s; "
               f"with flood p50 {n['p50']}s p95 {n['p95']}s "
               f"(x{n['p95'] / q['p95']:.2f}); bound: every one within the {SLA:.0f}s SLA")
-        assert n["count"] == q["count"] == SIMULATION["count"]
+        assert q["count"] == SIMULATION["count"] - quiet_lost
+        assert n["count"] == SIMULATION["count"] - noisy_lost
         assert n["p95"] <= SLA
         assert daemon.process.poll() is None

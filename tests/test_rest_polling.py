@@ -22,7 +22,7 @@ import requests
 
 from tests.support.daemon import Daemon, running_daemon
 from tests.support.emulator_process import EmulatorProcess, running_emulator
-from tests.support.faultkit import payments, start_simulation, steps, wait_finished
+from tests.support.faultkit import lost_race, payments, start_simulation, steps, wait_finished
 from tests.support.http_counter import CountingProxy
 from tests.support.ports import wait_for
 
@@ -92,8 +92,11 @@ def test_a_simulation_runs_to_the_end_with_every_outcome_found_by_rest(
     kinds = Counter(p["kind"] for p in items)
     assert set(kinds) == set(EXPECTED), kinds  # every deliberate failure kind was sent
     for payment in items:
-        assert payment["status"] == EXPECTED[payment["kind"]], payment
         assert payment["notObserved"] == EVENT_STEPS, payment
+        if payment["kind"] == "normal" and lost_race(payment):
+            assert steps(payment) == [], payment  # refused by BGMock's optimistic lock
+            continue
+        assert payment["status"] == EXPECTED[payment["kind"]], payment
         seen = steps(payment)
         assert not set(seen) & set(EVENT_STEPS), payment  # never invented
         if payment["status"] == "rejected":
@@ -213,6 +216,8 @@ def test_a_restarted_twin_without_kafka_follows_the_payments_it_left_in_flight(
         assert detail["dispatched"] + detail["dropped"] == 30, detail
         assert len(items) == detail["dispatched"]
         for payment in items:
+            if lost_race(payment):
+                continue  # refused by BGMock's optimistic lock: nothing to follow
             assert payment["status"] == "success", payment
             assert steps(payment) == ["accepted", "settled"], payment
 

@@ -126,6 +126,22 @@ def sim_rows(twin: Twin, sim_id: str) -> list[PaymentRecord]:
     return twin.tracking.ledger.query(PaymentQuery(simulation_id=sim_id, limit=100_000))
 
 
+def lost_race(row: PaymentRecord) -> bool:
+    """A REST payment the bank answered with a 500 because its versioned write on the
+    payer lost a race with a credit or settlement on the same account (BGMock's
+    optimistic locking; the twin's payers are also payees): rejected, certainly,
+    with nothing stored or reserved and no transaction id."""
+    return (row.channel == "rest" and row.outcome == "rejected"
+            and row.transaction_id is None and not row.refusal_ambiguous
+            and (row.message or "").endswith(": http_500"))
+
+
+def with_id(rows: list[PaymentRecord]) -> list[PaymentRecord]:
+    """The payments the bank took (every one but those that lost a race)."""
+    assert all(r.transaction_id is not None or lost_race(r) for r in rows), rows
+    return [r for r in rows if r.transaction_id is not None]
+
+
 def verify_against_emulator(bgmock: BGMock, row: PaymentRecord) -> None:
     """What the emulator's three services say about this payment agrees with the twin."""
     tx = uuid.UUID(row.transaction_id)
@@ -186,7 +202,7 @@ def test_a_simulation_over_both_channels_and_directions_accounts_for_every_payme
         assert progress["inFlight"] == 0 and progress["stuckNow"] == 0
         rows = sim_rows(twin, sim_id)
         assert len(rows) == progress["dispatched"]
-        assert len({r.transaction_id for r in rows}) == len(rows)
+        assert len({r.transaction_id for r in with_id(rows)}) == len(with_id(rows))
         # the run's mix was the planned one, and each kind ended as it must
         kinds = usable_kinds(Channel(channel), list(Kind))
         planned = planned_mix(count, "both", 0.25, kinds)
@@ -196,8 +212,12 @@ def test_a_simulation_over_both_channels_and_directions_accounts_for_every_payme
                                     for (route, kind), n in planned.items()})
         outcomes = Counter(r.outcome for r in rows)
         for row in rows:
-            assert row.outcome == EXPECTED[(Channel(channel), Kind(row.kind))], row
             assert row.counted_outcome == row.outcome
+            if lost_race(row):
+                completed_by_labels[(channel, row.route, row.outcome)] += 1
+                submitted_by_labels[(channel, row.route)] += 1
+                continue
+            assert row.outcome == EXPECTED[(Channel(channel), Kind(row.kind))], row
             verify_against_emulator(bgmock, row)
             completed_by_labels[(channel, row.route, row.outcome)] += 1
             submitted_by_labels[(channel, row.route)] += 1
@@ -355,10 +375,10 @@ def test_a_restart_in_the_middle_of_a_simulation_loses_no_payment(
     assert progress["dispatched"] + progress["dropped"] == count
     rows = sim_rows(second, sim)
     assert len(rows) == progress["dispatched"]
-    assert len({r.transaction_id for r in rows}) == len(rows)
+    assert len({r.transaction_id for r in with_id(rows)}) == len(with_id(rows))
     assert all(r.finished for r in rows)
     assert sum(detail["outcomes"].values()) == len(rows)
-    for row in rows:
+    for row in with_id(rows):
         assert row.outcome == EXPECTED[(Channel.REST, Kind(row.kind))], row
         verify_against_emulator(bgmock, row)
 
@@ -385,7 +405,9 @@ def test_pacing_holds_the_rate_while_the_emulator_adds_latency(
     # 32 workers and 0.2 s per call there is room for all of them on a sane machine
     assert progress["dispatched"] + progress["dropped"] == 100
     assert progress["dispatched"] >= 80
-    assert detail["outcomes"]["success"] == progress["dispatched"]
+    rows = sim_rows(twin, sim)
+    assert all(r.outcome == "success" or lost_race(r) for r in rows), rows
+    assert detail["outcomes"]["success"] + sum(map(lost_race, rows)) == progress["dispatched"]
 
 
 def test_when_every_worker_is_busy_payments_are_dropped_and_counted_never_queued(
@@ -403,7 +425,9 @@ def test_when_every_worker_is_busy_payments_are_dropped_and_counted_never_queued
     assert progress["dropped"] > 0
     assert progress["dispatched"] + progress["dropped"] == 40
     assert sample("bgmock_payments_dropped_total") - dropped_before == progress["dropped"]
-    assert detail["outcomes"]["success"] == progress["dispatched"]
+    rows = sim_rows(twin, sim)
+    assert all(r.outcome == "success" or lost_race(r) for r in rows), rows
+    assert detail["outcomes"]["success"] + sum(map(lost_race, rows)) == progress["dispatched"]
 
 
 def test_background_canary_runs_on_its_own(

@@ -101,6 +101,13 @@ def test_a_small_simulation_over_real_kafka_accounts_for_every_payment(world: Wo
         print(f"{sim.spec.channel.value} over Tansu: {dict(outcomes)} "
               f"latency={detail.latency.total}")
         for row in rows:
+            if row.transaction_id is None:
+                # the bank's 500: its versioned write on the payer lost a race with a
+                # credit or settlement of the same account (BGMock's optimistic lock)
+                assert row.channel == "rest" and row.outcome == "rejected", row
+                assert not row.refusal_ambiguous, row
+                assert (row.message or "").endswith(": http_500"), row
+                continue
             tx = uuid.UUID(row.transaction_id)
             expected = Status.SUCCESS if row.outcome == "success" else Status.FAILED
             at_clearing = world.clients.clearing.get_transaction(tx)

@@ -7,6 +7,15 @@ incoming payments from ``transactions.forwarded`` that credit the payee and emit
 ``transactions.processed``, and ``transactions.completed`` that settles or
 releases the reservation. Every state change and its outbox row share one
 database transaction; events already handled are skipped.
+
+Accounts carry a version (``accounts.py``): a payment reads the payer in one step
+and writes it (after its inserts, in Hibernate's flush order) with a
+compare-and-set on that version in the next, so a listener's credit, commit or
+release (or another request) committed in between makes the request fail with 500
+and store nothing (``db.StaleAccount``). A listener that loses such a race has its
+record retried. The window between the load and the write is BGMock's
+(``flush_window_seconds``, its round trips to the database), so races happen
+under load at the rate they happen in BGMock, not at random.
 """
 
 from __future__ import annotations
@@ -14,11 +23,9 @@ from __future__ import annotations
 import functools
 import uuid
 from decimal import Decimal
-from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Row
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Connection
 
 from bgmock_twin.contract import (
     TOPIC_INITIATED,
@@ -29,12 +36,12 @@ from bgmock_twin.contract import (
     TransactionResponseEvent,
 )
 from bgmock_twin.contract.tables import (
-    accounts,
     bank_metadata,
     bank_outbox_events,
     bank_outgoing_transactions,
     incoming_transactions,
 )
+from bgmock_twin.emulator.accounts import Accounts
 from bgmock_twin.emulator.common import (
     DUPLICATE,
     HANDLED,
@@ -48,9 +55,8 @@ from bgmock_twin.emulator.common import (
     opt_uuid,
     outgoing_json,
     path_uuid,
-    query_amount,
 )
-from bgmock_twin.emulator.db import Database, money, run_in, utcnow
+from bgmock_twin.emulator.db import Database, StaleAccount, money, run_in, utcnow
 from bgmock_twin.emulator.outbox import add_event
 from bgmock_twin.emulator.web import ApiError, Request, Response, Router
 from bgmock_twin.logs import get_logger
@@ -59,19 +65,8 @@ log = get_logger(__name__)
 
 ACCEPTED_MESSAGE = "Transaction received"
 PROCESSED_MESSAGE = "Transaction processed"
-UNKNOWN_ACCOUNT_MESSAGE = "Receiver account not found"
-
-
-def account_json(row: Row[Any]) -> dict[str, Any]:
-    return {
-        "accountId": row.account_id,
-        "accountNumber": row.account_number,
-        "accountHolder": row.account_holder,
-        "balance": money(row.balance),
-        "reservedBalance": money(row.reserved_balance),
-        "createdAt": row.created_at,
-        "updatedAt": row.updated_at,
-    }
+# What Spring's RestClient exception says when the payee lookup answers 404 (inferred).
+UNKNOWN_ACCOUNT_MESSAGE = 'Transaction failed: 404 NOT_FOUND "Account not found"'
 
 
 class _Statements:
@@ -80,13 +75,6 @@ class _Statements:
 
     def __init__(self, db: Database) -> None:
         out, inc = bank_outgoing_transactions, incoming_transactions
-        self.account = sa.select(accounts).where(
-            accounts.c.account_number == sa.bindparam("number"))
-        self.account_locked = db.locked(self.account)
-        self.set_money = accounts.update().where(
-            accounts.c.account_id == sa.bindparam("p_id")).values(
-            balance=sa.bindparam("p_balance"), reserved_balance=sa.bindparam("p_reserved"),
-            updated_at=sa.bindparam("p_now"), version=sa.bindparam("p_version"))
         self.outgoing = sa.select(out).where(out.c.transaction_id == sa.bindparam("id"))
         self.outgoing_locked = db.locked(self.outgoing)
         self.insert_outgoing = out.insert()
@@ -98,134 +86,27 @@ class _Statements:
         self.insert_incoming = inc.insert()
 
 
+
+
 class BankService:
     """One bank: its database, its REST routes and its event handlers."""
 
     metadata = bank_metadata
     outbox = bank_outbox_events
 
-    def __init__(self, name: str, clearing_number: str, db: Database) -> None:
+    def __init__(self, name: str, clearing_number: str, db: Database,
+                 flush_window_seconds: float = 0.0) -> None:
         self.name = name
         self.clearing_number = clearing_number
         self.db = db
         self.sql = _Statements(db)
-
-    # --- accounts -------------------------------------------------------------------
-    def _account(self, conn: Connection, number: str | None, lock: bool) -> Row[Any] | None:
-        query = self.sql.account_locked if lock else self.sql.account
-        return conn.execute(query, {"number": number}).first()
-
-    def _set_money(self, conn: Connection, row: Row[Any], *, balance: Decimal | None = None,
-                   reserved: Decimal | None = None) -> None:
-        conn.execute(self.sql.set_money, {
-            "p_id": row.account_id,
-            "p_balance": money(row.balance) if balance is None else balance,
-            "p_reserved": money(row.reserved_balance) if reserved is None else reserved,
-            "p_now": utcnow(), "p_version": (row.version or 0) + 1,
-        })
-
-    def _set_account(self, conn: Connection, row: Row[Any], **values: Any) -> None:
-        conn.execute(accounts.update().where(accounts.c.account_id == row.account_id).values(
-            updated_at=utcnow(), version=(row.version or 0) + 1, **values))
-
-    def create_account(self, request: Request) -> Response:
-        body = request.json_object()
-        number = opt_str(body, "accountNumber")
-        holder = opt_str(body, "accountHolder")
-        balance = money(opt_amount(body, "balance") or Decimal(0))
-        reserved = money(opt_amount(body, "reservedBalance") or Decimal(0))
-        if number is None:
-            raise ApiError(500, "account_number must not be null")  # a not-null violation
-        now = utcnow()
-        account_id = uuid.uuid4()
-        try:
-            with self.db.begin() as conn:
-                conn.execute(accounts.insert().values(
-                    account_id=account_id, account_number=number, account_holder=holder,
-                    balance=balance, reserved_balance=reserved, version=0,
-                    created_at=now, updated_at=now,
-                ))
-                row = self._account(conn, number, lock=False)
-        except IntegrityError:
-            # BGMock answers a duplicate account number with the constraint error: 500.
-            raise ApiError(500, "duplicate account number") from None
-        assert row is not None
-        return Response.json(201, account_json(row))
-
-    def list_accounts(self, request: Request) -> Response:
-        with self.db.begin() as conn:
-            rows = conn.execute(sa.select(accounts).order_by(accounts.c.created_at)).all()
-        return Response.json(200, [account_json(row) for row in rows])
-
-    def get_account(self, request: Request) -> Response:
-        with self.db.begin() as conn:
-            row = self._account(conn, request.params["accountNumber"], lock=False)
-        if row is None:
-            raise ApiError(404, "Account not found")
-        return Response.json(200, account_json(row))
-
-    def update_account(self, request: Request) -> Response:
-        body = request.json_object()
-        balance = opt_amount(body, "balance")
-        holder = opt_str(body, "accountHolder")
-        new_number = opt_str(body, "accountNumber")
-        try:
-            with self.db.begin() as conn:
-                row = self._account(conn, request.params["accountNumber"], lock=True)
-                if row is None:
-                    raise ApiError(404, "Account not found")
-                if balance is None or balance < 0:
-                    raise ApiError(400, "Balance cannot be null or negative")
-                if new_number is None:
-                    raise ApiError(500, "account_number must not be null")
-                self._set_account(conn, row, account_holder=holder, account_number=new_number)
-                updated = self._account(conn, new_number, lock=False)
-        except IntegrityError:
-            raise ApiError(500, "duplicate account number") from None
-        assert updated is not None
-        return Response.json(200, account_json(updated))
-
-    def delete_account(self, request: Request) -> Response:
-        with self.db.begin() as conn:
-            row = self._account(conn, request.params["accountNumber"], lock=True)
-            if row is None:
-                raise ApiError(404, "Account not found")
-            conn.execute(accounts.delete().where(accounts.c.account_id == row.account_id))
-        return Response.empty(204)
-
-    def _adjust(self, request: Request, operation: str) -> Response:
-        amount = query_amount(request)
-        if amount <= 0:
-            raise ApiError(400, "Amount must be positive")
-        amount = money(amount)
-        with self.db.begin() as conn:
-            row = self._account(conn, request.params["accountNumber"], lock=True)
-            if row is None:
-                raise ApiError(404, "Account not found")
-            balance, reserved = money(row.balance), money(row.reserved_balance)
-            if operation == "deposit":
-                balance += amount
-            elif operation == "reserve":
-                if balance - reserved < amount:
-                    raise ApiError(400, "Insufficient available funds")
-                reserved += amount
-            elif operation == "commit":
-                if reserved < amount:
-                    raise ApiError(400, "Not enough reserved funds")
-                reserved -= amount
-                balance -= amount
-            else:
-                if reserved < amount:
-                    raise ApiError(400, "Not enough reserved funds to release")
-                reserved -= amount
-            self._set_money(conn, row, balance=balance, reserved=reserved)
-            updated = self._account(conn, row.account_number, lock=False)
-        assert updated is not None
-        return Response.json(200, account_json(updated))
+        self.accounts = Accounts(name, db, flush_window_seconds)
 
     # --- outgoing payments ------------------------------------------------------------
     def create_outgoing(self, request: Request) -> Response:
-        """Step 1: reserve, store PENDING + outbox; or store FAILED. Always 202."""
+        """Step 1: reserve, store PENDING + outbox; or store FAILED. Always 202,
+        except a null amount or payer, or a lost race on the payer's account: 500
+        with nothing stored."""
         body = request.json_object()
         client_id = opt_uuid(body, "transactionId")
         from_account = opt_str(body, "fromAccountNumber")
@@ -242,30 +123,38 @@ class BankService:
         amount = money(raw_amount)
         transaction_id = uuid.uuid4()
         now = utcnow()
-        with self.db.begin() as conn:
-            account = self._account(conn, from_account, lock=True)
-            status = Status.PENDING
-            if amount <= 0 or account is None or (
-                money(account.balance) - money(account.reserved_balance) < amount
-            ):
-                status = Status.FAILED
-            conn.execute(self.sql.insert_outgoing, {
-                "transaction_id": transaction_id, "from_clearing_number": self.clearing_number,
-                "from_account_number": from_account, "to_bankgood_number": to_bankgood,
-                "amount": amount, "status": status.value, "created_at": now, "updated_at": now,
-            })
-            if status is Status.PENDING:
-                assert account is not None
-                self._set_money(conn, account, reserved=money(account.reserved_balance) + amount)
-                # The bank copies the timestamps before the database fills them: null dates.
-                add_event(conn, self.outbox, TOPIC_INITIATED, self.clearing_number,
-                          OutgoingTransactionEvent(
-                              transaction_id=transaction_id,
-                              from_clearing_number=self.clearing_number,
-                              from_account_number=from_account,
-                              to_bankgood_number=to_bankgood,
-                              amount=amount, status=Status.PENDING,
-                          ))
+        account = self.accounts.read(from_account)
+        status = Status.PENDING
+        if amount <= 0 or account is None or (
+            money(account.balance) - money(account.reserved_balance) < amount
+        ):
+            status = Status.FAILED
+        try:
+            with self.db.begin() as conn:
+                conn.execute(self.sql.insert_outgoing, {
+                    "transaction_id": transaction_id,
+                    "from_clearing_number": self.clearing_number,
+                    "from_account_number": from_account, "to_bankgood_number": to_bankgood,
+                    "amount": amount, "status": status.value, "created_at": now,
+                    "updated_at": now,
+                })
+                if status is Status.PENDING:
+                    assert account is not None
+                    # The bank copies the timestamps before the database fills them:
+                    # null dates.
+                    add_event(conn, self.outbox, TOPIC_INITIATED, self.clearing_number,
+                              OutgoingTransactionEvent(
+                                  transaction_id=transaction_id,
+                                  from_clearing_number=self.clearing_number,
+                                  from_account_number=from_account,
+                                  to_bankgood_number=to_bankgood,
+                                  amount=amount, status=Status.PENDING,
+                              ))
+                    # Hibernate flushes inserts first, then the versioned update.
+                    self.accounts.set_money(conn, account,
+                                    reserved=money(account.reserved_balance) + amount)
+        except StaleAccount as exc:
+            raise self.accounts.lost_race(exc, request.path) from None
         return accepted(ACCEPTED_MESSAGE, transaction_id)
 
     def get_outgoing(self, request: Request) -> Response:
@@ -274,7 +163,7 @@ class BankService:
             row = conn.execute(sa.select(bank_outgoing_transactions).where(
                 bank_outgoing_transactions.c.transaction_id == transaction_id)).first()
         if row is None:
-            raise ApiError(404, "Outgoing transaction not found", spring=False)
+            return Response.empty(404)
         return Response.json(200, outgoing_json(row))
 
     def delete_outgoing(self, request: Request) -> Response:
@@ -283,8 +172,8 @@ class BankService:
         with self.db.begin() as conn:
             deleted = conn.execute(table.delete().where(table.c.transaction_id == transaction_id))
         if deleted.rowcount == 0:
-            raise ApiError(404, "Outgoing transaction not found", spring=False)
-        return Response.json(200, {"message": "Outgoing transaction deleted successfully"})
+            return Response.text(404, "Outgoing transaction not found")
+        return Response.text(200, "Outgoing transaction deleted successfully")
 
     def handle_completed(self, event: TransactionResponseEvent,
                          conn: Connection | None = None) -> str:
@@ -297,24 +186,28 @@ class BankService:
             return UNKNOWN_TRANSACTION  # e.g. a payment injected straight into Kafka
         if tx.status != Status.PENDING.value or event.status is Status.PENDING:
             return DUPLICATE
-        account = self._account(conn, tx.from_account_number, lock=True)
+        account = self.accounts.row(conn, tx.from_account_number)
         if account is not None:
             amount = money(tx.amount)
             reserved = money(account.reserved_balance) - amount
             if event.status is Status.SUCCESS:
-                self._set_money(conn, account, reserved=reserved,
+                self.accounts.set_money(conn, account, reserved=reserved,
                                 balance=money(account.balance) - amount)
             else:
-                self._set_money(conn, account, reserved=reserved)
+                self.accounts.set_money(conn, account, reserved=reserved)
         conn.execute(self.sql.set_outgoing_status, {
             "p_id": event.transaction_id, "p_status": event.status.value,
             "p_now": utcnow()})
         return HANDLED
 
     def post_completed(self, request: Request) -> Response:
+        """The REST door into the completed handler: 200 with an empty body."""
         event: TransactionResponseEvent = body_event(request, "response")
-        self.handle_completed(event)
-        return accepted("Completed transaction accepted", event.transaction_id)
+        try:
+            self.handle_completed(event)
+        except StaleAccount as exc:
+            raise self.accounts.lost_race(exc, request.path) from None
+        return Response.empty(200)
 
     # --- incoming payments ------------------------------------------------------------
     def handle_forwarded(self, event: IncomingTransactionEvent,
@@ -327,9 +220,9 @@ class BankService:
         if seen is not None:
             return DUPLICATE
         amount = money(event.amount)
-        account = self._account(conn, event.to_account_number, lock=True)
+        account = self.accounts.row(conn, event.to_account_number)
         if account is not None:
-            self._set_money(conn, account, balance=money(account.balance) + amount)
+            self.accounts.set_money(conn, account, balance=money(account.balance) + amount)
             status, message = Status.SUCCESS, PROCESSED_MESSAGE
         else:
             status, message = Status.FAILED, UNKNOWN_ACCOUNT_MESSAGE
@@ -346,9 +239,13 @@ class BankService:
         return HANDLED
 
     def post_incoming(self, request: Request) -> Response:
+        """The REST door into the forwarded handler: 200 with an empty body."""
         event: IncomingTransactionEvent = body_event(request, "incoming")
-        self.handle_forwarded(event)
-        return accepted("Incoming transaction accepted", event.transaction_id)
+        try:
+            self.handle_forwarded(event)
+        except StaleAccount as exc:
+            raise self.accounts.lost_race(exc, request.path) from None
+        return Response.empty(200)
 
     def get_incoming(self, request: Request) -> Response:
         transaction_id = path_uuid(request, "transactionId")
@@ -356,7 +253,7 @@ class BankService:
             row = conn.execute(sa.select(incoming_transactions).where(
                 incoming_transactions.c.transaction_id == transaction_id)).first()
         if row is None:
-            raise ApiError(404, "Incoming transaction not found", spring=False)
+            return Response.empty(404)
         return Response.json(200, incoming_json(row))
 
     def delete_incoming(self, request: Request) -> Response:
@@ -365,32 +262,25 @@ class BankService:
         with self.db.begin() as conn:
             deleted = conn.execute(table.delete().where(table.c.transaction_id == transaction_id))
         if deleted.rowcount == 0:
-            raise ApiError(404, "Incoming transaction not found", spring=False)
-        return Response.json(200, {"message": "Incoming transaction deleted successfully"})
+            return Response.text(404, "Incoming transaction not found")
+        return Response.text(200, "Incoming transaction deleted successfully")
 
     # --- books faults -------------------------------------------------------------------
     def corrupt_balance(self, account_number: str, delta: Decimal) -> Decimal:
-        with self.db.begin() as conn:
-            row = self._account(conn, account_number, lock=True)
-            if row is None:
-                raise KeyError(account_number)
-            balance = money(money(row.balance) + delta)
-            conn.execute(accounts.update().where(accounts.c.account_id == row.account_id)
-                         .values(balance=balance))
-        return balance
+        return self.accounts.corrupt_balance(account_number, delta)
 
     # --- routes ---------------------------------------------------------------------------
     def router(self) -> Router:
         r = Router()
         r.add("GET", "/bank/health", health)
-        r.add("GET", "/bank/account", self.list_accounts)
-        r.add("POST", "/bank/account", self.create_account)
-        r.add("GET", "/bank/account/{accountNumber}", self.get_account)
-        r.add("PUT", "/bank/account/{accountNumber}", self.update_account)
-        r.add("DELETE", "/bank/account/{accountNumber}", self.delete_account)
+        r.add("GET", "/bank/account", self.accounts.list_accounts)
+        r.add("POST", "/bank/account", self.accounts.create_account)
+        r.add("GET", "/bank/account/{accountNumber}", self.accounts.get_account)
+        r.add("PUT", "/bank/account/{accountNumber}", self.accounts.update_account)
+        r.add("DELETE", "/bank/account/{accountNumber}", self.accounts.delete_account)
         for operation in ("deposit", "reserve", "commit", "release"):
             r.add("POST", f"/bank/account/{{accountNumber}}/{operation}",
-                  functools.partial(self._adjust, operation=operation))
+                  functools.partial(self.accounts.adjust, operation=operation))
         r.add("POST", "/bank/transaction/outgoing", self.create_outgoing)
         r.add("POST", "/bank/transaction/outgoing/completed", self.post_completed)
         r.add("GET", "/bank/transaction/outgoing/{transactionId}", self.get_outgoing)

@@ -7,6 +7,10 @@ FAILED, keyed by the source clearing number), and relays the destination's
 answer back to the source. As in BGMock, the initiated handler skips a
 transaction it has seen, while the processed handler is not idempotent: a
 redelivered ``transactions.processed`` yields a second ``transactions.completed``.
+The forwarded event copies the initiated event's ``createdAt`` (null when a bank
+sent it) and leaves ``updatedAt`` null; a processed event for a transaction the
+clearing never saw is ignored (its REST door still answers 202). Mappings have
+UUID ids and no list endpoint.
 """
 
 from __future__ import annotations
@@ -47,7 +51,10 @@ from bgmock_twin.emulator.db import Database, money, run_in, utcnow
 from bgmock_twin.emulator.outbox import add_event
 from bgmock_twin.emulator.web import ApiError, Request, Response, Router
 
-UNKNOWN_BANKGOOD_MESSAGE = "Bankgood number not found"
+
+def unknown_bankgood_message(bankgood_number: str | None) -> str:
+    """The clearing's failure message for a payee it cannot map."""
+    return f"No bank-mapping found for {bankgood_number}"
 
 
 class UnknownTransaction(LookupError):
@@ -105,11 +112,6 @@ class ClearingService:
             raise ApiError(500, "duplicate bankgood number") from None
         assert row is not None
         return Response.json(201, mapping_json(row))
-
-    def list_mappings(self, request: Request) -> Response:
-        with self.db.begin() as conn:
-            rows = conn.execute(sa.select(bank_mappings).order_by(bank_mappings.c.id)).all()
-        return Response.json(200, [mapping_json(row) for row in rows])
 
     def get_mapping(self, request: Request) -> Response:
         with self.db.begin() as conn:
@@ -173,17 +175,19 @@ class ClearingService:
         })
         if mapping is None:
             add_event(conn, self.outbox, TOPIC_COMPLETED, event.from_clearing_number,
-                      TransactionResponseEvent(transaction_id, Status.FAILED,
-                                               UNKNOWN_BANKGOOD_MESSAGE))
+                      TransactionResponseEvent(
+                          transaction_id, Status.FAILED,
+                          unknown_bankgood_message(event.to_bankgood_number)))
         else:
-            # The clearing fills its timestamps itself: Jackson's array form.
+            # The dates are the initiated event's createdAt (usually null) and no
+            # updatedAt, written as Jackson writes a LocalDateTime: an array.
             add_event(conn, self.outbox, TOPIC_FORWARDED, mapping.clearing_number,
                       IncomingTransactionEvent(
                           transaction_id=transaction_id,
                           to_clearing_number=mapping.clearing_number,
                           to_account_number=mapping.account_number,
                           amount=amount, status=Status.PENDING,
-                          created_at=now, updated_at=now,
+                          created_at=event.created_at, updated_at=None,
                       ), dates="array")
         return HANDLED
 
@@ -218,11 +222,8 @@ class ClearingService:
 
     def post_processed(self, request: Request) -> Response:
         event: TransactionResponseEvent = body_event(request, "response")
-        try:
-            self.handle_processed(event)
-        except UnknownTransaction:
-            # The real handler throws "Transaction not found": Spring answers 500.
-            raise ApiError(500, "Transaction not found") from None
+        # An unknown transaction is ignored by the real handler: 202 all the same.
+        self.process_processed(event)
         return accepted("Processed transaction accepted", event.transaction_id)
 
     def get_transaction(self, request: Request) -> Response:
@@ -238,7 +239,6 @@ class ClearingService:
     def router(self) -> Router:
         r = Router()
         r.add("GET", "/clearing/health", health)
-        r.add("GET", "/clearing/bank-mapping", self.list_mappings)
         r.add("POST", "/clearing/bank-mapping", self.create_mapping)
         r.add("GET", "/clearing/bank-mapping/{bankgoodNumber}", self.get_mapping)
         r.add("PUT", "/clearing/bank-mapping/{bankgoodNumber}", self.update_mapping)

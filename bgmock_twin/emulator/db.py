@@ -4,7 +4,16 @@ Without a URL a service gets a private in-memory SQLite database: one connection
 kept open for the emulator's lifetime, handed out by a one-slot pool, so every
 user of the engine (the emulator's threads and the twin's reconciliation alike)
 is serialised and sees committed data only. With a URL (e.g. PostgreSQL) the
-engine is pooled and balance changes lock their rows (``SELECT ... FOR UPDATE``).
+engine is pooled.
+
+Accounts are written as Hibernate writes a ``@Version`` entity: the row is read
+without a lock, and the update is a compare-and-set on the version read
+(``UPDATE ... SET version = v + 1 WHERE account_id = ? AND version = v``). When
+another writer committed in between, the update touches no row and the whole
+transaction fails with ``StaleAccount`` (Hibernate's optimistic-lock failure),
+on SQLite and PostgreSQL alike. Transaction rows (outgoing, the clearing's) are
+still read ``FOR UPDATE`` where the database has row locks, as their handlers
+are not the racing writers the contract describes.
 """
 
 from __future__ import annotations
@@ -62,6 +71,17 @@ def money(value: Decimal) -> Decimal:
     if not value.is_finite() or abs(value) >= MAX_AMOUNT:
         raise ValueError("amount out of range")
     return value.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+class StaleAccount(Exception):
+    """An account changed between its read and its compare-and-set update (BGMock's
+    ``ObjectOptimisticLockingFailureException``): nothing of the transaction is kept.
+    On REST the caller answers 500; a listener retries the record."""
+
+    def __init__(self, account_number: str) -> None:
+        super().__init__(f"Row was updated or deleted by another transaction "
+                         f"(account {account_number})")
+        self.account_number = account_number
 
 
 class Database:

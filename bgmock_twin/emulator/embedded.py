@@ -55,6 +55,8 @@ class EmulatorConfig:
     host: str = "127.0.0.1"
     db_urls: Mapping[str, str | None] = field(default_factory=dict)
     outbox_interval_seconds: float = 1.0
+    # between a bank's load of an account and its versioned write (see bank.py)
+    flush_window_seconds: float = 0.002
     admin_port: int | None = None
     ports: Mapping[str, int] = field(default_factory=dict)
     ready_timeout_seconds: float = 60.0
@@ -152,7 +154,8 @@ class EmbeddedBGMock:
             metadata = ClearingService.metadata if spec is CLEARING else BankService.metadata
             self._dbs[spec.name] = Database(url, metadata, spec.name)
         self._services = {
-            bank.name: BankService(bank.name, bank.clearing_number, self._dbs[bank.name])
+            bank.name: BankService(bank.name, bank.clearing_number, self._dbs[bank.name],
+                                   flush_window_seconds=config.flush_window_seconds)
             for bank in BANKS
         }
         self._services[CLEARING.name] = ClearingService(self._dbs[CLEARING.name])
@@ -192,8 +195,11 @@ class EmbeddedBGMock:
 
         def listener(service: str, group: str, topics: Sequence[str],
                      handlers: dict[str, EventHandler], own_key: str | None) -> None:
+            # No BGMock service sets auto.offset.reset: a group the broker does not
+            # know (new, or lost with the broker's data) starts at the end, and
+            # what was published before it joined is never read.
             consumer: EventConsumer = bus.consumer(group, list(topics),
-                                                   from_beginning_if_new=True)
+                                                   from_beginning_if_new=False)
             item = Listener(service, consumer, self._dbs[service], handlers, own_key=own_key,
                             paused=functools.partial(self.faults.consumers_paused, service),
                             unavailable=lambda: self.faults.bus_down)

@@ -2,8 +2,13 @@
 
 Like a Spring ``@KafkaListener`` with manual acknowledgement: poll, hand every
 record to the service's handler, commit the batch. A bank listener keeps only
-records keyed with its own clearing number (a null key is dropped). A record
-that is not a valid event is counted and skipped; its log line is rate-limited
+records keyed with its own clearing number (a null key is dropped). The
+``__TypeId__`` header is ignored, as BGMock's listeners (fixed target class)
+ignore it. A record that is not a valid event is counted and skipped: BGMock's
+container delivers such a poison record ten times (no back-off) and then skips
+it; decoding the same bytes again cannot succeed, so the emulator skips it at
+the first failure, with the same outcome and without the futile work. Its log
+line is rate-limited
 (``INVALID_LOG_LINES`` per ``INVALID_LOG_WINDOW_SECONDS``, then one summary line),
 so a flood of poison messages cannot flood the log - or, in the daemon's embedded
 mode, slow every other thread of the process down with it.
@@ -12,8 +17,11 @@ For throughput, the records of one poll are handled in one database transaction
 (in chunks): each record's state change and outbox row still commit together,
 and under load the service's database is taken once per chunk instead of once
 per record. If anything in a chunk fails on the database, the chunk is rolled
-back and redone one record per transaction with a few retries, so one poison
-record is logged and skipped without blocking the partition. While the
+back and redone one record per transaction, each tried up to
+``HANDLER_ATTEMPTS`` times as Spring Kafka's default error handler does (ten
+deliveries, no back-off), then logged and skipped. A record whose account write
+lost a race on the account's version (``db.StaleAccount``: a REST request wrote
+the account in between) succeeds on a later attempt, as BGMock's does. While the
 service's consumers are paused by a fault, nothing is handled.
 """
 
@@ -30,14 +38,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from bgmock_twin import metrics
 from bgmock_twin.bus.base import BusError, EventConsumer, Record
 from bgmock_twin.contract import Event, InvalidEvent, decode_event
-from bgmock_twin.emulator.db import Database
+from bgmock_twin.emulator.db import Database, StaleAccount
 from bgmock_twin.logs import get_logger
 from bgmock_twin.workers import Backoff, Worker
 
 log = get_logger(__name__)
 
 POLL_TIMEOUT_SECONDS = 0.2
-HANDLER_ATTEMPTS = 3
+# Spring Kafka's DefaultErrorHandler: FixedBackOff(0, 9), ten deliveries in all.
+HANDLER_ATTEMPTS = 10
+# A short pause between attempts that failed on the database itself (not a lost race).
+DATABASE_RETRY_SECONDS = 0.02
 CHUNK = 100
 INVALID_LOG_LINES = 20
 INVALID_LOG_WINDOW_SECONDS = 10.0
@@ -143,7 +154,9 @@ class Listener(Worker):
             try:
                 with self._db.begin() as conn:
                     results = [self._call(record, event, conn) for record, event in chunk]
-            except SQLAlchemyError:
+            except (SQLAlchemyError, StaleAccount) as exc:
+                if isinstance(exc, StaleAccount):
+                    self._lost_race()
                 results = [self._handle_alone(record, event) for record, event in chunk]
             for (record, _event), result in zip(chunk, results, strict=True):
                 self._count(record.topic, result)
@@ -186,14 +199,23 @@ class Listener(Worker):
                         error=str(exc))
             return "invalid"
 
+    def _lost_race(self) -> None:
+        metrics.EMULATOR_OPTIMISTIC_LOCK_FAILURES.labels(
+            service=self.service, origin="listener").inc()
+
     def _handle_alone(self, record: Record, event: Event) -> str:
         for attempt in range(1, HANDLER_ATTEMPTS + 1):
             try:
                 return self._call(record, event, None)
-            except SQLAlchemyError as exc:
+            except (SQLAlchemyError, StaleAccount) as exc:
+                stale = isinstance(exc, StaleAccount)
+                if stale:
+                    self._lost_race()
                 if attempt == HANDLER_ATTEMPTS:
                     log.error("emulator_event_failed", service=self.service, topic=record.topic,
-                              partition=record.partition, offset=record.offset, error=str(exc))
+                              partition=record.partition, offset=record.offset,
+                              attempts=attempt, error=str(exc))
                     return "error"
-                time.sleep(0.05 * attempt)
+                if not stale:
+                    time.sleep(DATABASE_RETRY_SECONDS)
         return "error"

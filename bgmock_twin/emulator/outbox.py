@@ -5,7 +5,9 @@ transaction as the state change (``add_event``). A publisher thread per service
 wakes about every ``interval`` seconds (fixed rate, like Spring's
 ``@Scheduled(fixedRate = 1000)``), sends every unpublished row in id order and
 marks the rows published only after the bus confirmed them (``flush``). If the
-bus fails, the rows stay and are sent again next time: at least once.
+bus fails, the rows stay and are sent again next time: at least once. Each record
+carries the ``__TypeId__`` header of the producing service's own class: the banks'
+``com.bankgood.bank.event.<Class>``, the clearing's ``com.clearingservice.event.<Class>``.
 """
 
 from __future__ import annotations
@@ -26,9 +28,6 @@ from bgmock_twin.contract import (
     TOPIC_INITIATED,
     TOPIC_PROCESSED,
     TYPE_ID_HEADER,
-    TYPE_INCOMING,
-    TYPE_OUTGOING,
-    TYPE_RESPONSE,
     Event,
     encode_event,
 )
@@ -40,12 +39,21 @@ log = get_logger(__name__)
 
 BATCH = 500
 FLUSH_TIMEOUT_SECONDS = 5.0
-TYPE_BY_TOPIC = {
-    TOPIC_INITIATED: TYPE_OUTGOING,
-    TOPIC_FORWARDED: TYPE_INCOMING,
-    TOPIC_PROCESSED: TYPE_RESPONSE,
-    TOPIC_COMPLETED: TYPE_RESPONSE,
+CLASS_BY_TOPIC = {
+    TOPIC_INITIATED: "OutgoingTransactionEvent",
+    TOPIC_FORWARDED: "IncomingTransactionEvent",
+    TOPIC_PROCESSED: "TransactionResponseEvent",
+    TOPIC_COMPLETED: "TransactionResponseEvent",
 }
+BANK_TYPE_PACKAGE = "com.bankgood.bank.event"
+CLEARING_TYPE_PACKAGE = "com.clearingservice.event"
+
+
+def type_headers(service: str) -> dict[str, dict[str, bytes]]:
+    """The ``__TypeId__`` header of each topic's records as ``service`` writes them."""
+    package = CLEARING_TYPE_PACKAGE if service == "clearing" else BANK_TYPE_PACKAGE
+    return {topic: {TYPE_ID_HEADER: f"{package}.{name}".encode()}
+            for topic, name in CLASS_BY_TOPIC.items()}
 
 
 def add_event(
@@ -102,6 +110,8 @@ class OutboxPublisher(Worker):
         self._next_run: float | None = None
         self._failing = False
         self.cycles = 0
+        self._headers = type_headers(service)
+        self._default_headers = self._headers[TOPIC_COMPLETED]
         self._select_pending = (
             sa.select(table.c.id, table.c.topic, table.c.message_key, table.c.payload)
             .where(table.c.published.is_(False)).order_by(table.c.id).limit(BATCH))
@@ -153,7 +163,7 @@ class OutboxPublisher(Worker):
             if not rows:
                 break
             for row in rows:
-                headers = {TYPE_ID_HEADER: TYPE_BY_TOPIC.get(row.topic, TYPE_RESPONSE).encode()}
+                headers = self._headers.get(row.topic, self._default_headers)
                 self._producer.produce(row.topic, row.message_key, row.payload.encode(), headers)
             self._producer.flush(FLUSH_TIMEOUT_SECONDS)
             ids = [row.id for row in rows]

@@ -52,6 +52,7 @@ def emulator_config(settings: Settings, bus: EventBus) -> EmulatorConfig:
             "clearing": secret(settings.emulator_db_switch),
         },
         outbox_interval_seconds=settings.emulator_outbox_interval_seconds,
+        flush_window_seconds=settings.emulator_flush_window_seconds,
         admin_port=settings.emulator_admin_port,
         ports={
             "bank_a": settings.emulator_bank_a_port,

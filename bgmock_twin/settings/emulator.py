@@ -24,6 +24,12 @@ class EmulatorSettings(BaseModel):
     emulator_outbox_interval_seconds: float = Field(
         1.0, gt=0, le=60, validation_alias=env("TWIN_EMULATOR_OUTBOX_INTERVAL_SECONDS")
     )
+    # The time between a bank loading an account and writing it back (BGMock's
+    # round trips to its database between Hibernate's load and its flush): the
+    # window in which a concurrent write makes the optimistic lock fail.
+    emulator_flush_window_seconds: float = Field(
+        0.002, ge=0, le=1, validation_alias=env("TWIN_EMULATOR_FLUSH_WINDOW_SECONDS")
+    )
     # Fixed ports of ``bgmock-twin emulate`` (the seed's NodePorts); the daemon's
     # embedded mode picks free ports instead.
     emulator_bank_a_port: int = Field(

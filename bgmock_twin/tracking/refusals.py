@@ -22,7 +22,10 @@ from bgmock_twin.contract import Channel
 
 # ``ServiceError.reason`` labels after which the request may have arrived: no answer
 # in time, a lost connection, an answer (a 202) that could not be read. An HTTP error
-# status is the service's own refusal.
+# status is the service's own refusal, and certain: BGMock's handlers are
+# transactional, so a 500 (a null field, or a payment whose versioned write on the
+# payer's account lost a race with a listener: optimistic locking) stored and
+# reserved nothing.
 AMBIGUOUS_REASONS = frozenset({"timeout", "connection", "bad_body"})
 
 

@@ -192,3 +192,10 @@ def awaited_step(payment: dict[str, Any]) -> str:
     flow = FLOW if payment["channel"] == "rest" else KAFKA_FLOW
     seen = [flow.index(s) for s in steps(payment) if s in flow]
     return flow[max(seen) + 1] if seen else flow[0]
+
+
+def lost_race(row: dict[str, Any]) -> bool:
+    """The bank's 500 for a payment whose versioned write on its payer lost a race with
+    a credit or settlement (BGMock's optimistic lock): certain, nothing stored."""
+    return (row["status"] == "rejected" and row["transactionId"] is None
+            and (row["message"] or "").endswith(": http_500"))

@@ -97,9 +97,32 @@ class KafkaConsumer:
 
     # --- assignment -----------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if not self._from_beginning:
+            self._assign_at_end_if_new(consumer, partitions)
         self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
         self._ready = True
         log.debug("kafka_partitions_assigned", group=self._group_id, count=len(partitions))
+
+    def _assign_at_end_if_new(self, consumer: Consumer,
+                              partitions: list[TopicPartition]) -> None:
+        """``auto.offset.reset=latest``, but fixed now: a partition without a committed
+        offset starts at its current end, looked up at assignment. librdkafka would
+        resolve "latest" lazily, at the first fetch, and a record produced in between
+        would be skipped; here everything produced after the assignment is read.
+        If the lookups fail, librdkafka's own reset applies (the same, lazily)."""
+        try:
+            committed = consumer.committed(partitions, timeout=5.0)
+            start: list[TopicPartition] = []
+            for tp in committed:
+                offset = tp.offset
+                if offset < 0:
+                    _low, offset = consumer.get_watermark_offsets(
+                        TopicPartition(tp.topic, tp.partition), timeout=5.0, cached=False)
+                start.append(TopicPartition(tp.topic, tp.partition, offset))
+        except KafkaException as exc:
+            log.debug("kafka_start_offsets_failed", group=self._group_id, error=str(exc))
+            return
+        consumer.assign(start)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned -= {(tp.topic, tp.partition) for tp in partitions}
