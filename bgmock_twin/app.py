@@ -232,7 +232,8 @@ class Twin:
 
             tracked = self.tracking.ledger
             ledger = LedgerReader(tracked.engine, payments, deposits, flush=tracked.flush,
-                                  unwritten=lambda: tracked.buffered)
+                                  unwritten=lambda: tracked.buffered,
+                                  failing=lambda: not tracked.available)
         lag_source = lag_source_for(
             self.bus, settings.kafka_bootstrap_servers,
             timeout=max(1.0, min(5.0, settings.lag_interval_seconds / 2)))

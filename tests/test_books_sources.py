@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from bgmock_twin.books.model import AccountKey, DepositFact, Progress
-from bgmock_twin.books.sources import LedgerReader, progress_of
+from bgmock_twin.books.sources import LedgerBehind, LedgerReader, progress_of
 from bgmock_twin.books.sql import read_bank_books, read_bank_db, read_clearing_db
 from bgmock_twin.clients.databases import readonly_engine
 from bgmock_twin.contract import Channel
@@ -274,3 +274,42 @@ def test_progress_of_ledger_rows(args: tuple[str, str | None, str, str | None, b
                                  expected: Progress) -> None:
     assert progress_of(*args) is expected
     assert Channel(args[0])  # the ledger's channel names are the model's
+
+
+class _Writer:
+    """A ledger writer that stores what it holds after ``seconds`` (or never)."""
+
+    def __init__(self, seconds: float | None, failing: bool = False) -> None:
+        self.remaining = seconds
+        self.is_failing = failing
+        self.waited = 0.0
+
+    def flush(self, timeout: float) -> bool:
+        self.waited += timeout
+        if self.remaining is None or self.remaining > timeout:
+            if self.remaining is not None:
+                self.remaining -= timeout
+            return False
+        return True
+
+    def reader(self) -> LedgerReader:
+        return LedgerReader(sa.create_engine("sqlite://"), ledger_tables.payments,
+                            ledger_tables.deposits, flush=self.flush, unwritten=lambda: 7,
+                            failing=lambda: self.is_failing, patience_seconds=3.0)
+
+
+def test_a_slow_but_healthy_writer_gets_patience_a_failing_one_does_not() -> None:
+    """A busy machine's writer that stores its rows within the patience is current;
+    one that is failing (a full disk) makes the ledger behind at once: unknown, never
+    a verdict on rows it holds."""
+    slow = _Writer(2.5)
+    slow.reader().ensure_current(1.0)
+    assert slow.waited == 4.0
+    failing = _Writer(2.5, failing=True)
+    with pytest.raises(LedgerBehind, match="7 unwritten rows"):
+        failing.reader().ensure_current(1.0)
+    assert failing.waited == 1.0
+    stuck = _Writer(None)
+    with pytest.raises(LedgerBehind):
+        stuck.reader().ensure_current(1.0)
+    assert stuck.waited == 4.0

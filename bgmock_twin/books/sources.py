@@ -106,6 +106,11 @@ class LedgerBehind(Exception):
         self.rows = rows
 
 
+# How much longer a healthy but slow writer may take to store what was written before
+# a read; within the smallest reconciliation budget (5 s) with the first second.
+SLOW_WRITER_PATIENCE_SECONDS = 3.0
+
+
 class LedgerReader:
     """Reads the tracking ledger's tables (``twin_payments``, ``twin_deposits``)."""
 
@@ -116,19 +121,28 @@ class LedgerReader:
         deposits: sa.Table,
         flush: Callable[[float], bool] | None = None,
         unwritten: Callable[[], int] | None = None,
+        failing: Callable[[], bool] | None = None,
+        patience_seconds: float = SLOW_WRITER_PATIENCE_SECONDS,
     ) -> None:
         """``flush(timeout)``: store what the twin wrote so far (False if it could
-        not); ``unwritten()``: the rows the ledger's buffer still holds."""
+        not); ``unwritten()``: the rows the ledger's buffer still holds;
+        ``failing()``: whether its last write failed. A writer that is only slow (a
+        busy machine) gets ``patience_seconds`` more before the ledger counts as
+        behind; a failing one does not."""
         self.engine = engine
         self.payments = payments
         self.deposits = deposits
         self.flush = flush
         self.unwritten = unwritten
+        self.failing = failing or (lambda: False)
+        self.patience_seconds = patience_seconds
 
     def ensure_current(self, flush_timeout: float) -> None:
         """Return once everything written so far is stored; ``LedgerBehind`` when
         rows remain unwritten after ``flush_timeout``."""
         if self.flush is None or self.flush(flush_timeout):
+            return
+        if not self.failing() and self.flush(self.patience_seconds):
             return
         rows = self.unwritten() if self.unwritten is not None else 0
         if rows > 0:
