@@ -95,7 +95,8 @@ class Twin:
             self.health.register(service, check)
         self.scheduler.add(probe_jobs(self.health, settings.probes))
         if self.bus is not None:
-            self.tracking = Tracking(settings.tracking, self.clients, self.bus)
+            self.tracking = Tracking(settings.tracking, self.clients, self.bus,
+                                     bank_databases=self.databases)
         books = self.books = self._build_books()
         routers = [build_books_router(books)]
         if self.tracking is not None:

@@ -174,6 +174,9 @@ class Payment:
     message: str | None = None
     finished_at: datetime | None = None
     refusal_ambiguous: bool = False  # rejected, but the request may have arrived
+    # how its transaction id was learnt when the 202 never reached the twin
+    # (``tracking.rematch``): None for the 202 itself
+    matched_by: str | None = None
 
     @property
     def sequence(self) -> tuple[Step, ...]:

@@ -10,7 +10,10 @@ slow system neither slows the load down nor hides its own slowness (no
 coordinated omission, k6 arrival-rate style).
 
 Channels: ``rest`` posts to the source bank (then looks the transaction up once,
-which is how a rejection is seen); ``kafka`` writes an OutgoingTransactionEvent
+which is how a rejection is seen); a REST payment gets an amount whose (payer,
+bankgood, amount) triple no other payment in flight holds (``rematch.InFlightKeys``),
+so one whose 202 never comes back (a read timeout, or a kill) can be found at the
+bank again without ambiguity (``rematch.Rematcher``); ``kafka`` writes an OutgoingTransactionEvent
 with a fresh id straight to ``transactions.initiated`` (key = source clearing
 number), which bypasses the source bank.
 """
@@ -22,6 +25,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Protocol
 
 from bgmock_twin import metrics
@@ -42,6 +46,8 @@ from bgmock_twin.tracking.poller import (
 )
 from bgmock_twin.tracking.provisioning import Provisioner
 from bgmock_twin.tracking.refusals import refusal_of
+from bgmock_twin.tracking.rematch import InFlightKeys, Rematcher
+from bgmock_twin.tracking.testhooks import PauseHook
 from bgmock_twin.tracking.tracker import Tracker
 from bgmock_twin.workers import Worker
 
@@ -77,8 +83,13 @@ class Sender(Worker):
         max_in_flight: int,
         instance_id: str,
         ledger: LedgerPort,
+        rematcher: Rematcher,
+        pause: PauseHook | None = None,
     ) -> None:
         self.tracker = tracker
+        self.rematcher = rematcher
+        self.keys = InFlightKeys(tracker.unfinished)
+        self.pause = pause or PauseHook(None)
         self.ledger = ledger
         self.clients = clients
         self.bus = bus
@@ -179,7 +190,9 @@ class Sender(Worker):
             self._drop(run, str(exc))
             return
         run.dispatched += 1
-        self._pool.submit(self._work, payment, run, due)
+        self._pool.submit(self._work, payment, run, due, _amounts(run.profile.amount_min,
+                                                                 run.profile.amount_max,
+                                                                 payment.amount))
 
     def _drop(self, run: Run, reason: str) -> None:
         run.dropped += 1
@@ -201,13 +214,14 @@ class Sender(Worker):
         return build_payment(fixtures, route, kind, profile.channel, amount, run.rng,
                              intended_at, due, run.simulation_id, self.instance_id)
 
-    def _work(self, payment: Payment, run: Run | None, due: float) -> None:
+    def _work(self, payment: Payment, run: Run | None, due: float,
+              amounts: tuple[Decimal, Decimal]) -> None:
         try:
             lag = max(0.0, time.monotonic() - due)
             metrics.SEND_LAG.observe(lag)
             if run is not None:
                 run.record_lag(lag)
-            self.send(payment)
+            self.send(payment, amounts=amounts)
         except Exception as exc:  # one payment never takes a worker down
             log.error("send_failed", error=repr(exc), payment_id=payment.payment_id)
         finally:
@@ -234,13 +248,17 @@ class Sender(Worker):
             return self._busy
 
     # --- sending ----------------------------------------------------------------------------
-    def send(self, payment: Payment, check_now: bool = False) -> None:
+    def send(self, payment: Payment, check_now: bool = False,
+             amounts: tuple[Decimal, Decimal] | None = None) -> None:
         """Send one payment now on its channel and follow it (blocking). With
         ``check_now`` a REST payment's status is read back at once, so a rejection
-        is known before this returns."""
+        is known before this returns. ``amounts``: the range a REST payment's amount
+        may be nudged within to keep its triple unique (None: the amount is fixed)."""
         if payment.channel is Channel.KAFKA:
             self._send_kafka(payment)
         else:
+            low, high = amounts or (payment.amount, payment.amount)
+            self.keys.claim(payment, low, high, self.tracker.register)
             self._send_rest(payment, check_now)
 
     def _stored(self) -> None:
@@ -253,8 +271,9 @@ class Sender(Worker):
             self.ledger.flush(LEDGER_WAIT_SECONDS)
 
     def _send_rest(self, payment: Payment, check_now: bool) -> None:
-        self.tracker.register(payment)
+        """POST a registered REST payment (``send`` registered it)."""
         self._stored()
+        self.pause.reached("before_post", payment.payment_id)
         bank = self.clients.bank(payment.from_clearing)
         self.tracker.begin_submit()
         try:
@@ -265,17 +284,20 @@ class Sender(Worker):
                 if exc.maybe_processed:
                     # the bank got the request but its answer never came (a read
                     # timeout): it may well have stored and reserved the payment, so
-                    # it is not "rejected". Without the bank's id it cannot be followed:
-                    # it stays unfinished (stuck at "accepted" past the deadline).
+                    # it is not "rejected". It is looked for at the bank by its
+                    # unique triple (its initiated event, the bank's table).
                     log.warning("payment_unconfirmed", payment_id=payment.payment_id,
                                 service=exc.service, reason=exc.reason)
+                    self.rematcher.add(payment)
                     return
                 refused = refusal_of(exc)
                 self.tracker.reject(payment.payment_id, refused.message, refused.ambiguous)
                 return
+            self.pause.reached("after_post", payment.payment_id)
             self.tracker.accepted(payment.payment_id, transaction_id)
         finally:
             self.tracker.end_submit()
+        self.pause.reached("after_accept", payment.payment_id)
         self._stored()
         if not check_now or \
                 self.checker.check(payment.payment_id, Purpose.ACCEPT_NOW) is Result.RETRY:
@@ -317,15 +339,16 @@ class Sender(Worker):
                 self._producer = self.bus.producer()
             return self._producer
 
-    def submit_now(self, payment: Payment) -> bool:
+    def submit_now(self, payment: Payment,
+                   amounts: tuple[Decimal, Decimal] | None = None) -> bool:
         """Send one payment built by the caller on a worker slot (blocking); False if
-        every slot is busy."""
+        every slot is busy. ``amounts`` as for ``send``."""
         if not self._acquire():
             self._drop_single()
             return False
         try:
             metrics.SEND_LAG.observe(max(0.0, time.monotonic() - payment.intended_mono))
-            self.send(payment, check_now=True)
+            self.send(payment, check_now=True, amounts=amounts)
         finally:
             self._release()
         return True
@@ -355,3 +378,11 @@ class Sender(Worker):
                 except BusError as exc:
                     log.warning("producer_close_failed", error=str(exc)[:200])
                 self._producer = None
+
+
+def _amounts(low: Decimal, high: Decimal, amount: Decimal) -> tuple[Decimal, Decimal]:
+    """The range a planned payment's amount may move in: the profile's, or upwards
+    only for an amount above it (an insufficient-funds payment stays insufficient)."""
+    if amount > high:
+        return amount, amount + (high - low)
+    return low, high

@@ -8,7 +8,8 @@ Scheduled jobs (names as seen in ``bgmock_scheduler_*`` metrics):
 ``tracking_provision`` (provision/top up, every 60 s, first run at start; retried
 the same way while BGMock is unreachable), ``tracking_load`` (the background
 canary at ``TWIN_LOAD_RATE``), ``tracking_deadlines`` (stuck marks, SLA counting,
-status polls of stuck payments, simulation progress; every second) and
+status polls of stuck payments, simulation progress, the bank-table search for
+payments whose 202 never came back (``rematch``); every second) and
 ``tracking_retention`` (ledger pruning).
 """
 
@@ -17,10 +18,12 @@ from __future__ import annotations
 import math
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
+
+from sqlalchemy.engine import Engine
 
 from bgmock_twin.bus.base import EventBus
 from bgmock_twin.clients.bgmock import BGMockClients
@@ -38,8 +41,10 @@ from bgmock_twin.tracking.lifecycle import Channel, Kind, Payment, Route
 from bgmock_twin.tracking.load import FixturesUnavailable, LoadProfile, Run, build_payment
 from bgmock_twin.tracking.poller import Purpose, StatusChecker, StatusPoller
 from bgmock_twin.tracking.provisioning import Fixtures, Provisioner, new_deposit_row
+from bgmock_twin.tracking.rematch import Rematcher
 from bgmock_twin.tracking.sender import Sender
 from bgmock_twin.tracking.simulations import SimulationManager
+from bgmock_twin.tracking.testhooks import PauseHook
 from bgmock_twin.tracking.tracker import Tracker
 
 log = get_logger(__name__)
@@ -92,6 +97,7 @@ class Tracking:
         clients: BGMockClients,
         bus: EventBus,
         clock: Clock | None = None,
+        bank_databases: Mapping[str, Engine] | None = None,  # by name: db_bank_a ...
     ) -> None:
         self.settings = settings
         self.ledger = Ledger(settings.twin_database_url.get_secret_value(),
@@ -110,10 +116,21 @@ class Tracking:
         self.checker = StatusChecker(clients, self.tracker)
         self.poller = StatusPoller(self.checker.check)
         self.tracker.subscribe(self.poller.on_step)
+        databases = bank_databases or {}
+        self.rematcher = Rematcher(
+            self.tracker,
+            {bank.clearing_number: databases[bank.database] for bank in BANKS
+             if bank.database in databases},
+            self.ledger.known_transactions,
+            settle_seconds=settings.rest_timeout_seconds + 2,
+            on_matched=lambda payment_id: self.poller.schedule(payment_id, Purpose.ACCEPT, 0.0),
+        )
+        self.tracker.matcher = self.rematcher.match_event
         self.sender = Sender(
             self.tracker, clients, bus, self.provisioner, self.checker, self.poller,
             settings.max_in_flight_requests, settings.instance_id,
-            ledger=self.ledger,
+            ledger=self.ledger, rematcher=self.rematcher,
+            pause=PauseHook(settings.test_pause_at),
         )
         self.follower = Follower(bus, settings.consumer_group, self.tracker, self.ledger)
         self.simulations = SimulationManager(
@@ -201,9 +218,22 @@ class Tracking:
             return
         self._resumed.set()
         following = self.tracker.resume(rows)
+        self._rematch_resumed(rows)
         self.simulations.load()
         if following:
             log.info("tracking_resumed", payments_in_flight=following)
+
+    def _rematch_resumed(self, rows: list[dict[str, object]]) -> None:
+        """The resumed payments keep their triples; those the killed process never got
+        an id for are looked for at the bank (``rematch``)."""
+        resumed = [p for row in rows if not row["finished"]
+                   if (p := self.tracker.get(str(row["payment_id"]))) is not None]
+        self.sender.keys.hold(resumed)
+        for payment in resumed:
+            if payment.transaction_id is None:
+                self.rematcher.add(payment, sender_gone=True)
+        if self.rematcher.pending:
+            log.info("tracking_rematching", payments=self.rematcher.pending)
 
     # --- jobs -------------------------------------------------------------------------------
     def _provision_job(self) -> None:
@@ -264,6 +294,7 @@ class Tracking:
     def _deadline_job(self) -> None:
         for payment_id in self.tracker.check_deadlines():
             self.poller.schedule(payment_id, Purpose.STUCK, 0.0)
+        self.rematcher.sweep()
         self.simulations.refresh()
 
     def _retention_job(self) -> None:
@@ -321,7 +352,9 @@ class Tracking:
         if to_account is not None and to_account not in _payees(fixtures, destination):
             raise InvalidPayment(f"to_account is not a twin payee of bank {destination.letter}")
         route = Route.A_TO_B if source is BANK_A else Route.B_TO_A
+        amounts = None
         if amount is None:
+            amounts = (self.settings.load_amount_min, self.settings.load_amount_max)
             try:
                 amount = mix.random_amount(self._rng, self.settings.load_amount_min,
                                            self.settings.load_amount_max)
@@ -332,7 +365,7 @@ class Tracking:
             fixtures, route, kind, channel, amount, self._rng, clock.now(), clock.monotonic(),
             None, self.settings.instance_id, from_account=from_account, to_account=to_account,
         )
-        if not self.sender.submit_now(payment):
+        if not self.sender.submit_now(payment, amounts):
             raise SenderBusy("every sender slot is busy; the payment was dropped")
         followed = self.tracker.get(payment.payment_id)
         return followed if followed is not None else payment
