@@ -138,10 +138,14 @@ def bgmock_databases(databases: dict[str, str]) -> dict[str, str]:
             "DB_SWITCH": databases["switch"]}
 
 
-# (pause point or None for a kill at a random moment mid-event, the n-th REST payment
-# of the process to pause at); each twice, at different payments
-KILLS = [("before_post", 3), ("after_post", 2), ("after_accept", 4), (None, 5),
-         ("after_post", 5), ("before_post", 6), ("after_accept", 2), (None, 3)]
+# (pause point or None for a kill mid-event, the n-th REST payment of the process to
+# pause at or the dispatched count to kill at, whether to stay paused until the lost
+# payment's events were called foreign); each point twice, at different payments.
+# Paused that long (past the tracker's park time), the dying twin has committed past
+# those events: after the restart only the bank's table can tell its transaction.
+KILLS = [("before_post", 3, False), ("after_post", 2, False), ("after_accept", 4, False),
+         (None, 5, False), ("after_post", 5, True), ("before_post", 6, False),
+         ("after_accept", 2, False), (None, 3, False)]
 
 
 def test_sigkill_at_every_point_of_a_payment_loses_nothing(
@@ -160,7 +164,7 @@ def test_sigkill_at_every_point_of_a_payment_loses_nothing(
                "KAFKA_BOOTSTRAP_SERVERS": kafka_broker.bootstrap,
                "TWIN_INSTANCE_ID": "killed-often",
                "TWIN_DATABASE_URL": f"sqlite:///{tmp_path}/ledger.db"}
-        for round_no, (point, nth) in enumerate(KILLS):
+        for round_no, (point, nth, until_foreign) in enumerate(KILLS):
             pause = {"TWIN_TEST_PAUSE_AT": f"{point}:{nth}"} if point else {}
             with running_daemon(tmp_path, **env, **pause) as twin:
                 wait_provisioned(twin)
@@ -169,6 +173,11 @@ def test_sigkill_at_every_point_of_a_payment_loses_nothing(
                 if point is not None:
                     wait_for(lambda t=twin: "test_pause_reached" in t.log(), timeout=60,
                              interval=0.05, message=f"the sender paused at {point}")
+                    if until_foreign:  # the last event of the lost payment, unclaimed
+                        wait_for(lambda t=twin: metric_sum(
+                            t, "bgmock_kafka_messages_total", topic="transactions.completed",
+                            origin="foreign") >= 1, timeout=60, interval=0.2,
+                            message="the lost payment's completed event called foreign")
                 else:  # payments between their events, none paused
                     wait_dispatched(twin, sims[-1], nth)
                 kill(twin)
@@ -184,10 +193,11 @@ def test_sigkill_at_every_point_of_a_payment_loses_nothing(
             # own refusal); none left stuck or in flight
             unsettled = [r for r in rows if r["status"] not in ("success", "rejected")]
             assert not unsettled, unsettled
-            paused_before_post = sum(1 for point, _ in KILLS if point == "before_post")
-            paused_after_post = sum(1 for point, _ in KILLS if point == "after_post")
+            paused_before_post = sum(1 for point, _, _ in KILLS if point == "before_post")
+            paused_after_post = sum(1 for point, _, _ in KILLS if point == "after_post")
             assert sum(1 for r in rows if r["message"] == NOT_SENT) >= paused_before_post
             assert sum(1 for r in rows if r["matchedBy"]) >= paused_after_post
+            assert any(r["matchedBy"] == "bank_database" for r in rows), outcomes
             report = reconcile(last)
             drift = report["checks"]["balance_drift"]
             assert drift["status"] == "ok", drift

@@ -77,9 +77,13 @@ def test_no_two_unfinished_payments_share_a_triple() -> None:
 
 def test_an_unclaimed_initiated_event_finds_its_one_payment() -> None:
     tracker = FakeTracker()
-    matcher = Rematcher(tracker, {}, lambda ids: set(), 1.0, lambda pid: None)
+    theirs = uuid.uuid4()  # a transaction another payment of the (shared) ledger holds
+    matcher = Rematcher(tracker, {}, lambda ids: {str(theirs)} & set(ids), 1.0,
+                        lambda pid: None)
     waiting = payment("12.30")
     matcher.add(waiting)
+    assert matcher.match_event(OutgoingTransactionEvent(
+        theirs, "01", "TWIN-A-001", "BG-B-1", Decimal("12.30"), Status.PENDING)) is None
     event = OutgoingTransactionEvent(uuid.uuid4(), "01", "TWIN-A-001", "BG-B-1",
                                      Decimal("12.3"), Status.PENDING)
     other = OutgoingTransactionEvent(uuid.uuid4(), "01", "TWIN-A-001", "BG-B-1",

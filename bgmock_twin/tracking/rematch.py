@@ -167,6 +167,7 @@ class Rematcher:
         self.on_matched = on_matched
         self._lock = threading.Lock()
         self._pending: dict[str, Unconfirmed] = {}
+        self._by_triple: dict[Triple, set[str]] = {}
         self._last_sweep = -1e9
         self._failing: set[str] = set()
 
@@ -174,10 +175,13 @@ class Rematcher:
     def add(self, payment: Payment, sender_gone: bool = False) -> None:
         if payment.channel is not Channel.REST or payment.transaction_id is not None:
             return
+        item = Unconfirmed(payment.payment_id, Triple.of(payment), payment.intended_at,
+                           time.monotonic(), sender_gone)
         with self._lock:
-            self._pending[payment.payment_id] = Unconfirmed(
-                payment.payment_id, Triple.of(payment), payment.intended_at,
-                time.monotonic(), sender_gone)
+            if payment.payment_id in self._pending:
+                return
+            self._pending[payment.payment_id] = item
+            self._by_triple.setdefault(item.triple, set()).add(payment.payment_id)
             metrics.PAYMENTS_UNCONFIRMED.set(len(self._pending))
 
     @property
@@ -187,32 +191,44 @@ class Rematcher:
 
     def _take(self, payment_id: str) -> bool:
         with self._lock:
-            taken = self._pending.pop(payment_id, None) is not None
+            item = self._pending.pop(payment_id, None)
+            if item is not None:
+                holders = self._by_triple[item.triple]
+                holders.discard(payment_id)
+                if not holders:
+                    del self._by_triple[item.triple]
             metrics.PAYMENTS_UNCONFIRMED.set(len(self._pending))
-            return taken
-
-    def _waiting_for(self, triple: Triple) -> list[Unconfirmed]:
-        return [u for u in self._pending.values() if u.triple == triple]
+            return item is not None
 
     # --- witness 1: an initiated event nobody claims ----------------------------------------
     def match_event(self, event: OutgoingTransactionEvent) -> str | None:
         """The one payment waiting for this event's triple (no longer waiting), or
-        None. Quick and in memory: the tracker calls it under its lock."""
+        None. The tracker calls it under its lock: in memory, but for one ledger
+        look-up when a payment waits for exactly this triple."""
         if event.amount is None or not event.from_account_number \
                 or not event.to_bankgood_number or not event.from_clearing_number:
             return None
         triple = Triple(event.from_clearing_number, event.from_account_number,
                         event.to_bankgood_number, event.amount)
         with self._lock:
-            waiting = self._waiting_for(triple)
-            if len(waiting) != 1:
+            waiting = list(self._by_triple.get(triple, ()))
+        if len(waiting) != 1:
+            return None
+        # an event of a payment the ledger holds (another replica's, sharing the
+        # accounts, or an old one of this twin redelivered) is not this one's: asked
+        # only on this rare path, so the tracker's lock waits for the ledger seldom
+        try:
+            if self.known([str(event.transaction_id)]):
                 return None
-            del self._pending[waiting[0].payment_id]
-            metrics.PAYMENTS_UNCONFIRMED.set(len(self._pending))
+        except Exception as exc:
+            log.warning("rematch_ledger_unavailable", error=str(exc)[:200])
+            return None
+        if not self._take(waiting[0]):
+            return None
         metrics.PAYMENTS_REMATCHED.labels(MATCHED_BY_EVENT).inc()
-        log.info("payment_rematched", payment_id=waiting[0].payment_id,
+        log.info("payment_rematched", payment_id=waiting[0],
                  transaction_id=str(event.transaction_id), matched_by=MATCHED_BY_EVENT)
-        return waiting[0].payment_id
+        return waiting[0]
 
     # --- witness 2: the source bank's table -------------------------------------------------
     def sweep(self, force: bool = False) -> None:
@@ -248,7 +264,9 @@ class Rematcher:
         for item in waiting:
             candidates = [tx for tx, triple, at in unknown if triple == item.triple
                           and abs(at - _naive_utc(item.intended_at)) <= MATCH_WINDOW]
-            if len(candidates) == 1 and sum(1 for u in waiting if u.triple == item.triple) == 1:
+            with self._lock:
+                alone = len(self._by_triple.get(item.triple, ())) == 1
+            if len(candidates) == 1 and alone:
                 if self._take(item.payment_id):
                     self._matched(item.payment_id, candidates[0])
             elif not candidates and item.sender_gone \
