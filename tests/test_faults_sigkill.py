@@ -48,6 +48,9 @@ from tests.support.ports import wait_for
 from tests.support.postgres import PostgresServer, writable_engine
 
 NOT_SENT = "not sent: the twin stopped before the source bank stored the payment"
+# Latency is not the subject here: on a loaded machine a payment may take longer than
+# the usual test SLA, and must then still count as the success it is.
+SLA = 90.0
 
 
 def test_sigkill_mid_simulation_resumes_from_ledger_and_offsets(
@@ -62,6 +65,7 @@ def test_sigkill_mid_simulation_resumes_from_ledger_and_offsets(
                     "TWIN_EMULATOR_DB_SWITCH": databases["switch"]}
     with running_emulator(tmp_path, **emulator_env) as bgmock:
         env = {**FAST_ENV, **bgmock.external_env(), **bgmock_databases(databases),
+               "TWIN_PAYMENT_SLA_SECONDS": str(SLA),
                "KAFKA_BOOTSTRAP_SERVERS": kafka_broker.bootstrap,
                "TWIN_INSTANCE_ID": "killed", "TWIN_DATABASE_URL": f"sqlite:///{tmp_path}/ledger.db"}
         with running_daemon(tmp_path, **env) as first:
@@ -87,8 +91,13 @@ def test_sigkill_mid_simulation_resumes_from_ledger_and_offsets(
             status = second.get("/api/v1/status").json()["payments"]
             print(f"restarted in {restarted:.1f}s: {status['inFlight']} payments resumed "
                   f"in flight")
-            details = {sim: wait_finished(second, sim, timeout=60) for sim in (rest, kafka)}
+            details = {sim: wait_finished(second, sim, timeout=SLA + 90)
+                       for sim in (rest, kafka)}
             for sim, flow in ((rest, FLOW), (kafka, KAFKA_FLOW)):
+                # a payment may finish on the bank's answer before the follower, busy
+                # catching up, has read its last event: every step is waited for
+                wait_for(lambda s=sim, f=flow: not incomplete_payments(second, s, f),
+                         timeout=60, interval=0.5, message=f"every step of {sim}")
                 detail, rows = assert_accounted(second, sim)
                 print(f"{detail['channel']}: resumed={detail['resumed']} "
                       f"{dict(Counter(r['status'] for r in rows))} "
@@ -96,14 +105,7 @@ def test_sigkill_mid_simulation_resumes_from_ledger_and_offsets(
                 assert detail["resumed"] is True, detail
                 assert detail["dispatched"] == detail["planned"], detail
                 assert detail["dropped"] == 0, detail
-                # every payment finished: BGMock worked on, the twin caught up from
-                # its committed offsets and the banks' own records
-                # a payment whose 202 was lost to the kill is found again at the bank;
-                # the events the dead twin consumed are not seen twice
-                incomplete = [(r["status"], steps(r)) for r in rows if r["status"] != "success"
-                              or not (set(steps(r)) == set(flow) or (r["matchedBy"]
-                                      and {"accepted", flow[-1]} <= set(steps(r))))]
-                assert not incomplete, incomplete
+                assert not incomplete_payments(second, sim, flow)
             assert details[rest]["outcomes"]["success"] == 40
             assert details[kafka]["outcomes"]["success"] == 12
             ledger = {row["transactionId"]: row for sim in (rest, kafka)
@@ -120,6 +122,17 @@ def test_sigkill_mid_simulation_resumes_from_ledger_and_offsets(
     kafka_ids = {tx for tx, row in ledger.items() if row["channel"] == "kafka"}
     assert at_banks == rest_ids, (sorted(at_banks - rest_ids), sorted(rest_ids - at_banks))
     assert at_clearing == rest_ids | kafka_ids, sorted(at_clearing ^ (rest_ids | kafka_ids))
+
+
+def incomplete_payments(twin: Daemon, sim: str, flow: list[str]) -> list[object]:
+    """The payments of ``sim`` not finished with every step of ``flow``: BGMock
+    worked on, the twin caught up from its committed offsets and the banks' own
+    records. A payment whose 202 was lost to the kill is found again at the bank, and
+    the events the dead twin consumed are not seen twice: it needs its acceptance
+    and its final step."""
+    return [(r["status"], steps(r)) for r in payments(twin, sim) if r["status"] != "success"
+            or not (set(steps(r)) == set(flow)
+                    or (r["matchedBy"] and {"accepted", flow[-1]} <= set(steps(r))))]
 
 
 def outgoing_ids(url: str) -> set[str]:
@@ -161,6 +174,7 @@ def test_sigkill_at_every_point_of_a_payment_loses_nothing(
     sims: list[str] = []
     with running_emulator(tmp_path, **emulator_env) as bgmock:
         env = {**FAST_ENV, **bgmock.external_env(), **bgmock_databases(databases),
+               "TWIN_PAYMENT_SLA_SECONDS": str(SLA),
                "KAFKA_BOOTSTRAP_SERVERS": kafka_broker.bootstrap,
                "TWIN_INSTANCE_ID": "killed-often",
                "TWIN_DATABASE_URL": f"sqlite:///{tmp_path}/ledger.db"}
@@ -182,7 +196,7 @@ def test_sigkill_at_every_point_of_a_payment_loses_nothing(
                     wait_dispatched(twin, sims[-1], nth)
                 kill(twin)
         with running_daemon(tmp_path, **env) as last:
-            details = {sim: wait_finished(last, sim, timeout=120) for sim in sims}
+            details = {sim: wait_finished(last, sim, timeout=SLA + 90) for sim in sims}
             rows = [row for sim in sims for row in assert_accounted(last, sim)[1]]
             outcomes = Counter((r["status"], r["matchedBy"], r["message"] == NOT_SENT)
                                for r in rows)

@@ -55,8 +55,11 @@ log = get_logger(__name__)
 
 PRODUCE_TIMEOUT_SECONDS = 5.0
 # How long a send waits for the ledger to store the payment's row before it goes on
-# regardless (a slow or unavailable ledger must not stop the load; it buffers).
-LEDGER_WAIT_SECONDS = 0.5
+# regardless (an unavailable ledger is not waited for at all: the load goes on and the
+# rows are buffered). Long enough for a slow flush on a loaded machine: a payment that
+# leaves before its row is stored and is then killed would be at the bank and nowhere
+# in the ledger, the one loss nothing can repair (0.5 s was not enough at load 16).
+LEDGER_WAIT_SECONDS = 5.0
 
 
 class LedgerPort(Protocol):
@@ -304,9 +307,22 @@ class Sender(Worker):
             self.poller.schedule(payment.payment_id, Purpose.ACCEPT, ACCEPT_CHECK_DELAY)
 
     def _send_kafka(self, payment: Payment) -> None:
-        assert payment.transaction_id is not None
         self.tracker.register(payment)
         self._stored()
+        self._produce(payment)
+
+    def resend_kafka(self, payments: list[Payment]) -> None:
+        """Produce again, in the background, the events of Kafka payments a killed
+        twin had registered but maybe never produced (none of their steps seen). The
+        same transaction id: the clearing skips an id it has handled, so a payment
+        that did go out is not paid twice, and one that did not goes out now."""
+        for payment in payments:
+            log.info("kafka_payment_resent", payment_id=payment.payment_id,
+                     transaction_id=str(payment.transaction_id))
+            self._pool.submit(self._produce, payment, True)
+
+    def _produce(self, payment: Payment, again: bool = False) -> None:
+        assert payment.transaction_id is not None
         value, headers = encode_event(OutgoingTransactionEvent(
             transaction_id=payment.transaction_id,
             from_clearing_number=payment.from_clearing,
@@ -320,6 +336,10 @@ class Sender(Worker):
             producer.produce(TOPIC_INITIATED, payment.from_clearing, value, headers)
         except BusError as exc:  # not even queued: it can never reach the clearing
             metrics.KAFKA_CLIENT_ERRORS.labels("sender", "produce").inc()
+            if again:  # the first attempt may have gone out: no refusal is certain
+                log.warning("kafka_payment_resend_failed", payment_id=payment.payment_id,
+                            error=str(exc)[:200])
+                return
             refused = refusal_of(exc)
             self.tracker.reject(payment.payment_id, refused.message, refused.ambiguous)
             return

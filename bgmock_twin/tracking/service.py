@@ -224,14 +224,18 @@ class Tracking:
             log.info("tracking_resumed", payments_in_flight=following)
 
     def _rematch_resumed(self, rows: list[dict[str, object]]) -> None:
-        """The resumed payments keep their triples; those the killed process never got
-        an id for are looked for at the bank (``rematch``)."""
+        """The resumed payments keep their triples; the REST ones the killed process
+        never got an id for are looked for at the bank (``rematch``), the Kafka ones
+        with no step seen are produced again (``Sender.resend_kafka``)."""
         resumed = [p for row in rows if not row["finished"]
                    if (p := self.tracker.get(str(row["payment_id"]))) is not None]
         self.sender.keys.hold(resumed)
         for payment in resumed:
-            if payment.transaction_id is None:
+            if payment.channel is Channel.REST and payment.transaction_id is None:
                 self.rematcher.add(payment, sender_gone=True)
+        # a Kafka payment with no step seen may have died before its event left
+        self.sender.resend_kafka([p for p in resumed
+                                  if p.channel is Channel.KAFKA and not p.steps])
         if self.rematcher.pending:
             log.info("tracking_rematching", payments=self.rematcher.pending)
 
