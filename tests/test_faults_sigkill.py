@@ -9,11 +9,12 @@ BGMock's own tables agree with the twin's ledger, payment by payment.
 
 The second scenario kills the twin at each named point of a payment's life
 (``TWIN_TEST_PAUSE_AT``, a test-only pause: the stored row before the POST, the
-bank's 202 not yet recorded, the id recorded but maybe not stored) and at a random
-moment with payments between their events, several times over one ledger: every
-payment the banks hold is the twin's, found again by its unique (payer, bankgood,
-amount) triple when its 202 was lost, every payment never sent is a certain
-rejection, and the books reconcile with no drift.
+bank's 202 not yet recorded, the id recorded but maybe not stored, a Kafka payment's
+row stored before its event left) and at a random moment with payments between
+their events, nine times over one ledger: every payment the banks and the clearing
+hold is the twin's, found again by its unique (payer, bankgood, amount) triple when
+its 202 was lost, every REST payment never sent is a certain rejection, every Kafka
+payment never produced is produced again, and the books reconcile with no drift.
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def bgmock_databases(databases: dict[str, str]) -> dict[str, str]:
 # those events: after the restart only the bank's table can tell its transaction.
 KILLS = [("before_post", 3, False), ("after_post", 2, False), ("after_accept", 4, False),
          (None, 5, False), ("after_post", 5, True), ("before_post", 6, False),
-         ("after_accept", 2, False), (None, 3, False)]
+         ("after_accept", 2, False), (None, 3, False), ("before_produce", 3, False)]
 
 
 def test_sigkill_at_every_point_of_a_payment_loses_nothing(
@@ -182,7 +183,8 @@ def test_sigkill_at_every_point_of_a_payment_loses_nothing(
             pause = {"TWIN_TEST_PAUSE_AT": f"{point}:{nth}"} if point else {}
             with running_daemon(tmp_path, **env, **pause) as twin:
                 wait_provisioned(twin)
-                sims.append(start_simulation(twin, count=8, rate=4, channel="rest",
+                channel = "kafka" if point == "before_produce" else "rest"
+                sims.append(start_simulation(twin, count=8, rate=4, channel=channel,
                                              name=f"kill-{round_no}"))
                 if point is not None:
                     wait_for(lambda t=twin: "test_pause_reached" in t.log(), timeout=60,
@@ -216,10 +218,14 @@ def test_sigkill_at_every_point_of_a_payment_loses_nothing(
             drift = report["checks"]["balance_drift"]
             assert drift["status"] == "ok", drift
             assert report["checks"]["conservation"]["status"] == "ok", report["checks"]
-    # every payment a bank holds is one of the twin's, and the other way round
-    ledger_ids = {r["transactionId"] for r in rows if r["transactionId"]}
+    # every payment a bank or the clearing holds is one of the twin's, and the other
+    # way round (a Kafka payment bypasses the source bank)
+    rest_ids = {r["transactionId"] for r in rows if r["transactionId"] and r["channel"] == "rest"}
+    kafka_ids = {r["transactionId"] for r in rows if r["channel"] == "kafka"}
     at_banks = outgoing_ids(databases["bank_a"]) | outgoing_ids(databases["bank_b"])
-    assert at_banks == ledger_ids, (sorted(at_banks - ledger_ids), sorted(ledger_ids - at_banks))
+    assert at_banks == rest_ids, (sorted(at_banks - rest_ids), sorted(rest_ids - at_banks))
+    at_clearing = outgoing_ids(databases["switch"])
+    assert at_clearing == rest_ids | kafka_ids, sorted(at_clearing ^ (rest_ids | kafka_ids))
     assert not [r for r in rows if r["status"] == "success" and not r["transactionId"]]
 
 

@@ -93,10 +93,10 @@ class TestHookSettings(BaseModel):
 
     test_pause_at: str = Field(
         "", validation_alias=env("TWIN_TEST_PAUSE_AT"),
-        pattern=r"^((before_post|after_post|after_accept):[1-9][0-9]{0,5})?$",
+        pattern=r"^((before_post|after_post|after_accept|before_produce):[1-9][0-9]{0,5})?$",
         description="TEST ONLY, never set in production: <point>:<n> makes the sender "
-                    "stop for good at that point of its n-th REST payment (a test then "
-                    "kills the daemon there).",
+                    "stop for good at that point of its n-th payment (a test then kills "
+                    "the daemon there).",
     )
 
 

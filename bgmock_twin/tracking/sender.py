@@ -309,6 +309,7 @@ class Sender(Worker):
     def _send_kafka(self, payment: Payment) -> None:
         self.tracker.register(payment)
         self._stored()
+        self.pause.reached("before_produce", payment.payment_id)
         self._produce(payment)
 
     def resend_kafka(self, payments: list[Payment]) -> None:

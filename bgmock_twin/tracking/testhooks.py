@@ -2,11 +2,12 @@
 point of a payment's life (``TWIN_TEST_PAUSE_AT=<point>:<n>``).
 
 Inert unless that setting is given: ``PauseHook(None).reached`` returns at once. When
-set, the n-th REST payment to reach the point logs ``test_pause_reached`` and its
-worker waits for good (the test SIGKILLs the daemon while it waits). Points:
-``before_post`` (the row is stored, the POST not sent), ``after_post`` (the bank
-answered 202, the id not recorded), ``after_accept`` (the id recorded in memory, not
-yet stored by the ledger).
+set, the n-th payment to reach the point logs ``test_pause_reached`` and its
+worker waits for good (the test SIGKILLs the daemon while it waits). Points of a
+REST payment: ``before_post`` (the row is stored, the POST not sent), ``after_post``
+(the bank answered 202, the id not recorded), ``after_accept`` (the id recorded in
+memory, maybe not yet stored by the ledger); of a Kafka payment: ``before_produce``
+(the row is stored, the event not produced).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from bgmock_twin.logs import get_logger
 
 log = get_logger(__name__)
 
-POINTS = ("before_post", "after_post", "after_accept")
+POINTS = ("before_post", "after_post", "after_accept", "before_produce")
 
 
 class PauseHook:
