@@ -129,7 +129,8 @@ class Twin:
         for service, check in build_checks(self.clients, self.bus, self.databases).items():
             self.health.register(service, check)
         self.scheduler.add(probe_jobs(self.health, settings.probes))
-        tracking = self.tracking = Tracking(settings.tracking, self.clients, self.bus)
+        tracking = self.tracking = Tracking(settings.tracking, self.clients, self.bus,
+                                            bank_databases=self.databases)
         self._log_mode(tracking)
         books = self.books = self._build_books()
         add_routers(app, [tracking_router(tracking, settings.api.heavy_reads),

@@ -171,6 +171,21 @@ PAYMENTS_DROPPED = Counter(
     "bgmock_payments_dropped",
     "Payments due but not sent because the concurrency bound was reached.",
 )
+PAYMENTS_UNCONFIRMED = Gauge(
+    "bgmock_payments_unconfirmed",
+    "REST payments whose 202 never reached the twin, still being looked for at the bank.",
+)
+PAYMENTS_REMATCHED = Counter(
+    "bgmock_payments_rematched",
+    "Unconfirmed REST payments resolved without their 202, by how: initiated_event, "
+    "bank_database, or not_sent (a killed twin's payment the bank never stored).",
+    ["matched_by"],
+)
+PAYMENT_TRIPLES_SHARED = Counter(
+    "bgmock_payment_triples_shared",
+    "Payments sent while another in flight had the same payer, bankgood number and "
+    "amount (a fixed amount; re-matching either would be ambiguous).",
+)
 SEND_LAG = Histogram(
     "bgmock_payment_send_lag_seconds", "Actual minus intended send time.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),

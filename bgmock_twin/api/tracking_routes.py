@@ -104,6 +104,9 @@ class TransactionView(WireResponse):
     final_status: str | None
     stuck_step: str | None = Field(description="step it waits for past the step deadline")
     message: str | None
+    matched_by: str | None = Field(
+        description="how the transaction id was found when the bank's 202 never came back: "
+                    "initiated_event or bank_database (null: the 202)")
     finished_at: datetime | None
     duration_seconds: float | None = Field(description="intended send to final step")
     timeline: list[TimelineEntry]
@@ -167,7 +170,7 @@ def transaction_view(record: PaymentRecord,
         intended_at=record.intended_at, status=record.status, state=record.state,
         outcome=_value(record.outcome), counted_outcome=_value(record.counted_outcome),
         final_status=_value(record.final_status), stuck_step=_value(record.stuck_step),
-        message=record.message, finished_at=record.finished_at,
+        message=record.message, matched_by=record.matched_by, finished_at=record.finished_at,
         duration_seconds=round(duration, 6) if duration is not None else None,
         timeline=sorted(timeline, key=lambda e: e.since_intended_seconds),
         clearing=None if record.clearing is None else ClearingView(

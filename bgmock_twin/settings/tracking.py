@@ -108,6 +108,20 @@ class RestPollingSettings(BaseModel):
     )
 
 
+class TestHookSettings(BaseModel):
+    """Test only: inert unless a test sets it (see ``tracking.testhooks``)."""
+
+    model_config = SLICE_CONFIG
+
+    test_pause_at: str = Field(
+        "", validation_alias=env("TWIN_TEST_PAUSE_AT"),
+        pattern=r"^((before_post|after_post|after_accept|before_produce):[1-9][0-9]{0,5})?$",
+        description="TEST ONLY, never set in production: <point>:<n> makes the sender "
+                    "stop for good at that point of its n-th payment (a test then kills "
+                    "the daemon there).",
+    )
+
+
 class TrackingSettings(LedgerSettings, DeadlineSettings, LoadSettings, RestSettings,
-                       RestPollingSettings, BusSettings):
+                       RestPollingSettings, BusSettings, TestHookSettings):
     """Everything ``Tracking`` reads (its own fields and those it shares)."""

@@ -194,6 +194,9 @@ class Payment:
     # steps the twin cannot see in its mode (no Kafka): never waited for, never invented
     hidden: frozenset[Step] = frozenset()
     clearing: ClearingMark | None = None  # the latest answer of the clearing (live only)
+    # how its transaction id was learnt when the 202 never reached the twin
+    # (``tracking.rematch``): None for the 202 itself
+    matched_by: str | None = None
 
     @property
     def sequence(self) -> tuple[Step, ...]:

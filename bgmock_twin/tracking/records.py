@@ -66,6 +66,7 @@ class PaymentRecord:
     stuck_step: Step | None
     message: str | None
     refusal_ambiguous: bool
+    matched_by: str | None  # how its id was found without the 202 (``tracking.rematch``)
     finished_at: datetime | None
     timeline: tuple[StepRecord, ...]  # the steps seen, in flow order
     # without Kafka, the clearing's latest answer about a payment late to settle
@@ -114,6 +115,7 @@ def record_of(p: Payment) -> PaymentRecord:
         stuck_step=p.stuck_step,
         message=p.message,
         refusal_ambiguous=p.refusal_ambiguous,
+        matched_by=p.matched_by,
         finished_at=p.finished_at,
         timeline=tuple(StepRecord(step, mark.at, mark.since_intended, mark.duration)
                        for step in ALL_STEPS if (mark := p.steps.get(step)) is not None),
@@ -127,7 +129,7 @@ EXPORT_FIELDS = (
     "payment_id", "transaction_id", "simulation_id", "instance_id", "channel", "route", "kind",
     "from_clearing", "from_account", "to_bankgood", "to_clearing", "to_account", "amount",
     "intended_at", "status", "state", "outcome", "counted_outcome", "final_status",
-    "stuck_step", "message", "finished_at",
+    "stuck_step", "message", "matched_by", "finished_at",
 )
 EXPORT_COLUMNS = (
     *EXPORT_FIELDS,

@@ -10,7 +10,10 @@ slow system neither slows the load down nor hides its own slowness (no
 coordinated omission, k6 arrival-rate style).
 
 Channels: ``rest`` posts to the source bank (then looks the transaction up once,
-which is how a rejection is seen); ``kafka`` writes an OutgoingTransactionEvent
+which is how a rejection is seen); a REST payment gets an amount whose (payer,
+bankgood, amount) triple no other payment in flight holds (``rematch.InFlightKeys``),
+so one whose 202 never comes back (a read timeout, or a kill) can be found at the
+bank again without ambiguity (``rematch.Rematcher``); ``kafka`` writes an OutgoingTransactionEvent
 with a fresh id straight to ``transactions.initiated`` (key = source clearing
 number), which bypasses the source bank.
 """
@@ -22,6 +25,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Protocol
 
 from bgmock_twin import metrics
@@ -42,6 +46,8 @@ from bgmock_twin.tracking.poller import (
 )
 from bgmock_twin.tracking.provisioning import Provisioner
 from bgmock_twin.tracking.refusals import refusal_of
+from bgmock_twin.tracking.rematch import InFlightKeys, Rematcher
+from bgmock_twin.tracking.testhooks import PauseHook
 from bgmock_twin.tracking.tracker import Tracker
 from bgmock_twin.workers import Worker
 
@@ -49,8 +55,11 @@ log = get_logger(__name__)
 
 PRODUCE_TIMEOUT_SECONDS = 5.0
 # How long a send waits for the ledger to store the payment's row before it goes on
-# regardless (a slow or unavailable ledger must not stop the load; it buffers).
-LEDGER_WAIT_SECONDS = 0.5
+# regardless (an unavailable ledger is not waited for at all: the load goes on and the
+# rows are buffered). Long enough for a slow flush on a loaded machine: a payment that
+# leaves before its row is stored and is then killed would be at the bank and nowhere
+# in the ledger, the one loss nothing can repair (0.5 s was not enough at load 16).
+LEDGER_WAIT_SECONDS = 5.0
 
 
 class LedgerPort(Protocol):
@@ -77,8 +86,13 @@ class Sender(Worker):
         max_in_flight: int,
         instance_id: str,
         ledger: LedgerPort,
+        rematcher: Rematcher,
+        pause: PauseHook | None = None,
     ) -> None:
         self.tracker = tracker
+        self.rematcher = rematcher
+        self.keys = InFlightKeys(tracker.unfinished)
+        self.pause = pause or PauseHook(None)
         self.ledger = ledger
         self.clients = clients
         self.bus = bus
@@ -180,7 +194,9 @@ class Sender(Worker):
             return
         run.dispatched += 1
         run.note_sent()
-        self._pool.submit(self._work, payment, run, due)
+        self._pool.submit(self._work, payment, run, due, _amounts(run.profile.amount_min,
+                                                                 run.profile.amount_max,
+                                                                 payment.amount))
 
     def _drop(self, run: Run, reason: str) -> None:
         self.dropped += 1
@@ -199,13 +215,14 @@ class Sender(Worker):
         return build_payment(fixtures, route, kind, profile.channel, amount, run.rng,
                              intended_at, due, run.simulation_id, self.instance_id)
 
-    def _work(self, payment: Payment, run: Run | None, due: float) -> None:
+    def _work(self, payment: Payment, run: Run | None, due: float,
+              amounts: tuple[Decimal, Decimal]) -> None:
         try:
             lag = max(0.0, time.monotonic() - due)
             metrics.SEND_LAG.observe(lag)
             if run is not None:
                 run.record_lag(lag)
-            self.send(payment)
+            self.send(payment, amounts=amounts)
         except Exception as exc:  # one payment never takes a worker down
             log.error("send_failed", error=repr(exc), payment_id=payment.payment_id)
         finally:
@@ -232,13 +249,17 @@ class Sender(Worker):
             return self._busy
 
     # --- sending ----------------------------------------------------------------------------
-    def send(self, payment: Payment, check_now: bool = False) -> None:
+    def send(self, payment: Payment, check_now: bool = False,
+             amounts: tuple[Decimal, Decimal] | None = None) -> None:
         """Send one payment now on its channel and follow it (blocking). With
         ``check_now`` a REST payment's status is read back at once, so a rejection
-        is known before this returns."""
+        is known before this returns. ``amounts``: the range a REST payment's amount
+        may be nudged within to keep its triple unique (None: the amount is fixed)."""
         if payment.channel is Channel.KAFKA:
             self._send_kafka(payment)
         else:
+            low, high = amounts or (payment.amount, payment.amount)
+            self.keys.claim(payment, low, high, self.tracker.register)
             self._send_rest(payment, check_now)
 
     def _stored(self) -> None:
@@ -251,8 +272,9 @@ class Sender(Worker):
             self.ledger.flush(LEDGER_WAIT_SECONDS)
 
     def _send_rest(self, payment: Payment, check_now: bool) -> None:
-        self.tracker.register(payment)
+        """POST a registered REST payment (``send`` registered it)."""
         self._stored()
+        self.pause.reached("before_post", payment.payment_id)
         bank = self.clients.bank(payment.from_clearing)
         self.tracker.begin_submit()
         try:
@@ -263,26 +285,43 @@ class Sender(Worker):
                 if exc.maybe_processed:
                     # the bank got the request but its answer never came (a read
                     # timeout): it may well have stored and reserved the payment, so
-                    # it is not "rejected". Without the bank's id it cannot be followed:
-                    # it stays unfinished (stuck at "accepted" past the deadline).
+                    # it is not "rejected". It is looked for at the bank by its
+                    # unique triple (its initiated event, the bank's table).
                     log.warning("payment_unconfirmed", payment_id=payment.payment_id,
                                 service=exc.service, reason=exc.reason)
+                    self.rematcher.add(payment)
                     return
                 refused = refusal_of(exc)
                 self.tracker.reject(payment.payment_id, refused.message, refused.ambiguous)
                 return
+            self.pause.reached("after_post", payment.payment_id)
             self.tracker.accepted(payment.payment_id, transaction_id)
         finally:
             self.tracker.end_submit()
+        self.pause.reached("after_accept", payment.payment_id)
         self._stored()
         if not check_now or \
                 self.checker.check(payment.payment_id, Purpose.ACCEPT_NOW) is Result.RETRY:
             self.poller.schedule(payment.payment_id, Purpose.ACCEPT, ACCEPT_CHECK_DELAY)
 
     def _send_kafka(self, payment: Payment) -> None:
-        assert payment.transaction_id is not None
         self.tracker.register(payment)
         self._stored()
+        self.pause.reached("before_produce", payment.payment_id)
+        self._produce(payment)
+
+    def resend_kafka(self, payments: list[Payment]) -> None:
+        """Produce again, in the background, the events of Kafka payments a killed
+        twin had registered but maybe never produced (none of their steps seen). The
+        same transaction id: the clearing skips an id it has handled, so a payment
+        that did go out is not paid twice, and one that did not goes out now."""
+        for payment in payments:
+            log.info("kafka_payment_resent", payment_id=payment.payment_id,
+                     transaction_id=str(payment.transaction_id))
+            self._pool.submit(self._produce, payment, True)
+
+    def _produce(self, payment: Payment, again: bool = False) -> None:
+        assert payment.transaction_id is not None
         value, headers = encode_event(OutgoingTransactionEvent(
             transaction_id=payment.transaction_id,
             from_clearing_number=payment.from_clearing,
@@ -296,6 +335,10 @@ class Sender(Worker):
             producer.produce(TOPIC_INITIATED, payment.from_clearing, value, headers)
         except BusError as exc:  # not even queued: it can never reach the clearing
             metrics.KAFKA_CLIENT_ERRORS.labels("sender", "produce").inc()
+            if again:  # the first attempt may have gone out: no refusal is certain
+                log.warning("kafka_payment_resend_failed", payment_id=payment.payment_id,
+                            error=str(exc)[:200])
+                return
             refused = refusal_of(exc)
             self.tracker.reject(payment.payment_id, refused.message, refused.ambiguous)
             return
@@ -317,15 +360,16 @@ class Sender(Worker):
                 self._producer = self.bus.producer()
             return self._producer
 
-    def submit_now(self, payment: Payment) -> bool:
+    def submit_now(self, payment: Payment,
+                   amounts: tuple[Decimal, Decimal] | None = None) -> bool:
         """Send one payment built by the caller on a worker slot (blocking); False if
-        every slot is busy."""
+        every slot is busy. ``amounts`` as for ``send``."""
         if not self._acquire():
             self._drop_single()
             return False
         try:
             metrics.SEND_LAG.observe(max(0.0, time.monotonic() - payment.intended_mono))
-            self.send(payment, check_now=True)
+            self.send(payment, check_now=True, amounts=amounts)
         finally:
             self._release()
         return True
@@ -355,3 +399,11 @@ class Sender(Worker):
                 except BusError as exc:
                     log.warning("producer_close_failed", error=str(exc)[:200])
                 self._producer = None
+
+
+def _amounts(low: Decimal, high: Decimal, amount: Decimal) -> tuple[Decimal, Decimal]:
+    """The range a planned payment's amount may move in: the profile's, or upwards
+    only for an amount above it (an insufficient-funds payment stays insufficient)."""
+    if amount > high:
+        return amount, amount + (high - low)
+    return low, high

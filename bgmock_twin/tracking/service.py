@@ -13,7 +13,8 @@ Scheduled jobs (names as seen in ``bgmock_scheduler_*`` metrics):
 ``tracking_provision`` (provision/top up, every 60 s, first run at start; retried
 the same way while BGMock is unreachable), ``tracking_load`` (the background
 canary at ``TWIN_LOAD_RATE``), ``tracking_deadlines`` (stuck marks, SLA counting,
-status polls of stuck payments, simulation progress; every second) and
+status polls of stuck payments, simulation progress, the bank-table search for
+payments whose 202 never came back (``rematch``); every second) and
 ``tracking_retention`` (ledger pruning).
 """
 
@@ -22,10 +23,12 @@ from __future__ import annotations
 import math
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+
+from sqlalchemy.engine import Engine
 
 from bgmock_twin.bus.base import EventBus
 from bgmock_twin.clients.bgmock import BGMockClients
@@ -44,6 +47,7 @@ from bgmock_twin.tracking.lifecycle import ALL_STEPS, Channel, Kind, Payment, Ro
 from bgmock_twin.tracking.load import FixturesUnavailable, LoadProfile, Run, build_payment
 from bgmock_twin.tracking.poller import Purpose, StatusChecker, StatusPoller
 from bgmock_twin.tracking.provisioning import Fixtures, Provisioner, new_deposit_row
+from bgmock_twin.tracking.rematch import Rematcher
 from bgmock_twin.tracking.rest_follower import (
     KAFKA_CHANNEL_REFUSED,
     NOT_OBSERVED_WITHOUT_KAFKA,
@@ -55,6 +59,7 @@ from bgmock_twin.tracking.rest_follower import (
 from bgmock_twin.tracking.sender import Sender
 from bgmock_twin.tracking.simulations import SimulationManager
 from bgmock_twin.tracking.status import LedgerStatus, TrackingStatus
+from bgmock_twin.tracking.testhooks import PauseHook
 from bgmock_twin.tracking.tracker import Tracker
 
 log = get_logger(__name__)
@@ -84,6 +89,7 @@ class Tracking:
         clients: BGMockClients,
         bus: EventBus | None,
         clock: Clock | None = None,
+        bank_databases: Mapping[str, Engine] | None = None,  # by name: db_bank_a ...
     ) -> None:
         self.settings = settings
         self.following_by = Following.KAFKA if bus is not None else Following.REST_POLLING
@@ -114,10 +120,21 @@ class Tracking:
         self.rest_follower = RestFollower(self.tracker, self.poller) if polling else None
         if self.rest_follower is not None:
             self.tracker.subscribe(self.rest_follower.on_step)
+        databases = bank_databases or {}
+        self.rematcher = Rematcher(
+            self.tracker,
+            {bank.clearing_number: databases[bank.database] for bank in BANKS
+             if bank.database in databases},
+            self.ledger.known_transactions,
+            settle_seconds=settings.rest_timeout_seconds + 2,
+            on_matched=lambda payment_id: self.poller.schedule(payment_id, Purpose.ACCEPT, 0.0),
+        )
+        self.tracker.matcher = self.rematcher.match_event
         self.sender = Sender(
             self.tracker, clients, bus, self.provisioner, self.checker, self.poller,
             settings.max_in_flight_requests, settings.instance_id,
-            ledger=self.ledger,
+            ledger=self.ledger, rematcher=self.rematcher,
+            pause=PauseHook(settings.test_pause_at),
         )
         self.follower = Follower(bus, settings.consumer_group, self.tracker, self.ledger) \
             if bus is not None else None
@@ -212,9 +229,26 @@ class Tracking:
         following = self.tracker.resume(rows)
         if self.rest_follower is not None:
             self.rest_follower.resume()
+        self._rematch_resumed(rows)
         self.simulations.load()
         if following:
             log.info("tracking_resumed", payments_in_flight=following)
+
+    def _rematch_resumed(self, rows: list[dict[str, object]]) -> None:
+        """The resumed payments keep their triples; the REST ones the killed process
+        never got an id for are looked for at the bank (``rematch``), the Kafka ones
+        with no step seen are produced again (``Sender.resend_kafka``)."""
+        resumed = [p for row in rows if not row["finished"]
+                   if (p := self.tracker.get(str(row["payment_id"]))) is not None]
+        self.sender.keys.hold(resumed)
+        for payment in resumed:
+            if payment.channel is Channel.REST and payment.transaction_id is None:
+                self.rematcher.add(payment, sender_gone=True)
+        # a Kafka payment with no step seen may have died before its event left
+        self.sender.resend_kafka([p for p in resumed
+                                  if p.channel is Channel.KAFKA and not p.steps])
+        if self.rematcher.pending:
+            log.info("tracking_rematching", payments=self.rematcher.pending)
 
     # --- jobs -------------------------------------------------------------------------------
     def _provision_job(self) -> None:
@@ -275,6 +309,7 @@ class Tracking:
     def _deadline_job(self) -> None:
         for payment_id in self.tracker.check_deadlines():
             self.poller.schedule(payment_id, Purpose.STUCK, 0.0)
+        self.rematcher.sweep()
         self.simulations.refresh()
 
     def _retention_job(self) -> None:
@@ -333,7 +368,9 @@ class Tracking:
         if to_account is not None and to_account not in _payees(fixtures, destination):
             raise InvalidPayment(f"to_account is not a twin payee of bank {destination.letter}")
         route = Route.A_TO_B if source is BANK_A else Route.B_TO_A
+        amounts = None
         if amount is None:
+            amounts = (self.settings.load_amount_min, self.settings.load_amount_max)
             try:
                 amount = mix.random_amount(self._rng, self.settings.load_amount_min,
                                            self.settings.load_amount_max)
@@ -344,7 +381,7 @@ class Tracking:
             fixtures, route, kind, channel, amount, self._rng, clock.now(), clock.monotonic(),
             None, self.settings.instance_id, from_account=from_account, to_account=to_account,
         )
-        if not self.sender.submit_now(payment):
+        if not self.sender.submit_now(payment, amounts):
             raise SenderBusy("every sender slot is busy; the payment was dropped")
         followed = self.tracker.get(payment.payment_id)
         return followed if followed is not None else payment

@@ -32,7 +32,9 @@ from prometheus_client import Histogram
 from bgmock_twin import metrics
 from bgmock_twin.bus.base import Record
 from bgmock_twin.contract import (
+    TOPIC_INITIATED,
     Event,
+    OutgoingTransactionEvent,
     Status,
     TransactionResponseEvent,
 )
@@ -134,6 +136,8 @@ class Tracker:
         self._last_poll: dict[str, float] = {}
         self._events = EventLog(events_limit)
         self._subscribers: list[StepListener] = []
+        # asked for the payment of an initiated event nobody claims (``tracking.rematch``)
+        self.matcher: Callable[[OutgoingTransactionEvent], str | None] | None = None
         self.submitted: Counter[tuple[Channel, Route]] = Counter()
         self.counted: Counter[tuple[Channel, Route, Outcome]] = Counter()
 
@@ -169,13 +173,16 @@ class Tracker:
             if self._submitting == 0 and self._parked:
                 self._expire_parked(force=True)
 
-    def accepted(self, payment_id: str, transaction_id: uuid.UUID) -> None:
-        """The source bank answered 202 with this id."""
+    def accepted(self, payment_id: str, transaction_id: uuid.UUID,
+                 matched_by: str | None = None) -> None:
+        """The source bank answered 202 with this id (or, ``matched_by``, the id was
+        found without it: ``tracking.rematch``)."""
         with self._lock:
             payment = self._find(payment_id)
-            if payment is None:
+            if payment is None or payment.transaction_id not in (None, transaction_id):
                 return
             payment.transaction_id = transaction_id
+            payment.matched_by = matched_by if matched_by else payment.matched_by
             self._by_tx[transaction_id] = payment_id
             self._observe(payment, Step.ACCEPTED, self.clock.monotonic(), self.clock.now())
             for parked in self._parked.claim(transaction_id):
@@ -225,6 +232,8 @@ class Tracker:
                             record.topic, event, now_mono, now_utc, entry)):
                     entry["origin"] = "pending"
                     return
+                payment = self._rematch(record.topic, event)
+            if payment is None:
                 entry["origin"] = "foreign"
                 self._count_message(record.topic, event, "foreign")
                 return
@@ -239,8 +248,27 @@ class Tracker:
     def _expire_parked(self, force: bool) -> None:
         horizon = self.clock.monotonic() - self.park_seconds
         for parked in self._parked.expire(horizon, force):
-            parked.entry["origin"] = "foreign"
-            self._count_message(parked.topic, parked.event, "foreign")
+            known = self._by_tx.get(parked.event.transaction_id) \
+                if parked.event.transaction_id else None
+            payment = self._find(known) or self._rematch(parked.topic, parked.event)
+            origin = "twin" if payment is not None else "foreign"
+            parked.entry["origin"] = origin
+            self._count_message(parked.topic, parked.event, origin)
+            if payment is not None:
+                self._apply_event(payment, parked.topic, parked.event, parked.mono, parked.utc)
+
+    def _rematch(self, topic: str, event: Event) -> Payment | None:
+        """The unconfirmed payment an unclaimed initiated event belongs to, adopted
+        (its id recorded as found by the event), or None."""
+        if self.matcher is None or topic != TOPIC_INITIATED \
+                or not isinstance(event, OutgoingTransactionEvent) \
+                or event.transaction_id is None:
+            return None
+        payment = self._find(self.matcher(event))
+        if payment is None or payment.transaction_id is not None:
+            return None
+        self.accepted(payment.payment_id, event.transaction_id, "initiated_event")
+        return payment
 
     def _apply_event(
         self, payment: Payment, topic: str, event: Event, mono: float, utc: datetime
@@ -413,6 +441,17 @@ class Tracker:
                 self.clock.monotonic() - payment.intended_mono,
                 payment.stuck_step is not None,
             )
+
+    def knows_transaction(self, transaction_id: str) -> bool:
+        with self._lock:
+            try:
+                return uuid.UUID(transaction_id) in self._by_tx
+            except ValueError:
+                return False
+
+    def unfinished(self, payment_id: str) -> bool:
+        with self._lock:
+            return payment_id in self._live
 
     def followed_ids(self) -> set[str]:
         """Payments still followed (in flight or recently finished): the only ones

@@ -34,6 +34,10 @@ class Ledger(LedgerStore):
                              limit: int = 20_000) -> list[dict[str, Any]]:
         return queries.recent_finished(self.engine, instance_id, since, limit)
 
+    def known_transactions(self, transaction_ids: list[str]) -> set[str]:
+        """Which of these transaction ids a stored payment holds (any instance)."""
+        return queries.known_transactions(self.engine, transaction_ids)
+
     def query(self, q: PaymentQuery) -> list[PaymentRecord]:
         """Payments matching ``q``, newest first."""
         return [record_from_row(row) for row in queries.payment_rows(self.read_engine, q)]

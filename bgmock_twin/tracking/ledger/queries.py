@@ -61,6 +61,14 @@ def recent_finished(engine: Engine, instance_id: str, since: datetime,
                 .order_by(payments.c.intended_at.desc()).limit(limit))
 
 
+def known_transactions(engine: Engine, transaction_ids: list[str]) -> set[str]:
+    """Which of these BGMock transaction ids some ledger row already holds."""
+    if not transaction_ids:
+        return set()
+    return {str(row["transaction_id"]) for row in read(engine, sa.select(
+        payments.c.transaction_id).where(payments.c.transaction_id.in_(transaction_ids)))}
+
+
 def _matching(q: PaymentQuery) -> Any:
     """The payments matching ``q``'s filters and keyset, in the list's total order:
     newest intended send time first, then payment id."""

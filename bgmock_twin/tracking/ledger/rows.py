@@ -53,6 +53,7 @@ def payment_row(p: Payment, now_utc: datetime) -> dict[str, Any]:
         "stuck_step": p.stuck_step.value if p.stuck_step else None,
         "message": p.message,
         "refusal_ambiguous": p.refusal_ambiguous,
+        "matched_by": p.matched_by,
         "finished_at": p.finished_at,
         "updated_at": now_utc,
     }
@@ -101,6 +102,7 @@ def payment_from_row(row: dict[str, Any], now_mono: float, now_utc: datetime) ->
         message=row["message"],
         finished_at=row["finished_at"],
         refusal_ambiguous=bool(row["refusal_ambiguous"]),
+        matched_by=row.get("matched_by"),
     )
 
 
@@ -129,6 +131,7 @@ def record_from_row(row: dict[str, Any]) -> PaymentRecord:
         stuck_step=Step(row["stuck_step"]) if row["stuck_step"] else None,
         message=row["message"],
         refusal_ambiguous=bool(row["refusal_ambiguous"]),
+        matched_by=row.get("matched_by"),
         finished_at=row["finished_at"],
         timeline=tuple(
             StepRecord(step, row[f"{step.value}_at"], float(row[f"{step.value}_since"] or 0.0),

@@ -94,6 +94,9 @@ payments = sa.Table(
     # a rejection after which the request may have reached BGMock (``tracking.refusals``)
     sa.Column("refusal_ambiguous", sa.Boolean, nullable=False, default=False,
               server_default=sa.false()),
+    # how the transaction id was found when the bank's 202 never reached the twin
+    # (``tracking.rematch``: initiated_event or bank_database); null for the 202
+    sa.Column("matched_by", sa.String(16)),
     sa.Column("finished_at", UtcDateTime),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     *[

@@ -28,6 +28,17 @@ def ensure_schema(engine: Engine) -> None:
     if "refusal_ambiguous" not in columns:
         with engine.begin() as conn:
             add_refusal_ambiguous(conn)
+    if "matched_by" not in columns:
+        with engine.begin() as conn:
+            add_matched_by(conn)
+
+
+def add_matched_by(conn: Connection) -> None:
+    """Add ``matched_by`` (null): every older payment got its id from the bank's 202
+    or never got one (re-matching did not exist), so null is the value the old code
+    meant. A concurrent upgrade makes this fail like ``add_refusal_ambiguous``."""
+    column = CreateColumn(payments.c.matched_by).compile(dialect=conn.dialect)
+    conn.execute(sa.text(f"ALTER TABLE {payments.name} ADD COLUMN {column}"))
 
 
 def add_refusal_ambiguous(conn: Connection) -> None:
