@@ -147,6 +147,7 @@ def test_the_accounts_command_prints_the_table(world: tuple[EmulatorProcess, Dae
     body = _accounts(twin)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TWIN_")}
     env["PYTHONPATH"] = str(ROOT)
+    env["COLUMNS"] = "160"  # the table's width, whatever the runner's terminal says
     result = subprocess.run([sys.executable, "-m", "bgmock_twin", "accounts", "--url",
                              twin.url], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -28,6 +28,7 @@ TOKEN = "client-test-token-" + "x" * 24
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TWIN_")}
     env["PYTHONPATH"] = str(ROOT)
+    env["COLUMNS"] = "160"  # the tables' width, whatever the runner's terminal says
     env.update(extra)
     return env
 
