@@ -12,7 +12,6 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from bgmock_twin.contract import Channel as WireChannel
 from bgmock_twin.contract import Status
 from bgmock_twin.tracking.lifecycle import (
     ALL_STEPS,
@@ -113,7 +112,7 @@ def record_from_row(row: dict[str, Any]) -> PaymentRecord:
         transaction_id=row["transaction_id"],
         simulation_id=row["simulation_id"],
         instance_id=row["instance_id"],
-        channel=WireChannel(row["channel"]),
+        channel=Channel(row["channel"]),
         route=Route(row["route"]),
         kind=Kind(row["kind"]),
         from_clearing=row["from_clearing"],
