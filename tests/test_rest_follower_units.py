@@ -36,6 +36,7 @@ from bgmock_twin.tracking.rest_follower import (
     channels,
     not_observed,
 )
+from tests.support.pollers import purposes_checked
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 
@@ -119,23 +120,8 @@ def test_follow_backoff_grows_to_a_cap_and_spreads_payments_apart() -> None:
 def test_an_accept_check_scheduled_before_a_follow_check_does_not_lose_it() -> None:
     """The sender's accept check may be due before the follower's first follow check
     of the same payment: the check that runs is the follow one."""
-    seen: list[Purpose] = []
-    done = threading.Event()
-
-    def check(payment_id: str, purpose: Purpose) -> Result:
-        seen.append(purpose)
-        done.set()
-        return Result.DONE
-
-    poller = StatusPoller(check, threads=1)
-    poller.schedule("p1", Purpose.FOLLOW, delay=0.4)
-    poller.schedule("p1", Purpose.ACCEPT, delay=0.2)  # earlier due: replaces, keeps FOLLOW
-    poller.start()
-    try:
-        assert done.wait(5)
-    finally:
-        poller.stop()
-    assert seen == [Purpose.FOLLOW]
+    # an earlier-due accept check replaces the follow check's time, keeping FOLLOW
+    assert purposes_checked([(Purpose.FOLLOW, 0.4), (Purpose.ACCEPT, 0.2)]) == [Purpose.FOLLOW]
 
 
 def test_a_follow_check_retries_without_an_attempt_limit_on_its_own_backoff() -> None:

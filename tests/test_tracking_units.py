@@ -254,27 +254,11 @@ def test_a_settle_request_behind_a_queued_accept_check_is_not_lost() -> None:
     is queued rides on it: the check that runs is the settle one, which retries
     until the bank's status is final. Losing it left payments unsettled until
     the step deadline."""
-    import threading
+    from bgmock_twin.tracking.poller import Purpose
+    from tests.support.pollers import purposes_checked
 
-    from bgmock_twin.tracking.poller import Purpose, Result, StatusPoller
-
-    seen: list[Purpose] = []
-    done = threading.Event()
-
-    def check(payment_id: str, purpose: Purpose) -> Result:
-        seen.append(purpose)
-        done.set()
-        return Result.DONE
-
-    poller = StatusPoller(check, threads=1)
-    poller.schedule("p1", Purpose.ACCEPT, delay=0.2)
-    poller.schedule("p1", Purpose.SETTLE, delay=0.3)  # later due: merged, not dropped
-    poller.start()
-    try:
-        assert done.wait(5)
-    finally:
-        poller.stop()
-    assert seen == [Purpose.SETTLE]
+    # a later-due settle check is merged into the accept check, not dropped
+    assert purposes_checked([(Purpose.ACCEPT, 0.2), (Purpose.SETTLE, 0.3)]) == [Purpose.SETTLE]
 
 
 def test_the_poller_subscribes_to_the_trackers_steps_and_settles_a_completed_rest_payment() -> None:
