@@ -135,6 +135,15 @@ deposits = sa.Table(
     sa.Column("at", UtcDateTime, nullable=False),
 )
 
+# --- the fleet: leases that replicas sharing one ledger take and renew (``leases``) ---
+leases = sa.Table(
+    "twin_leases", metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("holder", sa.String(63), nullable=False),
+    sa.Column("expires_at", UtcDateTime, nullable=False),
+    sa.Column("renewed_at", UtcDateTime, nullable=False),
+)
+
 TABLES = {"payment": payments, "simulation": simulations, "deposit": deposits}
 PRIMARY_KEYS = {"payment": "payment_id", "simulation": "simulation_id", "deposit": "deposit_id"}
 
