@@ -137,6 +137,9 @@ class Fleet(Worker):
         self.on_payments = on_payments
         self.ready = ready
         self.members: Members | None = None
+        # what to tell ``members``, told once the fleet's lock is released (the
+        # simulations call the fleet under their own lock: one order of locks only)
+        self._news: deque[Callable[[Members], None]] = deque()
         self._lock = threading.RLock()
         self._sims: dict[str, FleetSim] = {}
         self._live: list[str] = []
@@ -152,6 +155,7 @@ class Fleet(Worker):
         try:
             self.tick()
         except LedgerUnavailable as exc:
+            self._tell()
             if str(exc) != self._unavailable:
                 log.warning("fleet_ledger_unavailable", error=str(exc))
             self._unavailable = str(exc)
@@ -186,6 +190,7 @@ class Fleet(Worker):
                 for sim in self._sims.values():
                     if sim.state == "running":
                         self._check_finished(sim, now)
+        self._tell()
 
     def on_stop(self) -> None:
         try:
@@ -218,9 +223,10 @@ class Fleet(Worker):
         self.store.create(row)
         with self._lock:
             self._live = [lease.holder for lease in self.leases.live()]
-            sim = self._adopt(row, announce=False)
+            sim = self._sims.get(simulation_id) or self._adopt(row, announce=False)
             if sim is not None:
                 self._share_out(sim, self.clock.now())
+        self._tell()
         log.info("fleet_simulation_created", simulation=simulation_id, replicas=len(others) + 1,
                  starts_in=lead)
 
@@ -239,8 +245,8 @@ class Fleet(Worker):
         sim = FleetSim(row, spec, offsets, firsts, start_mono,
                        pacing.window_for(segments, row.planned), state=row.state)
         self._sims[row.simulation_id] = sim
-        if announce and self.members is not None:
-            self.members.adopt(row, spec)
+        if announce:
+            self._news.append(lambda members: members.adopt(row, spec))
         return sim
 
     def _share_out(self, sim: FleetSim, now: datetime) -> None:
@@ -326,8 +332,15 @@ class Fleet(Worker):
         sim.state = state
         sim.figures = self._figures(sim)
         sim.offsets, sim.first_offsets = [], []  # up to 100,000 of them: not kept
-        if self.members is not None:
-            self.members.ended(sim.simulation_id, state, finished_at)
+        sid = sim.simulation_id
+        self._news.append(lambda members: members.ended(sid, state, finished_at))
+
+    def _tell(self) -> None:
+        """Pass the news on, outside the fleet's lock."""
+        while self._news:
+            news = self._news.popleft()
+            if self.members is not None:
+                news(self.members)
 
     def stop_simulation(self, simulation_id: str) -> None:
         """Stop a simulation everywhere (``DELETE``): its row, and this replica's runs
@@ -339,11 +352,28 @@ class Fleet(Worker):
             ended = self.store.run(simulation_id)
             if sim is not None and ended is not None:
                 self._end_here(sim, ended.state, ended.finished_at)
+        self._tell()
+
+    def discover(self, simulation_id: str) -> bool:
+        """Look for a simulation in the ledger before the next poll would (a ``GET``
+        right after a ``POST`` to another replica): True if the fleet has it now."""
+        row = self.store.run(simulation_id)
+        if row is None:
+            return False
+        with self._lock:
+            if simulation_id not in self._sims:
+                self._adopt(row)
+                if row.state in ENDED:
+                    self._news.append(lambda members: members.ended(
+                        row.simulation_id, row.state, row.finished_at))
+        self._tell()
+        return True
 
     # --- views -------------------------------------------------------------------------------
-    def is_fleet_run(self, simulation_id: str) -> bool:
-        """Whether the ledger holds this simulation as the fleet's."""
-        return self.store.run(simulation_id) is not None
+    def state_of(self, simulation_id: str) -> str | None:
+        """The state of a fleet simulation in the ledger (None: not the fleet's)."""
+        row = self.store.run(simulation_id)
+        return row.state if row is not None else None
 
     def knows(self, simulation_id: str) -> bool:
         with self._lock:

@@ -305,8 +305,10 @@ class SimulationManager:
                     dispatched_before=int(row["dispatched"]), dropped_before=int(row["dropped"]),
                 )
                 self._sims[sim.simulation_id] = sim
-                if self.fleet is not None and self.fleet.is_fleet_run(sim.simulation_id):
+                fleet_state = self.fleet.state_of(sim.simulation_id) if self.fleet else None
+                if fleet_state is not None:
                     sim.fleet = True  # the fleet's poller resumes this replica's share
+                    sim.state = fleet_state
                 elif sim.state == "running" and sim.instance_id == self.instance_id:
                     sim.state = "resuming"
                     self._to_resume.append(sim)
@@ -379,7 +381,15 @@ class SimulationManager:
 
     def get_sim(self, simulation_id: str) -> Simulation | None:
         with self._lock:
-            return self._sims.get(simulation_id)
+            sim = self._sims.get(simulation_id)
+        if sim is None and self.fleet is not None:
+            try:  # posted to another replica a moment ago
+                if self.fleet.discover(simulation_id):
+                    with self._lock:
+                        sim = self._sims.get(simulation_id)
+            except LedgerUnavailable:
+                return None
+        return sim
 
     def get(self, simulation_id: str) -> Simulation:
         """The simulation, or ``UnknownSimulation``."""
