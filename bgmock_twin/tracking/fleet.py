@@ -192,11 +192,16 @@ class Fleet(Worker):
                         self._check_finished(sim, now)
         self._tell()
 
-    def on_stop(self) -> None:
+    def leave(self) -> None:
+        """The last words of a replica stopping (after its ledger rows are stored):
+        its lease ends now, so the others take over its blocks not sent and its
+        payments in flight at once (a replica scaled away leaves none behind; one
+        restarted under its name simply starts afresh)."""
         try:
-            self.leases.release(replica_lease(self.me))
-        except Exception as exc:  # the lease then expires by itself
-            log.warning("fleet_lease_not_released", error=repr(exc)[:200])
+            self.store.expire_lease(replica_lease(self.me), self.clock.now())
+        except LedgerUnavailable as exc:  # the lease then expires by itself
+            log.warning("fleet_lease_not_ended", error=str(exc))
+        self.store.engine.dispose()
 
     # --- membership --------------------------------------------------------------------------
     def _take_over_replicas(self, now: datetime) -> None:

@@ -245,6 +245,8 @@ class Tracking:
             self.follower.stop(budget * 0.2)
         self.ledger.stop(budget * 0.3)
         self.ledger.close()
+        if self.fleet is not None:
+            self.fleet.leave()
         log.info("tracking_stopped")
 
     def _resume(self) -> None:

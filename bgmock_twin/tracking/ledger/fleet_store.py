@@ -206,6 +206,13 @@ class FleetStore:
             return [dict(r._mapping) for r in conn.execute(
                 sa.select(payments).where(p.payment_id.in_(ids)))]
 
+    def expire_lease(self, lease_name: str, now: datetime) -> None:
+        """End this replica's own lease now (its clean stop)."""
+        c = leases.c
+        with self._begin() as conn:
+            conn.execute(sa.update(leases).where(c.name == lease_name, c.holder == self.holder)
+                         .values(expires_at=now))
+
     def forget_replica(self, lease_name: str, now: datetime) -> None:
         """Remove a replica's expired lease once its payments moved (if it is still
         expired: a replica back in the meantime keeps its own)."""
