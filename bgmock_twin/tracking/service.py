@@ -177,7 +177,7 @@ class Tracking:
         self._rematch_resumed(rows)
         for row in rows:
             if row["channel"] == Channel.REST.value and row["transaction_id"] is not None:
-                self.poller.schedule(str(row["payment_id"]), Purpose.STUCK, 0.0)
+                self.poller.schedule(str(row["payment_id"]), Purpose.SETTLE, 0.0)
         log.info("tracking_took_over", payments_in_flight=following)
 
     # --- lifecycle --------------------------------------------------------------------------
