@@ -243,9 +243,9 @@ class Fleet(Worker):
             log.warning("fleet_simulation_unreadable", simulation=row.simulation_id,
                         error=repr(exc))
             return None
-        offsets = list(pacing.offsets(segments, row.planned))
+        offsets = [] if row.state in ENDED else list(pacing.offsets(segments, row.planned))
         firsts = [offsets[b * row.block_size]
-                  for b in range(plan.block_count(row.planned, row.block_size))]
+                  for b in range(plan.block_count(row.planned, row.block_size))] if offsets else []
         start_mono = self.clock.monotonic() + (row.starts_at - self.clock.now()).total_seconds()
         sim = FleetSim(row, spec, offsets, firsts, start_mono,
                        pacing.window_for(segments, row.planned), state=row.state)
@@ -397,6 +397,9 @@ class Fleet(Worker):
         """The fleet's figures of a simulation, fresh from the ledger."""
         with self._lock:
             sim = self._sims.get(simulation_id)
+        if sim is None and self.discover(simulation_id):  # ended before this replica started
+            with self._lock:
+                sim = self._sims.get(simulation_id)
         if sim is None:
             return None
         figures = self._figures(sim)
