@@ -6,18 +6,24 @@ of a simulation's common start."""
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from enum import StrEnum
+from typing import Self
 
 from pydantic import BaseModel, Field, model_validator
 
 from bgmock_twin.settings.fields import SLICE_CONFIG, env
 
 
+class FleetMode(StrEnum):
+    AUTO = "auto"
+    OFF = "off"
+
+
 class FleetSettings(BaseModel):
     model_config = SLICE_CONFIG
 
-    fleet_mode: Literal["auto", "off"] = Field(
-        "auto", validation_alias=env("TWIN_FLEET"),
+    fleet_mode: FleetMode = Field(
+        FleetMode.AUTO, validation_alias=env("TWIN_FLEET"),
         description="`auto`: replicas on one PostgreSQL ledger run each simulation "
                     "together; `off`: each replica runs the simulations posted to it "
                     "alone. An SQLite ledger is one replica's own: always alone.",

@@ -37,7 +37,7 @@ from bgmock_twin.contract import BANK_A, BANKS, Bank, bank_by_letter
 from bgmock_twin.errors import InvalidRequest, NotInThisMode, Unavailable
 from bgmock_twin.logs import get_logger
 from bgmock_twin.scheduler import Job
-from bgmock_twin.settings import TrackingSettings
+from bgmock_twin.settings import FleetMode, TrackingSettings
 from bgmock_twin.tracking import mix
 from bgmock_twin.tracking.budget import RequestBudget
 from bgmock_twin.tracking.clock import Clock
@@ -142,7 +142,7 @@ class Tracking:
         )
         self.follower = Follower(bus, settings.consumer_group, self.tracker, self.ledger) \
             if bus is not None else None
-        self.fleet = self._fleet() if settings.fleet_mode == "auto" and \
+        self.fleet = self._fleet() if settings.fleet_mode is FleetMode.AUTO and \
             self.ledger.engine.dialect.name == "postgresql" else None
         self.simulations = SimulationManager(
             self.sender, self.tracker, self.ledger, settings.instance_id, fleet=self.fleet)
