@@ -114,6 +114,8 @@ def test_one_simulation_is_run_by_all_three_replicas_a_third_each(fleet: Fleet) 
     assert fleet.detail(third, sim_id)["planned"] == 3000
 
     done = fleet.finished(first, sim_id, timeout=180)
+    print(f"fleet of three: {done['results']} shares={done['shares']} "
+          f"latency p95={done['latency']['total']['p95']}")
     assert done["dispatched"] + done["dropped"] == 3000, done
     assert done["unfinished"] == 0
     assert sum(done["outcomes"].values()) == done["dispatched"]
@@ -161,6 +163,7 @@ def test_a_replica_killed_mid_run_has_its_share_and_payments_taken_over(
     assert any(not r.finished for r in killed_with), "nothing in flight at the kill"
 
     done = fleet.finished(third, sim_id, timeout=180)
+    print(f"after the kill: {done['results']} shares={done['shares']}")
     rows = fleet.rows(sim_id)
     assert len({r.intended_at for r in rows}) == len(rows), "an index sent twice"
     assert all(r.counted_outcome for r in rows), "a payment left behind"
