@@ -163,3 +163,23 @@ def test_a_stop_on_one_replica_is_seen_by_the_others(ledger: Ledger) -> None:
         assert sim is not None and sim.state == "stopped"
     row: FleetRun | None = replicas[0].fleet.store.run("sim-c")
     assert row is not None and row.state == "stopped"
+
+
+def test_a_replica_restarted_under_its_name_sends_the_rest_of_its_blocks(
+        ledger: Ledger) -> None:
+    clock = StepClock()
+    first, second = (Replica(ledger, f"twin-{i}", clock) for i in range(2))
+    _tick(clock, [first, second])
+    first.fleet.create("sim-d", _spec(400, 100), clock.now())
+    _tick(clock, [first, second])
+    first.send(write=True)
+    second.send(up_to=7, write=True)  # then it restarts, within its lease
+    assert ledger.flush(5)
+    again = Replica(ledger, "twin-1", clock)
+    for _ in range(30):
+        _tick(clock, [first, again])
+        first.send(write=True)
+        again.send(write=True)
+    indices = sorted(i for r in (first, second, again) for i, _ in r.sent)
+    assert indices == list(range(400)), "an index lost or sent twice"
+    assert again.sent and not again.taken  # its own blocks, nobody's payments
