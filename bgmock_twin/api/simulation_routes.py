@@ -168,6 +168,18 @@ class Progress(WireResponse):
     stuck_now: int
 
 
+class ReplicaShare(WireResponse):
+    """One replica's part of a simulation, as it last reported it (every replica
+    writes its share to the ledger as it changes)."""
+
+    instance_id: str
+    dispatched: int
+    dropped: int
+    sent: int
+    live: bool = Field(description="the replica's lease in the ledger is current")
+    updated_at: str
+
+
 class SimulationDetail(SimulationSummary):
     spec: dict[str, Any]
     expected_duration_seconds: float
@@ -178,6 +190,9 @@ class SimulationDetail(SimulationSummary):
     latency: Latency
     send_lag: LagPercentiles = Field(description="actual minus intended send time")
     results: Results = Field(description="threshold-ready figures of the run")
+    shares: list[ReplicaShare] = Field(
+        description="each replica's share: replicas on one PostgreSQL ledger run a "
+                    "simulation together; a lone twin's is its own")
 
 
 # --- conversions ------------------------------------------------------------------------------
@@ -245,6 +260,9 @@ def detail_view(detail: domain.SimulationDetail) -> SimulationDetail:
                         steps={k: _percentiles(v) for k, v in detail.latency.steps.items()}),
         send_lag=LagPercentiles.model_validate(_percentiles(lag).model_dump()),
         results=Results.model_validate(detail.results, from_attributes=True),
+        shares=[ReplicaShare(instance_id=s.instance_id, dispatched=s.dispatched,
+                             dropped=s.dropped, sent=s.sent, live=s.live,
+                             updated_at=s.updated_at.isoformat()) for s in detail.shares],
     )
 
 

@@ -25,6 +25,7 @@ from bgmock_twin.settings.databases import DatabaseSettings, StatementSettings
 from bgmock_twin.settings.emulator import EmulatorSettings
 from bgmock_twin.settings.endpoints import EndpointSettings, Mode
 from bgmock_twin.settings.fields import MAX_AMOUNT, mask_url
+from bgmock_twin.settings.fleet import FleetMode, FleetSettings
 from bgmock_twin.settings.logs import LogFormat, LoggingSettings
 from bgmock_twin.settings.probes import ProbeSettings, RestSettings
 from bgmock_twin.settings.tracking import (
@@ -46,6 +47,8 @@ __all__ = [
     "DeadlineSettings",
     "EmulatorSettings",
     "EndpointSettings",
+    "FleetMode",
+    "FleetSettings",
     "InstanceSettings",
     "LedgerSettings",
     "LoadSettings",

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 
 from bgmock_twin.settings.bus import BusSettings
 from bgmock_twin.settings.fields import MAX_AMOUNT, SLICE_CONFIG, database_url, env
+from bgmock_twin.settings.fleet import FleetSettings
 from bgmock_twin.settings.probes import RestSettings
 
 
@@ -123,5 +124,5 @@ class TestHookSettings(BaseModel):
 
 
 class TrackingSettings(LedgerSettings, DeadlineSettings, LoadSettings, RestSettings,
-                       RestPollingSettings, BusSettings, TestHookSettings):
+                       RestPollingSettings, BusSettings, TestHookSettings, FleetSettings):
     """Everything ``Tracking`` reads (its own fields and those it shares)."""

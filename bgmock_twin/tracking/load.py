@@ -124,6 +124,9 @@ class Run:
     done: threading.Event = field(default_factory=threading.Event)
     on_done: Callable[[Run], None] | None = None
     drops: DropBursts = field(default_factory=DropBursts)
+    # the index of each offset, when the run is not consecutive indices from
+    # ``first_index`` (a replica's share of a fleet simulation, ``tracking.fleet``)
+    indices: Iterator[int] | None = None
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -135,6 +138,8 @@ class Run:
             self.sent += 1
 
     def take_index(self) -> int:
+        if self.indices is not None:
+            return next(self.indices)
         index = self._next_index
         self._next_index += 1
         return index

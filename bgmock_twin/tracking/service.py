@@ -37,12 +37,16 @@ from bgmock_twin.contract import BANK_A, BANKS, Bank, bank_by_letter
 from bgmock_twin.errors import InvalidRequest, NotInThisMode, Unavailable
 from bgmock_twin.logs import get_logger
 from bgmock_twin.scheduler import Job
-from bgmock_twin.settings import TrackingSettings
+from bgmock_twin.settings import FleetMode, TrackingSettings
 from bgmock_twin.tracking import mix
 from bgmock_twin.tracking.budget import RequestBudget
 from bgmock_twin.tracking.clock import Clock
+from bgmock_twin.tracking.fleet import Fleet
 from bgmock_twin.tracking.follower import Follower
 from bgmock_twin.tracking.ledger import Ledger, LedgerUnavailable
+from bgmock_twin.tracking.ledger.fleet_store import FleetStore
+from bgmock_twin.tracking.ledger.leases import Leases
+from bgmock_twin.tracking.ledger.schema import make_engine
 from bgmock_twin.tracking.lifecycle import ALL_STEPS, Channel, Kind, Payment, Route, Step
 from bgmock_twin.tracking.load import FixturesUnavailable, LoadProfile, Run, build_payment
 from bgmock_twin.tracking.poller import Purpose, StatusChecker, StatusPoller
@@ -138,8 +142,10 @@ class Tracking:
         )
         self.follower = Follower(bus, settings.consumer_group, self.tracker, self.ledger) \
             if bus is not None else None
+        self.fleet = self._fleet() if settings.fleet_mode is FleetMode.AUTO and \
+            self.ledger.engine.dialect.name == "postgresql" else None
         self.simulations = SimulationManager(
-            self.sender, self.tracker, self.ledger, settings.instance_id)
+            self.sender, self.tracker, self.ledger, settings.instance_id, fleet=self.fleet)
         self.background = LoadProfile(
             amount_min=settings.load_amount_min, amount_max=settings.load_amount_max,
             channel=Channel.REST, direction="both",
@@ -151,6 +157,28 @@ class Tracking:
         self._stopping = False
         self._resumed = threading.Event()
         self._last_provision_error: str | None = None
+
+    def _fleet(self) -> Fleet:
+        """Replicas on one PostgreSQL ledger run simulations together (an SQLite
+        ledger is one process's own: that replica runs them alone, as always)."""
+        engine = make_engine(self.settings.twin_database_url.get_secret_value(), reader=True)
+        leases = Leases(engine, self.settings.instance_id)
+        return Fleet(FleetStore(engine, self.settings.instance_id), leases, self.sender,
+                     self.settings, self.tracker.clock, on_payments=self._take_over,
+                     ready=lambda: self._resumed.is_set())
+
+    def _take_over(self, rows: list[dict[str, object]]) -> None:
+        """Follow the payments of a replica that is gone (the fleet moved them to this
+        one in the ledger): as after a restart, and their status is asked at once,
+        since their events went past while nobody followed them."""
+        following = self.tracker.resume(rows)
+        if self.rest_follower is not None:
+            self.rest_follower.resume()
+        self._rematch_resumed(rows)
+        for row in rows:
+            if row["channel"] == Channel.REST.value and row["transaction_id"] is not None:
+                self.poller.schedule(str(row["payment_id"]), Purpose.SETTLE, 0.0)
+        log.info("tracking_took_over", payments_in_flight=following)
 
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -165,6 +193,8 @@ class Tracking:
         self.sender.start()
         if self.follower is not None:
             self.follower.start()
+        if self.fleet is not None:
+            self.fleet.start()
         self._started = True
         log.info("tracking_started", following=self.following_by.value,
                  group=self.settings.consumer_group if self.follower is not None else None,
@@ -205,6 +235,8 @@ class Tracking:
             return
         self._stopping = True  # from here on a scheduled run does nothing (see ``jobs``)
         budget = max(timeout, 0.5)
+        if self.fleet is not None:  # no more claims; its lease released for the others
+            self.fleet.stop(budget * 0.1)
         self.sender.stop(budget * 0.4)
         self.simulations.shutdown()
         self.checker.stop_event.set()  # a check waiting for the polling budget gives up
@@ -213,6 +245,8 @@ class Tracking:
             self.follower.stop(budget * 0.2)
         self.ledger.stop(budget * 0.3)
         self.ledger.close()
+        if self.fleet is not None:
+            self.fleet.leave()
         log.info("tracking_stopped")
 
     def _resume(self) -> None:

@@ -17,6 +17,7 @@ ledger (nearest rank), and its send lag from what the pacer measured.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import threading
@@ -31,7 +32,9 @@ from bgmock_twin import metrics
 from bgmock_twin.errors import Conflict, NotFound
 from bgmock_twin.logs import get_logger
 from bgmock_twin.tracking import pacing
+from bgmock_twin.tracking.fleet import Fleet, FleetFigures, Share
 from bgmock_twin.tracking.ledger import Ledger, LedgerUnavailable
+from bgmock_twin.tracking.ledger.fleet_store import FleetRun
 from bgmock_twin.tracking.lifecycle import ALL_STEPS, Channel, Outcome
 from bgmock_twin.tracking.load import Run
 from bgmock_twin.tracking.sender import Sender
@@ -70,6 +73,7 @@ class Simulation:
     expected_seconds: float = 0.0
     resumed: bool = False
     window_seconds: float = 0.0  # the profile's time for the current run's payments
+    fleet: bool = False  # run by every live replica (``tracking.fleet``)
 
     def sending_seconds(self, now_mono: float) -> float | None:
         """How long the current run has been sending (None without a run here)."""
@@ -132,8 +136,9 @@ class SimulationDetail:
     outcomes: dict[str, int]  # counted outcome -> payments
     current_status: dict[str, int]  # status in the ledger -> payments
     latency: Latency
-    send_lag: Percentiles  # actual minus intended send time, with its max
+    send_lag: Percentiles  # actual minus intended send time, with its max (this replica)
     results: Results  # the threshold-ready figures
+    shares: tuple[Share, ...]  # each replica's part (this one alone outside a fleet)
 
 
 class TooManySimulations(Conflict):
@@ -147,6 +152,7 @@ class UnknownSimulation(NotFound):
 class SimulationManager:
     def __init__(
         self, sender: Sender, tracker: Tracker, ledger: Ledger, instance_id: str,
+        fleet: Fleet | None = None,
     ) -> None:
         self.sender = sender
         self.tracker = tracker
@@ -155,6 +161,9 @@ class SimulationManager:
         self._lock = threading.RLock()
         self._sims: dict[str, Simulation] = {}
         self._to_resume: list[Simulation] = []
+        self.fleet = fleet
+        if fleet is not None:
+            fleet.members = self
 
     # --- commands ---------------------------------------------------------------------------
     def create(self, spec: SimulationSpec) -> Simulation:
@@ -176,7 +185,13 @@ class SimulationManager:
             sim = Simulation(str(uuid.uuid4()), spec, self.instance_id, now)
             sim.expected_seconds = expected_seconds
             self._sims[sim.simulation_id] = sim
-            self._start(sim, segments, 0)
+            if self.fleet is None:
+                self._start(sim, segments, 0)
+            else:
+                sim.fleet = True
+                self.fleet.create(sim.simulation_id, spec, now)
+                self.ledger.write("simulation", sim.row(now))
+                self._gauge()
             self._trim()
         log.info("simulation_started", simulation=sim.simulation_id, count=spec.count,
                  duration=spec.duration, channel=spec.channel.value, profile=spec.profile)
@@ -204,7 +219,9 @@ class SimulationManager:
         """Stop sending (payments sent are still followed); raises ``UnknownSimulation``."""
         with self._lock:
             sim = self.get(simulation_id)
-            if sim.state == "running":
+            if sim.fleet and self.fleet is not None:
+                self.fleet.stop_simulation(simulation_id)
+            elif sim.state == "running":
                 if sim.run is not None:
                     self.sender.stop_run(sim.run)
                 sim.state = "stopped"
@@ -219,7 +236,7 @@ class SimulationManager:
         now = self.tracker.clock.now()
         with self._lock:
             for sim in self._sims.values():
-                if sim.state != "running" or sim.run is None:
+                if sim.state != "running" or sim.run is None or sim.fleet:
                     continue
                 run = sim.run
                 if run.done.is_set() and run.sent >= run.dispatched and \
@@ -288,7 +305,11 @@ class SimulationManager:
                     dispatched_before=int(row["dispatched"]), dropped_before=int(row["dropped"]),
                 )
                 self._sims[sim.simulation_id] = sim
-                if sim.state == "running" and sim.instance_id == self.instance_id:
+                fleet_state = self.fleet.state_of(sim.simulation_id) if self.fleet else None
+                if fleet_state is not None:
+                    sim.fleet = True  # the fleet's poller resumes this replica's share
+                    sim.state = fleet_state
+                elif sim.state == "running" and sim.instance_id == self.instance_id:
                     sim.state = "resuming"
                     self._to_resume.append(sim)
 
@@ -309,6 +330,46 @@ class SimulationManager:
                 log.info("simulation_resumed", simulation=sim.simulation_id,
                          remaining=sim.spec.count - done)
 
+    # --- the fleet (``Members``) --------------------------------------------------------------
+    def adopt(self, run: FleetRun, spec: SimulationSpec) -> None:
+        """A fleet simulation found in the ledger (posted to another replica, or
+        before this one restarted): listed and shown here too."""
+        with self._lock:
+            sim = self._sims.get(run.simulation_id)
+            if sim is None:
+                sim = Simulation(run.simulation_id, spec, run.creator, run.created_at,
+                                 state=run.state, finished_at=run.finished_at)
+                self._sims[sim.simulation_id] = sim
+                self._trim()
+            sim.fleet = True
+            sim.state = run.state
+            with contextlib.suppress(ValueError):
+                sim.expected_seconds = pacing.expected_duration(spec.rate_profile(), spec.count)
+            self._gauge()
+
+    def ended(self, simulation_id: str, state: str, finished_at: datetime | None) -> None:
+        """A fleet simulation stopped or finished (here or on another replica)."""
+        with self._lock:
+            sim = self._sims.get(simulation_id)
+            if sim is None or sim.state in ("finished", "stopped"):
+                return
+            sim.state, sim.finished_at = state, finished_at
+            figures = self.fleet.cached_figures(simulation_id) if self.fleet else None
+            if figures is not None:
+                sim.dispatched_before, sim.dropped_before = figures.dispatched, figures.dropped
+            self.ledger.write("simulation", sim.row(self.tracker.clock.now()))
+            log.info(f"simulation_{state}", simulation=simulation_id, fleet=True,
+                     dispatched=sim.dispatched, dropped=sim.dropped)
+            self._gauge()
+
+    def _fleet_figures(self, sim: Simulation, fresh: bool) -> FleetFigures | None:
+        if not sim.fleet or self.fleet is None:
+            return None
+        figures = self.fleet.cached_figures(sim.simulation_id)
+        if fresh or figures is None:
+            figures = self.fleet.figures(sim.simulation_id)
+        return figures
+
     # --- views ------------------------------------------------------------------------------
     def _gauge(self) -> None:
         metrics.SIMULATIONS_ACTIVE.set(self.active())
@@ -320,7 +381,15 @@ class SimulationManager:
 
     def get_sim(self, simulation_id: str) -> Simulation | None:
         with self._lock:
-            return self._sims.get(simulation_id)
+            sim = self._sims.get(simulation_id)
+        if sim is None and self.fleet is not None:
+            try:  # posted to another replica a moment ago
+                if self.fleet.discover(simulation_id):
+                    with self._lock:
+                        sim = self._sims.get(simulation_id)
+            except LedgerUnavailable:
+                return None
+        return sim
 
     def get(self, simulation_id: str) -> Simulation:
         """The simulation, or ``UnknownSimulation``."""
@@ -339,14 +408,23 @@ class SimulationManager:
             sims = sorted(self._sims.values(), key=lambda s: s.created_at, reverse=True)
             return [self.summary(s) for s in sims]
 
-    def summary(self, sim: Simulation) -> SimulationSummary:
-        sending = sim.sending_seconds(time.monotonic())
-        achieved = round(sim.run_dispatched() / sending, 3) if sending else None
+    def summary(self, sim: Simulation, figures: FleetFigures | None = None) -> SimulationSummary:
+        """``figures``: a fleet simulation's (else the cached ones are read)."""
+        figures = figures or self._fleet_figures(sim, fresh=False)
+        if figures is not None:
+            sending = figures.sending_seconds
+            dispatched, dropped, unfinished = \
+                figures.dispatched, figures.dropped, figures.unfinished
+            achieved = round(dispatched / sending, 3) if sending else None
+        else:
+            sending = sim.sending_seconds(time.monotonic())
+            dispatched, dropped = sim.dispatched, sim.dropped
+            unfinished = self.tracker.sim_uncounted(sim.simulation_id)
+            achieved = round(sim.run_dispatched() / sending, 3) if sending else None
         return SimulationSummary(
             simulation_id=sim.simulation_id, name=sim.spec.name, state=sim.state,
             created_at=sim.created_at, finished_at=sim.finished_at, planned=sim.spec.count,
-            dispatched=sim.dispatched, dropped=sim.dropped,
-            unfinished=self.tracker.sim_uncounted(sim.simulation_id),
+            dispatched=dispatched, dropped=dropped, unfinished=unfinished,
             channel=sim.spec.channel, profile=sim.spec.profile,
             duration_seconds=sim.spec.duration, achieved_rate=achieved,
         )
@@ -358,17 +436,18 @@ class SimulationManager:
         counted = self.ledger.count_by_counted_outcome(sim.simulation_id)
         statuses = self.ledger.count_by_status(sim.simulation_id)
         durations = self.ledger.durations(sim.simulation_id)
-        run = sim.run
+        figures = self._fleet_figures(sim, fresh=True)
+        summary = self.summary(sim, figures)
         return SimulationDetail(
-            summary=self.summary(sim),
+            summary=summary,
             spec=sim.spec,
             expected_duration_seconds=round(sim.expected_seconds, 3),
             resumed=sim.resumed,
             progress=Progress(
                 planned=sim.spec.count,
-                dispatched=sim.dispatched,
-                dropped=sim.dropped,
-                not_yet_due=max(0, sim.spec.count - sim.dispatched - sim.dropped)
+                dispatched=summary.dispatched,
+                dropped=summary.dropped,
+                not_yet_due=max(0, sim.spec.count - summary.dispatched - summary.dropped)
                 if sim.state == "running" else 0,
                 recorded=sum(statuses.values()),
                 in_flight=statuses.get("in_flight", 0),
@@ -382,6 +461,25 @@ class SimulationManager:
                 total=summarize(durations["total"]),
                 steps={s.value: summarize(durations[s.value]) for s in ALL_STEPS},
             ),
-            send_lag=summarize(run.lags, round(run.lag_max, 6)) if run else summarize([]),
-            results=self._results(sim, counted),
+            send_lag=self._send_lag(sim),
+            results=self._results(sim, counted) if figures is None else results(
+                planned=sim.spec.count, dispatched=figures.dispatched, dropped=figures.dropped,
+                outcomes={o.value: counted.get(o.value, 0) for o in Outcome},
+                unfinished=figures.unfinished, sending_seconds=figures.sending_seconds),
+            shares=figures.shares if figures is not None else self._own_share(sim),
         )
+
+    def _send_lag(self, sim: Simulation) -> Percentiles:
+        """The send lag this replica measured (its share, for a fleet simulation)."""
+        local = self.fleet.sim(sim.simulation_id) if sim.fleet and self.fleet else None
+        if local is not None:
+            lags, lag_max = local.lags()
+            return summarize(lags, round(lag_max, 6))
+        run = sim.run
+        return summarize(run.lags, round(run.lag_max, 6)) if run else summarize([])
+
+    def _own_share(self, sim: Simulation) -> tuple[Share, ...]:
+        run = sim.run
+        return (Share(self.instance_id, sim.dispatched, sim.dropped,
+                      (run.sent if run else 0) + sim.dispatched_before, True,
+                      self.tracker.clock.now()),)

@@ -144,6 +144,43 @@ leases = sa.Table(
     sa.Column("renewed_at", UtcDateTime, nullable=False),
 )
 
+# --- the fleet's shared simulations (``fleet_store``): one row per simulation that
+# every live replica runs, its schedule's blocks as claimed by replicas, and each
+# replica's share of it. Written directly (not through the write-behind buffer):
+# a claim must be decided by the database before the block is sent.
+fleet_runs = sa.Table(
+    "twin_fleet_runs", metadata,
+    sa.Column("simulation_id", sa.String(36), primary_key=True),
+    sa.Column("creator", sa.String(63), nullable=False),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("planned", sa.Integer, nullable=False),
+    sa.Column("block_size", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("starts_at", UtcDateTime, nullable=False),
+    sa.Column("finished_at", UtcDateTime),
+)
+
+fleet_blocks = sa.Table(
+    "twin_fleet_blocks", metadata,
+    sa.Column("simulation_id", sa.String(36), primary_key=True),
+    sa.Column("block", sa.Integer, primary_key=True),
+    sa.Column("holder", sa.String(63), nullable=False),
+    sa.Column("done", sa.Boolean, nullable=False, default=False),
+    sa.Column("claimed_at", UtcDateTime, nullable=False),
+    sa.Column("done_at", UtcDateTime),
+)
+
+fleet_shares = sa.Table(
+    "twin_fleet_shares", metadata,
+    sa.Column("simulation_id", sa.String(36), primary_key=True),
+    sa.Column("instance_id", sa.String(63), primary_key=True),
+    sa.Column("dispatched", sa.Integer, nullable=False),
+    sa.Column("dropped", sa.Integer, nullable=False),
+    sa.Column("sent", sa.Integer, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
 TABLES = {"payment": payments, "simulation": simulations, "deposit": deposits}
 PRIMARY_KEYS = {"payment": "payment_id", "simulation": "simulation_id", "deposit": "deposit_id"}
 

@@ -1,0 +1,185 @@
+"""Three ``Fleet`` pollers on one real ledger (SQLite and PostgreSQL), ticked on a
+test clock: every index of a simulation is handed to exactly one replica's sender,
+in shares of a third; a replica that dies mid-run has its blocks not sent taken
+over (what it had sent, found in the ledger, is not sent again) and its payments
+in flight moved to exactly one live replica. The senders here only record the
+runs they are given (the real sender and daemons: ``test_fleet_daemons``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from bgmock_twin.settings.fleet import FleetSettings
+from bgmock_twin.tracking.fleet import Fleet
+from bgmock_twin.tracking.ledger import Ledger
+from bgmock_twin.tracking.ledger.fleet_store import FleetRun, FleetStore
+from bgmock_twin.tracking.ledger.leases import Leases
+from bgmock_twin.tracking.load import Run
+from bgmock_twin.tracking.simulation_spec import SimulationSpec
+from tests.support.ledgers import running_ledger
+from tests.test_tracking_ledger import make_payment
+
+START = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+SETTINGS = FleetSettings(fleet_heartbeat_seconds=1, fleet_lease_seconds=4, fleet_join_seconds=1)
+
+
+class StepClock:
+    def __init__(self) -> None:
+        self.mono = 1000.0
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def now(self) -> datetime:
+        return START + timedelta(seconds=self.mono - 1000.0)
+
+
+class Replica:
+    """A fleet member whose sender records each run's (index, offset) pairs."""
+
+    def __init__(self, ledger: Ledger, name: str, clock: StepClock) -> None:
+        self.name = name
+        self.ledger = ledger
+        self.runs: list[Run] = []
+        self.sent: list[tuple[int, float]] = []
+        self.taken: list[dict[str, Any]] = []
+        self.fleet = Fleet(FleetStore(ledger.engine, name), Leases(ledger.engine, name, clock.now),
+                           self, SETTINGS, clock, on_payments=self.taken.extend,
+                           ready=lambda: True)
+
+    def add_run(self, run: Run, start_mono: float | None = None,
+                start_utc: datetime | None = None) -> None:
+        run.start_mono, run.start_utc = start_mono or 0.0, start_utc
+        self.runs.append(run)
+
+    def stop_run(self, run: Run) -> None:
+        run.stopped = True
+
+    def send(self, up_to: int | None = None, write: bool = False) -> None:
+        """Send what the runs hold (``up_to`` payments at most), as the sender reads a
+        run: its next offset, then its index; ``write``: their rows in the ledger."""
+        budget = up_to
+        for run in self.runs:
+            while budget is None or budget > 0:
+                offset = next(run.offsets, None)
+                if offset is None:
+                    run.finish()
+                    break
+                index = run.take_index()
+                self.sent.append((index, offset))
+                if write:
+                    assert run.start_utc is not None
+                    payment = make_payment(index, sim=run.simulation_id,
+                                           intended_at=run.start_utc + timedelta(seconds=offset)
+                                           - timedelta(seconds=index))
+                    payment.instance_id = self.name
+                    self.ledger.write_payment(payment, START)
+                if budget is not None:
+                    budget -= 1
+
+
+@pytest.fixture
+def ledger(ledger_url: str) -> Iterator[Ledger]:
+    with running_ledger(ledger_url, buffer_size=10_000, flush_interval=0.02) as book:
+        yield book
+
+
+def _spec(count: int, rate: float) -> SimulationSpec:
+    return SimulationSpec(count=count, amount_min=Decimal("1.00"), amount_max=Decimal("2.00"),
+                          rate=rate)
+
+
+def _tick(clock: StepClock, replicas: list[Replica], seconds: float = 0.25) -> None:
+    for replica in replicas:
+        replica.fleet.tick()
+    clock.mono += seconds
+
+
+def test_three_replicas_send_every_index_once_a_third_each(ledger: Ledger) -> None:
+    clock = StepClock()
+    replicas = [Replica(ledger, f"twin-{i}", clock) for i in range(3)]
+    _tick(clock, replicas)  # every heartbeat seen
+    replicas[0].fleet.create("sim-a", _spec(3000, 150), clock.now())
+    row = replicas[0].fleet.store.run("sim-a")
+    assert row is not None and row.starts_at == clock.now() + timedelta(seconds=1)
+    for _ in range(100):  # 25 s of polls for 20 s of schedule
+        _tick(clock, replicas)
+        for replica in replicas:
+            replica.send()
+    indices = sorted(i for r in replicas for i, _ in r.sent)
+    assert indices == list(range(3000))
+    assert [len(r.sent) for r in replicas] == [1000, 1000, 1000]
+    # each index at its own offset from the common start: the requested schedule
+    assert all(abs(offset - index / 150) < 1e-9 for r in replicas for index, offset in r.sent)
+
+
+def test_a_dead_replicas_blocks_and_payments_are_taken_over_once(ledger: Ledger) -> None:
+    clock = StepClock()
+    replicas = [Replica(ledger, f"twin-{i}", clock) for i in range(3)]
+    _tick(clock, replicas)
+    replicas[0].fleet.create("sim-b", _spec(600, 100), clock.now())
+    for _ in range(8):  # 2 s
+        _tick(clock, replicas)
+        for replica in replicas:
+            replica.send(write=True)
+    dying = replicas[1]
+    _tick(clock, replicas)
+    dying.send(up_to=5, write=True)  # part of its next blocks, then SIGKILL
+    assert ledger.flush(5)
+    alive = [replicas[0], replicas[2]]
+    for _ in range(60):  # 15 s: the lease (4 s) runs out, the rest of the schedule
+        _tick(clock, alive)
+        for replica in alive:
+            replica.send(write=True)
+    indices = sorted(i for r in replicas for i, _ in r.sent)
+    assert indices == list(range(600)), "an index lost or sent twice"
+    assert len(dying.sent) < 200 and sum(len(r.sent) for r in alive) > 400
+    assert ledger.flush(5)
+    moved = [row["payment_id"] for r in alive for row in r.taken]
+    assert sorted(moved) == sorted(str(p["payment_id"])
+                                   for p in ledger.load_unfinished("twin-0")
+                                   + ledger.load_unfinished("twin-2")
+                                   if p["payment_id"] in set(moved))
+    assert len(moved) == len(dying.sent) and len(set(moved)) == len(moved)
+    assert ledger.load_unfinished("twin-1") == []
+
+
+def test_a_stop_on_one_replica_is_seen_by_the_others(ledger: Ledger) -> None:
+    clock = StepClock()
+    replicas = [Replica(ledger, f"twin-{i}", clock) for i in range(2)]
+    _tick(clock, replicas)
+    replicas[0].fleet.create("sim-c", _spec(1000, 50), clock.now())
+    _tick(clock, replicas)
+    replicas[1].fleet.stop_simulation("sim-c")
+    _tick(clock, replicas)
+    for replica in replicas:
+        assert all(run.stopped for run in replica.runs)
+        sim = replica.fleet.sim("sim-c")
+        assert sim is not None and sim.state == "stopped"
+    row: FleetRun | None = replicas[0].fleet.store.run("sim-c")
+    assert row is not None and row.state == "stopped"
+
+
+def test_a_replica_restarted_under_its_name_sends_the_rest_of_its_blocks(
+        ledger: Ledger) -> None:
+    clock = StepClock()
+    first, second = (Replica(ledger, f"twin-{i}", clock) for i in range(2))
+    _tick(clock, [first, second])
+    first.fleet.create("sim-d", _spec(400, 100), clock.now())
+    _tick(clock, [first, second])
+    first.send(write=True)
+    second.send(up_to=7, write=True)  # then it restarts, within its lease
+    assert ledger.flush(5)
+    again = Replica(ledger, "twin-1", clock)
+    for _ in range(30):
+        _tick(clock, [first, again])
+        first.send(write=True)
+        again.send(write=True)
+    indices = sorted(i for r in (first, second, again) for i, _ in r.sent)
+    assert indices == list(range(400)), "an index lost or sent twice"
+    assert again.sent and not again.taken  # its own blocks, nobody's payments
