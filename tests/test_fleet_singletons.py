@@ -144,6 +144,8 @@ def test_replicas_pay_from_their_own_accounts_with_one_canary_and_one_set_of_boo
             pg_database, "SELECT DISTINCT instance_id FROM twin_payments "
                          "WHERE simulation_id IS NULL")}
         assert canary_senders == set(canary)
+        assert {twin.get("/api/v1/status").json()["payments"]["canaryBy"]
+                for twin in twins} == set(canary)
         holder = twins[ids.index(books[0])]
         other = twins[1 - ids.index(books[0])]
         # the books cover both replicas' accounts and payments, exactly

@@ -475,6 +475,7 @@ class Tracking:
             not_observed=self._not_observed_names(),
             channels=tuple(c.value for c in channels(self.following_by)),
             poll_requests=self.budget.spent if self.budget is not None else 0,
+            canary_by=self.canary.holder(),
         )
 
     def _not_observed_names(self) -> tuple[str, ...]:
