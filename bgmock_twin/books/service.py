@@ -210,8 +210,9 @@ class Books:
         metrics.RECONCILIATION_LAST_RUN.set(report.ran_at.timestamp())
 
     def _withdraw_figures(self) -> None:
-        """No figure of this replica's earlier runs stays exported once another
-        replica reconciles (the detections counter keeps its count)."""
+        """No figure or report of this replica's earlier runs stays once another
+        replica reconciles (the detections counter keeps its count): its status
+        and API then name the holder instead."""
         for gauge in (metrics.RECONCILIATION_UNKNOWN, metrics.INVARIANT_VIOLATIONS,
                       metrics.BALANCE_DRIFT, metrics.DRIFTING_ACCOUNTS, metrics.OUTBOX_PENDING,
                       metrics.OUTBOX_OLDEST_AGE, metrics.ACCOUNT_BALANCE,
@@ -220,6 +221,7 @@ class Books:
             gauge.clear()
         self._keys = {}
         self._drift_banks, self._outbox_services, self._account_banks = set(), set(), set()
+        self._latest, self._accounts = None, None
         self._exported = False
 
     def _track_offenders(self, check: str, result: CheckResult) -> None:
