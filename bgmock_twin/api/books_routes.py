@@ -90,8 +90,9 @@ class BooksStatusBody(_Out):
     @model_serializer(mode="wrap")
     def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         body: dict[str, Any] = handler(self)
-        if body.get("consumerLag") is None:
-            body.pop("consumerLag", None)
+        for absent in ("consumerLag", "reconciledBy"):  # no lag source; not in a fleet
+            if body.get(absent) is None:
+                body.pop(absent, None)
         return body
 
 
