@@ -228,18 +228,22 @@ class Twin:
     def _build_books(self) -> Books:
         settings = self.settings.books
         ledger = None
+        lease = None
         if self.tracking is not None:
             from bgmock_twin.tracking.ledger import deposits, payments
+            from bgmock_twin.tracking.singletons import BOOKS_LEASE, BOOKS_LEASE_INTERVALS, FleetJob
 
             tracked = self.tracking.ledger
             ledger = LedgerReader(tracked.engine, payments, deposits, flush=tracked.flush,
                                   unwritten=lambda: tracked.buffered,
                                   failing=lambda: not tracked.available)
+            lease = FleetJob(self.tracking.leases, BOOKS_LEASE,
+                             BOOKS_LEASE_INTERVALS * settings.reconcile_interval_seconds)
         lag_source = lag_source_for(
             self.bus, settings.kafka_bootstrap_servers,
             timeout=max(1.0, min(5.0, settings.lag_interval_seconds / 2)))
         return Books(settings, ledger=ledger, clients=self.clients, engines=self.databases,
-                     lag_source=lag_source, twin_accounts=self._twin_accounts)
+                     lag_source=lag_source, twin_accounts=self._twin_accounts, lease=lease)
 
     def _twin_accounts(self) -> list[AccountKey]:
         """The accounts the twin provisioned (none before it has)."""

@@ -29,6 +29,12 @@ SLO_TARGET = Gauge(
     ["slo"],
 )
 TWIN_READY = Gauge("bgmock_twin_ready", "1 when the daemon is ready (scheduler running).")
+FLEET_LEASE_HELD = Gauge(
+    "bgmock_fleet_lease_held",
+    "1 on the replica that holds the lease of a fleet-wide job (lease: canary, books), "
+    "0 on the others; summed over the fleet, 1 while the job has a runner.",
+    ["lease"],
+)
 
 # --- health probes -----------------------------------------------------------------
 SERVICE_UP = Gauge(

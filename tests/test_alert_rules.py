@@ -77,6 +77,13 @@ BURN_POLICY = [
 ]
 # No burn alert fires unless its long window completed this many normal payments.
 MIN_PAYMENTS = 100
+# The alerts on the payments, which every replica of a twin counts its own of: they
+# judge the fleet (its namespace, summed over replicas), and carry no instance.
+FLEET_ALERTS = {BURN_ALERT, "BGMockPaymentLatencyHigh", "BGMockPaymentsStuck",
+                "BGMockPaymentsDropped", "BGMockDeliberateFailureSucceeded"}
+# The per-payment series: each replica exports its own payments' share.
+PAYMENT_SERIES = ("bgmock_payments_completed_total", "bgmock_payments_dropped_total",
+                  "bgmock_payment_duration_seconds", "bgmock_payments_stuck")
 # Alerts about money moving wrongly: never inhibited, whatever else is down.
 NEVER_INHIBITED = {"BGMockInvariantViolation", "BGMockBalanceDrift",
                    "BGMockDeliberateFailureSucceeded"}
@@ -154,10 +161,11 @@ def test_promtool_unit_tests_pass() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-GUARD_1H = ("\n          and on (namespace, instance)\n"
-            "          namespace_instance:bgmock_payments_completed:increase1h >= 100")
-SHORT_5M = ("\n          and on (namespace, instance)\n"
-            "          namespace_instance:bgmock_payments_error_budget:burnrate5m > 14.4")
+GUARD_1H = ("\n          and on (namespace)\n"
+            "          namespace:bgmock_payments_completed:increase1h >= 100")
+SHORT_5M = ("\n          and on (namespace)\n"
+            "          namespace:bgmock_payments_error_budget:burnrate5m > 14.4")
+PER_REPLICA_1H = 'sum by (namespace) (increase(bgmock_payments_completed_total{kind="normal"}[1h]))'
 # (what is broken, text in the rules (every occurrence is replaced), its broken
 # replacement, the alert whose tests must then fail, the unit test that must say so).
 BREAKAGES = [
@@ -166,6 +174,9 @@ BREAKAGES = [
      "service down and Kafka unreachable"),
     ("no minimum-traffic guard", GUARD_1H, "", BURN_ALERT, "the minimum-traffic guard"),
     ("no short window", SHORT_5M, "", BURN_ALERT, "a real outage at canary rate"),
+    ("traffic counted per replica", PER_REPLICA_1H,
+     PER_REPLICA_1H.replace("(namespace)", "(namespace, instance)"), BURN_ALERT,
+     "a fleet's replicas are judged together"),
     ("failures counted whatever their kind",  # in every window
      '{kind="normal",outcome!="success"}', '{outcome!="success"}', BURN_ALERT,
      "deliberate failures never burn budget"),
@@ -221,9 +232,10 @@ def test_every_alert_is_labelled_and_annotated(alerts: dict[str, list[dict[str, 
             if not notes.get(key):
                 problems.append(f"{name}: no {key}")
         # "what is wrong and where": the description names the twin and namespace
-        # (absent() has no labels to name, so it says what to look for instead).
+        # (absent() has no labels to name, so it says what to look for instead; the
+        # fleet's alerts name the namespace of all its replicas).
         if "absent(" not in rule["expr"]:
-            for label in ("instance", "namespace"):
+            for label in ("namespace",) if name in FLEET_ALERTS else ("instance", "namespace"):
                 if f"$labels.{label}" not in notes.get("description", ""):
                     problems.append(f"{name}: description does not name the {label}")
         url = notes.get("runbook_url", "")
@@ -296,18 +308,18 @@ def test_burn_rate_alerts_follow_the_policy(alerts: dict[str, list[dict[str, Any
     assert sorted(found) == sorted((s, lw, sw, f) for s, _, lw, sw, f in BURN_POLICY)
     for _, factor, long, short, _ in BURN_POLICY:
         [rule] = [r for r in alerts[BURN_ALERT] if r["labels"]["long"] == long]
-        expected = (f"namespace_instance:bgmock_payments_error_budget:burnrate{long} > {factor:g} "
-                    f"and on (namespace, instance) "
-                    f"namespace_instance:bgmock_payments_error_budget:burnrate{short} > {factor:g} "
-                    f"and on (namespace, instance) "
-                    f"namespace_instance:bgmock_payments_completed:increase{long} >= {MIN_PAYMENTS}")
+        expected = (f"namespace:bgmock_payments_error_budget:burnrate{long} > {factor:g} "
+                    f"and on (namespace) "
+                    f"namespace:bgmock_payments_error_budget:burnrate{short} > {factor:g} "
+                    f"and on (namespace) "
+                    f"namespace:bgmock_payments_completed:increase{long} >= {MIN_PAYMENTS}")
         assert norm(rule["expr"]) == expected
         # Each window's rate is over that window, of normal payments only.
         for window in (long, short):
-            ratio = recorded[f"namespace_instance:bgmock_payments_failed:ratio_rate{window}"]["expr"]
+            ratio = recorded[f"namespace:bgmock_payments_failed:ratio_rate{window}"]["expr"]
             assert re.findall(r"\[(\w+)\]", ratio) == [window] * 3
             assert ratio.count('kind="normal"') == 3
-        count = recorded[f"namespace_instance:bgmock_payments_completed:increase{long}"]["expr"]
+        count = recorded[f"namespace:bgmock_payments_completed:increase{long}"]["expr"]
         assert f'{{kind="normal"}}[{long}]' in count
     # The header says why, in the same numbers.
     header = RULES.read_text().split("groups:", 1)[0]
@@ -461,13 +473,17 @@ def test_inhibited_alerts_carry_the_labels_the_rules_match_on(
                 for labels in fired[name]:
                     if missing := needed - set(labels):
                         problems.append(f"{name} fires without {missing} ({side} of {rule})")
-    # Every alert but absent()'s carries the twin's labels, for any inhibit rule.
+    # Every alert but absent()'s carries the twin's labels, for any inhibit rule (the
+    # fleet's alerts its namespace only: an instance would split the fleet).
     for name, rule in each_alert(alerts):
         if "absent(" in rule["expr"]:
             continue
+        needed = {"namespace", "severity"} | (set() if name in FLEET_ALERTS else {"instance"})
         for labels in fired[name]:
-            if missing := {"namespace", "instance", "severity"} - set(labels):
+            if missing := needed - set(labels):
                 problems.append(f"{name} fires without {missing}")
+            if name in FLEET_ALERTS and "instance" in labels:
+                problems.append(f"{name} fires per instance, not per fleet")
     assert not problems, "\n".join(problems)
 
 
@@ -509,17 +525,24 @@ def test_inhibition_silences_the_storm_and_nothing_else(
     def silenced_by(cause: str, **extra: str) -> set[str]:
         out = set()
         for target in every:
-            source = {**target, **extra, "alertname": cause, "severity": "critical"}
+            # a cause is a twin's: it names its instance (the target's, if it has one)
+            source = {"instance": "twin-0:8080", **target, **extra, "alertname": cause,
+                      "severity": "critical"}
             if inhibited(target, [source, target], inhibit_rules):
                 out.add(target["alertname"])
         return out
 
     for cause in ("BGMockServiceDown", "BGMockKafkaUnreachable"):
         assert silenced_by(cause) == OUTAGE_SYMPTOMS, cause
-    everything_else = set(alerts) - CAUSES - NEVER_INHIBITED - {"BGMockTwinAbsent"}
+    # one replica not scraped says nothing of the payments the others send and count
+    everything_else = set(alerts) - CAUSES - NEVER_INHIBITED - FLEET_ALERTS - \
+        {"BGMockTwinAbsent"}
     assert silenced_by("BGMockTwinDown") == everything_else
-    # ... of the same twin only; and a service's outbox only by that service.
-    assert silenced_by("BGMockServiceDown", instance="other:8080") == set()
+    # ... of the same twin only (the fleet's alerts: of any replica of that twin); and
+    # a service's outbox only by that service.
+    assert silenced_by("BGMockServiceDown", instance="other:8080") == \
+        OUTAGE_SYMPTOMS & FLEET_ALERTS
+    assert silenced_by("BGMockServiceDown", instance="other:8080", namespace="other") == set()
     assert silenced_by("BGMockKafkaUnreachable", namespace="other") == set()
     assert silenced_by("BGMockServiceDown", service="other") == \
         OUTAGE_SYMPTOMS - {"BGMockOutboxBacklogGrowing", "BGMockOutboxStalled"}
@@ -640,3 +663,28 @@ def test_real_alertmanager_inhibits_as_intended(alertmanager: str,
         wrong = {k: (got.get(k), v) for k, v in expected.items() if got.get(k) != v}
         raise AssertionError(f"(Alertmanager, intended) differ for {wrong}") from None
 
+
+
+def test_payment_alerts_sum_every_replicas_payments(
+        alerts: dict[str, list[dict[str, Any]]], recorded: dict[str, dict[str, Any]]) -> None:
+    """Each replica counts only its own payments, so a payment is counted once by the
+    fleet and only the sum over the replicas is the truth: every aggregation of a
+    per-payment series in the rules drops the instance (and pod), and the alerts on
+    them are the fleet's (promtool shows two replicas under the minimum traffic each
+    paging together, slo-burn.test.yml)."""
+    problems = []
+    named = [(name, rule) for name, rule in each_alert(alerts)] + list(recorded.items())
+    for name, rule in named:
+        expr = full_expr(rule["expr"], recorded)
+        if not any(series in expr for series in PAYMENT_SERIES):
+            continue
+        if name in alerts and name not in FLEET_ALERTS:
+            problems.append(f"{name} reads payments but is not a fleet alert")
+        for grouping in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr):
+            labels = {label.strip() for label in grouping.split(",")}
+            if labels & {"instance", "pod"}:
+                problems.append(f"{name}: groups payments by {sorted(labels)}")
+        if "sum" not in expr:
+            problems.append(f"{name}: payments read without a sum over replicas")
+    assert not problems, "\n".join(problems)
+    assert set(alerts) >= FLEET_ALERTS

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -396,3 +397,30 @@ def test_provisioning() -> None:
     assert provider["type"] == "file"
     assert provider["options"]["path"]
     assert provider["folder"] == "BGMock"
+
+
+# Per-payment series: each replica of a fleet exports its own payments only.
+PAYMENT_SERIES = ("bgmock_payments_completed_total", "bgmock_payments_submitted_total",
+                  "bgmock_payments_dropped_total", "bgmock_payment_duration_seconds",
+                  "bgmock_payment_step_duration_seconds", "bgmock_payments_in_flight",
+                  "bgmock_payments_stuck", "bgmock_payment_send_lag_seconds")
+
+
+def test_payment_panels_sum_every_replica(dashboards: dict[str, dict[str, Any]]) -> None:
+    """A payment is counted by the one replica that sent it, so a panel shows the
+    fleet's payments only summed over the replicas: every panel reading a per-payment
+    series sums it, and never splits it by instance or pod."""
+    problems = []
+    checked = 0
+    for q in panel_queries(dashboards):
+        metrics = {sel.metric for sel in selectors(q.expr)}
+        if not metrics & {m for s in PAYMENT_SERIES for m in (s, f"{s}_bucket")}:
+            continue
+        checked += 1
+        if "sum" not in q.expr:
+            problems.append(f"{q.name}: payments read without a sum over replicas: {q.expr}")
+        for grouping in re.findall(r"\bby\s*\(([^)]*)\)", q.expr):
+            if {label.strip() for label in grouping.split(",")} & {"instance", "pod"}:
+                problems.append(f"{q.name}: payments split by replica: {q.expr}")
+    assert checked >= 10, "the payment panels were not found"
+    assert not problems, "\n".join(problems)

@@ -153,7 +153,19 @@ def test_replicas_of_the_statefulset_start_with_their_own_identities_on_one_ledg
                 assert twin.process.poll() is None
                 assert "start_failed" not in twin.log()
                 assert "ledger_write_failed" not in twin.log()
-            # One ledger: both replicas' payments land in it, each under its pod name.
+            # One canary for the fleet (the holder of its lease) ...
+            def canary_runners() -> list[str] | None:
+                held = [pod for pod, twin in zip(pods, twins, strict=True)
+                        if twin.metric("bgmock_fleet_lease_held", lease="canary") == 1.0]
+                return held or None
+
+            assert len(wait_for(canary_runners, timeout=60, interval=0.5,
+                                message="a canary runner")) == 1
+            # ... and one ledger: both replicas' payments land in it, each under its pod
+            # name (one payment asked of each replica, besides the canary's).
+            for twin in twins:
+                wait_for(lambda twin=twin: twin.post("/api/v1/transactions").status_code == 202,
+                         timeout=60, interval=0.5, message="a payment sent by the replica")
             engine = writable_engine(ledger)
             try:
                 def writers() -> set[str]:

@@ -173,10 +173,11 @@ def test_alert_rules_evaluate_without_errors(live: LiveStack, prom: Prometheus) 
     deliberate = 'sum(bgmock_payments_completed_total{kind!="normal"})'
     poll(lambda: prom.query(deliberate), 45, "deliberate failures to be counted")
     # The burn-rate recording rules join on the twin's real labels: every window has
-    # a finite rate for this twin, and the drill's deliberate failures burn nothing.
+    # a finite rate for this twin's fleet (its namespace, every replica summed), and
+    # the drill's deliberate failures burn nothing.
     for window in ("5m", "30m", "1h", "2h", "6h", "1d", "3d"):
-        recorded = (f'namespace_instance:bgmock_payments_error_budget:burnrate{window}'
-                    f'{{instance="{live.instance}"}} < 1')
+        recorded = (f'namespace:bgmock_payments_error_budget:burnrate{window}'
+                    f'{{namespace="{NAMESPACE}"}} < 1')
         poll(lambda recorded=recorded: prom.query(recorded), 45, f"{recorded} to be recorded",
              alive=lambda: None if live.twin.poll() is None else "twin exited")  # type: ignore[union-attr]
     # (BGMockPaymentErrorBudgetBurn is one rule per burn window: every one of them.)

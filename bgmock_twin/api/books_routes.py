@@ -61,6 +61,9 @@ class ReconciliationBody(_Out):
     clock_offsets_seconds: dict[str, float] = Field(
         default_factory=dict, description="each service's clock minus the twin's")
     interval_seconds: float
+    reconciled_by: str | None = Field(
+        None, description="the replica that runs the fleet's reconciliation (its report "
+        "and figures are there); null before the first run")
 
 
 class GroupLagBody(_Out):
@@ -80,12 +83,16 @@ class BooksStatusBody(_Out):
     checks: dict[str, str]
     violations: int
     consumer_lag: dict[str, GroupLagBody] | None = None
+    reconciled_by: str | None = Field(
+        None, description="the replica that runs the fleet's reconciliation (its report "
+        "and figures are there); null before the first run")
 
     @model_serializer(mode="wrap")
     def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         body: dict[str, Any] = handler(self)
-        if body.get("consumerLag") is None:
-            body.pop("consumerLag", None)
+        for absent in ("consumerLag", "reconciledBy"):  # no lag source; not in a fleet
+            if body.get(absent) is None:
+                body.pop(absent, None)
         return body
 
 
@@ -127,10 +134,12 @@ def check_body(result: CheckResult) -> CheckBody:
                      offending=[_offender(v) for v in result.violations[:EVIDENCE_LIMIT]])
 
 
-def reconciliation_body(report: Report | None, interval_seconds: float) -> ReconciliationBody:
+def reconciliation_body(report: Report | None, interval_seconds: float,
+                        reconciled_by: str | None = None) -> ReconciliationBody:
     if report is None:
         return ReconciliationBody(ran_at=None, status="pending", violations=0, checks={},
-                                  sources={}, interval_seconds=interval_seconds)
+                                  sources={}, interval_seconds=interval_seconds,
+                                  reconciled_by=reconciled_by)
     return ReconciliationBody(
         ran_at=report.ran_at.isoformat(),
         duration_seconds=round(report.duration_seconds, 3),
@@ -142,6 +151,7 @@ def reconciliation_body(report: Report | None, interval_seconds: float) -> Recon
         clock_offsets_seconds={service: round(offset.total_seconds(), 3)
                                for service, offset in sorted(report.clock_offsets.items())},
         interval_seconds=interval_seconds,
+        reconciled_by=reconciled_by,
     )
 
 
@@ -158,6 +168,7 @@ def books_status_body(status: BooksStatus) -> BooksStatusBody:
         checks={name: check.value for name, check in status.checks.items()},
         violations=status.violations,
         consumer_lag=lag,
+        reconciled_by=status.reconciled_by,
     )
 
 
@@ -176,7 +187,8 @@ def build_books_router(books: Books) -> APIRouter:
                 summary="The latest reconciliation: each check's status (ok, violated, "
                 "unknown, skipped) with the offending payments and accounts")
     def reconciliation() -> ReconciliationBody:
-        return reconciliation_body(books.latest(), books.interval_seconds)
+        return reconciliation_body(books.latest(), books.interval_seconds,
+                                   books.reconciled_by())
 
     @router.post("/api/v1/reconciliation/run", response_model=ReconciliationBody,
                  dependencies=[Depends(require_token)],
@@ -186,6 +198,7 @@ def build_books_router(books: Books) -> APIRouter:
         report = books.run_now()
         if report is None:
             raise HTTPException(status_code=503, detail="a reconciliation is still running")
-        return reconciliation_body(books.latest(), books.interval_seconds)
+        return reconciliation_body(books.latest(), books.interval_seconds,
+                                   books.reconciled_by())
 
     return router

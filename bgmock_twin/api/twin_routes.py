@@ -61,6 +61,9 @@ class PaymentsView(WireResponse):
     consumer_group: str
     poll_requests: int = Field(description="status GETs taken from the polling budget "
                                            "(following by rest_polling)")
+    canary_by: str | None = Field(None, description="the replica of the fleet that sends "
+                                  "the background canary (its lease's holder; null before "
+                                  "it is known or with the canary off)")
 
 
 class StatusView(WireResponse):

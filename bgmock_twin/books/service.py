@@ -9,6 +9,15 @@ control API (``api.books_routes``); and the export of every result:
 ``bgmock_reconciliation_check_unknown{check}``, the balance-drift and outbox
 gauges. Each new offender is logged once with its evidence; a check that
 recovers is logged once too.
+
+In a fleet the scheduled reconciliation runs once: on the replica holding the
+``books`` lease (``lease``, taken or renewed at each run for a few intervals). The
+others do not run it and export none of its figures (gauges of a run they did
+not make would be stale, and counted once per replica); their status and
+``GET /api/v1/reconciliation`` name the replica that has the report
+(``reconciled_by``), where the figures are. A run asked for through the API runs
+on the replica asked, as before, and is answered without exporting figures there
+unless that replica holds the lease.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from sqlalchemy.engine import Engine
 
@@ -42,6 +52,16 @@ RECONCILE_JOB = "books_reconcile"
 LAG_JOB = "books_lag"
 
 
+class FleetLease(Protocol):
+    """The lease of a job the fleet runs once (``tracking.singletons.FleetJob``)."""
+
+    def claim(self) -> bool: ...
+
+    def holder(self) -> str | None: ...
+
+    def release(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class BooksStatus:
     """The books' part of the daemon's status."""
@@ -51,6 +71,7 @@ class BooksStatus:
     checks: dict[str, CheckStatus]
     violations: int
     consumer_lag: dict[str, GroupState] | None  # None without a lag source
+    reconciled_by: str | None = None  # the replica running the fleet's reconciliation
 
 
 class Books:
@@ -63,10 +84,13 @@ class Books:
         engines: Mapping[str, Engine],
         lag_source: LagSource | None,
         twin_accounts: Callable[[], Iterable[AccountKey]],
+        lease: FleetLease | None = None,
     ) -> None:
         """``engines``: read-only engines of BGMock's databases by ``Service.database``;
-        ``twin_accounts``: the accounts the twin provisioned (empty until it has)."""
+        ``twin_accounts``: the accounts the twin provisioned (empty until it has);
+        ``lease``: the fleet's ``books`` lease (None: this twin always runs it)."""
         self.settings = settings
+        self.lease = lease
         self.twin_accounts = twin_accounts
         interval = settings.reconcile_interval_seconds
         self.reconciler = Reconciler(
@@ -94,6 +118,7 @@ class Books:
         self._drift_banks: set[str] = set()
         self._outbox_services: set[str] = set()
         self._account_banks: set[str] = set()
+        self._exported = False  # figures of a run of this replica are exported
 
     @property
     def interval_seconds(self) -> float:
@@ -113,18 +138,32 @@ class Books:
                  lag_groups=len(self.lag.groups) if self.lag else 0)
 
     def stop(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
         self.reconciler.close()
         if self.lag is not None:
             self.lag.close()
 
     # --- reconciliation -------------------------------------------------------------------
     def _scheduled_run(self) -> None:
+        if not self._runs_here():
+            return
         if not self._run_lock.acquire(blocking=False):
             return  # a run asked for through the API is going on: it is as fresh
         try:
-            self._run_and_publish()
+            self._run_and_publish(export=True)
         finally:
             self._run_lock.release()
+
+    def _runs_here(self) -> bool:
+        """Whether this replica runs the fleet's reconciliation now; one that does
+        not (any more) withdraws the figures of its earlier runs."""
+        if self.lease is None or self.lease.claim():
+            return True
+        with self._state_lock:
+            if self._exported:
+                self._withdraw_figures()
+        return False
 
     def run_now(self, wait_seconds: float | None = None) -> Report | None:
         """Run a reconciliation now (waiting for one in progress first); None if the
@@ -134,36 +173,56 @@ class Books:
                                       else budget + 5):
             return None
         try:
-            return self._run_and_publish()
+            return self._run_and_publish(export=self._runs_here())
         finally:
             self._run_lock.release()
 
-    def _run_and_publish(self) -> Report:
+    def _run_and_publish(self, export: bool) -> Report:
         report = self.reconciler.run()
-        self._publish(report)
+        self._publish(report, export)
         return report
 
     def latest(self) -> Report | None:
         with self._state_lock:
             return self._latest
 
-    def _publish(self, report: Report) -> None:
+    def _publish(self, report: Report, export: bool) -> None:
         with self._state_lock:
-            for check in c.CHECKS:
-                result = report.results.get(check)
-                if result is None:
-                    continue
-                unknown = result.status is CheckStatus.UNKNOWN
-                metrics.RECONCILIATION_UNKNOWN.labels(check).set(1 if unknown else 0)
-                metrics.INVARIANT_VIOLATIONS.labels(check).set(len(result.violations))
-                if unknown and not result.violations:
-                    continue  # nothing known: the offenders seen before are not forgotten
-                self._track_offenders(check, result)
-            self._export_figures(report)
-            metrics.RECONCILIATION_LAST_RUN.set(report.ran_at.timestamp())
+            if export:
+                self._export(report)
             self._latest = report
             if report.accounts is not None:
                 self._accounts = report.accounts
+
+    def _export(self, report: Report) -> None:
+        self._exported = True
+        for check in c.CHECKS:
+            result = report.results.get(check)
+            if result is None:
+                continue
+            unknown = result.status is CheckStatus.UNKNOWN
+            metrics.RECONCILIATION_UNKNOWN.labels(check).set(1 if unknown else 0)
+            metrics.INVARIANT_VIOLATIONS.labels(check).set(len(result.violations))
+            if unknown and not result.violations:
+                continue  # nothing known: the offenders seen before are not forgotten
+            self._track_offenders(check, result)
+        self._export_figures(report)
+        metrics.RECONCILIATION_LAST_RUN.set(report.ran_at.timestamp())
+
+    def _withdraw_figures(self) -> None:
+        """No figure or report of this replica's earlier runs stays once another
+        replica reconciles (the detections counter keeps its count): its status
+        and API then name the holder instead."""
+        for gauge in (metrics.RECONCILIATION_UNKNOWN, metrics.INVARIANT_VIOLATIONS,
+                      metrics.BALANCE_DRIFT, metrics.DRIFTING_ACCOUNTS, metrics.OUTBOX_PENDING,
+                      metrics.OUTBOX_OLDEST_AGE, metrics.ACCOUNT_BALANCE,
+                      metrics.ACCOUNT_RESERVED, metrics.ACCOUNT_BALANCE_EXPECTED_MIN,
+                      metrics.ACCOUNT_BALANCE_EXPECTED_MAX):
+            gauge.clear()
+        self._keys = {}
+        self._drift_banks, self._outbox_services, self._account_banks = set(), set(), set()
+        self._latest, self._accounts = None, None
+        self._exported = False
 
     def _track_offenders(self, check: str, result: CheckResult) -> None:
         previous = self._keys.get(check, set())
@@ -243,4 +302,10 @@ class Books:
             if latest else {},
             violations=latest.violations if latest else 0,
             consumer_lag=self.lag.states() if self.lag is not None else None,
+            reconciled_by=self.reconciled_by(),
         )
+
+    def reconciled_by(self) -> str | None:
+        """The replica that runs the fleet's reconciliation (None for a twin that is
+        not part of a fleet, or before the first run)."""
+        return self.lease.holder() if self.lease is not None else None

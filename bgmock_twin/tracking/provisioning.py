@@ -20,6 +20,19 @@ and reuses them. Rules:
   current balance recorded as an ``opening`` deposit, so the books start from what
   the bank holds instead of showing it all as drift.
 
+Replicas. Each replica of a fleet owns its accounts: the prefix carries the
+replica's ordinal (``replica_account_prefix``: the StatefulSet pod ``<name>-2``
+uses ``TWIN-R2-A-001``; ordinal 0 and an instance id without one keep the plain
+``TWIN-A-001``, so a lone twin keeps its accounts). Its payers are then its own,
+which keeps each in-flight (payer, bankgood, amount) triple unique across the fleet
+(``rematch``), and no replica adopts, tops up or opens what another is paying
+from. Replicas that share an account set anyway (instance ids without ordinals,
+one ``TWIN_ACCOUNT_PREFIX``) stay exact: a provisioning pass runs under the set's
+lease in the ledger (``exclusive``) and stores its deposits before handing it on,
+so the next replica finds the accounts known instead of adopting them a second
+time; and an opening has one id per account (``opening_deposit_id``), so two
+openings of one account are one row.
+
 Opening balances and reservations. For the books a deposit is *balance* (the model
 adds it to the expected balance; the reserved amount is never derived from
 deposits, and the ``reserved_*`` checks read only the banks). A reservation at
@@ -42,10 +55,13 @@ earlier life on the Kafka channel reserve nothing and cannot be waited for.
 
 from __future__ import annotations
 
+import contextlib
+import re
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -88,6 +104,7 @@ class Fixtures:
 
 DepositRecorder = Callable[[str, str, Decimal, str], None]
 HistoryCheck = Callable[[str, str], bool]  # (clearing, account): the ledger knows it
+Exclusive = Callable[[], AbstractContextManager[None]]  # one pass at a time on an account set
 _TwinAccount = tuple[str, str]  # (clearing number, account number) of a twin account
 
 
@@ -114,9 +131,11 @@ class Provisioner:
         has_history: HistoryCheck | None = None,
         quiet_wait_seconds: float = 10.0,
         stuck_after_seconds: float = 30.0,
+        exclusive: Exclusive | None = None,
     ) -> None:
         """Opening balances are recorded only with both ``record_deposit`` and
-        ``has_history`` (the ledger's ``has_history``)."""
+        ``has_history`` (the ledger's ``has_history``); ``exclusive`` guards each
+        provisioning pass against another replica's on the same accounts."""
         self.clients = clients
         self.prefix = prefix
         self.accounts_per_bank = accounts_per_bank
@@ -125,6 +144,7 @@ class Provisioner:
         self.has_history = has_history
         self.quiet_wait_seconds = quiet_wait_seconds
         self.stuck_after_seconds = stuck_after_seconds
+        self.exclusive: Exclusive = exclusive or contextlib.nullcontext
         self._lock = threading.Lock()
         # accounts whose starting point the ledger holds (created, found in the
         # ledger or opened in this life): never looked up again
@@ -152,7 +172,7 @@ class Provisioner:
         Raises ``ServiceError`` when BGMock cannot be reached; the previous fixtures
         (if any) stay in use.
         """
-        with self._lock:
+        with self._lock, self.exclusive():
             fixtures = Fixtures()
             owned: dict[_TwinAccount, Account] = {}
             for clearing in (b.clearing_number for b in BANKS):
@@ -359,10 +379,33 @@ def _quiet(readings: dict[_TwinAccount, Account | None]) -> bool:
     return all(a is None or a.reserved_balance == 0 for a in readings.values())
 
 
+_ORDINAL = re.compile(r"-([0-9]{1,4})$")
+_OPENING_IDS = uuid.UUID("5b0c5f7e-7d43-4f0e-9a51-6f3c2b9d1e21")
+
+
+def replica_account_prefix(prefix: str, instance_id: str) -> str:
+    """The account prefix of the replica ``instance_id``: ``prefix`` itself for
+    ordinal 0 or an instance id without an ordinal, ``<prefix>-R<n>`` for the
+    StatefulSet pod ``<name>-<n>`` (n > 0). A bank letter is never ``R1``, so the
+    sets of two replicas never share a name."""
+    found = _ORDINAL.search(instance_id)
+    ordinal = int(found.group(1)) if found else 0
+    return prefix if ordinal == 0 else f"{prefix}-R{ordinal}"
+
+
+def opening_deposit_id(clearing: str, account: str) -> str:
+    """The one id an account's opening balance has in a ledger: the ledger records an
+    opening only for an account it knows nothing about, so there is at most one, and
+    two replicas recording it at once write one row."""
+    return str(uuid.uuid5(_OPENING_IDS, f"{clearing}/{account}"))
+
+
 def new_deposit_row(instance_id: str, clearing: str, account: str, amount: Decimal,
                     reason: str) -> dict[str, object]:
+    deposit_id = opening_deposit_id(clearing, account) if reason == OPENING \
+        else str(uuid.uuid4())
     return {
-        "deposit_id": str(uuid.uuid4()), "instance_id": instance_id,
+        "deposit_id": deposit_id, "instance_id": instance_id,
         "clearing_number": clearing, "account_number": account, "amount": amount,
         "reason": reason, "at": datetime.now(UTC),
     }

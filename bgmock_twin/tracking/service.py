@@ -16,6 +16,12 @@ canary at ``TWIN_LOAD_RATE``), ``tracking_deadlines`` (stuck marks, SLA counting
 status polls of stuck payments, simulation progress, the bank-table search for
 payments whose 202 never came back (``rematch``); every second) and
 ``tracking_retention`` (ledger pruning).
+
+In a fleet (replicas on one shared ledger) the background canary runs on one
+replica only, the holder of the ``canary`` lease (``singletons``); each replica
+pays from its own accounts (``provisioning.replica_account_prefix``), and a
+provisioning pass holds its account set's lease (``accounts:<prefix>``) so that
+replicas sharing one set never adopt what another just created.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import math
 import random
 import threading
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -50,7 +57,12 @@ from bgmock_twin.tracking.ledger.schema import make_engine
 from bgmock_twin.tracking.lifecycle import ALL_STEPS, Channel, Kind, Payment, Route, Step
 from bgmock_twin.tracking.load import FixturesUnavailable, LoadProfile, Run, build_payment
 from bgmock_twin.tracking.poller import Purpose, StatusChecker, StatusPoller
-from bgmock_twin.tracking.provisioning import Fixtures, Provisioner, new_deposit_row
+from bgmock_twin.tracking.provisioning import (
+    Fixtures,
+    Provisioner,
+    new_deposit_row,
+    replica_account_prefix,
+)
 from bgmock_twin.tracking.rematch import Rematcher
 from bgmock_twin.tracking.rest_follower import (
     KAFKA_CHANNEL_REFUSED,
@@ -62,6 +74,7 @@ from bgmock_twin.tracking.rest_follower import (
 )
 from bgmock_twin.tracking.sender import Sender
 from bgmock_twin.tracking.simulations import SimulationManager
+from bgmock_twin.tracking.singletons import CANARY_LEASE, FleetJob, exclusive_pass
 from bgmock_twin.tracking.status import LedgerStatus, TrackingStatus
 from bgmock_twin.tracking.testhooks import PauseHook
 from bgmock_twin.tracking.tracker import Tracker
@@ -72,6 +85,10 @@ PROVISION_INTERVAL_SECONDS = 60.0
 DEADLINE_INTERVAL_SECONDS = 1.0
 RETENTION_INTERVAL_SECONDS = 600.0
 LEDGER_BUFFER_SIZE = 100_000
+CANARY_LEASE_MIN_SECONDS = 10.0  # the canary's lease: this, or 5 of its ticks if longer
+ACCOUNTS_LEASE_SECONDS = 120.0  # longer than a provisioning pass (its quiet wait included)
+QUIET_WAIT_SECONDS = 10.0
+ACCOUNTS_FLUSH_SECONDS = 5.0
 
 
 class SenderBusy(Unavailable):
@@ -109,12 +126,19 @@ class Tracking:
             park_seconds=settings.rest_timeout_seconds + 2,
             hidden_rest_steps=NOT_OBSERVED_WITHOUT_KAFKA if polling else frozenset(),
         )
+        self.leases = Leases(self.ledger.engine, settings.instance_id)
         self.provisioner = Provisioner(
-            clients, settings.account_prefix, settings.accounts_per_bank,
+            clients, replica_account_prefix(settings.account_prefix, settings.instance_id),
+            settings.accounts_per_bank,
             settings.account_initial_deposit, record_deposit=self._record_deposit,
-            has_history=self.ledger.has_history,
+            has_history=self.ledger.has_history, quiet_wait_seconds=QUIET_WAIT_SECONDS,
             stuck_after_seconds=settings.payment_sla_seconds,
+            exclusive=self._one_provisioner,
         )
+        self.canary = FleetJob(
+            self.leases, CANARY_LEASE,
+            max(CANARY_LEASE_MIN_SECONDS,
+                5 * self._load_interval(settings.load_rate_per_second or 1.0)))
         self.budget = RequestBudget(settings.rest_poll_budget_per_second) if polling else None
         self.checker = StatusChecker(clients, self.tracker, budget=self.budget,
                                      sla=settings.payment_sla_seconds,
@@ -239,6 +263,7 @@ class Tracking:
             self.fleet.stop(budget * 0.1)
         self.sender.stop(budget * 0.4)
         self.simulations.shutdown()
+        self.canary.release()
         self.checker.stop_event.set()  # a check waiting for the polling budget gives up
         self.poller.stop(budget * 0.1)
         if self.follower is not None:
@@ -324,8 +349,12 @@ class Tracking:
         return 1 / rate if rate <= 1 else 1.0
 
     def _load_tick(self) -> None:
-        """Hand the pacer this tick's share of the background canary."""
+        """Hand the pacer this tick's share of the background canary, on the one
+        replica of the fleet that holds the canary's lease."""
         if self.provisioner.fixtures is None:
+            return
+        if not self.canary.claim():
+            self._background_carry = 0.0
             return
         rate = self.settings.load_rate_per_second
         interval = self._load_interval(rate)
@@ -360,6 +389,13 @@ class Tracking:
             return
         if deleted:
             log.info("ledger_pruned", payments=deleted)
+
+    def _one_provisioner(self) -> AbstractContextManager[None]:
+        """One provisioning pass at a time on this replica's account set across the
+        fleet, its deposits stored before the next (``Provisioner.exclusive``)."""
+        return exclusive_pass(self.leases, f"accounts:{self.provisioner.prefix}",
+                              ACCOUNTS_LEASE_SECONDS, QUIET_WAIT_SECONDS + 5,
+                              lambda: self.ledger.flush(ACCOUNTS_FLUSH_SECONDS))
 
     def _record_deposit(self, clearing: str, account: str, amount: Decimal, reason: str) -> None:
         self.ledger.write("deposit", new_deposit_row(
@@ -472,6 +508,7 @@ class Tracking:
             not_observed=self._not_observed_names(),
             channels=tuple(c.value for c in channels(self.following_by)),
             poll_requests=self.budget.spent if self.budget is not None else 0,
+            canary_by=self.canary.holder(),
         )
 
     def _not_observed_names(self) -> tuple[str, ...]:

@@ -35,3 +35,4 @@ class TrackingStatus:
     not_observed: tuple[str, ...] = ()  # steps of a REST payment this twin cannot see
     channels: tuple[str, ...] = ("rest", "kafka")  # channels a payment can be sent on
     poll_requests: int = 0  # status GETs taken from the polling budget (REST polling)
+    canary_by: str | None = None  # the replica of the fleet that sends the canary
