@@ -365,7 +365,7 @@ class Tracker:
                 if old.transaction_id is not None:
                     self._by_tx.pop(old.transaction_id, None)
             metrics.PAYMENTS_IN_FLIGHT.set(len(self._live))
-        self.ledger.write_payment(payment, self.clock.now())
+        self.ledger.write_change(payment, change.new_step, self.clock.now())
 
     def _publish(self, event: StepReached) -> None:
         for listener in self._subscribers:
