@@ -81,6 +81,9 @@ def _amount(value: Decimal | None) -> Decimal:
     return value
 
 
+_ZEROS = {size: [0] * (7 - size) for size in range(3, 8)}
+
+
 def _date(value: Date) -> datetime | None:
     """``parse_local_datetime`` for the forms msgspec typed already (ints only)."""
     if value is None:
@@ -88,12 +91,11 @@ def _date(value: Date) -> datetime | None:
     try:
         if isinstance(value, list):
             size = len(value)
-            if 3 <= size <= 6:
-                return datetime(*value)
-            if size == 7:
-                year, month, day, hour, minute, second, nanos = value
-                return datetime(year, month, day, hour, minute, second, nanos // 1000)
-            raise _NotFast
+            if not 3 <= size <= 7:
+                raise _NotFast
+            year, month, day, hour, minute, second, nanos = \
+                value if size == 7 else value + _ZEROS[size]
+            return datetime(year, month, day, hour, minute, second, nanos // 1000)
         return datetime.fromisoformat(value)
     except (ValueError, TypeError, OverflowError):
         raise _NotFast from None
