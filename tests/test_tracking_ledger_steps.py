@@ -5,6 +5,7 @@ columns upgraded on open. Each test runs on SQLite and PostgreSQL (``ledger_url`
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -150,3 +151,57 @@ def test_an_old_ledger_keeps_its_steps(ledger_url: str) -> None:
         with book.engine.connect() as conn:
             assert conn.execute(sa.select(sa.func.count()).select_from(upgrades)).scalar() == 1
         assert book.get(done.payment_id) == record_of(done)
+
+
+def test_the_tracker_writes_narrow_steps_and_full_changes_that_read_back_whole(
+    ledger_url: str,
+) -> None:
+    """Through the tracker: the 202's id (set before its step), steps that only move
+    the furthest step (narrow updates), a FAILED completion with its message and the
+    settled status all reach the ledger; the row reads back as the tracker has it."""
+    from bgmock_twin.bus.base import Record
+    from bgmock_twin.contract import (
+        TOPIC_COMPLETED,
+        TOPIC_FORWARDED,
+        TOPIC_INITIATED,
+        TOPIC_PROCESSED,
+        IncomingTransactionEvent,
+        OutgoingTransactionEvent,
+        TransactionResponseEvent,
+    )
+    from bgmock_twin.tracking.tracker import Tracker
+
+    with running_ledger(ledger_url, flush_interval=0.02) as book:
+        tracker = Tracker(book, step_deadline=10, sla=30)
+        p = make_payment(0)
+        p.transaction_id = None
+        tracker.register(p)
+        tx = uuid.uuid4()
+        tracker.accepted(p.payment_id, tx)
+        assert book.flush(5)
+        stored = book.get(str(tx))
+        assert stored is not None and stored.state == "accepted"
+        amount = p.amount
+        events = [
+            (TOPIC_INITIATED, OutgoingTransactionEvent(tx, "02", "TWIN-B-002", "TWIN-BG-A-001",
+                                                       amount, Status.PENDING)),
+            (TOPIC_FORWARDED, IncomingTransactionEvent(tx, "01", "TWIN-A-001", amount,
+                                                       Status.PENDING)),
+        ]
+        tracker.on_events([(Record(t, 0, i, b"k", b"{}"), e) for i, (t, e) in enumerate(events)])
+        assert book.flush(5)
+        assert book.get(p.payment_id) == record_of(tracker.get(p.payment_id))  # type: ignore[arg-type]
+        tracker.on_events([
+            (Record(TOPIC_PROCESSED, 0, 2, b"k", b"{}"),
+             TransactionResponseEvent(tx, Status.FAILED, "no such account")),
+            (Record(TOPIC_COMPLETED, 0, 3, b"k", b"{}"),
+             TransactionResponseEvent(tx, Status.FAILED, "no such account")),
+        ])
+        tracker.settle(p.payment_id, Status.FAILED)
+        assert book.flush(5)
+        followed = tracker.get(p.payment_id)
+        assert followed is not None and followed.outcome is not None
+        stored = book.get(p.payment_id)
+        assert stored == record_of(followed)
+        assert stored.message == "no such account" and stored.final_status is Status.FAILED
+        assert stored.transaction_id == str(tx) and stored.state == "settled"

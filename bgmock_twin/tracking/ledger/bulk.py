@@ -12,9 +12,13 @@ A batch arrives as ``(kind, row)`` pairs (see ``store``):
 
 - ``payment``: a payment's whole flat mapping (``rows.payment_row``): its row is
   upserted and the steps it carries are appended;
-- ``progress``: ``{"payment_id", "state", "steps"}``, what changed since: the
-  ``STATE_COLUMNS`` values (a tuple) and new step tuples (step, at, since, seconds);
-- ``payment_state`` / ``payment_step``: the same two, one row each (spill files);
+- ``progress``: ``{"payment_id", "full", "state", "updated_at", "steps"}``, what
+  changed since: the ``STATE_COLUMNS`` values (``full``, a tuple) when more than
+  the furthest step changed, else only ``state`` and ``updated_at`` (the narrow
+  update, which touches no indexed column), and new step tuples (step, at, since,
+  seconds);
+- ``payment_state`` / ``payment_step``: the same, one row each (spill files; a
+  state row with only ``state`` and ``updated_at`` is a narrow update);
 - ``simulation`` / ``deposit``: whole rows, upserted with Core.
 
 Payments are written before the progress of any payment, so an update never comes
@@ -69,6 +73,21 @@ def sqlite_time(value: datetime | None) -> str | None:
             f"{value.minute:02d}:{value.second:02d}.{value.microsecond:06d}")
 
 
+class _LastTime:
+    """``convert`` of the timestamp seen last, remembered: the changes of one poll
+    share one ``updated_at``."""
+
+    def __init__(self, convert: Any) -> None:
+        self.convert = convert
+        self.value: datetime | None = None
+        self.text: Any = None
+
+    def __call__(self, value: datetime | None) -> Any:
+        if value is not self.value:
+            self.value, self.text = value, self.convert(value)
+        return self.text
+
+
 def pg_time(value: datetime | None) -> datetime | None:
     if value is None:
         return None
@@ -103,29 +122,37 @@ class Statements:
         self._payment_conv = [_converter(n, self.sqlite) for n in PAYMENT_COLUMNS]
         self._state_conv = [_converter(n, self.sqlite) for n in STATE_COLUMNS]
         self._time = sqlite_time if self.sqlite else pg_time
+        table, steps = payments.name, payment_steps.name
         updates = ", ".join(f"{n} = excluded.{n}" for n in PAYMENT_COLUMNS if n != "payment_id")
         if self.sqlite:
             marks = ", ".join("?" for _ in PAYMENT_COLUMNS)
             self.upsert_payments = (
-                f"INSERT INTO {payments.name} ({', '.join(PAYMENT_COLUMNS)}) VALUES ({marks}) "  # noqa: S608
+                f"INSERT INTO {table} ({', '.join(PAYMENT_COLUMNS)}) VALUES ({marks}) "  # noqa: S608
                 f"ON CONFLICT (payment_id) DO UPDATE SET {updates}")
             sets = ", ".join(f"{n} = ?" for n in STATE_COLUMNS)
-            self.update_states = f"UPDATE {payments.name} SET {sets} WHERE payment_id = ?"  # noqa: S608
+            self.update_states = f"UPDATE {table} SET {sets} WHERE payment_id = ?"  # noqa: S608
+            self.update_narrow = \
+                f"UPDATE {table} SET state = ?, updated_at = ? WHERE payment_id = ?"  # noqa: S608
             self.insert_steps = (
-                f"INSERT INTO {payment_steps.name} ({', '.join(STEP_COLUMNS)}) "  # noqa: S608
+                f"INSERT INTO {steps} ({', '.join(STEP_COLUMNS)}) "  # noqa: S608
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
         else:
             self.upsert_payments = (
-                f"INSERT INTO {payments.name} ({', '.join(PAYMENT_COLUMNS)}) VALUES %s "  # noqa: S608
+                f"INSERT INTO {table} ({', '.join(PAYMENT_COLUMNS)}) VALUES %s "  # noqa: S608
                 f"ON CONFLICT (payment_id) DO UPDATE SET {updates}")
             self.payments_template = _template(PAYMENT_COLUMNS)
             sets = ", ".join(f"{n} = v.{n}" for n in STATE_COLUMNS)
             self.update_states = (
-                f"UPDATE {payments.name} AS p SET {sets} FROM (VALUES %s) "  # noqa: S608
+                f"UPDATE {table} AS p SET {sets} FROM (VALUES %s) "  # noqa: S608
                 f"AS v({', '.join(STATE_COLUMNS)}, payment_id) WHERE p.payment_id = v.payment_id")
             self.states_template = _template((*STATE_COLUMNS, "payment_id"))
+            self.update_narrow = (
+                f"UPDATE {table} AS p SET state = v.state, updated_at = v.updated_at "  # noqa: S608
+                "FROM (VALUES %s) AS v(state, updated_at, payment_id) "
+                "WHERE p.payment_id = v.payment_id")
+            self.narrow_template = _template(("state", "updated_at", "payment_id"))
             self.insert_steps = (
-                f"INSERT INTO {payment_steps.name} ({', '.join(STEP_COLUMNS)}) VALUES %s "  # noqa: S608
+                f"INSERT INTO {steps} ({', '.join(STEP_COLUMNS)}) VALUES %s "  # noqa: S608
                 "ON CONFLICT DO NOTHING")
             self.steps_template = _template(STEP_COLUMNS)
 
@@ -137,10 +164,6 @@ class Statements:
         return (*(conv(value) if conv else value
                   for value, conv in zip(state, self._state_conv, strict=True)), payment_id)
 
-    def step_values(self, payment_id: str, step: StepTuple) -> tuple[Any, ...]:
-        name, at, since, seconds = step
-        return payment_id, name, self._time(at), since, seconds
-
 
 def _template(columns: Sequence[str]) -> str:
     """An ``execute_values`` row template that types every value, so a column whose
@@ -150,6 +173,7 @@ def _template(columns: Sequence[str]) -> str:
 
 
 _STATEMENTS = {"sqlite": Statements("sqlite"), "postgresql": Statements("postgresql")}
+_NARROW_KEYS = frozenset(("payment_id", "state", "updated_at"))
 
 
 # --- a batch as statements --------------------------------------------------------------------
@@ -164,37 +188,79 @@ def steps_of_row(row: dict[str, Any]) -> list[StepTuple]:
     return found
 
 
+class Writes:
+    """One batch sorted by statement: whole payment rows, full and narrow updates,
+    step rows, whole rows of the other tables."""
+
+    def __init__(self) -> None:
+        self.whole: list[dict[str, Any]] = []
+        self.full: dict[str, Sequence[Any]] = {}  # payment id -> STATE_COLUMNS values
+        self.narrow: dict[str, tuple[str, datetime]] = {}  # payment id -> (state, at)
+        self.steps: list[tuple[str, StepTuple]] = []
+        self.others: dict[str, list[dict[str, Any]]] = {}
+
+    def add(self, kind: str, row: dict[str, Any]) -> None:
+        payment_id = row.get("payment_id")
+        if kind == "progress":
+            assert payment_id is not None
+            full = row["full"]
+            if full is not None:
+                self.full[payment_id] = full
+                self.narrow.pop(payment_id, None)
+            else:
+                self._narrow(payment_id, row["state"], row["updated_at"])
+            if row["steps"]:
+                self.steps.extend((payment_id, step) for step in row["steps"])
+        elif kind == "payment":
+            assert payment_id is not None
+            self.whole.append(row)
+            self.steps.extend((payment_id, step) for step in steps_of_row(row))
+        elif kind == "payment_state":
+            assert payment_id is not None
+            if set(row) == _NARROW_KEYS:
+                self._narrow(payment_id, row["state"], row["updated_at"])
+            else:
+                self.full[payment_id] = tuple(row.get(n) for n in STATE_COLUMNS)
+                self.narrow.pop(payment_id, None)
+        elif kind == "payment_step":
+            assert payment_id is not None
+            self.steps.append((payment_id, (row["step"], row["at"],
+                                            float(row["since_intended"]),
+                                            float(row["seconds"]))))
+        else:
+            self.others.setdefault(kind, []).append(row)
+
+    def _narrow(self, payment_id: str, state: str, updated_at: datetime) -> None:
+        full = self.full.get(payment_id)
+        if full is None:
+            self.narrow[payment_id] = (state, updated_at)
+        else:
+            self.full[payment_id] = with_narrow(full, state, updated_at)
+
+
+_STATE_AT, _UPDATED_AT = STATE_COLUMNS.index("state"), STATE_COLUMNS.index("updated_at")
+
+
+def with_narrow(full: Sequence[Any], state: str, updated_at: datetime) -> tuple[Any, ...]:
+    """``STATE_COLUMNS`` values with a newer ``state`` and ``updated_at``."""
+    values = list(full)
+    values[_STATE_AT], values[_UPDATED_AT] = state, updated_at
+    return tuple(values)
+
+
 def store_rows(conn: Connection, rows: Iterable[Row]) -> None:
     """Store a batch of (kind, row) pairs in ``conn``'s transaction."""
-    whole: list[dict[str, Any]] = []
-    states: list[tuple[str, Sequence[Any]]] = []
-    steps: list[tuple[str, StepTuple]] = []
-    others: dict[str, list[dict[str, Any]]] = {}
+    writes = Writes()
     for kind, row in rows:
-        if kind == "progress":
-            payment_id = row["payment_id"]
-            if row["state"] is not None:
-                states.append((payment_id, row["state"]))
-            steps.extend((payment_id, step) for step in row["steps"])
-        elif kind == "payment":
-            whole.append(row)
-            steps.extend((row["payment_id"], step) for step in steps_of_row(row))
-        elif kind == "payment_state":
-            states.append((row["payment_id"], tuple(row.get(n) for n in STATE_COLUMNS)))
-        elif kind == "payment_step":
-            steps.append((row["payment_id"], (row["step"], row["at"],
-                                              float(row["since_intended"]),
-                                              float(row["seconds"]))))
-        else:
-            others.setdefault(kind, []).append(row)
+        writes.add(kind, row)
     statements = _STATEMENTS.get(conn.dialect.name)
     if statements is None:
-        _store_with_core(conn, whole, states, steps)
+        _store_with_core(conn, writes)
     elif statements.sqlite:
-        _store_sqlite(conn, statements, whole, states, steps)
+        _store_sqlite(conn, statements, writes)
     else:
-        _store_postgres(conn, statements, whole, states, steps)
-    for kind, group in others.items():
+        _store_postgres(conn, statements, writes)
+    for kind, group in writes.others.items():
         upsert(conn, TABLES[kind], _key(kind), group)
 
 
@@ -202,60 +268,69 @@ def _key(kind: str) -> str:
     return str(TABLES[kind].primary_key.columns.values()[0].name)
 
 
-def _store_sqlite(conn: Connection, st: Statements, whole: list[dict[str, Any]],
-                  states: list[tuple[str, Sequence[Any]]],
-                  steps: list[tuple[str, StepTuple]]) -> None:
+def _store_sqlite(conn: Connection, st: Statements, w: Writes) -> None:
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    at = _LastTime(sqlite_time)
     try:
-        if whole:
-            cursor.executemany(st.upsert_payments, [st.payment_values(r) for r in whole])
-        if states:
-            cursor.executemany(st.update_states, [st.state_values(p, s) for p, s in states])
-        if steps:
-            cursor.executemany(st.insert_steps, [st.step_values(p, s) for p, s in steps])
+        if w.whole:
+            cursor.executemany(st.upsert_payments, [st.payment_values(r) for r in w.whole])
+        if w.full:
+            cursor.executemany(st.update_states,
+                               [st.state_values(p, s) for p, s in w.full.items()])
+        if w.narrow:
+            cursor.executemany(st.update_narrow, [(state, at(updated), p) for p, (
+                state, updated) in w.narrow.items()])
+        if w.steps:
+            cursor.executemany(st.insert_steps, [
+                (p, step, at(when), since, seconds)
+                for p, (step, when, since, seconds) in w.steps])
     finally:
         cursor.close()
 
 
-def _store_postgres(conn: Connection, st: Statements, whole: list[dict[str, Any]],
-                    states: list[tuple[str, Sequence[Any]]],
-                    steps: list[tuple[str, StepTuple]]) -> None:
+def _store_postgres(conn: Connection, st: Statements, w: Writes) -> None:
     from psycopg2.extras import execute_values
 
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        if whole:
+        if w.whole:
             # one row per payment in a statement: ON CONFLICT cannot touch a row twice
-            latest = {r["payment_id"]: r for r in whole}
+            latest = {r["payment_id"]: r for r in w.whole}
             execute_values(cursor, st.upsert_payments,
                            [st.payment_values(r) for r in latest.values()],
                            template=st.payments_template, page_size=PAGE)
-        if states:
-            latest_states = {p: s for p, s in states}
+        if w.full:
             execute_values(cursor, st.update_states,
-                           [st.state_values(p, s) for p, s in latest_states.items()],
+                           [st.state_values(p, s) for p, s in w.full.items()],
                            template=st.states_template, page_size=PAGE)
-        if steps:
+        if w.narrow:
+            execute_values(cursor, st.update_narrow,
+                           [(state, pg_time(updated), p)
+                            for p, (state, updated) in w.narrow.items()],
+                           template=st.narrow_template, page_size=PAGE)
+        if w.steps:
             execute_values(cursor, st.insert_steps,
-                           [st.step_values(p, s) for p, s in steps],
+                           [(p, step, pg_time(when), since, seconds)
+                            for p, (step, when, since, seconds) in w.steps],
                            template=st.steps_template, page_size=PAGE)
     finally:
         cursor.close()
 
 
-def _store_with_core(conn: Connection, whole: list[dict[str, Any]],
-                     states: list[tuple[str, Sequence[Any]]],
-                     steps: list[tuple[str, StepTuple]]) -> None:
+def _store_with_core(conn: Connection, w: Writes) -> None:
     """Any other database: SQLAlchemy Core, row by row where it must."""
     names = {c.name for c in payments.columns}
     upsert(conn, payments, "payment_id",
-           [{k: v for k, v in row.items() if k in names} for row in whole])
+           [{k: v for k, v in row.items() if k in names} for row in w.whole])
     p = payments.c
-    for payment_id, state in states:
+    for payment_id, state in w.full.items():
         conn.execute(sa.update(payments).where(p.payment_id == payment_id)
                      .values(dict(zip(STATE_COLUMNS, state, strict=True))))
+    for payment_id, (furthest, updated_at) in w.narrow.items():
+        conn.execute(sa.update(payments).where(p.payment_id == payment_id)
+                     .values(state=furthest, updated_at=updated_at))
     s = payment_steps.c
-    for payment_id, (step, at, since, seconds) in steps:
+    for payment_id, (step, at, since, seconds) in w.steps:
         exists = conn.execute(sa.select(s.step).where(
             s.payment_id == payment_id, s.step == step)).first()
         if exists is None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from bgmock_twin import metrics
 from bgmock_twin.errors import Unavailable
 from bgmock_twin.logs import get_logger
 from bgmock_twin.settings import mask_url
-from bgmock_twin.tracking.ledger.bulk import StepTuple, store_rows
+from bgmock_twin.tracking.ledger.bulk import StepTuple, store_rows, with_narrow
 from bgmock_twin.tracking.ledger.schema import (
     PRIMARY_KEYS,
     STATE_COLUMNS,
@@ -221,18 +222,21 @@ class LedgerStore(Worker):
         """Whether a payment's last write was dropped: its next must be whole."""
         return payment_id in self._unsynced
 
-    def write_progress(self, payment_id: str, state: tuple[Any, ...],
-                       step: StepTuple | None) -> int:
-        """Buffer what changed in a stored payment: its ``STATE_COLUMNS`` values and
-        the step it reached (None: no new step); returns the sequence number. Joins
-        the payment's pending whole row or progress, if any."""
+    def write_progress(self, payment_id: str, full: tuple[Any, ...] | None, state: str,
+                       updated_at: datetime, step: StepTuple | None) -> int:
+        """Buffer what changed in a stored payment: all its ``STATE_COLUMNS`` values
+        (``full``) or, when only its furthest step moved (None), its ``state`` and
+        ``updated_at``; and the step it reached (None: no new step). Returns the
+        sequence number. Joins the payment's pending whole row or progress, if any."""
         with self._lock:
             self._seq += 1
             pending = self._pending
             whole = pending.get(("payment", payment_id))
             if whole is not None:
                 row = whole[0]
-                row.update(zip(STATE_COLUMNS, state, strict=True))
+                if full is not None:
+                    row.update(zip(STATE_COLUMNS, full, strict=True))
+                row["state"], row["updated_at"] = state, updated_at
                 if step is not None:
                     name, at, since, seconds = step
                     row[f"{name}_at"], row[f"{name}_since"], row[f"{name}_seconds"] = \
@@ -242,17 +246,23 @@ class LedgerStore(Worker):
             key = (PROGRESS, payment_id)
             waiting = pending.get(key)
             if waiting is not None:
-                steps = waiting[0]["steps"]
+                row = waiting[0]
+                if full is not None:
+                    row["full"] = full
+                elif row["full"] is not None:
+                    row["full"] = with_narrow(row["full"], state, updated_at)
+                row["state"], row["updated_at"] = state, updated_at
                 if step is not None:
-                    steps.append(step)
-            elif len(pending) + self._inflight >= self.buffer_size:
+                    row["steps"].append(step)
+                pending[key] = (row, self._seq)
+                return self._seq
+            if len(pending) + self._inflight >= self.buffer_size:
                 self._unsynced.add(payment_id)
                 metrics.LEDGER_DROPPED.inc()
                 return self._seq
-            else:
-                steps = [step] if step is not None else []
-            pending[key] = ({"payment_id": payment_id, "state": state, "steps": steps},
-                            self._seq)
+            pending[key] = ({"payment_id": payment_id, "full": full, "state": state,
+                             "updated_at": updated_at,
+                             "steps": [step] if step is not None else []}, self._seq)
             return self._seq
 
     @property
@@ -416,9 +426,10 @@ def spill_lines(kind: str, row: dict[str, Any]) -> list[Row]:
     if kind != PROGRESS:
         return [(kind, row)]
     payment_id = row["payment_id"]
-    lines: list[Row] = [("payment_state", {"payment_id": payment_id,
-                                           **dict(zip(STATE_COLUMNS, row["state"],
-                                                      strict=True))})]
+    full = row["full"]
+    state = dict(zip(STATE_COLUMNS, full, strict=True)) if full is not None else \
+        {"state": row["state"], "updated_at": row["updated_at"]}
+    lines: list[Row] = [("payment_state", {"payment_id": payment_id, **state})]
     lines.extend(("payment_step", {"payment_id": payment_id, "step": step, "at": at,
                                    "since_intended": since, "seconds": seconds})
                  for step, at, since, seconds in row["steps"])
