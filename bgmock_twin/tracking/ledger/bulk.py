@@ -12,7 +12,8 @@ A batch arrives as ``(kind, row)`` pairs (see ``store``):
 
 - ``payment``: a payment's whole flat mapping (``rows.payment_row``): its row is
   upserted and the steps it carries are appended;
-- ``progress``: ``{"payment_id", "full", "state", "updated_at", "steps"}``, what
+- ``progress``: ``{"payment_id", "intended_at", "full", "state", "updated_at",
+  "steps"}``, what
   changed since: the ``STATE_COLUMNS`` values (``full``, a tuple) when more than
   the furthest step changed, else only ``state`` and ``updated_at`` (the narrow
   update, which touches no indexed column), and new step tuples (step, at, since,
@@ -49,7 +50,7 @@ Row = tuple[str, dict[str, Any]]
 StepTuple = tuple[str, datetime, float, float]  # step, at, since intended, seconds
 
 PAYMENT_COLUMNS = tuple(c.name for c in payments.columns)
-STEP_COLUMNS = ("payment_id", "step", "at", "since_intended", "seconds")
+STEP_COLUMNS = ("intended_at", "payment_id", "step", "at", "since_intended", "seconds")
 _MONEY = frozenset(c.name for c in payments.columns if c.name == "amount")
 _TIMES = frozenset(c.name for c in payments.columns
                    if isinstance(c.type, sa.types.TypeDecorator)
@@ -57,6 +58,7 @@ _TIMES = frozenset(c.name for c in payments.columns
 _FLAGS = frozenset(c.name for c in payments.columns if isinstance(c.type, sa.Boolean))
 _STEP_KEYS = tuple((step.value, *step_keys(step.value)) for step in ALL_STEPS)
 _PG_CASTS = {"amount": "numeric", "finished": "boolean", "refusal_ambiguous": "boolean",
+             "intended_at": "timestamptz",
              "at": "timestamptz", "since_intended": "float8", "seconds": "float8",
              **{name: "timestamptz" for name in _TIMES}}
 PAGE = 1000  # rows per PostgreSQL ``execute_values`` statement
@@ -135,7 +137,7 @@ class Statements:
                 f"UPDATE {table} SET state = ?, updated_at = ? WHERE payment_id = ?"  # noqa: S608
             self.insert_steps = (
                 f"INSERT INTO {steps} ({', '.join(STEP_COLUMNS)}) "  # noqa: S608
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
         else:
             self.upsert_payments = (
                 f"INSERT INTO {table} ({', '.join(PAYMENT_COLUMNS)}) VALUES %s "  # noqa: S608
@@ -196,7 +198,7 @@ class Writes:
         self.whole: list[dict[str, Any]] = []
         self.full: dict[str, Sequence[Any]] = {}  # payment id -> STATE_COLUMNS values
         self.narrow: dict[str, tuple[str, datetime]] = {}  # payment id -> (state, at)
-        self.steps: list[tuple[str, StepTuple]] = []
+        self.steps: list[tuple[str, datetime, StepTuple]] = []  # payment id, intended
         self.others: dict[str, list[dict[str, Any]]] = {}
 
     def add(self, kind: str, row: dict[str, Any]) -> None:
@@ -210,11 +212,13 @@ class Writes:
             else:
                 self._narrow(payment_id, row["state"], row["updated_at"])
             if row["steps"]:
-                self.steps.extend((payment_id, step) for step in row["steps"])
+                intended_at = row["intended_at"]
+                self.steps.extend((payment_id, intended_at, step) for step in row["steps"])
         elif kind == "payment":
             assert payment_id is not None
             self.whole.append(row)
-            self.steps.extend((payment_id, step) for step in steps_of_row(row))
+            intended_at = row["intended_at"]
+            self.steps.extend((payment_id, intended_at, step) for step in steps_of_row(row))
         elif kind == "payment_state":
             assert payment_id is not None
             if set(row) == _NARROW_KEYS:
@@ -224,9 +228,8 @@ class Writes:
                 self.narrow.pop(payment_id, None)
         elif kind == "payment_step":
             assert payment_id is not None
-            self.steps.append((payment_id, (row["step"], row["at"],
-                                            float(row["since_intended"]),
-                                            float(row["seconds"]))))
+            self.steps.append((payment_id, row["intended_at"], (
+                row["step"], row["at"], float(row["since_intended"]), float(row["seconds"]))))
         else:
             self.others.setdefault(kind, []).append(row)
 
@@ -282,8 +285,8 @@ def _store_sqlite(conn: Connection, st: Statements, w: Writes) -> None:
                 state, updated) in w.narrow.items()])
         if w.steps:
             cursor.executemany(st.insert_steps, [
-                (p, step, at(when), since, seconds)
-                for p, (step, when, since, seconds) in w.steps])
+                (sqlite_time(intended), p, step, at(when), since, seconds)
+                for p, intended, (step, when, since, seconds) in w.steps])
     finally:
         cursor.close()
 
@@ -310,8 +313,8 @@ def _store_postgres(conn: Connection, st: Statements, w: Writes) -> None:
                            template=st.narrow_template, page_size=PAGE)
         if w.steps:
             execute_values(cursor, st.insert_steps,
-                           [(p, step, pg_time(when), since, seconds)
-                            for p, (step, when, since, seconds) in w.steps],
+                           [(pg_time(intended), p, step, pg_time(when), since, seconds)
+                            for p, intended, (step, when, since, seconds) in w.steps],
                            template=st.steps_template, page_size=PAGE)
     finally:
         cursor.close()
@@ -330,12 +333,13 @@ def _store_with_core(conn: Connection, w: Writes) -> None:
         conn.execute(sa.update(payments).where(p.payment_id == payment_id)
                      .values(state=furthest, updated_at=updated_at))
     s = payment_steps.c
-    for payment_id, (step, at, since, seconds) in w.steps:
+    for payment_id, intended_at, (step, at, since, seconds) in w.steps:
         exists = conn.execute(sa.select(s.step).where(
-            s.payment_id == payment_id, s.step == step)).first()
+            s.intended_at == intended_at, s.payment_id == payment_id, s.step == step)).first()
         if exists is None:
             conn.execute(sa.insert(payment_steps).values(
-                payment_id=payment_id, step=step, at=at, since_intended=since, seconds=seconds))
+                intended_at=intended_at, payment_id=payment_id, step=step, at=at,
+                since_intended=since, seconds=seconds))
 
 
 def upsert(conn: Connection, table: sa.Table, key: str, rows: Sequence[dict[str, Any]]) -> None:

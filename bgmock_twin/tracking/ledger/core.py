@@ -35,7 +35,8 @@ class Ledger(LedgerStore):
         if self.needs_whole_row(payment.payment_id):
             return self.write_payment(payment, now_utc)
         return self.write_progress(
-            payment.payment_id, None if narrow else state_of(payment, now_utc),
+            payment.payment_id, payment.intended_at,
+            None if narrow else state_of(payment, now_utc),
             payment.state, now_utc, step_of(payment, step) if step is not None else None)
 
     # --- reads ------------------------------------------------------------------------------

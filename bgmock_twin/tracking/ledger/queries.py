@@ -68,12 +68,14 @@ def with_steps(conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str, A
     for row in rows:
         row.update(dict.fromkeys(LEGACY_STEP_COLUMNS))
         by_id[row["payment_id"]] = row
-    ids = list(by_id)
     s = payment_steps.c
-    for start in range(0, len(ids), STEPS_PER_READ):
-        chunk = ids[start:start + STEPS_PER_READ]
-        for step in conn.execute(sa.select(s.payment_id, s.step, s.at, s.since_intended,
-                                           s.seconds).where(s.payment_id.in_(chunk))):
+    for start in range(0, len(rows), STEPS_PER_READ):
+        chunk = rows[start:start + STEPS_PER_READ]
+        times = [row["intended_at"] for row in chunk]
+        statement = sa.select(s.payment_id, s.step, s.at, s.since_intended, s.seconds).where(
+            s.intended_at.between(min(times), max(times)),  # the key's first column
+            s.payment_id.in_([row["payment_id"] for row in chunk]))
+        for step in conn.execute(statement):
             at_key, since_key, seconds_key = step_keys(step.step)
             row = by_id[step.payment_id]
             if at_key in row:  # a step this twin knows
@@ -186,7 +188,8 @@ def durations(engine: Engine, simulation_id: str) -> dict[str, list[float]]:
     simulation's finished, non-rejected payments."""
     p, s = payments.c, payment_steps.c
     rows = read(engine, sa.select(p.channel, p.outcome, s.step, s.since_intended, s.seconds)
-                .select_from(payments.join(payment_steps, s.payment_id == p.payment_id))
+                .select_from(payments.join(payment_steps, sa.and_(
+                    s.intended_at == p.intended_at, s.payment_id == p.payment_id)))
                 .where(p.simulation_id == simulation_id))
     result: dict[str, list[float]] = {step.value: [] for step in ALL_STEPS}
     result["total"] = []

@@ -137,8 +137,8 @@ def _delete_settled(engine: Engine, ids: Sequence[str], settled: sa.ColumnElemen
     if not ids:
         return 0
     p = payments.c
-    columns = (p.payment_id, p.channel, p.outcome, p.from_clearing, p.from_account,
-               p.to_clearing, p.to_account, p.amount)
+    columns = (p.payment_id, p.intended_at, p.channel, p.outcome, p.from_clearing,
+               p.from_account, p.to_clearing, p.to_account, p.amount)
     gone: Sequence[Any]
     with engine.begin() as conn:
         if conn.dialect.delete_returning:  # SQLite, PostgreSQL
@@ -150,10 +150,11 @@ def _delete_settled(engine: Engine, ids: Sequence[str], settled: sa.ColumnElemen
             conn.execute(sa.delete(payments).where(
                 p.payment_id.in_([row.payment_id for row in locked])))
             gone = locked
-        gone_ids = [row.payment_id for row in gone]
-        for start in range(0, len(gone_ids), PRUNE_BATCH):
+        if gone:  # by the steps' key: (intended_at, payment_id)
+            s = payment_steps.c
             conn.execute(sa.delete(payment_steps).where(
-                payment_steps.c.payment_id.in_(gone_ids[start:start + PRUNE_BATCH])))
+                s.intended_at == sa.bindparam("at"), s.payment_id == sa.bindparam("id")),
+                [{"at": row.intended_at, "id": row.payment_id} for row in gone])
         net: dict[tuple[str, str], Decimal] = {}
         for row in gone:
             source, destination = carry_effect(row.channel, row.outcome)

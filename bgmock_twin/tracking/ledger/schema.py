@@ -134,13 +134,20 @@ deposits = sa.Table(
 # ledger's writer; the payment's own row is written when it is registered and after
 # that only its few summary columns change (``STATE_COLUMNS``). The steps of a
 # payment are never rewritten: a step seen again is a repeat (``lifecycle``).
+# The key starts with the payment's intended send time, so the steps of the payments
+# in flight (recent ones) are appended at the end of the key's B-tree: keyed by the
+# random payment id alone, each insert dirtied a page of its own and the cost grew
+# with the ledger (measured in SQLite: 9 to 25 us a row from 0 to 400k rows; 4.6 us
+# flat with this key). Readers know each payment's intended time (its row).
 payment_steps = sa.Table(
     "twin_payment_steps", metadata,
+    sa.Column("intended_at", UtcDateTime, primary_key=True),
     sa.Column("payment_id", sa.String(36), primary_key=True),
     sa.Column("step", sa.String(16), primary_key=True),
     sa.Column("at", UtcDateTime, nullable=False),
     sa.Column("since_intended", sa.Float, nullable=False),  # seconds, monotonic
     sa.Column("seconds", sa.Float, nullable=False),  # since the step before it
+    sqlite_with_rowid=False,
 )
 
 # The columns of a payment's row that change after it was registered, in the order

@@ -222,8 +222,9 @@ class LedgerStore(Worker):
         """Whether a payment's last write was dropped: its next must be whole."""
         return payment_id in self._unsynced
 
-    def write_progress(self, payment_id: str, full: tuple[Any, ...] | None, state: str,
-                       updated_at: datetime, step: StepTuple | None) -> int:
+    def write_progress(self, payment_id: str, intended_at: datetime,
+                       full: tuple[Any, ...] | None, state: str, updated_at: datetime,
+                       step: StepTuple | None) -> int:
         """Buffer what changed in a stored payment: all its ``STATE_COLUMNS`` values
         (``full``) or, when only its furthest step moved (None), its ``state`` and
         ``updated_at``; and the step it reached (None: no new step). Returns the
@@ -260,8 +261,8 @@ class LedgerStore(Worker):
                 self._unsynced.add(payment_id)
                 metrics.LEDGER_DROPPED.inc()
                 return self._seq
-            pending[key] = ({"payment_id": payment_id, "full": full, "state": state,
-                             "updated_at": updated_at,
+            pending[key] = ({"payment_id": payment_id, "intended_at": intended_at,
+                             "full": full, "state": state, "updated_at": updated_at,
                              "steps": [step] if step is not None else []}, self._seq)
             return self._seq
 
@@ -430,8 +431,9 @@ def spill_lines(kind: str, row: dict[str, Any]) -> list[Row]:
     state = dict(zip(STATE_COLUMNS, full, strict=True)) if full is not None else \
         {"state": row["state"], "updated_at": row["updated_at"]}
     lines: list[Row] = [("payment_state", {"payment_id": payment_id, **state})]
-    lines.extend(("payment_step", {"payment_id": payment_id, "step": step, "at": at,
-                                   "since_intended": since, "seconds": seconds})
+    lines.extend(("payment_step", {"intended_at": row["intended_at"], "payment_id": payment_id,
+                                   "step": step, "at": at, "since_intended": since,
+                                   "seconds": seconds})
                  for step, at, since, seconds in row["steps"])
     return lines
 

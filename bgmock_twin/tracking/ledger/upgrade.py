@@ -63,8 +63,9 @@ def copy_step_columns(conn: Connection) -> None:
         at, since, seconds = step_keys(step.value)
         conn.execute(sa.text(
             f"INSERT INTO {payment_steps.name} "  # noqa: S608
-            "(payment_id, step, at, since_intended, seconds) "
-            f"SELECT payment_id, :step, {at}, COALESCE({since}, 0), COALESCE({seconds}, 0) "
+            "(intended_at, payment_id, step, at, since_intended, seconds) "
+            f"SELECT intended_at, payment_id, :step, {at}, COALESCE({since}, 0), "
+            f"COALESCE({seconds}, 0) "
             f"FROM {payments.name} WHERE {at} IS NOT NULL ON CONFLICT DO NOTHING"),
             {"step": step.value})
     conn.execute(sa.insert(upgrades).values(name=STEP_ROWS, done_at=datetime.now(UTC)))
