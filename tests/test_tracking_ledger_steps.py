@@ -205,3 +205,26 @@ def test_the_tracker_writes_narrow_steps_and_full_changes_that_read_back_whole(
         assert stored == record_of(followed)
         assert stored.message == "no such account" and stored.final_status is Status.FAILED
         assert stored.transaction_id == str(tx) and stored.state == "settled"
+
+
+def test_progress_left_unwritten_at_stop_is_spilled_and_restored(tmp_path: Path) -> None:
+    """Changes still buffered when the twin stops (here: no writer ran) go to the
+    spill file as state and step lines and are stored at the next open."""
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    narrow, full = make_payment(0), make_payment(1)
+    with running_ledger(url) as book:
+        book.write_payment(narrow, NOW)
+        book.write_payment(full, NOW)
+    book = Ledger(url)
+    assert book.open()
+    _walk(book, narrow, [Step.ACCEPTED, Step.INITIATED])
+    observe_step(narrow, Step.FORWARDED, narrow.intended_mono + 0.5, NOW)
+    book.write_change(narrow, Step.FORWARDED, NOW, narrow=True)
+    _walk(book, full, [Step.ACCEPTED])
+    book.stop(0.5)
+    book.close()
+    assert list(tmp_path.glob("*.jsonl"))
+    with running_ledger(url) as again:
+        assert again.get(narrow.payment_id) == record_of(narrow)
+        assert again.get(full.payment_id) == record_of(full)
+    assert not list(tmp_path.glob("*.jsonl"))
