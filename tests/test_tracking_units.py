@@ -277,7 +277,7 @@ def test_the_poller_subscribes_to_the_trackers_steps_and_settles_a_completed_res
             pass
 
         def write_change(self, payment: Payment, step: object, now: datetime,
-                         narrow: bool = False) -> None:
+                         narrow: bool = False, transaction: bool = False) -> None:
             pass
 
     checked: list[tuple[str, Purpose]] = []

@@ -359,9 +359,11 @@ class Tracker:
         # only the furthest step moved: the ledger updates no other column
         narrow = not changed and change.finished is None and change.counted is None and \
             change.stuck is None and change.unstuck is None and _summary(payment) == before
-        self._apply(payment, change, narrow)
+        self._apply(payment, change, narrow, transaction=changed)
 
-    def _apply(self, payment: Payment, change: Change, narrow: bool = False) -> None:
+    def _apply(self, payment: Payment, change: Change, narrow: bool = False,
+               transaction: bool = False) -> None:
+        """``transaction``: the payment's transaction id may have changed."""
         if change.repeat or not change.changed:
             return
         if change.new_step is not None and change.step_duration is not None:
@@ -387,7 +389,8 @@ class Tracker:
                 if old.transaction_id is not None:
                     self._by_tx.pop(old.transaction_id, None)
             self._tally.in_flight = len(self._live)
-        self.ledger.write_change(payment, change.new_step, self.clock.now(), narrow)
+        self.ledger.write_change(payment, change.new_step, self.clock.now(), narrow,
+                                 transaction)
         self._flush_tally()
 
     def _publish(self, event: StepReached) -> None:

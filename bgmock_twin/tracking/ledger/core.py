@@ -27,17 +27,18 @@ class Ledger(LedgerStore):
         return self.write("payment", payment_row(payment, now_utc))
 
     def write_change(self, payment: Payment, step: Step | None, now_utc: datetime,
-                     narrow: bool = False) -> int:
+                     narrow: bool = False, transaction: bool = False) -> int:
         """What changed in a payment written before: its changed columns and the step
         it reached (``step``, None if none), appended; ``narrow``: only its furthest
-        step moved (``state``), no other column. Its whole row if its last write was
-        dropped."""
+        step moved (``state``), no other column; ``transaction``: its transaction id
+        changed. Its whole row if its last write was dropped."""
         if self.needs_whole_row(payment.payment_id):
             return self.write_payment(payment, now_utc)
         return self.write_progress(
             payment.payment_id, payment.intended_at,
             None if narrow else state_of(payment, now_utc),
-            payment.state, now_utc, step_of(payment, step) if step is not None else None)
+            payment.state, now_utc, step_of(payment, step) if step is not None else None,
+            transaction and not narrow)
 
     # --- reads ------------------------------------------------------------------------------
     def load_unfinished(self, instance_id: str, limit: int = 200_000) -> list[dict[str, Any]]:

@@ -224,10 +224,11 @@ class LedgerStore(Worker):
 
     def write_progress(self, payment_id: str, intended_at: datetime,
                        full: tuple[Any, ...] | None, state: str, updated_at: datetime,
-                       step: StepTuple | None) -> int:
+                       step: StepTuple | None, transaction: bool = False) -> int:
         """Buffer what changed in a stored payment: all its ``STATE_COLUMNS`` values
         (``full``) or, when only its furthest step moved (None), its ``state`` and
-        ``updated_at``; and the step it reached (None: no new step). Returns the
+        ``updated_at``; and the step it reached (None: no new step); ``transaction``:
+        its transaction id changed (set with ``full``). Returns the
         sequence number. Joins the payment's pending whole row or progress, if any."""
         with self._lock:
             self._seq += 1
@@ -248,6 +249,8 @@ class LedgerStore(Worker):
             waiting = pending.get(key)
             if waiting is not None:
                 row = waiting[0]
+                if transaction:
+                    row["tx"] = True
                 if full is not None:
                     row["full"] = full
                 elif row["full"] is not None:
@@ -262,7 +265,8 @@ class LedgerStore(Worker):
                 metrics.LEDGER_DROPPED.inc()
                 return self._seq
             pending[key] = ({"payment_id": payment_id, "intended_at": intended_at,
-                             "full": full, "state": state, "updated_at": updated_at,
+                             "full": full, "tx": transaction, "state": state,
+                             "updated_at": updated_at,
                              "steps": [step] if step is not None else []}, self._seq)
             return self._seq
 
