@@ -25,13 +25,14 @@ import sqlalchemy as sa
 from tests.support.broker import TansuBroker
 from tests.support.daemon import Daemon, running_daemon
 from tests.support.emulator_process import running_emulator
+from tests.support.fleet import held, reconciled
 from tests.support.ports import wait_for
 from tests.support.postgres import PostgresServer, writable_engine
 
 REPLICAS = ("twin-0", "twin-1", "twin-2")
 FLEET = {"TWIN_FLEET_HEARTBEAT_SECONDS": "1", "TWIN_FLEET_LEASE_SECONDS": "5",
          "TWIN_LOAD_RATE": "0", "TWIN_KAFKA_SESSION_TIMEOUT_MS": "6000",
-         "TWIN_MAX_IN_FLIGHT_REQUESTS": "256"}
+         "TWIN_MAX_IN_FLIGHT_REQUESTS": "256", "TWIN_RECONCILE_INTERVAL_SECONDS": "2"}
 # what every replica must show alike (the send lag is each replica's own)
 SHARED_FIELDS = ("state", "planned", "dispatched", "dropped", "unfinished", "progress",
                  "outcomes", "currentStatus", "latency", "results", "achievedRate")
@@ -142,6 +143,12 @@ def test_one_simulation_is_run_by_all_three_replicas_a_third_each(fleet: Fleet) 
     assert sum(_completed(t) for t in fleet.twins) == done["dispatched"]
     listed = {s["id"]: s for s in third.get("/api/v1/simulations").json()["items"]}
     assert listed[sim_id]["dispatched"] == done["dispatched"]
+    # one set of books for the fleet, exact over every replica's accounts and payments
+    holders = wait_for(lambda: held(fleet.twins, "books") or None, timeout=20, interval=0.5,
+                       message="a books runner")
+    assert len(holders) == 1, holders
+    report = reconciled(fleet.twins[REPLICAS.index(holders[0])])
+    assert report["reconciledBy"] == holders[0]
 
 
 def test_a_replica_killed_mid_run_has_its_share_and_payments_taken_over(

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from tests.support.broker import TansuBroker
 from tests.support.daemon import Daemon, running_daemon
 from tests.support.emulator_process import EmulatorProcess, running_emulator
+from tests.support.fleet import held, reconciled
 from tests.support.ports import wait_for
 from tests.support.postgres import writable_engine
 
@@ -74,13 +75,6 @@ def _rows(ledger: str, query: str) -> list[Any]:
         engine.dispose()
 
 
-def _held(twins: list[Daemon], lease: str) -> list[str]:
-    """The instance ids whose replicas say they hold ``lease``."""
-    return [twin.get("/api/v1/status").json()["instance"] for twin in twins
-            if twin.process.poll() is None
-            and twin.metric("bgmock_fleet_lease_held", lease=lease) == 1.0]
-
-
 def _simulate(twin: Daemon, count: int) -> str:
     """A simulation of ``count`` payments (BGMock's optimistic lock may refuse a few
     that meet on one payer: they are finished, rejected, and in the books)."""
@@ -95,17 +89,6 @@ def _finished(twin: Daemon, sim_id: str) -> dict[str, Any]:
         return body if body["state"] == "finished" else None
 
     found: dict[str, Any] = wait_for(done, timeout=90, interval=0.3, message="simulation done")
-    return found
-
-
-def _reconciled(twin: Daemon) -> dict[str, Any]:
-    """A reconciliation of the books holder with zero drift over every account."""
-    def exact() -> dict[str, Any] | None:
-        body: dict[str, Any] = twin.get("/api/v1/reconciliation").json()
-        drift = body["checks"].get("balance_drift", {})
-        return body if drift.get("status") == "ok" else None
-
-    found: dict[str, Any] = wait_for(exact, timeout=60, interval=0.5, message="books exact")
     return found
 
 
@@ -135,9 +118,9 @@ def test_replicas_pay_from_their_own_accounts_with_one_canary_and_one_set_of_boo
             owned = payer.startswith("TWIN-R1-") and payee.startswith("TWIN-R1-")
             assert owned == (instance == "twin-1"), (instance, payer, payee)
         # one canary and one reconciliation for the fleet
-        canary = wait_for(lambda: _held(twins, "canary") or None, timeout=20, interval=0.5,
+        canary = wait_for(lambda: held(twins, "canary") or None, timeout=20, interval=0.5,
                           message="a canary runner")
-        books = wait_for(lambda: _held(twins, "books") or None, timeout=20, interval=0.5,
+        books = wait_for(lambda: held(twins, "books") or None, timeout=20, interval=0.5,
                          message="a books runner")
         assert len(canary) == 1 and len(books) == 1
         canary_senders = {row[0] for row in _rows(
@@ -149,7 +132,7 @@ def test_replicas_pay_from_their_own_accounts_with_one_canary_and_one_set_of_boo
         holder = twins[ids.index(books[0])]
         other = twins[1 - ids.index(books[0])]
         # the books cover both replicas' accounts and payments, exactly
-        report = _reconciled(holder)
+        report = reconciled(holder)
         assert report["reconciledBy"] == books[0]
         accounts = holder.get("/api/v1/accounts").json()["accounts"]
         names = {a["account"] for a in accounts}
@@ -164,10 +147,10 @@ def test_replicas_pay_from_their_own_accounts_with_one_canary_and_one_set_of_boo
         os.kill(holder.process.pid, signal.SIGKILL)
         holder.process.wait(timeout=10)
         survivor = other.get("/api/v1/status").json()["instance"]
-        wait_for(lambda: _held([other], "books") == [survivor]
-                 and _held([other], "canary") == [survivor], timeout=30, interval=0.5,
+        wait_for(lambda: held([other], "books") == [survivor]
+                 and held([other], "canary") == [survivor], timeout=30, interval=0.5,
                  message="the survivor runs the books and the canary")
-        assert _reconciled(other)["reconciledBy"] == survivor
+        assert reconciled(other)["reconciledBy"] == survivor
 
 
 @pytest.mark.parametrize("earlier_life", [True, False], ids=["adopted", "created"])
@@ -198,7 +181,7 @@ def test_replicas_sharing_accounts_record_one_opening_or_initial_deposit_each(
             reason, amount = mine[0]
             assert reason == ("opening" if earlier_life else "initial"), deposits
             assert Decimal(amount) == _bank_balance(bgmock, *key)
-        holder = wait_for(lambda: _held(twins, "books") or None, timeout=20, interval=0.5,
+        holder = wait_for(lambda: held(twins, "books") or None, timeout=20, interval=0.5,
                           message="a books runner")
         ids = ["twin-a", "twin-b"]
-        _reconciled(twins[ids.index(holder[0])])
+        reconciled(twins[ids.index(holder[0])])

@@ -24,7 +24,7 @@ from bgmock_twin.tracking.ledger import (
     payment_row,
     payments,
 )
-from bgmock_twin.tracking.ledger.schema import make_engine
+from bgmock_twin.tracking.ledger.schema import LEGACY_STEP_COLUMNS, UtcDateTime, make_engine
 from bgmock_twin.tracking.lifecycle import (
     Channel,
     Kind,
@@ -198,11 +198,14 @@ def test_postgres_stores_numeric_and_timestamptz(pg_database: str) -> None:
 
 # --- ledgers written before ``refusal_ambiguous`` ---------------------------------------------
 def _old_ledger(url: str, rows: list[dict[str, object]]) -> None:
-    """A ledger as earlier versions created it: no ``refusal_ambiguous`` column."""
+    """A ledger as earlier versions created it: no ``refusal_ambiguous`` column, and
+    the steps in ``<step>_at/_since/_seconds`` columns of the payment's row."""
     old = sa.MetaData()
     table = sa.Table(payments.name, old, *[
         sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
-        for c in payments.columns if c.name != "refusal_ambiguous"])
+        for c in payments.columns if c.name != "refusal_ambiguous"], *[
+        sa.Column(name, UtcDateTime if name.endswith("_at") else sa.Float)
+        for name in LEGACY_STEP_COLUMNS])
     engine = make_engine(url)
     try:
         old.create_all(engine)

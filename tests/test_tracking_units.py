@@ -276,6 +276,10 @@ def test_the_poller_subscribes_to_the_trackers_steps_and_settles_a_completed_res
         def write_payment(self, payment: Payment, now: datetime) -> None:
             pass
 
+        def write_change(self, payment: Payment, step: object, now: datetime,
+                         narrow: bool = False, transaction: bool = False) -> None:
+            pass
+
     checked: list[tuple[str, Purpose]] = []
     done = threading.Event()
 

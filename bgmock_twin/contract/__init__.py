@@ -3,6 +3,8 @@
 Pure and I/O-free, shared by the twin, its clients and the emulator so both sides
 speak one dialect:
 - ``wire``: the four topics, the event shapes and their JSON (decode and encode);
+- ``wire_fast``: ``decode_event``, the common events read in one msgspec pass, the
+  rest by ``wire``'s exact reader;
 - ``tables``: the tables the real services create (the emulator makes them, the
   books read them);
 - ``topology``: one ``Bank``, one ``Service`` and one ``Channel``.
@@ -40,7 +42,7 @@ from bgmock_twin.contract.wire import (
     OutgoingTransactionEvent,
     Status,
     TransactionResponseEvent,
-    decode_event,
+    decode_event_exact,
     dumps_json,
     encode_event,
     event_to_dict,
@@ -54,6 +56,7 @@ from bgmock_twin.contract.wire import (
     response_from_dict,
     type_id,
 )
+from bgmock_twin.contract.wire_fast import decode_event
 
 __all__ = [
     "BANKS", "BANK_A", "BANK_B", "CENT", "CLEARING",
@@ -62,7 +65,8 @@ __all__ = [
     "TYPE_ID_HEADER", "TYPE_INCOMING", "TYPE_OUTGOING", "TYPE_RESPONSE", "Bank", "Channel",
     "Event", "IncomingTransactionEvent", "InvalidEvent", "OutgoingTransactionEvent", "Service",
     "Status", "TransactionResponseEvent", "bank_by_clearing", "bank_by_letter",
-    "decode_event", "dumps_json", "encode_event", "event_to_dict", "format_amount",
+    "decode_event", "decode_event_exact", "dumps_json", "encode_event", "event_to_dict",
+    "format_amount",
     "format_local_datetime_array", "incoming_from_dict", "loads_json", "outgoing_from_dict",
     "parse_amount", "parse_local_datetime", "response_from_dict", "service_by_database",
     "service_by_name", "type_id",

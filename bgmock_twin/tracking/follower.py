@@ -10,6 +10,9 @@ feeds every event to the tracker.
 - Offsets are committed only once the ledger has stored what the records changed
   (the ledger's durable sequence number), so a restart neither loses an event nor
   applies one twice (a redelivered event is a repeat to the lifecycle anyway).
+- One poll's records are decoded first and handed to the tracker together
+  (``Tracker.on_events``: one hold of its lock, its metrics added once); the
+  ledger buffers what they changed and its writer stores it in batches.
 - A broker outage is logged once, retried with backoff (0.2 s doubling to 5 s), and
   never ends the thread (a ``Worker``).
 """
@@ -22,7 +25,7 @@ from collections.abc import Sequence
 
 from bgmock_twin import metrics
 from bgmock_twin.bus.base import BusError, EventBus, EventConsumer, Record
-from bgmock_twin.contract import TOPICS, InvalidEvent, decode_event
+from bgmock_twin.contract import TOPICS, Event, InvalidEvent, decode_event
 from bgmock_twin.logs import get_logger
 from bgmock_twin.tracking.ledger import Ledger
 from bgmock_twin.tracking.tracker import Tracker
@@ -86,8 +89,7 @@ class Follower(Worker):
                      outage_seconds=round(time.monotonic() - self._down_since, 1))
             self._down_since = None
         if records:
-            for record in records:
-                self._handle(record)
+            self.handle(records)
             self.records_seen += len(records)
             self._pending.append((self.ledger.last_seq, records))
         self._commit_durable()
@@ -112,18 +114,21 @@ class Follower(Worker):
             self._close_consumer()
             self._down_since = now
 
-    def _handle(self, record: Record) -> None:
+    def handle(self, records: Sequence[Record]) -> None:
+        """The records of one poll: decoded, then handed to the tracker together."""
+        self.tracker.on_events([(record, self._decode(record)) for record in records])
+
+    def _decode(self, record: Record) -> Event | str:
+        """The record's event, or the reason it is none (counted and logged)."""
         try:
-            event = decode_event(record.topic, record.value)
+            return decode_event(record.topic, record.value)
         except InvalidEvent as exc:
             self.invalid_seen += 1
             metrics.KAFKA_MESSAGES_INVALID.labels(record.topic, exc.reason).inc()
             if self._log_budget.allow():
                 log.warning("kafka_message_invalid", topic=record.topic,
                             partition=record.partition, offset=record.offset, reason=exc.reason)
-            self.tracker.record_invalid(record, exc.reason)
-            return
-        self.tracker.on_event(record, event)
+            return exc.reason
 
     def _commit_durable(self) -> None:
         if not self._pending or self._consumer is None:

@@ -17,7 +17,6 @@ no submission is pending). Foreign events are counted, never tracked.
 from __future__ import annotations
 
 import copy
-import functools
 import threading
 import uuid
 from collections import Counter, OrderedDict
@@ -25,9 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-
-from prometheus_client import Counter as CounterMetric
-from prometheus_client import Histogram
 
 from bgmock_twin import metrics
 from bgmock_twin.bus.base import Record
@@ -57,6 +53,7 @@ from bgmock_twin.tracking.lifecycle import (
     reject,
 )
 from bgmock_twin.tracking.parking import ParkedEvent, ParkedEvents
+from bgmock_twin.tracking.tally import Tally
 
 log = get_logger(__name__)
 
@@ -136,6 +133,9 @@ class Tracker:
         self._last_poll: dict[str, float] = {}
         self._events = EventLog(events_limit)
         self._subscribers: list[StepListener] = []
+        # metrics counted here and added once per batch of events (``on_events``)
+        self._tally = Tally()
+        self._batching = 0
         # asked for the payment of an initiated event nobody claims (``tracking.rematch``)
         self.matcher: Callable[[OutgoingTransactionEvent], str | None] | None = None
         self.submitted: Counter[tuple[Channel, Route]] = Counter()
@@ -184,7 +184,8 @@ class Tracker:
             payment.transaction_id = transaction_id
             payment.matched_by = matched_by if matched_by else payment.matched_by
             self._by_tx[transaction_id] = payment_id
-            self._observe(payment, Step.ACCEPTED, self.clock.monotonic(), self.clock.now())
+            self._observe(payment, Step.ACCEPTED, self.clock.monotonic(), self.clock.now(),
+                          changed=True)
             for parked in self._parked.claim(transaction_id):
                 parked.entry["origin"] = "twin"
                 self._count_message(parked.topic, parked.event, "twin")
@@ -241,6 +242,25 @@ class Tracker:
             self._count_message(record.topic, event, "twin")
             self._apply_event(payment, record.topic, event, now_mono, now_utc)
 
+    def on_events(self, items: list[tuple[Record, Event | str]]) -> None:
+        """The events of one poll, in order (a str: the reason a record was not a
+        valid event), under one hold of the lock, their metrics added once."""
+        with self._lock:
+            self._batching += 1
+            try:
+                for record, event in items:
+                    if isinstance(event, str):
+                        self.record_invalid(record, event)
+                    else:
+                        self.on_event(record, event)
+            finally:
+                self._batching -= 1
+                self._flush_tally()
+
+    def _flush_tally(self) -> None:
+        if not self._batching:
+            self._tally.flush()
+
     def expire_parked(self) -> None:
         with self._lock:
             self._expire_parked(force=self._submitting == 0)
@@ -280,10 +300,10 @@ class Tracker:
             status = None  # a PENDING on the way says nothing about the outcome
         self._observe(payment, step, mono, utc, status, message)
 
-    @staticmethod
-    def _count_message(topic: str, event: Event, origin: str) -> None:
+    def _count_message(self, topic: str, event: Event, origin: str) -> None:
         status = getattr(event, "status", None)
-        _messages_counter(topic, status.value if status else "none", origin).inc()
+        self._tally.message(topic, status.value if status else "none", origin)
+        self._flush_tally()
 
     # --- deadlines (a scheduled job) --------------------------------------------------------
     def check_deadlines(self) -> list[str]:
@@ -331,32 +351,36 @@ class Tracker:
     # --- applying changes -------------------------------------------------------------------
     def _observe(
         self, payment: Payment, step: Step, mono: float, utc: datetime,
-        status: Status | None = None, message: str | None = None,
+        status: Status | None = None, message: str | None = None, *, changed: bool = False,
     ) -> None:
-        self._apply(payment, observe_step(payment, step, mono, utc, status, message))
+        """``changed``: the caller changed columns of the payment's row already."""
+        before = _summary(payment)
+        change = observe_step(payment, step, mono, utc, status, message)
+        # only the furthest step moved: the ledger updates no other column
+        narrow = not changed and change.finished is None and change.counted is None and \
+            change.stuck is None and change.unstuck is None and _summary(payment) == before
+        self._apply(payment, change, narrow, transaction=changed)
 
-    def _apply(self, payment: Payment, change: Change) -> None:
+    def _apply(self, payment: Payment, change: Change, narrow: bool = False,
+               transaction: bool = False) -> None:
+        """``transaction``: the payment's transaction id may have changed."""
         if change.repeat or not change.changed:
             return
         if change.new_step is not None and change.step_duration is not None:
-            _step_histogram(change.new_step.value).observe(change.step_duration)
+            self._tally.step(change.new_step.value, change.step_duration)
             if self._subscribers:
                 self._publish(StepReached(payment.payment_id, payment.channel,
                                           change.new_step, payment.finished))
         if change.counted is not None:
             self.counted[(payment.channel, payment.route, change.counted)] += 1
-            metrics.PAYMENTS_COMPLETED.labels(
-                payment.channel.value, payment.route.value, payment.kind.value,
-                change.counted.value,
-            ).inc()
+            self._tally.counted(payment.channel, payment.route, payment.kind, change.counted)
             if payment.simulation_id:
                 self._sim_uncounted[payment.simulation_id] -= 1
                 if self._sim_uncounted[payment.simulation_id] <= 0:
                     del self._sim_uncounted[payment.simulation_id]
         if change.finished is not None:
             if change.total_duration is not None and payment.kind is Kind.NORMAL:
-                metrics.PAYMENT_DURATION.labels(payment.channel.value, payment.route.value) \
-                    .observe(change.total_duration)
+                self._tally.duration(payment.channel, payment.route, change.total_duration)
             self._live.pop(payment.payment_id, None)
             self._last_poll.pop(payment.payment_id, None)
             self._recent[payment.payment_id] = payment
@@ -364,8 +388,10 @@ class Tracker:
                 _, old = self._recent.popitem(last=False)
                 if old.transaction_id is not None:
                     self._by_tx.pop(old.transaction_id, None)
-            metrics.PAYMENTS_IN_FLIGHT.set(len(self._live))
-        self.ledger.write_payment(payment, self.clock.now())
+            self._tally.in_flight = len(self._live)
+        self.ledger.write_change(payment, change.new_step, self.clock.now(), narrow,
+                                 transaction)
+        self._flush_tally()
 
     def _publish(self, event: StepReached) -> None:
         for listener in self._subscribers:
@@ -492,13 +518,7 @@ class Tracker:
         return self.clock.now() - timedelta(seconds=self.follow_horizon)
 
 
-# The labelled children of the two metrics touched by every event, looked up once per
-# label set (every label comes from a small fixed set, so the caches stay small).
-@functools.lru_cache(maxsize=256)
-def _messages_counter(topic: str, status: str, origin: str) -> CounterMetric:
-    return metrics.KAFKA_MESSAGES.labels(topic, status, origin)
-
-
-@functools.lru_cache(maxsize=64)
-def _step_histogram(step: str) -> Histogram:
-    return metrics.PAYMENT_STEP_DURATION.labels(step)
+def _summary(payment: Payment) -> tuple[Any, ...]:
+    """The columns of a payment's row a step may change besides its furthest step."""
+    return (payment.transaction_id, payment.message, payment.final_status,
+            payment.matched_by)

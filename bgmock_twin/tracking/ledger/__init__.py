@@ -7,6 +7,8 @@ flight and nothing it measured is lost. One module per concern:
 - ``schema``: the SQL types, the tables, the engine of a ledger URL;
 - ``rows``: a payment as a row and back (pure);
 - ``store``: the write-behind buffer and its writer thread;
+- ``bulk``: the writer's statements (whole rows, changed columns, appended step
+  rows), each batch one DBAPI ``executemany``;
 - ``spill``: rows unwritten at shutdown, kept in a file the next start reads back;
 - ``queries``: every read the twin and its API make;
 - ``retention``: pruning with the money carry-forward;

@@ -12,9 +12,9 @@ from typing import Any
 
 from bgmock_twin.tracking.ledger import queries, retention
 from bgmock_twin.tracking.ledger.queries import PaymentQuery
-from bgmock_twin.tracking.ledger.rows import payment_row, record_from_row
+from bgmock_twin.tracking.ledger.rows import payment_row, record_from_row, state_of, step_of
 from bgmock_twin.tracking.ledger.store import LedgerStore
-from bgmock_twin.tracking.lifecycle import Payment
+from bgmock_twin.tracking.lifecycle import Payment, Step
 from bgmock_twin.tracking.records import PaymentRecord
 
 
@@ -22,7 +22,23 @@ class Ledger(LedgerStore):
     """The twin's record of every synthetic payment, its simulations and deposits."""
 
     def write_payment(self, payment: Payment, now_utc: datetime) -> int:
+        """The payment's whole row (and its steps): when it is registered, or whenever
+        its whole state must be written again."""
         return self.write("payment", payment_row(payment, now_utc))
+
+    def write_change(self, payment: Payment, step: Step | None, now_utc: datetime,
+                     narrow: bool = False, transaction: bool = False) -> int:
+        """What changed in a payment written before: its changed columns and the step
+        it reached (``step``, None if none), appended; ``narrow``: only its furthest
+        step moved (``state``), no other column; ``transaction``: its transaction id
+        changed. Its whole row if its last write was dropped."""
+        if self.needs_whole_row(payment.payment_id):
+            return self.write_payment(payment, now_utc)
+        return self.write_progress(
+            payment.payment_id, payment.intended_at,
+            None if narrow else state_of(payment, now_utc),
+            payment.state, now_utc, step_of(payment, step) if step is not None else None,
+            transaction and not narrow)
 
     # --- reads ------------------------------------------------------------------------------
     def load_unfinished(self, instance_id: str, limit: int = 200_000) -> list[dict[str, Any]]:

@@ -7,6 +7,10 @@ cannot answer; nothing here writes. Reads of many payments come in bounded chunk
 its own, taken up after the last row of the one before (keyset), so a large export
 never holds a transaction, a snapshot or more than one chunk in memory, and the
 ledger's writer is never kept waiting behind it.
+
+A payment's steps are rows of ``twin_payment_steps``: every read of whole payments
+folds them back into each payment's mapping (``with_steps``), read for the
+payments just read, so callers see one flat mapping per payment (``rows``).
 """
 
 from __future__ import annotations
@@ -17,12 +21,19 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from bgmock_twin.contract import Channel
-from bgmock_twin.tracking.ledger.schema import deposits, payments, simulations
+from bgmock_twin.tracking.ledger.schema import (
+    LEGACY_STEP_COLUMNS,
+    deposits,
+    payment_steps,
+    payments,
+    simulations,
+    step_keys,
+)
 from bgmock_twin.tracking.ledger.store import LedgerUnavailable, short_error
-from bgmock_twin.tracking.lifecycle import ALL_STEPS, Outcome
+from bgmock_twin.tracking.lifecycle import ALL_STEPS, Outcome, Step
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,12 +48,40 @@ class PaymentQuery:
     after: tuple[datetime, str] | None = None  # keyset: (intended_at, payment_id) seen last
 
 
-def read(engine: Engine, statement: Any) -> list[dict[str, Any]]:
+STEPS_PER_READ = 500  # payment ids in one read of their steps
+
+
+def read(engine: Engine, statement: Any, steps: bool = False) -> list[dict[str, Any]]:
+    """The rows of ``statement``; ``steps``: rows of whole payments, with their steps."""
     try:
         with engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(statement)]
+            rows = [dict(r._mapping) for r in conn.execute(statement)]
+            return with_steps(conn, rows) if steps else rows
     except Exception as exc:
         raise LedgerUnavailable(short_error(exc)) from None
+
+
+def with_steps(conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fold each payment's step rows into its mapping as ``<step>_at/_since/_seconds``
+    (None for a step not seen), in the same connection."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        row.update(dict.fromkeys(LEGACY_STEP_COLUMNS))
+        by_id[row["payment_id"]] = row
+    s = payment_steps.c
+    for start in range(0, len(rows), STEPS_PER_READ):
+        chunk = rows[start:start + STEPS_PER_READ]
+        times = [row["intended_at"] for row in chunk]
+        statement = sa.select(s.payment_id, s.step, s.at, s.since_intended, s.seconds).where(
+            s.intended_at.between(min(times), max(times)),  # the key's first column
+            s.payment_id.in_([row["payment_id"] for row in chunk]))
+        for step in conn.execute(statement):
+            at_key, since_key, seconds_key = step_keys(step.step)
+            row = by_id[step.payment_id]
+            if at_key in row:  # a step this twin knows
+                row[at_key], row[since_key], row[seconds_key] = \
+                    step.at, step.since_intended, step.seconds
+    return rows
 
 
 def unfinished(engine: Engine, instance_id: str, limit: int) -> list[dict[str, Any]]:
@@ -50,7 +89,7 @@ def unfinished(engine: Engine, instance_id: str, limit: int) -> list[dict[str, A
     follow only their own)."""
     return read(engine, sa.select(payments)
                 .where(payments.c.finished.is_(False), payments.c.instance_id == instance_id)
-                .order_by(payments.c.intended_at).limit(limit))
+                .order_by(payments.c.intended_at).limit(limit), steps=True)
 
 
 def recent_finished(engine: Engine, instance_id: str, since: datetime,
@@ -58,7 +97,7 @@ def recent_finished(engine: Engine, instance_id: str, since: datetime,
     return read(engine, sa.select(payments)
                 .where(payments.c.finished.is_(True), payments.c.instance_id == instance_id,
                        payments.c.intended_at >= since)
-                .order_by(payments.c.intended_at.desc()).limit(limit))
+                .order_by(payments.c.intended_at.desc()).limit(limit), steps=True)
 
 
 def known_transactions(engine: Engine, transaction_ids: list[str]) -> set[str]:
@@ -93,7 +132,7 @@ def _matching(q: PaymentQuery) -> Any:
 
 def payment_rows(engine: Engine, q: PaymentQuery) -> list[dict[str, Any]]:
     """Payments matching ``q``, newest first (a bounded page: ``q.limit`` must be set)."""
-    return read(engine, _matching(q).limit(q.limit).offset(q.offset))
+    return read(engine, _matching(q).limit(q.limit).offset(q.offset), steps=True)
 
 
 def payment_row_chunks(engine: Engine, q: PaymentQuery,
@@ -107,7 +146,7 @@ def payment_row_chunks(engine: Engine, q: PaymentQuery,
         size = chunk_size if remaining is None else min(chunk_size, remaining)
         chunk_query = PaymentQuery(q.status, q.simulation_id, q.since, q.channel, q.route,
                                    after=after)
-        rows = read(engine, _matching(chunk_query).limit(size).offset(offset))
+        rows = read(engine, _matching(chunk_query).limit(size).offset(offset), steps=True)
         if rows:
             yield rows
         if len(rows) < size:
@@ -122,7 +161,7 @@ def payment_row_by_id(engine: Engine, identifier: str) -> dict[str, Any] | None:
     """One payment by its payment id or its BGMock transaction id."""
     rows = read(engine, sa.select(payments).where(
         sa.or_(payments.c.payment_id == identifier,
-               payments.c.transaction_id == identifier)).limit(1))
+               payments.c.transaction_id == identifier)).limit(1), steps=True)
     return rows[0] if rows else None
 
 
@@ -147,22 +186,23 @@ def count_by_counted_outcome(engine: Engine, simulation_id: str) -> dict[str, in
 def durations(engine: Engine, simulation_id: str) -> dict[str, list[float]]:
     """Each step's durations and the total (intended send to final step) of a
     simulation's finished, non-rejected payments."""
-    columns = [payments.c.channel, payments.c.outcome,
-               *[payments.c[f"{s.value}_seconds"] for s in ALL_STEPS],
-               payments.c.settled_since, payments.c.completed_since]
-    rows = read(engine, sa.select(*columns).where(payments.c.simulation_id == simulation_id))
-    result: dict[str, list[float]] = {s.value: [] for s in ALL_STEPS}
+    p, s = payments.c, payment_steps.c
+    rows = read(engine, sa.select(p.channel, p.outcome, s.step, s.since_intended, s.seconds)
+                .select_from(payments.join(payment_steps, sa.and_(
+                    s.intended_at == p.intended_at, s.payment_id == p.payment_id)))
+                .where(p.simulation_id == simulation_id))
+    result: dict[str, list[float]] = {step.value: [] for step in ALL_STEPS}
     result["total"] = []
+    finished = (Outcome.SUCCESS.value, Outcome.FAILED.value)
     for row in rows:
-        for step in ALL_STEPS:
-            value = row[f"{step.value}_seconds"]
-            if value is not None:
-                result[step.value].append(float(value))
-        if row["outcome"] in (Outcome.SUCCESS.value, Outcome.FAILED.value):
-            total = row["completed_since"] if row["channel"] == Channel.KAFKA.value \
-                else row["settled_since"]
-            if total is not None:
-                result["total"].append(float(total))
+        step = row["step"]
+        if step not in result or step == "total":
+            continue
+        result[step].append(float(row["seconds"]))
+        last = Step.COMPLETED.value if row["channel"] == Channel.KAFKA.value \
+            else Step.SETTLED.value
+        if step == last and row["outcome"] in finished:
+            result["total"].append(float(row["since_intended"]))
     return result
 
 

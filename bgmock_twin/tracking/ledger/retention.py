@@ -21,7 +21,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from bgmock_twin.contract import Channel
-from bgmock_twin.tracking.ledger.schema import CARRY_FORWARD, deposits, payments, simulations
+from bgmock_twin.tracking.ledger.schema import (
+    CARRY_FORWARD,
+    deposits,
+    payment_steps,
+    payments,
+    simulations,
+)
 from bgmock_twin.tracking.ledger.store import LedgerUnavailable
 from bgmock_twin.tracking.lifecycle import Outcome
 from bgmock_twin.tracking.refusals import certain_rejection_clause
@@ -126,24 +132,29 @@ def prune(
 
 def _delete_settled(engine: Engine, ids: Sequence[str], settled: sa.ColumnElement[bool],
                     instance_id: str) -> int:
-    """Delete these payments (those still settled) and carry their effect
-    forward, in one transaction."""
+    """Delete these payments (those still settled) and their step rows, and carry
+    their effect forward, in one transaction."""
     if not ids:
         return 0
     p = payments.c
-    columns = (p.channel, p.outcome, p.from_clearing, p.from_account, p.to_clearing,
-               p.to_account, p.amount)
+    columns = (p.payment_id, p.intended_at, p.channel, p.outcome, p.from_clearing,
+               p.from_account, p.to_clearing, p.to_account, p.amount)
     gone: Sequence[Any]
     with engine.begin() as conn:
         if conn.dialect.delete_returning:  # SQLite, PostgreSQL
             gone = conn.execute(sa.delete(payments).where(p.payment_id.in_(ids), settled)
                                 .returning(*columns)).all()
         else:  # read (locked) then delete exactly what was read
-            locked = conn.execute(sa.select(p.payment_id, *columns).where(
+            locked = conn.execute(sa.select(*columns).where(
                 p.payment_id.in_(ids), settled).with_for_update()).all()
             conn.execute(sa.delete(payments).where(
                 p.payment_id.in_([row.payment_id for row in locked])))
             gone = locked
+        if gone:  # by the steps' key: (intended_at, payment_id)
+            s = payment_steps.c
+            conn.execute(sa.delete(payment_steps).where(
+                s.intended_at == sa.bindparam("at"), s.payment_id == sa.bindparam("id")),
+                [{"at": row.intended_at, "id": row.payment_id} for row in gone])
         net: dict[tuple[str, str], Decimal] = {}
         for row in gone:
             source, destination = carry_effect(row.channel, row.outcome)

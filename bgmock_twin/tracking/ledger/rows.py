@@ -1,9 +1,12 @@
 """A payment as one ledger row and back (pure functions).
 
-Every write of a payment is its whole current row, so the mapping lives in one
-place: the store writes what ``payment_row`` returns, a restarted twin rebuilds its
-payments in flight with ``payment_from_row``, and readers get the row as a
-``PaymentRecord`` (``record_from_row``).
+A payment is one flat mapping: its row of ``twin_payments`` and, as
+``<step>_at/_since/_seconds`` keys, the steps kept in ``twin_payment_steps`` (the
+readers in ``queries`` fold them back in). The mapping lives in one place: the
+store writes what ``payment_row`` returns when a payment is registered and what
+``state_of``/``step_of`` return for each change after that, a restarted twin
+rebuilds its payments in flight with ``payment_from_row``, and readers get the row
+as a ``PaymentRecord`` (``record_from_row``).
 """
 
 from __future__ import annotations
@@ -62,6 +65,32 @@ def payment_row(p: Payment, now_utc: datetime) -> dict[str, Any]:
         row[f"{step.value}_since"] = mark.since_intended if mark else None
         row[f"{step.value}_seconds"] = mark.duration if mark else None
     return row
+
+
+def state_of(p: Payment, now_utc: datetime) -> tuple[Any, ...]:
+    """The values of ``schema.STATE_COLUMNS`` (what changes after registration)."""
+    outcome, counted, final, stuck = p.outcome, p.counted, p.final_status, p.stuck_step
+    return (
+        str(p.transaction_id) if p.transaction_id else None,
+        p.status,
+        p.state,
+        p.finished,
+        outcome.value if outcome else None,
+        counted.value if counted else None,
+        final.value if final else None,
+        stuck.value if stuck else None,
+        p.message,
+        p.refusal_ambiguous,
+        p.matched_by,
+        p.finished_at,
+        now_utc,
+    )
+
+
+def step_of(p: Payment, step: Step) -> tuple[str, datetime, float, float] | None:
+    """One step of ``p`` as a ``twin_payment_steps`` row (without the payment id)."""
+    mark = p.steps.get(step)
+    return (step.value, mark.at, mark.since_intended, mark.duration) if mark else None
 
 
 def payment_from_row(row: dict[str, Any], now_mono: float, now_utc: datetime) -> Payment:

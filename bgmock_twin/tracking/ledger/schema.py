@@ -99,15 +99,9 @@ payments = sa.Table(
     sa.Column("matched_by", sa.String(16)),
     sa.Column("finished_at", UtcDateTime),
     sa.Column("updated_at", UtcDateTime, nullable=False),
-    *[
-        column
-        for step in ALL_STEPS
-        for column in (
-            sa.Column(f"{step.value}_at", UtcDateTime),
-            sa.Column(f"{step.value}_since", sa.Float),
-            sa.Column(f"{step.value}_seconds", sa.Float),
-        )
-    ],
+    # the steps observed are rows of ``twin_payment_steps`` (below); ledgers written
+    # before it keep their old ``<step>_at/_since/_seconds`` columns, unused once
+    # ``upgrade`` copied them there
 )
 
 simulations = sa.Table(
@@ -180,6 +174,52 @@ fleet_shares = sa.Table(
     sa.Column("sent", sa.Integer, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
 )
+
+# --- payment steps (issue 12): appended, never rewritten ------------------------------------
+# One narrow row per step the twin observed of a payment, appended in batches by the
+# ledger's writer; the payment's own row is written when it is registered and after
+# that only its few summary columns change (``STATE_COLUMNS``). The steps of a
+# payment are never rewritten: a step seen again is a repeat (``lifecycle``).
+# The key starts with the payment's intended send time, so the steps of the payments
+# in flight (recent ones) are appended at the end of the key's B-tree: keyed by the
+# random payment id alone, each insert dirtied a page of its own and the cost grew
+# with the ledger (measured in SQLite: 9 to 25 us a row from 0 to 400k rows; 4.6 us
+# flat with this key). Readers know each payment's intended time (its row).
+payment_steps = sa.Table(
+    "twin_payment_steps", metadata,
+    sa.Column("intended_at", UtcDateTime, primary_key=True),
+    sa.Column("payment_id", sa.String(36), primary_key=True),
+    sa.Column("step", sa.String(16), primary_key=True),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Column("since_intended", sa.Float, nullable=False),  # seconds, monotonic
+    sa.Column("seconds", sa.Float, nullable=False),  # since the step before it
+    sqlite_with_rowid=False,
+)
+
+# The columns of a payment's row that change after it was registered, in the order
+# the ledger's bulk writer updates them.
+STATE_COLUMNS = (
+    "transaction_id", "status", "state", "finished", "outcome", "counted_outcome",
+    "final_status", "stuck_step", "message", "refusal_ambiguous", "matched_by",
+    "finished_at", "updated_at",
+)
+
+# Upgrades done once per database (``upgrade``): one row per upgrade's name.
+upgrades = sa.Table(
+    "twin_ledger_upgrades", metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("done_at", UtcDateTime, nullable=False),
+)
+
+
+def step_keys(step: str) -> tuple[str, str, str]:
+    """The keys of one step in a payment's flat mapping (``rows.payment_row``), which
+    were its columns in ledgers before ``twin_payment_steps``."""
+    return f"{step}_at", f"{step}_since", f"{step}_seconds"
+
+
+LEGACY_STEP_COLUMNS = tuple(key for step in ALL_STEPS for key in step_keys(step.value))
+# --- end of payment steps --------------------------------------------------------------------
 
 TABLES = {"payment": payments, "simulation": simulations, "deposit": deposits}
 PRIMARY_KEYS = {"payment": "payment_id", "simulation": "simulation_id", "deposit": "deposit_id"}

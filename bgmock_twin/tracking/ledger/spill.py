@@ -4,8 +4,9 @@ The write-behind buffer holds rows while the ledger database cannot take them (a
 full disk, PostgreSQL gone). Stopped in that state, the twin would lose them; so
 ``LedgerStore.stop`` writes them here as JSON lines (one ``{"kind", "row"}`` per
 line, money as exact strings, timestamps as ISO-8601 UTC) and the next start reads
-them back into the ledger before anything else (rows are whole rows, stored as
-upserts by primary key, so reading a file twice does no harm).
+them back into the ledger before anything else (whole rows are upserts by primary
+key, a payment's progress is its changed columns set again and its step rows, which
+a repeat leaves alone, so reading a file twice does no harm).
 
 Where: ``TWIN_LEDGER_SPILL_DIR`` when set, else next to an SQLite ledger's file (the
 working directory for PostgreSQL). The disk that made the ledger fail may be the
@@ -31,7 +32,14 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from bgmock_twin.tracking.ledger.schema import TABLES, Money, UtcDateTime
+from bgmock_twin.tracking.ledger.schema import (
+    LEGACY_STEP_COLUMNS,
+    TABLES,
+    Money,
+    UtcDateTime,
+    payment_steps,
+    payments,
+)
 
 PREFIX = "bgmock-twin-ledger-spill"
 Row = tuple[str, dict[str, Any]]  # (kind, whole row)
@@ -71,16 +79,31 @@ def decode(line: str) -> Row:
     """A line back into (kind, row) with the column types the writer expects;
     ValueError if it is not a row of a known table."""
     data = json.loads(line)
-    if not isinstance(data, dict) or data.get("kind") not in TABLES \
+    if not isinstance(data, dict) or data.get("kind") not in SPILLED \
             or not isinstance(data.get("row"), dict):
         raise ValueError("not a ledger row")
-    table = TABLES[data["kind"]]
+    kind = str(data["kind"])
+    table = SPILLED[kind]
     row: dict[str, Any] = {}
     for name, value in data["row"].items():
-        if name not in table.c:
+        if name in table.c:
+            row[name] = _typed(table.c[name].type, value)
+        elif kind == "payment" and name in LEGACY_STEP_COLUMNS:  # the steps it carries
+            row[name] = _step_value(name, value)
+        else:
             raise ValueError(f"unknown column {name!r}")
-        row[name] = _typed(table.c[name].type, value)
-    return str(data["kind"]), row
+    return kind, row
+
+
+# the kinds of lines a spill file holds and the table each is typed by: whole rows,
+# and a payment's progress as its changed columns and its step rows (``store``)
+SPILLED = {**TABLES, "payment_state": payments, "payment_step": payment_steps}
+
+
+def _step_value(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    return datetime.fromisoformat(str(value)) if name.endswith("_at") else float(value)
 
 
 def _typed(column_type: Any, value: Any) -> Any:

@@ -1,15 +1,20 @@
 """The ledger's write-behind store: writes never block the callers that track payments.
 
-Each write is the *whole current row* of a payment (or simulation, or deposit), put
-into a bounded buffer keyed by the row's identity, so a newer snapshot of the same
-payment replaces the older one while it waits. A writer thread (a ``Worker``) upserts
-the buffer in batches; a failed batch goes back into the buffer and is retried after a
-back-off of 0.2 s doubling to 5 s. While the database is unavailable the buffer holds
-up to ``buffer_size`` distinct rows and loses nothing; beyond that new rows are dropped
-and counted (``bgmock_ledger_dropped_total``) - the next snapshot of a payment carries
-its full state again. Every write gets a sequence number and ``durable_seq`` says up to
-which one everything is stored (or dropped), which lets the Kafka follower commit
-offsets only after what it read is recorded.
+A payment is written whole once, when registered (``write``: its whole current row,
+as are simulations and deposits); after that each change is its *progress*
+(``write_progress``): the few columns that change (``schema.STATE_COLUMNS``) and the
+step it reached, appended as one narrow row of ``twin_payment_steps``. Both go into
+a bounded buffer keyed by the row's identity, so a newer snapshot or progress of the
+same payment joins the older one while it waits (a pending whole row takes in its
+progress). A writer thread (a ``Worker``) stores the buffer in batches with one
+``executemany`` per statement (``bulk``); a failed batch goes back into the buffer
+and is retried after a back-off of 0.2 s doubling to 5 s. While the database is
+unavailable the buffer holds up to ``buffer_size`` distinct rows and loses nothing;
+beyond that new rows are dropped and counted (``bgmock_ledger_dropped_total``) - the
+next write of that payment is its whole row again, which carries its full state.
+Every write gets a sequence number and ``durable_seq`` says up to which one
+everything is stored (or dropped), which lets the Kafka follower commit offsets
+only after what it read is recorded.
 
 A full disk (issue 15): a backlog is stored in transactions of ``chunk_size`` rows,
 each committed on its own, so a little free space drains it step by step instead of
@@ -23,22 +28,26 @@ next ``open`` reads back first: nothing is lost.
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
 
 from bgmock_twin import metrics
 from bgmock_twin.errors import Unavailable
 from bgmock_twin.logs import get_logger
 from bgmock_twin.settings import mask_url
-from bgmock_twin.tracking.ledger.schema import PRIMARY_KEYS, TABLES, is_in_memory, make_engine
+from bgmock_twin.tracking.ledger.bulk import StepTuple, store_rows, with_narrow
+from bgmock_twin.tracking.ledger.schema import (
+    PRIMARY_KEYS,
+    STATE_COLUMNS,
+    is_in_memory,
+    make_engine,
+)
 from bgmock_twin.tracking.ledger.spill import Row, Spill, default_directory, is_persistent
 from bgmock_twin.tracking.ledger.upgrade import ensure_schema
 from bgmock_twin.workers import Backoff, Worker
@@ -46,6 +55,9 @@ from bgmock_twin.workers import Backoff, Worker
 log = get_logger(__name__)
 
 Batch = dict[tuple[str, str], tuple[dict[str, Any], int]]  # (kind, id) -> (row, seq)
+PROGRESS = "progress"  # a payment's changed columns and new steps (``write_progress``)
+# the order a batch is stored in: a payment's whole row before any progress of it
+_ORDER = {"payment": 0, PROGRESS: 1}
 WAL_SIZE_LIMIT = 1024 * 1024  # bytes an SQLite WAL keeps after a checkpoint reset it
 WAL_CHECKPOINT_PAGES = 256  # pages (1 MiB) after which a commit moves the WAL into the file
 
@@ -93,6 +105,8 @@ class LedgerStore(Worker):
         self._failing_since: float | None = None
         self._flush_requested = False
         self._failed_rows = 0  # the size of the last batch that could not be stored
+        # payments whose latest write was dropped (buffer full): written whole next time
+        self._unsynced: set[str] = set()
 
     # --- lifecycle -----------------------------------------------------------------------
     def open(self) -> bool:
@@ -121,7 +135,7 @@ class LedgerStore(Worker):
             try:
                 for start in range(0, len(rows), self.chunk_size):
                     with self.engine.begin() as conn:
-                        _upsert_rows(conn, rows[start:start + self.chunk_size])
+                        store_rows(conn, rows[start:start + self.chunk_size])
             except (sa.exc.IntegrityError, sa.exc.DataError, TypeError, ValueError) as exc:
                 # rows the database refuses (an edited file): kept aside, never retried
                 # forever, never blocking the ledger
@@ -150,7 +164,8 @@ class LedgerStore(Worker):
         super().stop(budget)
         with self._lock:
             left = sorted(self._pending.items(), key=lambda item: item[1][1])
-            rows: list[Row] = [(kind, row) for (kind, _), (row, _) in left]
+            rows: list[Row] = [line for (kind, _), (row, _) in left
+                               for line in spill_lines(kind, row)]
         if rows:
             self._spill(rows)
 
@@ -179,16 +194,80 @@ class LedgerStore(Worker):
 
     # --- writes -------------------------------------------------------------------------
     def write(self, kind: str, row: dict[str, Any]) -> int:
-        """Buffer ``row`` (a whole row of table ``kind``); returns its sequence number."""
-        key = (kind, str(row[PRIMARY_KEYS[kind]]))
+        """Buffer ``row`` (a whole row of table ``kind``; a payment's may carry its
+        steps, see ``rows.payment_row``); returns its sequence number."""
+        identity = str(row[PRIMARY_KEYS[kind]])
+        key = (kind, identity)
         with self._lock:
             self._seq += 1
-            if key not in self._pending and len(self._pending) + self._inflight >= \
+            if kind == "payment":
+                progress = (PROGRESS, identity)
+                if key not in self._pending and progress not in self._pending and \
+                        len(self._pending) + self._inflight >= self.buffer_size:
+                    self._unsynced.add(identity)
+                    metrics.LEDGER_DROPPED.inc()
+                    return self._seq
+                # the whole row is newer than any progress still waiting: it replaces it
+                self._pending.pop(progress, None)
+                self._unsynced.discard(identity)
+            elif key not in self._pending and len(self._pending) + self._inflight >= \
                     self.buffer_size:
                 metrics.LEDGER_DROPPED.inc()
                 return self._seq
             self._pending[key] = (row, self._seq)
             metrics.LEDGER_BUFFERED.set(len(self._pending) + self._inflight)
+            return self._seq
+
+    def needs_whole_row(self, payment_id: str) -> bool:
+        """Whether a payment's last write was dropped: its next must be whole."""
+        return payment_id in self._unsynced
+
+    def write_progress(self, payment_id: str, intended_at: datetime,
+                       full: tuple[Any, ...] | None, state: str, updated_at: datetime,
+                       step: StepTuple | None, transaction: bool = False) -> int:
+        """Buffer what changed in a stored payment: all its ``STATE_COLUMNS`` values
+        (``full``) or, when only its furthest step moved (None), its ``state`` and
+        ``updated_at``; and the step it reached (None: no new step); ``transaction``:
+        its transaction id changed (set with ``full``). Returns the
+        sequence number. Joins the payment's pending whole row or progress, if any."""
+        with self._lock:
+            self._seq += 1
+            pending = self._pending
+            whole = pending.get(("payment", payment_id))
+            if whole is not None:
+                row = whole[0]
+                if full is not None:
+                    row.update(zip(STATE_COLUMNS, full, strict=True))
+                row["state"], row["updated_at"] = state, updated_at
+                if step is not None:
+                    name, at, since, seconds = step
+                    row[f"{name}_at"], row[f"{name}_since"], row[f"{name}_seconds"] = \
+                        at, since, seconds
+                pending[("payment", payment_id)] = (row, self._seq)
+                return self._seq
+            key = (PROGRESS, payment_id)
+            waiting = pending.get(key)
+            if waiting is not None:
+                row = waiting[0]
+                if transaction:
+                    row["tx"] = True
+                if full is not None:
+                    row["full"] = full
+                elif row["full"] is not None:
+                    row["full"] = with_narrow(row["full"], state, updated_at)
+                row["state"], row["updated_at"] = state, updated_at
+                if step is not None:
+                    row["steps"].append(step)
+                pending[key] = (row, self._seq)
+                return self._seq
+            if len(pending) + self._inflight >= self.buffer_size:
+                self._unsynced.add(payment_id)
+                metrics.LEDGER_DROPPED.inc()
+                return self._seq
+            pending[key] = ({"payment_id": payment_id, "intended_at": intended_at,
+                             "full": full, "tx": transaction, "state": state,
+                             "updated_at": updated_at,
+                             "steps": [step] if step is not None else []}, self._seq)
             return self._seq
 
     @property
@@ -272,6 +351,7 @@ class LedgerStore(Worker):
             batch = self._pending
             self._pending = {}
             self._inflight = len(batch)
+            metrics.LEDGER_BUFFERED.set(self._inflight)
             return batch, self._seq
 
     def _write(self, batch: Batch) -> None:
@@ -283,11 +363,11 @@ class LedgerStore(Worker):
                 callback()
         if self._failing_since is not None and self._sqlite_file:
             self._give_wal_space_back()
-        keys = list(batch)
+        keys = sorted(batch, key=lambda key: _ORDER.get(key[0], 2))
         for start in range(0, len(keys), self.chunk_size):
             chunk = keys[start:start + self.chunk_size]
             with self.engine.begin() as conn:
-                _upsert_rows(conn, [(kind, batch[(kind, key)][0]) for kind, key in chunk])
+                store_rows(conn, [(kind, batch[(kind, key)][0]) for kind, key in chunk])
             for key in chunk:
                 del batch[key]
             with self._lock:
@@ -307,9 +387,18 @@ class LedgerStore(Worker):
         same rows)."""
         with self._lock:
             self._failed_rows = len(batch)
+            pending = self._pending
             for key, value in batch.items():
-                if key not in self._pending:
-                    self._pending[key] = value
+                kind, identity = key
+                if kind == PROGRESS:
+                    if ("payment", identity) in pending:
+                        continue  # a newer whole row carries it all
+                    newer = pending.get(key)
+                    if newer is not None:  # keep the older steps with the newer state
+                        newer[0]["steps"][:0] = value[0]["steps"]
+                        continue
+                if key not in pending:
+                    pending[key] = value
             self._inflight = 0
             metrics.LEDGER_BUFFERED.set(len(self._pending))
 
@@ -325,25 +414,6 @@ class LedgerStore(Worker):
             self._lock.notify_all()
 
 
-@functools.lru_cache(maxsize=16)
-def _upsert_statement(dialect: str, table: sa.Table, key: str) -> Any:
-    """One statement object per table, so SQLAlchemy compiles it once."""
-    insert = sqlite.insert(table) if dialect == "sqlite" else postgresql.insert(table)
-    return insert.on_conflict_do_update(
-        index_elements=[key],
-        set_={c.name: insert.excluded[c.name] for c in table.columns if c.name != key},
-    )
-
-
-def _upsert_rows(conn: Connection, rows: Sequence[Row]) -> None:
-    """Upsert (kind, row) pairs, grouped by table and by the columns they carry."""
-    groups: dict[tuple[str, frozenset[str]], list[dict[str, Any]]] = {}
-    for kind, row in rows:
-        groups.setdefault((kind, frozenset(row)), []).append(row)
-    for (kind, _columns), group in groups.items():
-        _upsert(conn, TABLES[kind], PRIMARY_KEYS[kind], group)
-
-
 def _cap_wal(dbapi_connection: Any, _record: Any) -> None:
     """Keep an SQLite WAL small: checkpointed every ``WAL_CHECKPOINT_PAGES`` (not
     SQLite's 4 MiB) and shrunk back to ``WAL_SIZE_LIMIT`` when a checkpoint resets it,
@@ -355,16 +425,21 @@ def _cap_wal(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _upsert(conn: Connection, table: sa.Table, key: str, rows: Sequence[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    name = conn.dialect.name
-    if name in ("sqlite", "postgresql"):
-        conn.execute(_upsert_statement(name, table, key), list(rows))
-        return
-    ids = [row[key] for row in rows]
-    conn.execute(sa.delete(table).where(table.c[key].in_(ids)))
-    conn.execute(sa.insert(table), list(rows))
+def spill_lines(kind: str, row: dict[str, Any]) -> list[Row]:
+    """A buffered entry as spill file lines: a payment's progress becomes its state
+    (``payment_state``) and one ``payment_step`` line per step."""
+    if kind != PROGRESS:
+        return [(kind, row)]
+    payment_id = row["payment_id"]
+    full = row["full"]
+    state = dict(zip(STATE_COLUMNS, full, strict=True)) if full is not None else \
+        {"state": row["state"], "updated_at": row["updated_at"]}
+    lines: list[Row] = [("payment_state", {"payment_id": payment_id, **state})]
+    lines.extend(("payment_step", {"intended_at": row["intended_at"], "payment_id": payment_id,
+                                   "step": step, "at": at, "since_intended": since,
+                                   "seconds": seconds})
+                 for step, at, since, seconds in row["steps"])
+    return lines
 
 
 def short_error(exc: BaseException) -> str:

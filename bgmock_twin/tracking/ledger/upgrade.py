@@ -4,16 +4,30 @@ that are missing are created and older tables get the columns added since.
 The SQLite files and PostgreSQL databases users already have hold finished payments
 whose money effect the books and retention still read, so an upgrade must give each
 old row the value the old code would have derived. It runs once per database: a
-column that exists is never filled again.
+column that exists is never filled again, and the copy of the old step columns into
+``twin_payment_steps`` is recorded in ``twin_ledger_upgrades`` in the transaction
+that made it.
 """
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.schema import CreateColumn
 
-from bgmock_twin.tracking.ledger.schema import metadata, payments
+from bgmock_twin.tracking.ledger.schema import (
+    LEGACY_STEP_COLUMNS,
+    metadata,
+    payment_steps,
+    payments,
+    step_keys,
+    upgrades,
+)
+from bgmock_twin.tracking.lifecycle import ALL_STEPS
+
+STEP_ROWS = "payment_step_rows"  # the name of the step columns' copy in ``upgrades``
 
 # The old text rule, before the ambiguity of a refusal had its own column: the
 # messages after which a rejected request may still have reached the bank. Used
@@ -31,6 +45,30 @@ def ensure_schema(engine: Engine) -> None:
     if "matched_by" not in columns:
         with engine.begin() as conn:
             add_matched_by(conn)
+    if set(LEGACY_STEP_COLUMNS) <= columns:
+        with engine.begin() as conn:
+            done = conn.execute(sa.select(upgrades.c.name)
+                                .where(upgrades.c.name == STEP_ROWS)).first()
+            if done is None:
+                copy_step_columns(conn)
+
+
+def copy_step_columns(conn: Connection) -> None:
+    """Copy the steps a ledger written before ``twin_payment_steps`` kept in its
+    ``<step>_at/_since/_seconds`` columns into step rows (the old columns stay, no
+    longer written or read), and record that it was done. Another replica doing it
+    at the same moment makes the record's insert fail: the caller retries and finds
+    it done."""
+    for step in ALL_STEPS:
+        at, since, seconds = step_keys(step.value)
+        conn.execute(sa.text(
+            f"INSERT INTO {payment_steps.name} "  # noqa: S608
+            "(intended_at, payment_id, step, at, since_intended, seconds) "
+            f"SELECT intended_at, payment_id, :step, {at}, COALESCE({since}, 0), "
+            f"COALESCE({seconds}, 0) "
+            f"FROM {payments.name} WHERE {at} IS NOT NULL ON CONFLICT DO NOTHING"),
+            {"step": step.value})
+    conn.execute(sa.insert(upgrades).values(name=STEP_ROWS, done_at=datetime.now(UTC)))
 
 
 def add_matched_by(conn: Connection) -> None:
