@@ -1,0 +1,216 @@
+"""The twin as a user runs it, for the benchmarks: ``bgmock-twin run`` in its own
+process, driven only through its public surfaces (the control API, ``/metrics``,
+``/proc`` for its CPU and memory), and the fast sink (``sink.py``) in another.
+
+Nothing here reaches into the twin's internals, so the benchmarks keep measuring
+the same things when the sender, follower or ledger are rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import requests
+
+from tests.benchmarks.common import clean_env, memory_kib, process_cpu_seconds
+from tests.support.ports import free_port, wait_for
+
+SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?P<labels>[^}]*)\})? (?P<value>\S+)")
+
+
+def stop_process(process: subprocess.Popen[Any] | None, timeout: float = 20) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
+def metric_total(text: str, name: str, **labels: str) -> float:
+    """The sum of every sample of ``name`` in a Prometheus text page whose labels
+    include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        match = SAMPLE.match(line)
+        if not match or match["name"] != name:
+            continue
+        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match["labels"] or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(match["value"])
+    return total
+
+
+class SinkProcess:
+    """``python -m tests.benchmarks.sink`` on free ports; POST arrival times on demand."""
+
+    def __init__(self, workdir: Path, *extra: str) -> None:
+        self.workdir = workdir
+        self.extra = extra
+        self.process: subprocess.Popen[str] | None = None
+        self.urls: dict[str, str] = {}
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> SinkProcess:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.benchmarks.sink", *self.extra], env=clean_env(),
+            stdout=subprocess.PIPE, stderr=(self.workdir / "sink.log").open("w"), text=True,
+            stdin=subprocess.DEVNULL)
+        assert self.process.stdout is not None
+        ports = json.loads(self.process.stdout.readline() or "{}")
+        if not ports:
+            raise RuntimeError(f"sink did not start: {(self.workdir / 'sink.log').read_text()}")
+        self.urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+        return self
+
+    def reset(self) -> None:
+        requests.post(self.urls["bank_a"] + "/_sink/reset", timeout=10).raise_for_status()
+
+    def arrivals(self) -> list[float]:
+        """Monotonic times of every payment POST since the last reset (both banks)."""
+        answer = requests.get(self.urls["bank_a"] + "/_sink/stats", timeout=30)
+        answer.raise_for_status()
+        return sorted(answer.json()["times"])
+
+    def stop(self) -> None:
+        stop_process(self.process, 5)
+        self.process = None
+
+    def __enter__(self) -> SinkProcess:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class TwinDaemon:
+    """``bgmock-twin run``: against ``urls`` (external mode) or embedded when None;
+    its ledger in ``workdir`` unless ``database_url`` is given; Kafka when ``kafka``
+    is given. ``env`` adds or overrides settings (the background canary is off
+    unless ``env`` sets ``TWIN_LOAD_RATE``)."""
+
+    def __init__(self, workdir: Path, urls: dict[str, str] | None = None,
+                 kafka: str | None = None, database_url: str | None = None,
+                 **env: str) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / f"twin-{self.port}.log"
+        settings = {"TWIN_LISTEN_PORT": str(self.port), "TWIN_LOG_FORMAT": "json",
+                    "TWIN_LOG_LEVEL": "WARNING", "TWIN_LOAD_RATE": "0",
+                    "TWIN_DATABASE_URL": database_url or f"sqlite:///{workdir}/twin-ledger.db"}
+        if urls is not None:
+            settings.update(BANK_A_URL=urls["bank_a"], BANK_B_URL=urls["bank_b"],
+                            CLEARING_SERVICE_URL=urls["clearing"])
+        if kafka is not None:
+            settings.update(KAFKA_BOOTSTRAP_SERVERS=kafka, TWIN_KAFKA_SESSION_TIMEOUT_MS="6000")
+        settings.update(env)
+        self.env = clean_env(**settings)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.session = requests.Session()
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, timeout: float = 90) -> TwinDaemon:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bgmock_twin", "run"], env=self.env, cwd=self.workdir,
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+        def ready() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"twin exited: {self.log_path.read_text()[-2000:]}")
+            payments = self.status()["payments"]
+            return bool(payments.get("provisioned")) and bool(payments.get("following"))
+
+        try:
+            wait_for(ready, timeout=timeout, interval=0.2, message="bgmock-twin run ready")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def status(self) -> dict[str, Any]:
+        answer = self.session.get(self.url + "/api/v1/status", timeout=10)
+        answer.raise_for_status()
+        result: dict[str, Any] = answer.json()
+        return result
+
+    def simulate(self, rate: float, count: int, channel: str = "rest",
+                 name: str = "bench") -> str:
+        answer = self.session.post(self.url + "/api/v1/simulations", json={
+            "count": count, "rate": rate, "channel": channel, "name": name}, timeout=10)
+        answer.raise_for_status()
+        return str(answer.json()["id"])
+
+    def simulation(self, simulation_id: str) -> dict[str, Any]:
+        answer = self.session.get(f"{self.url}/api/v1/simulations/{simulation_id}", timeout=30)
+        answer.raise_for_status()
+        result: dict[str, Any] = answer.json()
+        return result
+
+    def stop_simulation(self, simulation_id: str) -> None:
+        answer = self.session.delete(f"{self.url}/api/v1/simulations/{simulation_id}",
+                                     timeout=30)
+        answer.raise_for_status()
+
+    def wait_dispatched(self, simulation_id: str, timeout: float) -> dict[str, Any]:
+        """Poll until every planned payment was sent or dropped and the send lag of
+        each sent one is recorded; the simulation's detail then."""
+        def dispatched() -> dict[str, Any] | None:
+            detail = self.simulation(simulation_id)
+            progress = detail["progress"]
+            if progress["notYetDue"] or \
+                    progress["dispatched"] + progress["dropped"] < progress["planned"]:
+                return None
+            return detail if detail["sendLag"]["count"] >= progress["dispatched"] else None
+
+        return wait_for(dispatched, timeout=timeout, interval=0.25,
+                        message=f"simulation {simulation_id} dispatched")
+
+    def metrics(self) -> str:
+        answer = self.session.get(self.url + "/metrics", timeout=30)
+        answer.raise_for_status()
+        return answer.text
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.pid)
+
+    def rss_bytes(self) -> int:
+        return memory_kib(self.pid)["VmRSS"] * 1024
+
+    def stop(self) -> None:
+        self.session.close()
+        stop_process(self.process)
+        self.process = None
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def __enter__(self) -> TwinDaemon:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
