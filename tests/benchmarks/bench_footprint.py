@@ -47,6 +47,7 @@ from pathlib import Path
 import requests
 
 from bgmock_twin.contract import Status
+from tests.benchmarks import ledger_fill
 from tests.benchmarks.common import (
     Reporter,
     Result,
@@ -164,6 +165,31 @@ def scrape(reporter: Reporter, rounds: int, scrapes: int, settle_seconds: float)
                    f"scrapes of a twin asked for {SCRAPE_RATE}/s"))
 
 
+def rss_big_ledger(reporter: Reporter, finished: int, in_flight: int, template: int,
+                   settle_seconds: float) -> None:
+    """``bgmock-twin run`` on a ledger of ``finished`` settled payments and ``in_flight``
+    unfinished ones, which it resumes following (the sink keeps them PENDING)."""
+    with tempfile.TemporaryDirectory(prefix="bench-rss-1m-") as tmp:
+        workdir = Path(tmp)
+        ledger, made = ledger_fill.fill(workdir, finished, in_flight, template, rate=200)
+        reporter.note(f"ledger: {made}")
+        with SinkProcess(workdir, "--status", "PENDING") as sink:
+            twin = TwinDaemon(workdir, sink.urls, database_url=f"sqlite:///{ledger}",
+                              **ledger_fill.twin_env())
+            began = time.monotonic()
+            with twin.start(timeout=900):
+                ready = time.monotonic() - began
+                time.sleep(settle_seconds)
+                rss = twin.rss_bytes()
+                peak = memory_kib(twin.pid)["VmHWM"] * 1024
+                tracked = twin.status()["payments"]["inFlight"]
+        reporter.emit(Result(
+            "footprint.rss_bytes_1m", rss, "bytes", "< 250 MB", rss < 250e6,
+            f"{rss / 1e6:.0f} MB (peak {peak / 1e6:.0f} MB) {settle_seconds:g} s after "
+            f"bgmock-twin run was ready ({ready:.0f} s to start) on a ledger of {made}; "
+            f"{tracked:,} in flight by its status"))
+
+
 # --- RSS after N tracked payments (in a fresh child process) --------------------------------
 def rss_child(scenario: str, count: int) -> dict[str, float]:
     from bgmock_twin.bus.base import Record
@@ -247,6 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
          settle_seconds=0.5 if args.quick else 5.0)
     scrape(reporter, rounds=1 if args.quick else 3, scrapes=20 if args.quick else 200,
            settle_seconds=0.5 if args.quick else 2.0)
+    rss_big_ledger(reporter, finished=2_000 if args.quick else 1_000_000,
+                   in_flight=200 if args.quick else 100_000,
+                   template=100 if args.quick else 1_000,
+                   settle_seconds=1.0 if args.quick else 10.0)
     for scenario, what in (("finished", "all finished"), ("in_flight", "all in flight")):
         figures = run_rss_child(scenario, count)
         reporter.emit(Result(

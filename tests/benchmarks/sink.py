@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -87,8 +88,8 @@ def answer(service: Service, method: bytes, target: str, body: bytes) -> bytes:
                 return as_json(200, list(service.accounts.values()))
             found = service.accounts.get(segments[2])
             return as_json(200, found) if found else NOT_FOUND
-        if segments[:2] == ["bank", "transaction"] and len(segments) == 4 or \
-                segments[:2] == ["clearing", "transaction"] and len(segments) == 3:
+        if (segments[:2] == ["bank", "transaction"] and len(segments) == 4) or \
+                (segments[:2] == ["clearing", "transaction"] and len(segments) == 3):
             tx = segments[-1]
             if tx not in service.transactions:
                 return NOT_FOUND
@@ -194,10 +195,8 @@ def main() -> None:
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         runner(serve(ports, args.status))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":
