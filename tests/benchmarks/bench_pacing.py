@@ -22,7 +22,9 @@ Each round climbs the ladder until a rate misses 1 %; rounds are repeated (three
 default) and the headline figures are medians over the rounds: the highest rate
 within 1 %, and the p99 send lag at the highest rung every round reached
 (``pacing.send_lag_p99_seconds``) or at 2,000/s for the sink (the issue's target
-rate; the highest reached rung when a round stopped below it).
+rate; the highest reached rung when a round stopped below it). Against the sink the
+rate's target is 2,000/s; against the emulator it is the emulator's own limit: a
+round meets it when its first miss came with the emulator at >= 90 % of a core.
 """
 
 from __future__ import annotations
@@ -36,7 +38,15 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.benchmarks.common import EmulatorProcess, Reporter, Result, arguments, banner, fmt
+from tests.benchmarks.common import (
+    EmulatorProcess,
+    Reporter,
+    Result,
+    arguments,
+    banner,
+    fmt,
+    process_cpu_seconds,
+)
 from tests.benchmarks.daemon import SinkProcess, TwinDaemon
 from tests.support.broker import TansuBroker
 
@@ -44,6 +54,7 @@ LADDERS = {"emulator": (50, 100, 200, 300, 500, 800, 1200),
            "sink": (500, 1000, 2000, 3000, 4000)}
 QUICK_LADDERS = {"emulator": (50,), "sink": (200,)}
 SINK_TARGET_RATE = 2000.0
+EMULATOR_SATURATED = 0.9  # of a core: the emulator is the limit
 RATE_TOLERANCE = 0.01
 LAG_TARGET_SECONDS = 0.010
 PREFIX = {"emulator": "pacing.", "sink": "pacing.sink_"}
@@ -60,6 +71,7 @@ class Step:
     lag_p99: float
     lag_max: float
     twin_cpu_share: float
+    target_cpu_share: float  # of the emulator or the sink
 
     @property
     def error(self) -> float:
@@ -74,7 +86,8 @@ class Step:
                 f"{'within' if self.within else 'MISSED'} 1%), sent {self.sent}/{self.planned}, "
                 f"dropped {self.dropped}; send lag p50 {self.lag_p50 * 1e3:.2f} ms p99 "
                 f"{self.lag_p99 * 1e3:.2f} ms max {self.lag_max * 1e3:.1f} ms; twin "
-                f"{self.twin_cpu_share * 100:.0f}% of a core")
+                f"{self.twin_cpu_share * 100:.0f}% of a core, target "
+                f"{self.target_cpu_share * 100:.0f}%")
 
 
 def sending_rate(times: Sequence[float]) -> float:
@@ -91,30 +104,42 @@ def sending_rate(times: Sequence[float]) -> float:
 
 
 @contextmanager
-def target(kind: str, workdir: Path) -> Iterator[tuple[TwinDaemon, SinkProcess | None]]:
+def target(kind: str, workdir: Path) -> Iterator[World]:
     """The twin daemon against the emulator on Tansu, or against the sink."""
     with ExitStack() as stack:
         sink: SinkProcess | None = None
         if kind == "sink":
             sink = stack.enter_context(SinkProcess(workdir))
             twin = TwinDaemon(workdir, sink.urls, TWIN_MAX_IN_FLIGHT_REQUESTS="256")
+            pid = sink.pid
         else:
             broker = TansuBroker(workdir)
             broker.start()
             stack.callback(broker.stop)
             emulator = stack.enter_context(EmulatorProcess(workdir, kafka=broker.bootstrap))
             twin = TwinDaemon(workdir, emulator.urls, kafka=broker.bootstrap)
-        yield stack.enter_context(twin), sink
+            pid = emulator.pid
+        yield World(stack.enter_context(twin), sink, pid)
 
 
-def run_step(twin: TwinDaemon, sink: SinkProcess | None, rate: float, seconds: float) -> Step:
+@dataclass
+class World:
+    twin: TwinDaemon
+    sink: SinkProcess | None
+    target_pid: int  # the emulator's or the sink's process
+
+
+def run_step(world: World, rate: float, seconds: float) -> Step:
+    twin, sink = world.twin, world.sink
     count = max(2, round(rate * seconds))
     if sink is not None:
         sink.reset()
-    cpu0, wall0 = twin.cpu_seconds(), time.monotonic()
+    cpu0, other0, wall0 = twin.cpu_seconds(), process_cpu_seconds(world.target_pid), \
+        time.monotonic()
     simulation = twin.simulate(rate, count, name=f"pacing-{rate:g}")
     detail = twin.wait_dispatched(simulation, timeout=seconds * 4 + 60)
-    cpu1, wall1 = twin.cpu_seconds(), time.monotonic()
+    cpu1, other1, wall1 = twin.cpu_seconds(), process_cpu_seconds(world.target_pid), \
+        time.monotonic()
     lag, results = detail["sendLag"], detail["results"]
     sent = int(lag["count"])
     if sink is not None:
@@ -128,15 +153,16 @@ def run_step(twin: TwinDaemon, sink: SinkProcess | None, rate: float, seconds: f
                 dropped=int(detail["progress"]["dropped"]),
                 lag_p50=float(lag["p50"] or "nan"), lag_p99=float(lag["p99"] or "nan"),
                 lag_max=float(lag["max"] or "nan"),
-                twin_cpu_share=(cpu1 - cpu0) / (wall1 - wall0))
+                twin_cpu_share=(cpu1 - cpu0) / (wall1 - wall0),
+                target_cpu_share=(other1 - other0) / (wall1 - wall0))
 
 
-def ladder_round(reporter: Reporter, twin: TwinDaemon, sink: SinkProcess | None,
-                 rates: Sequence[float], seconds: float, pause: float) -> list[Step]:
+def ladder_round(reporter: Reporter, world: World, rates: Sequence[float], seconds: float,
+                 pause: float) -> list[Step]:
     """Climb until a rate misses 1 %; every step is printed."""
     steps = []
     for rate in rates:
-        step = run_step(twin, sink, rate, seconds)
+        step = run_step(world, rate, seconds)
         reporter.note(step.describe())
         steps.append(step)
         time.sleep(pause)
@@ -162,11 +188,18 @@ def headline(reporter: Reporter, kind: str, rounds: list[list[Step]],
     per_round = "; ".join(f"round {i + 1}: " + ", ".join(
         f"{s.rate:g}/s→{fmt(s.achieved)} p99 {s.lag_p99 * 1e3:.1f} ms" for s in r)
         for i, r in enumerate(rounds))
-    rate_target = SINK_TARGET_RATE if kind == "sink" else None
+    if kind == "sink":
+        rate_target, met = f">= {SINK_TARGET_RATE:,.0f}/s", max_rate >= SINK_TARGET_RATE
+    else:
+        # the emulator's own limit: a round meets it when it climbed the whole ladder or
+        # its first miss came with the emulator saturated
+        limited = [not r[-1].within and r[-1].target_cpu_share < EMULATOR_SATURATED
+                   for r in rounds]
+        rate_target = f"the emulator's limit (a miss only with the emulator at >= " \
+                      f"{EMULATOR_SATURATED * 100:.0f}% of a core)"
+        met = sum(limited) <= len(rounds) // 2
     reporter.emit(Result(
-        f"{prefix}max_rate_within_1pct", max_rate, "payments/s",
-        f">= {rate_target:,.0f}/s" if rate_target else "",
-        max_rate >= rate_target if rate_target else None,
+        f"{prefix}max_rate_within_1pct", max_rate, "payments/s", rate_target, met,
         f"median over {len(rounds)} rounds of the highest rate within 1% "
         f"({', '.join(f'{b:g}' for b in best)}); ladder {'/'.join(f'{r:g}' for r in rates)}; "
         + per_round))
@@ -195,10 +228,9 @@ def run_target(reporter: Reporter, kind: str, rates: Sequence[float], rounds: in
     banner(f"pacing against the {kind}: {'/'.join(f'{r:g}' for r in rates)} per s, "
            f"{seconds:g} s per rate, {rounds} round(s)")
     with tempfile.TemporaryDirectory(prefix=f"bench-pacing-{kind}-") as tmp, \
-            target(kind, Path(tmp)) as (twin, sink):
-        run_step(twin, sink, rates[0], 0.5 if quick else 1.0)  # warm-up: connections
-        done = [ladder_round(reporter, twin, sink, rates, seconds, pause)
-                for _ in range(rounds)]
+            target(kind, Path(tmp)) as world:
+        run_step(world, rates[0], 0.5 if quick else 1.0)  # warm-up: connections
+        done = [ladder_round(reporter, world, rates, seconds, pause) for _ in range(rounds)]
         headline(reporter, kind, done, rates)
 
 
