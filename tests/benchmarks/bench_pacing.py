@@ -110,7 +110,7 @@ def target(kind: str, workdir: Path) -> Iterator[World]:
         sink: SinkProcess | None = None
         if kind == "sink":
             sink = stack.enter_context(SinkProcess(workdir))
-            twin = TwinDaemon(workdir, sink.urls, TWIN_MAX_IN_FLIGHT_REQUESTS="256")
+            twin = TwinDaemon(workdir, sink.urls)
             pid = sink.pid
         else:
             broker = TansuBroker(workdir)
