@@ -9,7 +9,8 @@ and 100k in flight.
   every 60 s). After it is ready and provisioned, its CPU seconds (every thread,
   ``/proc/<pid>/stat``) are read over three idle windows; the median share.
 - Scrape time (``scrape.p99_seconds``): ``bgmock-twin run`` against the fast sink
-  (``sink.py``, its own process) with a 1,000 payments/s simulation; ``GET /metrics``
+  (``sink.py``, its own process; the twin following an empty Tansu) with a 1,000
+  payments/s simulation; ``GET /metrics``
   every 50 ms over one keep-alive connection (under the control API's rate limit),
   three rounds; the median of the rounds' p99. The old median figure
   (``footprint.metrics_scrape_median``) is taken from the same scrapes.
@@ -58,7 +59,7 @@ from tests.benchmarks.common import (
     percentile,
     process_cpu_seconds,
 )
-from tests.benchmarks.daemon import SinkProcess, TwinDaemon
+from tests.benchmarks.daemon import SinkProcess, TwinDaemon, sink_twin
 from tests.support.ports import free_port, wait_for
 
 SCRAPE_RATE = 1000  # payments/s of the busy twin
@@ -121,8 +122,7 @@ def idle(reporter: Reporter, windows: int, seconds: float, settle_seconds: float
 def scrape(reporter: Reporter, rounds: int, scrapes: int, settle_seconds: float) -> None:
     """``GET /metrics`` every 50 ms of a twin sending ``SCRAPE_RATE``/s to the sink."""
     with tempfile.TemporaryDirectory(prefix="bench-scrape-") as tmp, \
-            SinkProcess(Path(tmp)) as sink, \
-            TwinDaemon(Path(tmp), sink.urls) as twin:
+            sink_twin(Path(tmp)) as (twin, sink):
         p99s, everything = [], []
         for _ in range(rounds):
             seconds = settle_seconds + scrapes * SCRAPE_INTERVAL

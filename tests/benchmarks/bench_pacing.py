@@ -7,9 +7,10 @@ through its control API: each step is one constant-rate simulation. Two targets:
 - **emulator**: ``bgmock-twin emulate`` in its own process on a Tansu broker, the twin
   following every payment's events as in production (``pacing.*``);
 - **sink**: ``tests/benchmarks/sink.py`` in its own process, a minimal fast bank that
-  answers the POST with 202 and records when each one arrived; the twin follows
-  without Kafka (REST polling), so nothing but the twin limits the rate
-  (``pacing.sink_*``).
+  answers the POST with 202 and records when each one arrived; the twin follows a
+  Tansu broker nobody writes to (as a production twin follows Kafka: no status
+  look-up per payment), so nothing but the twin's sender limits the rate
+  (``pacing.sink_*``; ``--sink-following rest`` measures it following over REST).
 
 Send lag is the twin's own figure from the simulation's report (actual minus
 intended send time of every payment, exact percentiles). The achieved rate against
@@ -47,7 +48,7 @@ from tests.benchmarks.common import (
     fmt,
     process_cpu_seconds,
 )
-from tests.benchmarks.daemon import SinkProcess, TwinDaemon
+from tests.benchmarks.daemon import SinkProcess, TwinDaemon, sink_twin
 from tests.support.broker import TansuBroker
 
 LADDERS = {"emulator": (50, 100, 200, 300, 500, 800, 1200),
@@ -104,22 +105,19 @@ def sending_rate(times: Sequence[float]) -> float:
 
 
 @contextmanager
-def target(kind: str, workdir: Path) -> Iterator[World]:
+def target(kind: str, workdir: Path, following: str) -> Iterator[World]:
     """The twin daemon against the emulator on Tansu, or against the sink."""
     with ExitStack() as stack:
-        sink: SinkProcess | None = None
         if kind == "sink":
-            sink = stack.enter_context(SinkProcess(workdir))
-            twin = TwinDaemon(workdir, sink.urls)
-            pid = sink.pid
+            twin, sink = stack.enter_context(sink_twin(workdir, following))
+            yield World(twin, sink, sink.pid)
         else:
             broker = TansuBroker(workdir)
             broker.start()
             stack.callback(broker.stop)
             emulator = stack.enter_context(EmulatorProcess(workdir, kafka=broker.bootstrap))
             twin = TwinDaemon(workdir, emulator.urls, kafka=broker.bootstrap)
-            pid = emulator.pid
-        yield World(stack.enter_context(twin), sink, pid)
+            yield World(stack.enter_context(twin), None, emulator.pid)
 
 
 @dataclass
@@ -224,11 +222,12 @@ def headline(reporter: Reporter, kind: str, rounds: list[list[Step]],
 
 
 def run_target(reporter: Reporter, kind: str, rates: Sequence[float], rounds: int,
-               seconds: float, pause: float, quick: bool) -> None:
+               seconds: float, pause: float, quick: bool, following: str) -> None:
     banner(f"pacing against the {kind}: {'/'.join(f'{r:g}' for r in rates)} per s, "
-           f"{seconds:g} s per rate, {rounds} round(s)")
+           f"{seconds:g} s per rate, {rounds} round(s)"
+           + (f", the twin following {following}" if kind == "sink" else ""))
     with tempfile.TemporaryDirectory(prefix=f"bench-pacing-{kind}-") as tmp, \
-            target(kind, Path(tmp)) as world:
+            target(kind, Path(tmp), following) as world:
         run_step(world, rates[0], 0.5 if quick else 1.0)  # warm-up: connections
         done = [ladder_round(reporter, world, rates, seconds, pause) for _ in range(rounds)]
         headline(reporter, kind, done, rates)
@@ -240,6 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument("--seconds", type=float, help="seconds per rate (default 4)")
         parser.add_argument("--rounds", type=int, help="rounds per target (default 3)")
         parser.add_argument("--rates", help="comma-separated ladder instead of the default")
+        parser.add_argument("--sink-following", choices=("kafka", "rest"), default="kafka",
+                            help="how the twin follows against the sink (kafka: an empty "
+                                 "Tansu, no look-up per payment; rest: REST polling)")
 
     args = arguments(__doc__.splitlines()[0], argv, extra)
     reporter = Reporter(args.results)
@@ -250,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for kind in kinds:
         rates = tuple(float(r) for r in args.rates.split(",")) if args.rates else \
             (QUICK_LADDERS if args.quick else LADDERS)[kind]
-        run_target(reporter, kind, rates, rounds, seconds, pause, args.quick)
+        run_target(reporter, kind, rates, rounds, seconds, pause, args.quick,
+                   args.sink_following)
     return 0
 
 

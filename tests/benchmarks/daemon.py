@@ -13,13 +13,18 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import requests
 
+from bgmock_twin.bus.kafka import KafkaBus
+from bgmock_twin.contract import TOPICS
 from tests.benchmarks.common import clean_env, memory_kib, process_cpu_seconds
+from tests.support.broker import TansuBroker
 from tests.support.ports import free_port, wait_for
 
 SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?P<labels>[^}]*)\})? (?P<value>\S+)")
@@ -213,3 +218,26 @@ class TwinDaemon:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+@contextmanager
+def sink_twin(workdir: Path, following: str = "kafka",
+              **env: str) -> Iterator[tuple[TwinDaemon, SinkProcess]]:
+    """``bgmock-twin run`` against the sink. ``following="kafka"``: the twin follows a
+    Tansu broker nobody else writes to, as a production twin follows Kafka, so it
+    makes no status look-up per payment (events would make them unnecessary) and
+    the figures are its sender's own; ``"rest"``: no Kafka, the twin follows every
+    payment over REST (its ``rest_polling`` mode)."""
+    with ExitStack() as stack:
+        sink = stack.enter_context(SinkProcess(workdir))
+        kafka = None
+        if following == "kafka":
+            broker = TansuBroker(workdir)
+            broker.start()
+            stack.callback(broker.stop)
+            kafka = broker.bootstrap
+            bus = KafkaBus(kafka, client_id="bench-topics")
+            bus.ensure_topics(list(TOPICS), 3)  # as BGMock's services would have made them
+            bus.close()
+        twin = stack.enter_context(TwinDaemon(workdir, sink.urls, kafka=kafka, **env))
+        yield twin, sink
