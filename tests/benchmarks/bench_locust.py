@@ -60,6 +60,17 @@ class LocustFigures:
     per_core: float        # requests per CPU second of the Locust process
     cpu_share: float
     emulator_share: float
+    errors: str = ""       # Locust's error report, its first lines
+
+
+def error_report(log: str) -> str:
+    """The first entries of the last error report in a Locust log ('' without one)."""
+    head = log.rfind("Error report")
+    if head < 0:
+        return ""
+    lines = [line.strip() for line in log[head:].splitlines()[1:]]
+    entries = [line for line in lines if line and line[0].isdigit()]
+    return "; ".join(entries[:2])
 
 
 @dataclass
@@ -109,7 +120,7 @@ def run_twin(twin: TwinDaemon, emulator: EmulatorProcess, rate: float, seconds: 
 def run_locust(workdir: Path, emulator: EmulatorProcess, payers: dict[str, list[list[str]]],
                user_class: str, rate: float, seconds: float, warmup: float) -> LocustFigures:
     samples = workdir / f"locust-{user_class}-{time.monotonic_ns()}.samples"
-    log = workdir / f"locust-{user_class}.log"
+    log = workdir / f"locust-{user_class}-{time.monotonic_ns()}.log"
     env = clean_env(BENCH_LOCUST_PAYERS=json.dumps(payers), BENCH_LOCUST_CLASS=user_class,
                     BENCH_LOCUST_SAMPLES=str(samples), BENCH_LOCUST_RATE=f"{rate:g}",
                     BENCH_LOCUST_USERS=str(USERS))
@@ -137,7 +148,8 @@ def run_locust(workdir: Path, emulator: EmulatorProcess, payers: dict[str, list[
     return LocustFigures(
         user_class=CLASSES[user_class], requests=int(req1), failures=int(f1),
         rate=(req1 - req0) / (t1 - t0), per_core=(req1 - req0) / max(cpu1 - cpu0, 1e-9),
-        cpu_share=(cpu1 - cpu0) / (t1 - t0), emulator_share=emulator_share)
+        cpu_share=(cpu1 - cpu0) / (t1 - t0), emulator_share=emulator_share,
+        errors=error_report(log.read_text(errors="replace")) if f1 else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -189,7 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             f"Locust {lo.user_class}: {fmt(lo.rate)} requests/s (asked "
                             f"{fmt(t.rate)}), {fmt(lo.per_core)} requests/CPU-s, {lo.failures} "
                             f"failures, Locust {lo.cpu_share * 100:.0f}% of a core, emulator "
-                            f"{lo.emulator_share * 100:.0f}%")
+                            f"{lo.emulator_share * 100:.0f}%"
+                            + (f"; errors: {lo.errors}" if lo.errors else ""))
         finally:
             if broker is not None:
                 broker.stop()
