@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -123,7 +124,9 @@ class TwinDaemon:
                             CLEARING_SERVICE_URL=urls["clearing"])
         if kafka is not None:
             settings.update(KAFKA_BOOTSTRAP_SERVERS=kafka, TWIN_KAFKA_SESSION_TIMEOUT_MS="6000")
+        settings["TWIN_INSTANCE_ID"] = f"bench-{self.port}"
         settings.update(env)
+        self.instance = settings["TWIN_INSTANCE_ID"]
         self.env = clean_env(**settings)
         self.process: subprocess.Popen[bytes] | None = None
         self.session = requests.Session()
@@ -133,24 +136,52 @@ class TwinDaemon:
         assert self.process is not None
         return self.process.pid
 
-    def start(self, timeout: float = 90) -> TwinDaemon:
+    def _use_port(self, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.env["TWIN_LISTEN_PORT"] = str(port)
+
+    def start(self, timeout: float = 90, attempts: int = 3) -> TwinDaemon:
+        """Start and wait until provisioned and following. The port was free when
+        chosen, but other processes on this machine pick free ports too and a twin
+        binds its port only after loading its ledger: a start that lost its port is
+        tried again on another, and readiness is only believed from a daemon that
+        names this one's instance id."""
+        for attempt in range(attempts):
+            if attempt:
+                self._use_port(free_port())
+            if self._start_once(timeout):
+                return self
+        raise RuntimeError(f"bgmock-twin run did not start in {attempts} attempts: "
+                           f"{self.log_path.read_text(errors='replace')[-2000:]}")
+
+    def _start_once(self, timeout: float) -> bool:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "bgmock_twin", "run"], env=self.env, cwd=self.workdir,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-        def ready() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"twin exited: {self.log_path.read_text()[-2000:]}")
-            payments = self.status()["payments"]
-            return bool(payments.get("provisioned")) and bool(payments.get("following"))
-
+        deadline = time.monotonic() + timeout
         try:
-            wait_for(ready, timeout=timeout, interval=0.2, message="bgmock-twin run ready")
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    text = self.log_path.read_text(errors="replace")
+                    if "address already in use" in text[-5000:]:
+                        return False
+                    raise RuntimeError(f"twin exited: {text[-2000:]}")
+                try:
+                    status = self.status()
+                except (requests.RequestException, ValueError):
+                    status = {}
+                payments = status.get("payments", {})
+                if status.get("instance") == self.instance and payments.get("provisioned") \
+                        and payments.get("following"):
+                    return True
+                time.sleep(0.2)
+            raise TimeoutError(f"bgmock-twin run not ready in {timeout:g} s: "
+                               f"{self.log_path.read_text(errors='replace')[-2000:]}")
         except BaseException:
             self.stop()
             raise
-        return self
 
     def status(self) -> dict[str, Any]:
         answer = self.session.get(self.url + "/api/v1/status", timeout=10)
@@ -198,7 +229,15 @@ class TwinDaemon:
     def cpu_seconds(self) -> float:
         return process_cpu_seconds(self.pid)
 
+    def check_alive(self) -> None:
+        """Raise with the end of its log if the daemon has exited."""
+        if self.process is None or self.process.poll() is not None:
+            code = None if self.process is None else self.process.returncode
+            raise RuntimeError(f"bgmock-twin run exited ({code}): "
+                               f"{self.log_path.read_text(errors='replace')[-3000:]}")
+
     def rss_bytes(self) -> int:
+        self.check_alive()
         return memory_kib(self.pid)["VmRSS"] * 1024
 
     def stop(self) -> None:
