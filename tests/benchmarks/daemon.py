@@ -9,8 +9,10 @@ the same things when the sender, follower or ledger are rebuilt.
 from __future__ import annotations
 
 import json
+import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +31,22 @@ from tests.support.broker import TansuBroker
 from tests.support.ports import free_port, wait_for
 
 SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?P<labels>[^}]*)\})? (?P<value>\S+)")
+
+
+def listen_port() -> int:
+    """A free port below the kernel's ephemeral range: a twin that takes long to
+    bind (loading a big ledger) must not find its port taken by one of the outbound
+    connections it, or anything else here, opened meanwhile."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(100):
+        port = random.randint(max(1024, low - 12000), low - 1)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
 
 
 def stop_process(process: subprocess.Popen[Any] | None, timeout: float = 20) -> None:
@@ -113,7 +131,7 @@ class TwinDaemon:
                  kafka: str | None = None, database_url: str | None = None,
                  **env: str) -> None:
         self.workdir = workdir
-        self.port = free_port()
+        self.port = listen_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"twin-{self.port}.log"
         settings = {"TWIN_LISTEN_PORT": str(self.port), "TWIN_LOG_FORMAT": "json",
@@ -149,7 +167,7 @@ class TwinDaemon:
         names this one's instance id."""
         for attempt in range(attempts):
             if attempt:
-                self._use_port(free_port())
+                self._use_port(listen_port())
             if self._start_once(timeout):
                 return self
         raise RuntimeError(f"bgmock-twin run did not start in {attempts} attempts: "
