@@ -1,8 +1,13 @@
-"""``python -m tests.benchmarks [--quick] [--out FILE] [--only NAMES]``: every benchmark,
-each in a fresh process, then a summary table (printed, and written to ``--out``).
+"""``python -m tests.benchmarks [--quick] [--out FILE] [--results FILE] [--only NAMES]``:
+every benchmark, each in a fresh process, then a summary table (printed, and written
+to ``--out``); every figure as a JSON line (name, value, unit, target, met, detail,
+conditions) in ``--results``.
 
-Order: pacing (the highest rate it kept within 1 % is the twin's rate in the Locust
-comparison), event processing, Locust side by side, footprint.
+Order: pacing (the highest rate it kept within 1 % against the emulator is the twin's
+rate in the Locust comparison), event processing, Locust side by side, the Kafka
+channel, the PostgreSQL ledger, footprint (idle CPU, scrape time, RSS). With
+``--quick`` (which proves the scripts run, not the speed) they run two at a time so
+the smoke test stays short; otherwise one after the other, never competing.
 """
 
 from __future__ import annotations
@@ -17,14 +22,53 @@ from pathlib import Path
 
 from tests.benchmarks.common import conditions, conditions_text, fmt
 
-BENCHMARKS = ("pacing", "events", "locust", "footprint")
+BENCHMARKS = ("pacing", "events", "locust", "kafka", "ledger", "footprint")
+# --quick: two lanes of about the same length, run side by side
+QUICK_LANES = (("pacing", "kafka", "ledger"), ("footprint", "locust", "events"))
+
+
+def command(name: str, quick: bool, results: Path, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", f"tests.benchmarks.bench_{name}", "--results",
+            str(results), *(["--quick"] if quick else []), *extra]
 
 
 def run(name: str, quick: bool, results: Path, extra: list[str]) -> int:
-    command = [sys.executable, "-m", f"tests.benchmarks.bench_{name}", "--results",
-               str(results), *(["--quick"] if quick else []), *extra]
-    print(f"\n$ {' '.join(command[1:])}", flush=True)
-    return subprocess.run(command, check=False).returncode
+    argv = command(name, quick, results, extra)
+    print(f"\n$ {' '.join(argv[1:])}", flush=True)
+    return subprocess.run(argv, check=False).returncode
+
+
+def run_lanes(chosen: list[str], results: Path, workdir: Path) -> list[str]:
+    """--quick: each lane's benchmarks one after the other, the lanes side by side;
+    each benchmark's output printed whole when it is done. The names that failed."""
+    failed: list[str] = []
+    lanes = [[n for n in lane if n in chosen] for lane in QUICK_LANES]
+    running: list[tuple[str, subprocess.Popen[bytes], Path, list[str]]] = []
+
+    def launch(lane: list[str]) -> None:
+        if lane:
+            name = lane.pop(0)
+            log = workdir / f"{name}.log"
+            with log.open("wb") as out:
+                process = subprocess.Popen(command(name, True, results, []), stdout=out,
+                                           stderr=subprocess.STDOUT)
+            running.append((name, process, log, lane))
+
+    for lane in lanes:
+        launch(lane)
+    while running:
+        time.sleep(0.1)
+        for entry in list(running):
+            name, process, log, lane = entry
+            if process.poll() is None:
+                continue
+            running.remove(entry)
+            print(f"\n$ {' '.join(command(name, True, results, [])[1:])}\n"
+                  f"{log.read_text(errors='replace')}", end="", flush=True)
+            if process.returncode != 0:
+                failed.append(name)
+            launch(lane)
+    return failed
 
 
 def load(results: Path) -> list[dict[str, object]]:
@@ -65,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="seconds-long runs that prove each benchmark works")
     parser.add_argument("--out", help="also write the summary table to this file")
+    parser.add_argument("--results", help="write every figure as a JSON line to this file")
     parser.add_argument("--only", help="comma-separated subset of " + ", ".join(BENCHMARKS))
     args = parser.parse_args(argv)
     chosen = [b.strip() for b in args.only.split(",")] if args.only else list(BENCHMARKS)
@@ -75,9 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     failed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-results-") as tmp:
-        results = Path(tmp) / "results.jsonl"
+        results = Path(args.results) if args.results else Path(tmp) / "results.jsonl"
+        results.write_text("")
+        if args.quick:
+            failed = run_lanes(chosen, results, Path(tmp))
         for name in BENCHMARKS:
-            if name not in chosen:
+            if name not in chosen or args.quick:
                 continue
             extra: list[str] = []
             if name == "locust":

@@ -1,6 +1,8 @@
 """The Locust side of the side-by-side benchmark: ``POST /bank/transaction/outgoing``
 to Bank A and Bank B (half the users each) with the twin's payer accounts, as fast as
-the users can (no wait time, a closed model).
+the users can (no wait time, a closed model), or at a given total rate
+(``BENCH_LOCUST_RATE`` requests/s over ``BENCH_LOCUST_USERS`` users, each user at its
+share with ``constant_throughput``).
 
 Configured through the environment by ``bench_locust.py``:
 ``BENCH_LOCUST_PAYERS`` (JSON ``{"bank url": [[account, payee bankgood], ...]}``),
@@ -20,12 +22,14 @@ import time
 from typing import Any
 
 import gevent
-from locust import HttpUser, constant, events, task
+from locust import HttpUser, constant, constant_throughput, events, task
 from locust.contrib.fasthttp import FastHttpUser
 from locust.env import Environment
 
 PAYERS: dict[str, list[list[str]]] = json.loads(os.environ.get("BENCH_LOCUST_PAYERS", "{}"))
 URLS = sorted(PAYERS)
+RATE = float(os.environ.get("BENCH_LOCUST_RATE", "0"))
+USERS = int(os.environ.get("BENCH_LOCUST_USERS", "1"))
 BASE: Any = FastHttpUser if os.environ.get("BENCH_LOCUST_CLASS", "fast") == "fast" else HttpUser
 
 
@@ -52,7 +56,7 @@ def _start_sampling(environment: Environment, **_kwargs: Any) -> None:
 
 class _Payer(BASE):  # type: ignore[misc]
     abstract = True
-    wait_time = constant(0)
+    wait_time = constant_throughput(RATE / USERS) if RATE > 0 else constant(0)
     payers: list[list[str]] = []
 
     @task
