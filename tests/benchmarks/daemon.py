@@ -114,7 +114,7 @@ class SinkProcess:
         self.process = None
 
     def __enter__(self) -> SinkProcess:
-        return self.start()
+        return self if self.process is not None else self.start()
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -270,7 +270,8 @@ class TwinDaemon:
         self.process = None
 
     def __enter__(self) -> TwinDaemon:
-        return self.start()
+        """``with twin:`` starts it; ``with twin.start(timeout=…):`` uses the one started."""
+        return self if self.process is not None else self.start()
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
