@@ -238,7 +238,8 @@ class Twin:
                                   unwritten=lambda: tracked.buffered,
                                   failing=lambda: not tracked.available)
             lease = FleetJob(self.tracking.leases, BOOKS_LEASE,
-                             BOOKS_LEASE_INTERVALS * settings.reconcile_interval_seconds)
+                             BOOKS_LEASE_INTERVALS * settings.reconcile_interval_seconds) \
+                if self.tracking.in_fleet else None
         lag_source = lag_source_for(
             self.bus, settings.kafka_bootstrap_servers,
             timeout=max(1.0, min(5.0, settings.lag_interval_seconds / 2)))

@@ -41,7 +41,10 @@ def bgmock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         tuple[EmulatorProcess, dict[str, CountingProxy]]]:
     """The emulator process (no Kafka anywhere) behind one counting proxy per service."""
     tmp_path: Path = tmp_path_factory.mktemp("rest-polling-bgmock")
-    with running_emulator(tmp_path, TWIN_EMULATOR_OUTBOX_INTERVAL_SECONDS="0.3") as emulator:
+    # not a test of BGMock's optimistic lock: no 500s from its load-to-flush window, so
+    # every deliberate failure reaches the step it is meant to fail at
+    with running_emulator(tmp_path, TWIN_EMULATOR_OUTBOX_INTERVAL_SECONDS="0.3",
+                          TWIN_EMULATOR_FLUSH_WINDOW_SECONDS="0") as emulator:
         proxies = {name: CountingProxy(emulator.ports[name])
                    for name in ("bank_a", "bank_b", "clearing")}
         try:

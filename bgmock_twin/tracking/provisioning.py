@@ -20,7 +20,8 @@ and reuses them. Rules:
   current balance recorded as an ``opening`` deposit, so the books start from what
   the bank holds instead of showing it all as drift.
 
-Replicas. Each replica of a fleet owns its accounts: the prefix carries the
+Replicas. Each replica of a fleet (replicas on one PostgreSQL ledger; a twin on an
+SQLite ledger is alone and keeps the plain prefix) owns its accounts: the prefix carries the
 replica's ordinal (``replica_account_prefix``: the StatefulSet pod ``<name>-2``
 uses ``TWIN-R2-A-001``; ordinal 0 and an instance id without one keep the plain
 ``TWIN-A-001``, so a lone twin keeps its accounts). Its payers are then its own,

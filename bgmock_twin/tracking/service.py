@@ -127,18 +127,25 @@ class Tracking:
             hidden_rest_steps=NOT_OBSERVED_WITHOUT_KAFKA if polling else frozenset(),
         )
         self.leases = Leases(self.ledger.engine, settings.instance_id)
+        # Replicas on one PostgreSQL ledger are a fleet; an SQLite ledger is one
+        # process's own, so that twin is alone: its own account names, canary and books.
+        self.in_fleet = settings.fleet_mode is FleetMode.AUTO and \
+            self.ledger.engine.dialect.name == "postgresql"
+        prefix = replica_account_prefix(settings.account_prefix, settings.instance_id) \
+            if self.in_fleet else settings.account_prefix
         self.provisioner = Provisioner(
-            clients, replica_account_prefix(settings.account_prefix, settings.instance_id),
+            clients, prefix,
             settings.accounts_per_bank,
             settings.account_initial_deposit, record_deposit=self._record_deposit,
             has_history=self.ledger.has_history, quiet_wait_seconds=QUIET_WAIT_SECONDS,
             stuck_after_seconds=settings.payment_sla_seconds,
-            exclusive=self._one_provisioner,
+            exclusive=self._one_provisioner if self.in_fleet else None,
         )
         self.canary = FleetJob(
             self.leases, CANARY_LEASE,
             max(CANARY_LEASE_MIN_SECONDS,
-                5 * self._load_interval(settings.load_rate_per_second or 1.0)))
+                5 * self._load_interval(settings.load_rate_per_second or 1.0))) \
+            if self.in_fleet else None
         self.budget = RequestBudget(settings.rest_poll_budget_per_second) if polling else None
         self.checker = StatusChecker(clients, self.tracker, budget=self.budget,
                                      sla=settings.payment_sla_seconds,
@@ -166,8 +173,7 @@ class Tracking:
         )
         self.follower = Follower(bus, settings.consumer_group, self.tracker, self.ledger) \
             if bus is not None else None
-        self.fleet = self._fleet() if settings.fleet_mode is FleetMode.AUTO and \
-            self.ledger.engine.dialect.name == "postgresql" else None
+        self.fleet = self._fleet() if self.in_fleet else None
         self.simulations = SimulationManager(
             self.sender, self.tracker, self.ledger, settings.instance_id, fleet=self.fleet)
         self.background = LoadProfile(
@@ -263,7 +269,8 @@ class Tracking:
             self.fleet.stop(budget * 0.1)
         self.sender.stop(budget * 0.4)
         self.simulations.shutdown()
-        self.canary.release()
+        if self.canary is not None:
+            self.canary.release()
         self.checker.stop_event.set()  # a check waiting for the polling budget gives up
         self.poller.stop(budget * 0.1)
         if self.follower is not None:
@@ -353,7 +360,7 @@ class Tracking:
         replica of the fleet that holds the canary's lease."""
         if self.provisioner.fixtures is None:
             return
-        if not self.canary.claim():
+        if self.canary is not None and not self.canary.claim():
             self._background_carry = 0.0
             return
         rate = self.settings.load_rate_per_second
@@ -508,7 +515,7 @@ class Tracking:
             not_observed=self._not_observed_names(),
             channels=tuple(c.value for c in channels(self.following_by)),
             poll_requests=self.budget.spent if self.budget is not None else 0,
-            canary_by=self.canary.holder(),
+            canary_by=self.canary.holder() if self.canary is not None else None,
         )
 
     def _not_observed_names(self) -> tuple[str, ...]:

@@ -78,11 +78,16 @@ class MemoryBGMock:
 
 
 @contextmanager
-def memory_bgmock(outbox_interval: float, pool_size: int) -> Iterator[MemoryBGMock]:
+def memory_bgmock(outbox_interval: float, pool_size: int,
+                  flush_window_seconds: float = 0.0) -> Iterator[MemoryBGMock]:
+    """``flush_window_seconds``: BGMock's load-to-flush window, in which a payment's
+    write on its payer loses a race with a settlement (its 500). 0 for tests that are
+    not about that race, so their deliberate outcomes stay deterministic; the race
+    has tests of its own (``test_emulator_optimistic_load``)."""
     bus = InMemoryBus()
     emulator = EmbeddedBGMock(EmulatorConfig(
         host="127.0.0.1", bus=bus, db_urls={"bank_a": None, "bank_b": None, "clearing": None},
-        outbox_interval_seconds=outbox_interval,
+        outbox_interval_seconds=outbox_interval, flush_window_seconds=flush_window_seconds,
     ))
     emulator.start()
     clients = BGMockClients.build(dict(emulator.urls), timeout=5, pool_size=pool_size)
