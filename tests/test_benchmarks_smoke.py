@@ -31,6 +31,8 @@ FIGURES = (
     "locust.ratio_twin_vs_fasthttpuser",
     "footprint.idle_cpu", "footprint.metrics_scrape_median", "footprint.rss_finished",
     "footprint.rss_in_flight",
+    # issue 13: one simulation run by a fleet of 1, 2 and 3 replicas
+    "fleet.rate_1", "fleet.rate_2", "fleet.rate_3",
 )
 # Figures that are a count of work done or memory held: never zero when the run worked
 # (a rate ladder may honestly pass no rung in a seconds-long run on a busy machine).

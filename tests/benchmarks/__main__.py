@@ -22,9 +22,9 @@ from pathlib import Path
 
 from tests.benchmarks.common import conditions, conditions_text, fmt
 
-BENCHMARKS = ("pacing", "events", "locust", "kafka", "ledger", "footprint")
+BENCHMARKS = ("pacing", "events", "locust", "kafka", "ledger", "footprint", "fleet")
 # --quick: two lanes of about the same length, run side by side
-QUICK_LANES = (("pacing", "kafka", "ledger"), ("footprint", "locust", "events"))
+QUICK_LANES = (("pacing", "kafka", "ledger", "fleet"), ("footprint", "locust", "events"))
 
 
 def command(name: str, quick: bool, results: Path, extra: list[str]) -> list[str]:
