@@ -201,7 +201,7 @@ def test_ctrl_c_stops_the_simulation_on_the_twin_and_still_prints_the_summary(
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=60)
     finally:
-        stop_process(process)  # type: ignore[arg-type]
+        stop_process(process)
     assert process.returncode == 130, stdout + stderr
     assert "interrupted: stopping the simulation on the twin" in stderr
     assert f"simulation {sim_id}" in stdout
@@ -300,7 +300,7 @@ def test_on_a_terminal_the_live_line_is_a_rich_progress_bar(twin: Daemon) -> Non
         process.wait(timeout=60)
     finally:
         os.close(main_fd)
-        stop_process(process)  # type: ignore[arg-type]
+        stop_process(process)
     text = b"".join(chunks).decode(errors="replace")
     assert process.returncode == 0, text
     assert "\x1b[" in text and "\r" in text  # redrawn in place

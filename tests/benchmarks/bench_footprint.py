@@ -35,7 +35,6 @@ import argparse
 import gc
 import json
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -61,6 +60,7 @@ from tests.benchmarks.common import (
 )
 from tests.benchmarks.daemon import SinkProcess, TwinDaemon, sink_twin
 from tests.support.ports import free_port, wait_for
+from tests.support.processes import stop_process
 
 SCRAPE_RATE = 1000  # payments/s of the busy twin
 SCRAPE_INTERVAL = 0.05
@@ -88,13 +88,7 @@ def default_daemon(workdir: Path) -> Iterator[tuple[subprocess.Popen[bytes], str
         wait_for(provisioned, timeout=60, interval=0.2, message="daemon provisioned")
         yield process, url
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        stop_process(process, grace=20)
 
 
 def idle(reporter: Reporter, windows: int, seconds: float, settle_seconds: float) -> None:

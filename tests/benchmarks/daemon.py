@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from bgmock_twin.contract import TOPICS
 from tests.benchmarks.common import clean_env, memory_kib, process_cpu_seconds
 from tests.support.broker import TansuBroker
 from tests.support.ports import free_port, wait_for
+from tests.support.processes import stop_process
 
 SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?P<labels>[^}]*)\})? (?P<value>\S+)")
 
@@ -47,17 +47,6 @@ def listen_port() -> int:
                 continue
             return port
     return free_port()
-
-
-def stop_process(process: subprocess.Popen[Any] | None, timeout: float = 20) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
 
 
 def metric_total(text: str, name: str, **labels: str) -> float:
@@ -110,7 +99,7 @@ class SinkProcess:
         return sorted(answer.json()["times"])
 
     def stop(self) -> None:
-        stop_process(self.process, 5)
+        stop_process(self.process, grace=5)
         self.process = None
 
     def __enter__(self) -> SinkProcess:
@@ -260,7 +249,7 @@ class TwinDaemon:
 
     def stop(self) -> None:
         self.session.close()
-        stop_process(self.process)
+        stop_process(self.process, grace=20)
         self.process = None
 
     def kill(self) -> None:

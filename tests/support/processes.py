@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from typing import Any
 
 
-def stop_process(process: subprocess.Popen[bytes], grace: float = 15.0) -> None:
-    if process.poll() is None:
+def stop_process(process: subprocess.Popen[Any] | None, grace: float = 15.0) -> None:
+    if process is not None and process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=grace)
