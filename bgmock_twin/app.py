@@ -266,6 +266,7 @@ class Twin:
             "consumer_lag": s.slo_consumer_lag,
             "step_deadline_seconds": s.step_deadline_seconds,
             "sla_seconds": s.payment_sla_seconds,
+            "reconciliation_max_age_seconds": 3 * s.reconcile_interval_seconds + 60,
         }.items():
             metrics.SLO_TARGET.labels(slo).set(value)
 

@@ -25,7 +25,8 @@ TWIN_INFO = Info(
 SLO_TARGET = Gauge(
     "bgmock_slo_target",
     "Alert thresholds from the twin's settings (slo: success_ratio, p95_seconds, "
-    "outbox_pending, outbox_age_seconds, consumer_lag, step_deadline_seconds, sla_seconds).",
+    "outbox_pending, outbox_age_seconds, consumer_lag, step_deadline_seconds, sla_seconds, "
+    "reconciliation_max_age_seconds: three reconciliation intervals and a minute).",
     ["slo"],
 )
 TWIN_READY = Gauge("bgmock_twin_ready", "1 when the daemon is ready (scheduler running).")

@@ -62,6 +62,7 @@ SLO_ALERTS = {
     "BGMockOutboxBacklogGrowing": "outbox_pending",
     "BGMockOutboxStalled": "outbox_age_seconds",
     "BGMockConsumerLagGrowing": "sla_seconds",
+    "BGMockReconciliationNotRunning": "reconciliation_max_age_seconds",
 }
 
 
@@ -77,10 +78,12 @@ BURN_POLICY = [
 ]
 # No burn alert fires unless its long window completed this many normal payments.
 MIN_PAYMENTS = 100
-# The alerts on the payments, which every replica of a twin counts its own of: they
-# judge the fleet (its namespace, summed over replicas), and carry no instance.
+# The alerts that judge a twin's whole fleet (its namespace) and carry no instance:
+# those on the payments, which every replica counts its own of (summed over
+# replicas), and the reconciliation's cadence, which one replica of the fleet keeps.
 FLEET_ALERTS = {BURN_ALERT, "BGMockPaymentLatencyHigh", "BGMockPaymentsStuck",
-                "BGMockPaymentsDropped", "BGMockDeliberateFailureSucceeded"}
+                "BGMockPaymentsDropped", "BGMockDeliberateFailureSucceeded",
+                "BGMockReconciliationNotRunning"}
 # The per-payment series: each replica exports its own payments' share.
 PAYMENT_SERIES = ("bgmock_payments_completed_total", "bgmock_payments_dropped_total",
                   "bgmock_payment_duration_seconds", "bgmock_payments_stuck")
