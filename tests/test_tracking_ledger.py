@@ -24,7 +24,6 @@ from bgmock_twin.tracking.ledger import (
     payment_row,
     payments,
 )
-from bgmock_twin.tracking.ledger.schema import LEGACY_STEP_COLUMNS, UtcDateTime, make_engine
 from bgmock_twin.tracking.lifecycle import (
     Channel,
     Kind,
@@ -37,7 +36,7 @@ from bgmock_twin.tracking.lifecycle import (
     reject,
 )
 from bgmock_twin.tracking.records import record_of
-from tests.support.ledgers import running_ledger
+from tests.support.ledgers import running_ledger, write_old_ledger
 from tests.support.ports import wait_for
 
 NOW = datetime(2025, 11, 20, 10, 0, tzinfo=UTC)
@@ -197,24 +196,6 @@ def test_postgres_stores_numeric_and_timestamptz(pg_database: str) -> None:
 
 
 # --- ledgers written before ``refusal_ambiguous`` ---------------------------------------------
-def _old_ledger(url: str, rows: list[dict[str, object]]) -> None:
-    """A ledger as earlier versions created it: no ``refusal_ambiguous`` column, and
-    the steps in ``<step>_at/_since/_seconds`` columns of the payment's row."""
-    old = sa.MetaData()
-    table = sa.Table(payments.name, old, *[
-        sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
-        for c in payments.columns if c.name != "refusal_ambiguous"], *[
-        sa.Column(name, UtcDateTime if name.endswith("_at") else sa.Float)
-        for name in LEGACY_STEP_COLUMNS])
-    engine = make_engine(url)
-    try:
-        old.create_all(engine)
-        with engine.begin() as conn:
-            conn.execute(sa.insert(table), [
-                {k: v for k, v in row.items() if k != "refusal_ambiguous"} for row in rows])
-    finally:
-        engine.dispose()
-
 
 def _ambiguity(book: Ledger) -> dict[str, bool]:
     with book.engine.connect() as conn:
@@ -249,7 +230,8 @@ def test_an_old_ledger_gets_the_ambiguity_of_its_refusals_from_their_messages(
     ambiguous = [timeout, connection, bad_body, not_produced]
     certain = [http, after_202, failed]
     written = NOW - timedelta(days=29)
-    _old_ledger(ledger_url, [payment_row(p, written) for p in ambiguous + certain])
+    write_old_ledger(ledger_url, [payment_row(p, written) for p in ambiguous + certain],
+                     lacking=frozenset({"refusal_ambiguous"}))
 
     with running_ledger(ledger_url, flush_interval=0.02) as book:
         assert _ambiguity(book) == {**{p.payment_id: True for p in ambiguous},

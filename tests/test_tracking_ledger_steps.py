@@ -15,16 +15,12 @@ from bgmock_twin import metrics
 from bgmock_twin.contract import Status
 from bgmock_twin.tracking.ledger import Ledger, PaymentQuery, payment_from_row, payment_row
 from bgmock_twin.tracking.ledger.schema import (
-    LEGACY_STEP_COLUMNS,
-    UtcDateTime,
-    make_engine,
     payment_steps,
-    payments,
     upgrades,
 )
 from bgmock_twin.tracking.lifecycle import Channel, Payment, Step, observe_step
 from bgmock_twin.tracking.records import record_of
-from tests.support.ledgers import running_ledger
+from tests.support.ledgers import running_ledger, write_old_ledger
 from tests.test_tracking_ledger import NOW, make_payment
 
 
@@ -109,23 +105,6 @@ def test_progress_joins_a_waiting_row_and_a_dropped_change_is_written_whole_next
         book.close()
 
 
-def _old_ledger(url: str, rows: list[dict[str, object]]) -> None:
-    """A ledger as versions before ``twin_payment_steps`` wrote it: the steps in
-    ``<step>_at/_since/_seconds`` columns of the payment's row."""
-    old = sa.MetaData()
-    table = sa.Table(payments.name, old, *[
-        sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
-        for c in payments.columns], *[
-        sa.Column(name, UtcDateTime if name.endswith("_at") else sa.Float)
-        for name in LEGACY_STEP_COLUMNS])
-    engine = make_engine(url)
-    try:
-        old.create_all(engine)
-        with engine.begin() as conn:
-            conn.execute(sa.insert(table), rows)
-    finally:
-        engine.dispose()
-
 
 def test_an_old_ledger_keeps_its_steps(ledger_url: str) -> None:
     done, open_ = make_payment(0, sim="old"), make_payment(1, sim="old")
@@ -134,7 +113,7 @@ def test_an_old_ledger_keeps_its_steps(ledger_url: str) -> None:
         observe_step(done, step, done.intended_mono + 0.25 * len(done.steps) + 0.25,
                      NOW + timedelta(seconds=len(done.steps)), Status.SUCCESS)
     observe_step(open_, Step.ACCEPTED, open_.intended_mono + 0.5, NOW)
-    _old_ledger(ledger_url, [payment_row(done, NOW), payment_row(open_, NOW)])
+    write_old_ledger(ledger_url, [payment_row(done, NOW), payment_row(open_, NOW)])
 
     with running_ledger(ledger_url, flush_interval=0.02) as book:
         assert book.get(done.payment_id) == record_of(done)
