@@ -364,7 +364,7 @@ mount -t tmpfs -o mode=0755 tmpfs "$newroot"
 # /tmp first: a checkout that lives under /tmp (CI's may) is bound on top of it
 mkdir -p "$newroot/tmp"
 mount -t tmpfs -o mode=1777,size=64m tmpfs "$newroot/tmp"
-for dir in /usr /etc /bin /sbin /lib /lib64 "$BASE_PREFIX" "$REPO"; do
+for dir in /usr /etc /bin /sbin /lib /lib64 "$BASE_PREFIX" "$PREFIX" "$REPO"; do
     [ -e "$dir" ] || continue
     if [ -L "$dir" ]; then ln -s "$(readlink "$dir")" "$newroot$dir"; continue; fi
     mkdir -p "$newroot$dir"
@@ -419,7 +419,8 @@ def image_like_daemon(tmp_path: Path, token: str
         sandbox = subprocess.Popen(
             ["unshare", "--mount", "--pid", "--fork", "--propagation", "private",
              "bash", "-c", ISOLATE, "isolate", str(newroot), str(data), *command],
-            env={**os.environ, "BASE_PREFIX": sys.base_prefix, "REPO": str(ROOT),
+            env={**os.environ, "BASE_PREFIX": sys.base_prefix, "PREFIX": sys.prefix,
+                 "REPO": str(ROOT),
                  "UID_": str(uid), "GID_": str(gid)},
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     daemon = 0
