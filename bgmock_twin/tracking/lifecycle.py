@@ -200,7 +200,7 @@ class Payment:
 
     @property
     def sequence(self) -> tuple[Step, ...]:
-        steps = steps_of(self.channel)
+        steps = REST_STEPS if self.channel is Channel.REST else KAFKA_STEPS
         if not self.hidden:
             return steps
         return tuple(step for step in steps if step not in self.hidden)
@@ -212,8 +212,11 @@ class Payment:
     @property
     def furthest(self) -> Step | None:
         """The furthest step along the flow seen so far."""
+        seen = self.steps
+        if not seen:
+            return None
         for step in reversed(self.sequence):
-            if step in self.steps:
+            if step in seen:
                 return step
         return None
 

@@ -37,8 +37,11 @@ RECHECK_SECONDS = 1.0
 
 
 def _headers(msg: Message) -> tuple[tuple[str, bytes], ...]:
-    raw: Any = msg.headers() or []
-    return tuple((str(k), as_bytes(v) or b"") for k, v in raw)
+    raw: Any = msg.headers()
+    if not raw:
+        return ()
+    return tuple([(k if k.__class__ is str else str(k),
+                   v if v.__class__ is bytes else as_bytes(v) or b"") for k, v in raw])
 
 
 class KafkaConsumer:
@@ -327,13 +330,13 @@ class KafkaConsumer:
                 continue
             timestamp_type, timestamp = msg.timestamp()
             records.append(Record(
-                topic=msg.topic() or "",
-                partition=msg.partition() or 0,
-                offset=msg.offset() or 0,
-                key=as_bytes(msg.key()),
-                value=as_bytes(msg.value()),
-                headers=_headers(msg),
-                timestamp_ms=timestamp if timestamp_type else 0,
+                msg.topic() or "",
+                msg.partition() or 0,
+                msg.offset() or 0,
+                as_bytes(msg.key()),
+                as_bytes(msg.value()),
+                _headers(msg),
+                timestamp if timestamp_type else 0,
             ))
         if records:
             self._state.ok()

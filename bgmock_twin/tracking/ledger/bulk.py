@@ -304,8 +304,9 @@ def _store_sqlite(conn: Connection, st: Statements, w: Writes) -> None:
             cursor.executemany(st.update_narrow, [(state, at(updated), p) for p, (
                 state, updated) in w.narrow.items()])
         if w.steps:
+            intended_at = _LastTime(sqlite_time)  # a payment's steps come one after another
             cursor.executemany(st.insert_steps, [
-                (sqlite_time(intended), p, step, at(when), since, seconds)
+                (intended_at(intended), p, step, at(when), since, seconds)
                 for p, intended, (step, when, since, seconds) in w.steps])
     finally:
         cursor.close()
