@@ -120,6 +120,10 @@ class Outcome(StrEnum):
     STUCK = "stuck"
 
 
+# a step's name as text without ``Enum.value`` (a Python-level property; this is a
+# dict lookup, for the paths that run for every event)
+STEP_NAME: dict[Step, str] = {step: step.value for step in Step}
+
 REST_STEPS = (
     Step.ACCEPTED, Step.INITIATED, Step.FORWARDED, Step.PROCESSED, Step.COMPLETED, Step.SETTLED,
 )
@@ -247,7 +251,7 @@ class Payment:
     def state(self) -> str:
         """The furthest step reached (``submitted`` before any)."""
         furthest = self.furthest
-        return furthest.value if furthest is not None else "submitted"
+        return STEP_NAME[furthest] if furthest is not None else "submitted"
 
     @property
     def last_progress(self) -> float:

@@ -39,6 +39,7 @@ from bgmock_twin.tracking.clock import Clock, SystemClock
 from bgmock_twin.tracking.event_log import EventLog, event_entry, invalid_entry, public_entry
 from bgmock_twin.tracking.ledger import Ledger, payment_from_row
 from bgmock_twin.tracking.lifecycle import (
+    STEP_NAME,
     TOPIC_STEP,
     Change,
     Channel,
@@ -58,6 +59,7 @@ from bgmock_twin.tracking.tally import Tally
 log = get_logger(__name__)
 
 STUCK_POLL_SECONDS = 5.0
+_STATUS_NAME: dict[Status, str] = {status: status.value for status in Status}
 MAX_STUCK_POLLS_PER_CHECK = 200
 
 
@@ -310,7 +312,7 @@ class Tracker:
 
     def _count_message(self, topic: str, event: Event, origin: str) -> None:
         status = getattr(event, "status", None)
-        self._tally.message(topic, status.value if status else "none", origin)
+        self._tally.message(topic, _STATUS_NAME[status] if status else "none", origin)
         self._flush_tally()
 
     # --- deadlines (a scheduled job) --------------------------------------------------------
@@ -375,7 +377,7 @@ class Tracker:
         if change.repeat or not change.changed:
             return
         if change.new_step is not None and change.step_duration is not None:
-            self._tally.step(change.new_step.value, change.step_duration)
+            self._tally.step(STEP_NAME[change.new_step], change.step_duration)
             if self._subscribers:
                 self._publish(StepReached(payment.payment_id, payment.channel,
                                           change.new_step, payment.finished))
