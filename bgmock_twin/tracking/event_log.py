@@ -11,6 +11,7 @@ under its lock.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -69,9 +70,8 @@ class EventLog:
 
     def __init__(self, limit: int) -> None:
         self._entries: deque[Entry] = deque(maxlen=limit)
-
-    def add(self, entry: Entry) -> None:
-        self._entries.append(entry)
+        # ``add(entry)``: the deque's own append (called for every event)
+        self.add: Callable[[Entry], None] = self._entries.append
 
     def select(self, limit: int, topic: str | None = None,
                origin: str | None = None) -> list[dict[str, Any]]:
@@ -85,12 +85,6 @@ def _text(raw: bytes | None) -> str | None:
     if raw is None:
         return None
     return raw.decode("utf-8", "replace")[:64]
-
-
-def event_entry(record: Record, event: Event, now_utc: datetime) -> Entry:
-    """The entry of one decoded event (``origin`` ``twin`` until the tracker says
-    otherwise)."""
-    return Entry(record, event, now_utc)
 
 
 def invalid_entry(record: Record, reason: str, now_utc: datetime) -> Entry:

@@ -36,7 +36,7 @@ from bgmock_twin.contract import (
 )
 from bgmock_twin.logs import get_logger
 from bgmock_twin.tracking.clock import Clock, SystemClock
-from bgmock_twin.tracking.event_log import EventLog, event_entry, invalid_entry, public_entry
+from bgmock_twin.tracking.event_log import Entry, EventLog, invalid_entry, public_entry
 from bgmock_twin.tracking.ledger import Ledger, payment_from_row
 from bgmock_twin.tracking.lifecycle import (
     STEP_NAME,
@@ -227,7 +227,7 @@ class Tracker:
         batch = self._batch_now
         now_mono, now_utc = batch if batch is not None else \
             (self.clock.monotonic(), self.clock.now())
-        entry = event_entry(record, event, now_utc)
+        entry = Entry(record, event, now_utc)
         transaction_id = event.transaction_id
         with self._lock:
             self._events.add(entry)
@@ -313,7 +313,8 @@ class Tracker:
     def _count_message(self, topic: str, event: Event, origin: str) -> None:
         status = getattr(event, "status", None)
         self._tally.message(topic, _STATUS_NAME[status] if status else "none", origin)
-        self._flush_tally()
+        if not self._batching:
+            self._tally.flush()
 
     # --- deadlines (a scheduled job) --------------------------------------------------------
     def check_deadlines(self) -> list[str]:
@@ -403,7 +404,8 @@ class Tracker:
         self.ledger.write_change(payment, change.new_step,
                                  batch[1] if batch is not None else self.clock.now(), narrow,
                                  transaction)
-        self._flush_tally()
+        if not self._batching:
+            self._tally.flush()
 
     def _publish(self, event: StepReached) -> None:
         for listener in self._subscribers:
