@@ -54,6 +54,7 @@ from bgmock_twin.scheduler import JobScheduler
 from bgmock_twin.settings import Settings, mask_url
 from bgmock_twin.tracking.rest_follower import Following
 from bgmock_twin.tracking.service import Tracking
+from bgmock_twin.workers import tune_gc
 
 log = get_logger(__name__)
 
@@ -356,6 +357,7 @@ class Twin:
 def run(settings: Settings) -> int:
     """Run the daemon until SIGTERM or SIGINT; exit 0 after a clean shutdown."""
     configure_logging(settings.log_level, settings.log_format.value)
+    tune_gc()
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:

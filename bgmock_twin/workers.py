@@ -22,10 +22,14 @@ The ledger writer (``tracking/ledger/store.py``) shows all four hooks at work: a
 step that puts a failed batch back and re-raises, an ``on_error`` that warns once
 per outage, a ``wake`` that notifies its condition, and an ``on_stop`` that drains
 what is still buffered.
+
+``tune_gc`` sets the garbage collector's thresholds for a process that runs these
+loops at thousands of items a second (the daemon calls it at start-up).
 """
 
 from __future__ import annotations
 
+import gc
 import threading
 
 from bgmock_twin.logs import get_logger
@@ -33,6 +37,17 @@ from bgmock_twin.logs import get_logger
 log = get_logger(__name__)
 
 DEFAULT_JOIN_TIMEOUT = 5.0
+# The Kafka follower makes several container objects per event (a record, an event,
+# its entry, a step mark, ledger rows), nearly all freed by reference counting. With
+# CPython's default first threshold (700) a young collection ran every few dozen
+# events and, through the older generations, kept scanning the payments followed:
+# about a fifth of the follower's CPU at 200k events (measured), growing with them.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Collect cyclic garbage less often (``GC_THRESHOLDS``): the twin makes little."""
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class Backoff:

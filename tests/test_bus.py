@@ -111,6 +111,30 @@ def test_memory_new_group_starts_at_latest_when_asked() -> None:
     assert [r.value for r in earliest.poll(0.5)] == [b"old", b"new"]
 
 
+def test_memory_latest_start_is_committed_so_a_restart_misses_nothing() -> None:
+    """A group that read nothing before it stopped resumes where it started, not at a
+    later end: what was produced while it was down is read (as Spring Kafka does)."""
+    bus = InMemoryBus()
+    producer = bus.producer()
+    producer.produce("t", "k", b"old")
+    for manual in (False, True):
+        group = f"g-{manual}"
+        consumer = bus.consumer(group, ["t"], from_beginning_if_new=False,
+                                manual_assign=manual)
+        partition = partition_for_key(b"k", 3)
+        assert bus.committed(group, "t") == {0: 0, 1: 0, 2: 0} | {partition: 1}
+        assert consumer.poll(0.05) == []
+        consumer.close()  # stopped having read nothing
+    producer.produce("t", "k", b"while-down")
+    for manual in (False, True):
+        again = bus.consumer(f"g-{manual}", ["t"], from_beginning_if_new=False,
+                             manual_assign=manual)
+        assert [r.value for r in again.poll(0.5)] == [b"while-down"]
+    # a group that starts at the beginning has nothing to lose: nothing is committed
+    bus.consumer("early", ["t"], from_beginning_if_new=True)
+    assert bus.committed("early", "t") == {}
+
+
 def test_memory_every_group_sees_every_record() -> None:
     bus = InMemoryBus()
     groups = [bus.consumer(f"g{i}", ["t"]) for i in range(3)]
@@ -315,6 +339,44 @@ def test_kafka_new_manual_consumer_at_latest_skips_history(kafka_bus: KafkaBus) 
         assert [r.value for r in _drain(consumer, 1)] == [b"fresh"]
     finally:
         consumer.close()
+        producer.close()
+
+
+def test_kafka_latest_start_is_committed_so_a_restart_misses_nothing(
+    kafka_bus: KafkaBus,
+) -> None:
+    """A twin (manual assignment) or a service (group member) that read nothing
+    before it stopped resumes where it started: the records produced while it was
+    down are read, not skipped by a second "latest"."""
+    topic = _topic()
+    kafka_bus.ensure_topics([topic])
+    producer = kafka_bus.producer()
+    producer.produce(topic, "k", b"history")
+    producer.flush(10)
+    groups = {manual: f"g-{uuid.uuid4().hex[:6]}" for manual in (True, False)}
+    try:
+        for manual, group in groups.items():
+            consumer = kafka_bus.consumer(group, [topic], manual_assign=manual,
+                                          from_beginning_if_new=False)
+            try:
+                # positioned (a new group member waits for its first assignment)
+                deadline = time.monotonic() + 20
+                while not consumer.assignment_ready() and time.monotonic() < deadline:
+                    assert consumer.poll(0.2) == []
+                assert consumer.assignment_ready()
+                assert consumer.poll(0.2) == []
+            finally:
+                consumer.close()  # stopped having read nothing
+        producer.produce(topic, "k", b"while-down")
+        producer.flush(10)
+        for manual, group in groups.items():
+            again = kafka_bus.consumer(group, [topic], manual_assign=manual,
+                                       from_beginning_if_new=False)
+            try:
+                assert [r.value for r in _drain(again, 1, timeout=20)] == [b"while-down"]
+            finally:
+                again.close()
+    finally:
         producer.close()
 
 

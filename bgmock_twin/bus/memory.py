@@ -4,7 +4,9 @@ It keeps what the twin and the emulator rely on from Kafka: topics with 3
 partitions chosen like the Java client does (``murmur2(key) % partitions``, so a
 key lands in the same partition as on a real cluster; a null key goes round
 robin), append-only logs with offsets, headers and timestamps, consumer groups
-whose members share the partitions and resume from committed offsets, and
+whose members share the partitions and resume from committed offsets (a group
+starting a partition at its end commits that start at once, as the Kafka consumer
+does), and
 manual assignment of every partition without joining the group. A fault switch
 (``set_available``) makes every operation fail like an unreachable broker.
 
@@ -345,7 +347,11 @@ class _MemoryConsumer:
         committed = group.committed.get(tp)
         if committed is not None:
             return max(committed, part.base_offset)
-        return part.base_offset if self._from_beginning else part.end_offset
+        if self._from_beginning:
+            return part.base_offset
+        # "latest" is committed at once: a restart resumes here, not at a later end
+        group.committed[tp] = part.end_offset
+        return part.end_offset
 
     def _collect(self, max_records: int) -> list[Record]:
         out: list[Record] = []

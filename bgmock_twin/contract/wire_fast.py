@@ -15,10 +15,12 @@ each value it returns passed the same checks (finite amounts, valid dates).
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -36,6 +38,7 @@ from bgmock_twin.contract.wire import (
 )
 
 Date = list[int] | str | None
+T = TypeVar("T")
 
 
 class _Outgoing(msgspec.Struct, rename="camel"):
@@ -101,10 +104,32 @@ def _date(value: Date) -> datetime | None:
         raise _NotFast from None
 
 
+def _maker(cls: type[T]) -> Callable[..., T]:
+    """A constructor of the frozen dataclass ``cls`` from all its field values in order
+    that fills its slots directly: the generated ``__init__`` of a frozen dataclass
+    calls ``object.__setattr__`` once per field (about 3 us for an 8-field event,
+    a third of that this way). The object is the same: equal, hashable, frozen."""
+    setters = tuple(getattr(cls, f.name).__set__ for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+    new = object.__new__
+
+    def make(*values: Any) -> T:
+        obj = new(cls)
+        for set_value, value in zip(setters, values, strict=True):
+            set_value(obj, value)
+        return obj
+
+    return make
+
+
+_new_outgoing = _maker(OutgoingTransactionEvent)
+_new_incoming = _maker(IncomingTransactionEvent)
+_new_response = _maker(TransactionResponseEvent)
+
+
 def _outgoing(e: _Outgoing) -> OutgoingTransactionEvent:
     if e.transaction_id is None:
         raise _NotFast
-    return OutgoingTransactionEvent(
+    return _new_outgoing(
         e.transaction_id, _text(e.from_clearing_number), _text(e.from_account_number),
         _text(e.to_bankgood_number), _amount(e.amount), e.status,
         _date(e.created_at), _date(e.updated_at))
@@ -113,7 +138,7 @@ def _outgoing(e: _Outgoing) -> OutgoingTransactionEvent:
 def _incoming(e: _Incoming) -> IncomingTransactionEvent:
     if e.transaction_id is None:
         raise _NotFast
-    return IncomingTransactionEvent(
+    return _new_incoming(
         e.transaction_id, _text(e.to_clearing_number), _text(e.to_account_number),
         _amount(e.amount), e.status, _date(e.created_at), _date(e.updated_at))
 
@@ -122,8 +147,8 @@ def _response(e: _Response) -> TransactionResponseEvent:
     if e.transaction_id is None or e.status is None:
         raise _NotFast
     message = e.message
-    return TransactionResponseEvent(e.transaction_id, e.status,
-                                    message if isinstance(message, str) else None)
+    return _new_response(e.transaction_id, e.status,
+                         message if isinstance(message, str) else None)
 
 
 _DECODERS: dict[str, tuple[msgspec.json.Decoder[Any], Any]] = {

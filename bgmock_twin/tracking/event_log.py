@@ -1,8 +1,8 @@
 """The recent Kafka events the control API shows (``GET /api/v1/events``).
 
 Every event the follower sees becomes one entry, kept as the objects it was made
-of (most entries are never read, so turning them into text waits for
-``public_entry``). An entry's ``origin`` is ``twin``, ``foreign``, ``pending``
+of (most entries are never read, so even their mapping waits for ``select``, and
+their text for ``public_entry``). An entry's ``origin`` is ``twin``, ``foreign``, ``pending``
 (parked until its REST submission records the id) or ``invalid``; the tracker
 updates it in place as it learns more. Not thread-safe: the tracker calls it
 under its lock.
@@ -11,6 +11,7 @@ under its lock.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -24,21 +25,60 @@ from bgmock_twin.contract import (
 )
 
 
+class Entry:
+    """One event as the follower saw it: the objects, not yet text (``as_dict``)."""
+
+    __slots__ = ("event", "observed_at", "origin", "reason", "record")
+
+    def __init__(self, record: Record, event: Event | None, observed_at: datetime,
+                 origin: str = "twin", reason: str | None = None) -> None:
+        self.record = record
+        self.event = event
+        self.observed_at = observed_at
+        self.origin = origin
+        self.reason = reason
+
+    def as_dict(self) -> dict[str, Any]:
+        """The entry's fields (values still objects; ``public_entry`` makes text)."""
+        record, event = self.record, self.event
+        entry: dict[str, Any] = {
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "key": record.key,
+            "transactionId": None,
+            "status": None,
+            "origin": self.origin,
+        }
+        if event is None:
+            entry["reason"] = self.reason
+        else:
+            status = getattr(event, "status", None)
+            entry["transactionId"] = event.transaction_id
+            entry["status"] = status.value if status else None
+        entry["observedAt"] = self.observed_at
+        if isinstance(event, OutgoingTransactionEvent | IncomingTransactionEvent) and \
+                event.amount is not None:
+            entry["amount"] = event.amount
+        if isinstance(event, TransactionResponseEvent) and event.message:
+            entry["message"] = event.message[:200]
+        return entry
+
+
 class EventLog:
     """The last ``limit`` entries, oldest first."""
 
     def __init__(self, limit: int) -> None:
-        self._entries: deque[dict[str, Any]] = deque(maxlen=limit)
-
-    def add(self, entry: dict[str, Any]) -> None:
-        self._entries.append(entry)
+        self._entries: deque[Entry] = deque(maxlen=limit)
+        # ``add(entry)``: the deque's own append (called for every event)
+        self.add: Callable[[Entry], None] = self._entries.append
 
     def select(self, limit: int, topic: str | None = None,
                origin: str | None = None) -> list[dict[str, Any]]:
-        """Copies of the newest ``limit`` entries matching the filters, newest first."""
-        return [dict(e) for e in reversed(self._entries)
-                if (topic is None or e["topic"] == topic)
-                and (origin is None or e["origin"] == origin)][:limit]
+        """The newest ``limit`` entries matching the filters as mappings, newest first."""
+        return [e.as_dict() for e in reversed(self._entries)
+                if (topic is None or e.record.topic == topic)
+                and (origin is None or e.origin == origin)][:limit]
 
 
 def _text(raw: bytes | None) -> str | None:
@@ -47,35 +87,9 @@ def _text(raw: bytes | None) -> str | None:
     return raw.decode("utf-8", "replace")[:64]
 
 
-def event_entry(record: Record, event: Event, now_utc: datetime) -> dict[str, Any]:
-    """The entry of one decoded event (``origin`` ``twin`` until the tracker says
-    otherwise)."""
-    status = getattr(event, "status", None)
-    entry: dict[str, Any] = {
-        "topic": record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
-        "key": record.key,
-        "transactionId": event.transaction_id,
-        "status": status.value if status else None,
-        "origin": "twin",
-        "observedAt": now_utc,
-    }
-    if isinstance(event, OutgoingTransactionEvent | IncomingTransactionEvent) and \
-            event.amount is not None:
-        entry["amount"] = event.amount
-    if isinstance(event, TransactionResponseEvent) and event.message:
-        entry["message"] = event.message[:200]
-    return entry
-
-
-def invalid_entry(record: Record, reason: str, now_utc: datetime) -> dict[str, Any]:
+def invalid_entry(record: Record, reason: str, now_utc: datetime) -> Entry:
     """The entry of a message that is not a valid event."""
-    return {
-        "topic": record.topic, "partition": record.partition, "offset": record.offset,
-        "key": record.key, "transactionId": None, "status": None,
-        "origin": "invalid", "reason": reason, "observedAt": now_utc,
-    }
+    return Entry(record, None, now_utc, "invalid", reason)
 
 
 def public_entry(entry: dict[str, Any]) -> dict[str, Any]:

@@ -120,6 +120,10 @@ class Outcome(StrEnum):
     STUCK = "stuck"
 
 
+# a step's name as text without ``Enum.value`` (a Python-level property; this is a
+# dict lookup, for the paths that run for every event)
+STEP_NAME: dict[Step, str] = {step: step.value for step in Step}
+
 REST_STEPS = (
     Step.ACCEPTED, Step.INITIATED, Step.FORWARDED, Step.PROCESSED, Step.COMPLETED, Step.SETTLED,
 )
@@ -200,7 +204,7 @@ class Payment:
 
     @property
     def sequence(self) -> tuple[Step, ...]:
-        steps = steps_of(self.channel)
+        steps = REST_STEPS if self.channel is Channel.REST else KAFKA_STEPS
         if not self.hidden:
             return steps
         return tuple(step for step in steps if step not in self.hidden)
@@ -212,8 +216,11 @@ class Payment:
     @property
     def furthest(self) -> Step | None:
         """The furthest step along the flow seen so far."""
+        seen = self.steps
+        if not seen:
+            return None
         for step in reversed(self.sequence):
-            if step in self.steps:
+            if step in seen:
                 return step
         return None
 
@@ -244,7 +251,7 @@ class Payment:
     def state(self) -> str:
         """The furthest step reached (``submitted`` before any)."""
         furthest = self.furthest
-        return furthest.value if furthest is not None else "submitted"
+        return STEP_NAME[furthest] if furthest is not None else "submitted"
 
     @property
     def last_progress(self) -> float:

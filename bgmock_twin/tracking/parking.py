@@ -12,9 +12,9 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from bgmock_twin.contract import Event
+from bgmock_twin.tracking.event_log import Entry
 
 
 @dataclass(slots=True)
@@ -23,7 +23,7 @@ class ParkedEvent:
     event: Event
     mono: float  # when it was observed, kept when it is applied later
     utc: datetime
-    entry: dict[str, Any]  # its line in the event log, whose origin is settled later
+    entry: Entry  # its line in the event log, whose origin is settled later
 
 
 class ParkedEvents:

@@ -23,7 +23,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from bgmock_twin import metrics
 from bgmock_twin.bus.base import Record
@@ -36,9 +36,10 @@ from bgmock_twin.contract import (
 )
 from bgmock_twin.logs import get_logger
 from bgmock_twin.tracking.clock import Clock, SystemClock
-from bgmock_twin.tracking.event_log import EventLog, event_entry, invalid_entry, public_entry
+from bgmock_twin.tracking.event_log import Entry, EventLog, invalid_entry, public_entry
 from bgmock_twin.tracking.ledger import Ledger, payment_from_row
 from bgmock_twin.tracking.lifecycle import (
+    STEP_NAME,
     TOPIC_STEP,
     Change,
     Channel,
@@ -58,6 +59,7 @@ from bgmock_twin.tracking.tally import Tally
 log = get_logger(__name__)
 
 STUCK_POLL_SECONDS = 5.0
+_STATUS_NAME: dict[Status, str] = {status: status.value for status in Status}
 MAX_STUCK_POLLS_PER_CHECK = 200
 
 
@@ -72,10 +74,10 @@ class PaymentCounts:
     parked_events: int  # events that came before their payment's transaction id
 
 
-@dataclass(frozen=True, slots=True)
-class StepReached:
+class StepReached(NamedTuple):
     """A followed payment reached a new step: what the tracker tells its subscribers
-    (the status poller reads the settled status of a REST payment once it completed)."""
+    (the status poller reads the settled status of a REST payment once it completed).
+    A named tuple: one is made for every step followed, and it is the cheapest to make."""
 
     payment_id: str
     channel: Channel
@@ -136,6 +138,8 @@ class Tracker:
         # metrics counted here and added once per batch of events (``on_events``)
         self._tally = Tally()
         self._batching = 0
+        # while a poll's events are applied: the (monotonic, UTC) time they were seen
+        self._batch_now: tuple[float, datetime] | None = None
         # asked for the payment of an initiated event nobody claims (``tracking.rematch``)
         self.matcher: Callable[[OutgoingTransactionEvent], str | None] | None = None
         self.submitted: Counter[tuple[Channel, Route]] = Counter()
@@ -187,7 +191,7 @@ class Tracker:
             self._observe(payment, Step.ACCEPTED, self.clock.monotonic(), self.clock.now(),
                           changed=True)
             for parked in self._parked.claim(transaction_id):
-                parked.entry["origin"] = "twin"
+                parked.entry.origin = "twin"
                 self._count_message(parked.topic, parked.event, "twin")
                 self._apply_event(payment, parked.topic, parked.event, parked.mono, parked.utc)
 
@@ -220,8 +224,10 @@ class Tracker:
 
     # --- events (the follower) --------------------------------------------------------------
     def on_event(self, record: Record, event: Event) -> None:
-        now_mono, now_utc = self.clock.monotonic(), self.clock.now()
-        entry = event_entry(record, event, now_utc)
+        batch = self._batch_now
+        now_mono, now_utc = batch if batch is not None else \
+            (self.clock.monotonic(), self.clock.now())
+        entry = Entry(record, event, now_utc)
         transaction_id = event.transaction_id
         with self._lock:
             self._events.add(entry)
@@ -231,14 +237,13 @@ class Tracker:
                 if transaction_id is not None and self._submitting > 0 and \
                         self._parked.park(transaction_id, ParkedEvent(
                             record.topic, event, now_mono, now_utc, entry)):
-                    entry["origin"] = "pending"
+                    entry.origin = "pending"
                     return
                 payment = self._rematch(record.topic, event)
             if payment is None:
-                entry["origin"] = "foreign"
+                entry.origin = "foreign"
                 self._count_message(record.topic, event, "foreign")
                 return
-            entry["origin"] = "twin"
             self._count_message(record.topic, event, "twin")
             self._apply_event(payment, record.topic, event, now_mono, now_utc)
 
@@ -246,6 +251,9 @@ class Tracker:
         """The events of one poll, in order (a str: the reason a record was not a
         valid event), under one hold of the lock, their metrics added once."""
         with self._lock:
+            if not self._batching:
+                # the records of one poll arrived together: one observation time
+                self._batch_now = (self.clock.monotonic(), self.clock.now())
             self._batching += 1
             try:
                 for record, event in items:
@@ -255,6 +263,8 @@ class Tracker:
                         self.on_event(record, event)
             finally:
                 self._batching -= 1
+                if not self._batching:
+                    self._batch_now = None
                 self._flush_tally()
 
     def _flush_tally(self) -> None:
@@ -272,7 +282,7 @@ class Tracker:
                 if parked.event.transaction_id else None
             payment = self._find(known) or self._rematch(parked.topic, parked.event)
             origin = "twin" if payment is not None else "foreign"
-            parked.entry["origin"] = origin
+            parked.entry.origin = origin
             self._count_message(parked.topic, parked.event, origin)
             if payment is not None:
                 self._apply_event(payment, parked.topic, parked.event, parked.mono, parked.utc)
@@ -302,8 +312,9 @@ class Tracker:
 
     def _count_message(self, topic: str, event: Event, origin: str) -> None:
         status = getattr(event, "status", None)
-        self._tally.message(topic, status.value if status else "none", origin)
-        self._flush_tally()
+        self._tally.message(topic, _STATUS_NAME[status] if status else "none", origin)
+        if not self._batching:
+            self._tally.flush()
 
     # --- deadlines (a scheduled job) --------------------------------------------------------
     def check_deadlines(self) -> list[str]:
@@ -367,7 +378,7 @@ class Tracker:
         if change.repeat or not change.changed:
             return
         if change.new_step is not None and change.step_duration is not None:
-            self._tally.step(change.new_step.value, change.step_duration)
+            self._tally.step(STEP_NAME[change.new_step], change.step_duration)
             if self._subscribers:
                 self._publish(StepReached(payment.payment_id, payment.channel,
                                           change.new_step, payment.finished))
@@ -389,9 +400,12 @@ class Tracker:
                 if old.transaction_id is not None:
                     self._by_tx.pop(old.transaction_id, None)
             self._tally.in_flight = len(self._live)
-        self.ledger.write_change(payment, change.new_step, self.clock.now(), narrow,
+        batch = self._batch_now
+        self.ledger.write_change(payment, change.new_step,
+                                 batch[1] if batch is not None else self.clock.now(), narrow,
                                  transaction)
-        self._flush_tally()
+        if not self._batching:
+            self._tally.flush()
 
     def _publish(self, event: StepReached) -> None:
         for listener in self._subscribers:

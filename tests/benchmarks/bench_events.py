@@ -52,6 +52,7 @@ from bgmock_twin.tracking.ledger import Ledger
 from bgmock_twin.tracking.lifecycle import Channel, Kind, Outcome, Payment, Route
 from bgmock_twin.tracking.poller import StatusPoller
 from bgmock_twin.tracking.tracker import Tracker
+from bgmock_twin.workers import tune_gc
 from tests.benchmarks.common import (
     Reporter,
     Result,
@@ -255,6 +256,7 @@ def follow(reporter: Reporter, bus: KafkaBus, workdir: Path, flows: Sequence[Flo
            events: int, group: str) -> Followed:
     """The real follower from the start of the pre-filled topics, pinned to one CPU."""
     cpu = pin_to_one_cpu()
+    tune_gc()  # as the daemon does at start-up
     tracker, ledger = tracker_and_ledger(workdir, group)
     register(tracker, flows)
     ledger.flush(60)

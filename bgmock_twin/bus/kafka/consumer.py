@@ -2,6 +2,13 @@
 least once); joins a group, or - for the twin's tracker - takes every partition
 by manual assignment and, after an outage and every few seconds, checks that it
 still reads the same log (new partitions, re-created topics).
+
+A group that starts a partition at its end ("latest", no committed offset) commits
+that start position at once, as Spring Kafka does by default
+(``AssignmentCommitOption.LATEST_ONLY_NO_TX``): otherwise a consumer restarted
+before it read anything there would start at the (new) end again and skip every
+record produced while it was down. The start commit covers no record, so it never
+runs ahead of what the caller stored.
 """
 
 from __future__ import annotations
@@ -12,7 +19,6 @@ from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
-    OFFSET_END,
     OFFSET_INVALID,
     Consumer,
     KafkaError,
@@ -31,8 +37,11 @@ RECHECK_SECONDS = 1.0
 
 
 def _headers(msg: Message) -> tuple[tuple[str, bytes], ...]:
-    raw: Any = msg.headers() or []
-    return tuple((str(k), as_bytes(v) or b"") for k, v in raw)
+    raw: Any = msg.headers()
+    if not raw:
+        return ()
+    return tuple([(k if k.__class__ is str else str(k),
+                   v if v.__class__ is bytes else as_bytes(v) or b"") for k, v in raw])
 
 
 class KafkaConsumer:
@@ -81,6 +90,9 @@ class KafkaConsumer:
         self._outage = False
         self._last_assign_try = 0.0
         self._last_liveness_check = 0.0
+        # start positions ("latest" resolved) not committed yet, by partition
+        self._start_commits: dict[tuple[str, int], int] = {}
+        self._last_start_commit_try = 0.0
         if manual_assign:
             self._try_manual_assign(timeout=5.0)
         else:
@@ -109,23 +121,58 @@ class KafkaConsumer:
         offset starts at its current end, looked up at assignment. librdkafka would
         resolve "latest" lazily, at the first fetch, and a record produced in between
         would be skipped; here everything produced after the assignment is read.
-        If the lookups fail, librdkafka's own reset applies (the same, lazily)."""
+        If the lookups fail, librdkafka's own reset applies (the same, lazily).
+        The positions resolved at the end are committed (see the module's docstring)."""
         try:
             committed = consumer.committed(partitions, timeout=5.0)
             start: list[TopicPartition] = []
+            resolved: list[TopicPartition] = []
             for tp in committed:
                 offset = tp.offset
                 if offset < 0:
-                    _low, offset = consumer.get_watermark_offsets(
-                        TopicPartition(tp.topic, tp.partition), timeout=5.0, cached=False)
+                    offset = self._log_end(tp.topic, tp.partition, 5.0)
+                    resolved.append(TopicPartition(tp.topic, tp.partition, offset))
                 start.append(TopicPartition(tp.topic, tp.partition, offset))
         except KafkaException as exc:
             log.debug("kafka_start_offsets_failed", group=self._group_id, error=str(exc))
             return
         consumer.assign(start)
+        self._commit_start(resolved)
+
+    def _log_end(self, topic: str, partition: int, timeout: float) -> int:
+        """The partition's end as the broker reports it now (what "latest" resolves to)."""
+        _low, high = self._consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=timeout, cached=False)
+        if high is None or high < 0:
+            raise KafkaException(KafkaError(KafkaError._INVALID_ARG, "no log end offset"))
+        return int(high)
+
+    def _commit_start(self, start: list[TopicPartition]) -> None:
+        """Commit the positions a partition without a committed offset starts at; one
+        that fails is retried at the next poll (until a record commit covers it)."""
+        for tp in start:
+            self._start_commits[(tp.topic, tp.partition)] = tp.offset
+        self._retry_start_commits(force=True)
+
+    def _retry_start_commits(self, force: bool = False) -> None:
+        if not self._start_commits:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_start_commit_try < RECHECK_SECONDS:
+            return  # a broker that is away is not asked at every poll
+        self._last_start_commit_try = now
+        pending = [TopicPartition(t, p, o) for (t, p), o in self._start_commits.items()]
+        try:
+            self._consumer.commit(offsets=pending, asynchronous=False)
+        except KafkaException as exc:
+            log.debug("kafka_start_commit_failed", group=self._group_id, error=str(exc))
+            return
+        self._start_commits.clear()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned -= {(tp.topic, tp.partition) for tp in partitions}
+        for tp in partitions:
+            self._start_commits.pop((tp.topic, tp.partition), None)
 
     def _try_manual_assign(self, timeout: float) -> None:
         """Assign every partition not yet assigned, from the committed offset if any."""
@@ -151,22 +198,29 @@ class KafkaConsumer:
         """Assign ``partitions`` at the group's committed offsets. Without one, the
         first assignment starts at the beginning or the end (``from_beginning_if_new``);
         a partition that appears later (new, or its topic created later) is new to
-        this reader, so it is read from its beginning."""
+        this reader, so it is read from its beginning. A start at the end is looked up
+        now (not resolved lazily at the first fetch, which would skip a record
+        produced in between) and committed; False (retried later) if a lookup fails."""
+        first = not self._assigned_once
+        start: list[TopicPartition] = []
+        resolved: list[TopicPartition] = []
         try:
             committed = self._consumer.committed(partitions, timeout=timeout)
+            for tp in committed:
+                offset = tp.offset
+                if offset < 0 and first and not self._from_beginning:
+                    offset = self._log_end(tp.topic, tp.partition, timeout)
+                    resolved.append(TopicPartition(tp.topic, tp.partition, offset))
+                elif offset < 0:
+                    offset = OFFSET_BEGINNING
+                start.append(TopicPartition(tp.topic, tp.partition, offset))
         except KafkaException as exc:
             log.debug("kafka_committed_lookup_failed", group=self._group_id, error=str(exc))
             return False
-        first = not self._assigned_once
-        start: list[TopicPartition] = []
-        for tp in committed:
-            offset = tp.offset
-            if offset < 0:
-                offset = OFFSET_END if first and not self._from_beginning else OFFSET_BEGINNING
-            start.append(TopicPartition(tp.topic, tp.partition, offset))
         self._consumer.incremental_assign(start)
         self._assigned |= {(tp.topic, tp.partition) for tp in start}
         self._assigned_once = True
+        self._commit_start(resolved)
         return True
 
     def _remember_topic_ids(self, timeout: float) -> None:
@@ -258,6 +312,8 @@ class KafkaConsumer:
             raise BusError("consumer is closed")
         if self._manual:
             self._maintain_assignment(timeout)
+        if self._start_commits:
+            self._retry_start_commits()
         try:
             messages = self._consumer.consume(num_messages=max_records, timeout=timeout)
         except (KafkaException, RuntimeError) as exc:
@@ -274,13 +330,13 @@ class KafkaConsumer:
                 continue
             timestamp_type, timestamp = msg.timestamp()
             records.append(Record(
-                topic=msg.topic() or "",
-                partition=msg.partition() or 0,
-                offset=msg.offset() or 0,
-                key=as_bytes(msg.key()),
-                value=as_bytes(msg.value()),
-                headers=_headers(msg),
-                timestamp_ms=timestamp if timestamp_type else 0,
+                msg.topic() or "",
+                msg.partition() or 0,
+                msg.offset() or 0,
+                as_bytes(msg.key()),
+                as_bytes(msg.value()),
+                _headers(msg),
+                timestamp if timestamp_type else 0,
             ))
         if records:
             self._state.ok()
@@ -335,6 +391,8 @@ class KafkaConsumer:
             self._consumer.commit(offsets=safe, asynchronous=False)
         except KafkaException as exc:
             raise to_bus_error(exc, "commit") from None
+        for done in safe:  # a start position must never be committed after a record's
+            self._start_commits.pop((done.topic, done.partition), None)
 
     def close(self) -> None:
         if self._closed:

@@ -74,10 +74,10 @@ def sqlite_time(value: datetime | None) -> str | None:
     """A timestamp as SQLAlchemy's SQLite ``DateTime`` stores it (naive UTC text)."""
     if value is None:
         return None
-    if value.tzinfo is not None:
+    if value.tzinfo is not None and value.tzinfo is not UTC:
         value = value.astimezone(UTC)
-    return (f"{value.year:04d}-{value.month:02d}-{value.day:02d} {value.hour:02d}:"
-            f"{value.minute:02d}:{value.second:02d}.{value.microsecond:06d}")
+    # "YYYY-MM-DD HH:MM:SS.ffffff" (without the "+00:00" of an aware UTC time)
+    return value.isoformat(" ", "microseconds")[:26]
 
 
 class _LastTime:
@@ -227,9 +227,13 @@ class Writes:
                     self.transactions[payment_id] = full[0]
             else:
                 self._narrow(payment_id, row["state"], row["updated_at"])
-            if row["steps"]:
+            steps = row["steps"]
+            if steps:
                 intended_at = row["intended_at"]
-                self.steps.extend((payment_id, intended_at, step) for step in row["steps"])
+                if len(steps) == 1:  # the common case: one step per payment and batch
+                    self.steps.append((payment_id, intended_at, steps[0]))
+                else:
+                    self.steps.extend([(payment_id, intended_at, step) for step in steps])
         elif kind == "payment":
             assert payment_id is not None
             self.whole.append(row)
@@ -304,8 +308,9 @@ def _store_sqlite(conn: Connection, st: Statements, w: Writes) -> None:
             cursor.executemany(st.update_narrow, [(state, at(updated), p) for p, (
                 state, updated) in w.narrow.items()])
         if w.steps:
+            intended_at = _LastTime(sqlite_time)  # a payment's steps come one after another
             cursor.executemany(st.insert_steps, [
-                (sqlite_time(intended), p, step, at(when), since, seconds)
+                (intended_at(intended), p, step, at(when), since, seconds)
                 for p, intended, (step, when, since, seconds) in w.steps])
     finally:
         cursor.close()

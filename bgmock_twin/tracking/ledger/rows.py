@@ -18,6 +18,7 @@ from typing import Any
 from bgmock_twin.contract import Status
 from bgmock_twin.tracking.lifecycle import (
     ALL_STEPS,
+    STEP_NAME,
     Channel,
     Kind,
     Outcome,
@@ -90,7 +91,7 @@ def state_of(p: Payment, now_utc: datetime) -> tuple[Any, ...]:
 def step_of(p: Payment, step: Step) -> tuple[str, datetime, float, float] | None:
     """One step of ``p`` as a ``twin_payment_steps`` row (without the payment id)."""
     mark = p.steps.get(step)
-    return (step.value, mark.at, mark.since_intended, mark.duration) if mark else None
+    return (STEP_NAME[step], mark.at, mark.since_intended, mark.duration) if mark else None
 
 
 def payment_from_row(row: dict[str, Any], now_mono: float, now_utc: datetime) -> Payment:

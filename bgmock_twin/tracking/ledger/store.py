@@ -363,7 +363,7 @@ class LedgerStore(Worker):
                 callback()
         if self._failing_since is not None and self._sqlite_file:
             self._give_wal_space_back()
-        keys = sorted(batch, key=lambda key: _ORDER.get(key[0], 2))
+        keys = _ordered(batch)
         for start in range(0, len(keys), self.chunk_size):
             chunk = keys[start:start + self.chunk_size]
             with self.engine.begin() as conn:
@@ -412,6 +412,16 @@ class LedgerStore(Worker):
             self._durable = max(self._durable, upto)
             metrics.LEDGER_BUFFERED.set(len(self._pending))
             self._lock.notify_all()
+
+
+def _ordered(batch: Batch) -> list[tuple[str, str]]:
+    """The batch's keys in the order they are stored: whole payment rows, then
+    progress, then the rest, each in the order they came (a stable partition)."""
+    payments_first = [key for key in batch if key[0] == "payment"]
+    progress = [key for key in batch if key[0] == PROGRESS]
+    if len(payments_first) + len(progress) == len(batch):
+        return payments_first + progress
+    return payments_first + progress + [key for key in batch if key[0] not in _ORDER]
 
 
 def _cap_wal(dbapi_connection: Any, _record: Any) -> None:
