@@ -28,6 +28,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from bgmock_twin.contract import TOPIC_INITIATED
+from bgmock_twin.settings.bus import BusSettings
 from tests.support.broker import TansuBroker
 from tests.support.daemon import Daemon, running_daemon
 from tests.support.emulator_process import running_emulator
@@ -160,8 +162,9 @@ def bgmock_databases(databases: dict[str, str]) -> dict[str, str]:
 # (pause point or None for a kill mid-event, the n-th REST payment of the process to
 # pause at or the dispatched count to kill at, whether to stay paused until the lost
 # payment's events were called foreign); each point twice, at different payments.
-# Paused that long (past the tracker's park time), the dying twin has committed past
-# those events: after the restart only the bank's table can tell its transaction.
+# Paused that long (past the tracker's park time), and once the group's offsets are
+# committed past those events, only the bank's table can tell its transaction after
+# the restart.
 KILLS = [("before_post", 3, False), ("after_post", 2, False), ("after_accept", 4, False),
          (None, 5, False), ("after_post", 5, True), ("before_post", 6, False),
          ("after_accept", 2, False), (None, 3, False), ("before_produce", 3, False)]
@@ -199,6 +202,13 @@ def test_sigkill_at_every_point_of_a_payment_loses_nothing(
                             t, "bgmock_kafka_messages_total", topic="transactions.completed",
                             origin="foreign") >= 1, timeout=60, interval=0.2,
                             message="the lost payment's completed event called foreign")
+                        # ... and the twin committed past its initiated event (commits
+                        # follow the ledger's write, asynchronously): only then does the
+                        # restarted twin not read that event again
+                        wait_for(lambda: kafka_broker.committed_through_end(
+                            BusSettings(TWIN_INSTANCE_ID=env["TWIN_INSTANCE_ID"]).consumer_group,
+                            TOPIC_INITIATED), timeout=30, interval=0.2,
+                            message="the twin's offsets committed past the lost payment")
                 else:  # payments between their events, none paused
                     wait_dispatched(twin, sims[-1], nth)
                 kill(twin)

@@ -70,6 +70,22 @@ class TansuBroker:
                 if "TOPIC_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
                     raise
 
+    def committed_through_end(self, group: str, topic: str) -> bool:
+        """Whether ``group`` has committed every partition of ``topic`` up to its end
+        (read with a client that does not join the group)."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        reader = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group,
+                           "enable.auto.commit": False})
+        try:
+            partitions = reader.list_topics(topic, timeout=5).topics[topic].partitions
+            committed = reader.committed(
+                [TopicPartition(topic, p) for p in partitions], timeout=5)
+            ends = [reader.get_watermark_offsets(tp, timeout=5)[1] for tp in committed]
+            return all(end == 0 or tp.offset >= end for tp, end in zip(committed, ends, strict=True))
+        finally:
+            reader.close()
+
 
 @contextmanager
 def running_broker(log_dir: Path) -> Iterator[TansuBroker]:
