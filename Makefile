@@ -3,6 +3,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
+# Two pytest-xdist workers, each taking whole modules (their brokers, emulators and
+# fleets are module fixtures, and some modules run in order): most tests wait on
+# daemons, brokers and PostgreSQL, so two workers about halve the wall time. Modules
+# go out in collection order, the slow ones first (tests/conftest.py), not xdist's
+# most-tests-first: that left the one-test benchmark smoke run for the very end.
+TEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 .PHONY: run test venv venv-test lint bench emulate clean
 
@@ -26,7 +32,7 @@ emulate: venv
 
 test: venv-test
 	tests/setup-components.sh
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q $(TEST_ARGS)
 
 lint: venv-test
 	$(VENV)/bin/ruff check bgmock_twin tests

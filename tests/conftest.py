@@ -6,6 +6,11 @@
 - ``ledger_url``: a twin ledger URL, once on SQLite and once on PostgreSQL;
 - ``chart``: the Helm chart loaded by the real Helm engine, once per module.
 Every process started here is stopped in the fixture's teardown, also when a test fails.
+
+Modules marked ``slow`` are collected first: ``make test``'s two xdist workers take
+whole modules in collection order (``--no-loadscope-reorder``), so the long ones
+start early and the many short ones fill in at the end, and both workers finish
+together.
 """
 
 from __future__ import annotations
@@ -19,6 +24,11 @@ import pytest
 from tests.support.broker import TansuBroker, running_broker
 from tests.support.helm import CHART
 from tests.support.postgres import PostgresServer
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    slow = {item.nodeid.split("::", 1)[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::", 1)[0] not in slow)  # stable
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,8 @@ from grafana.catalogue import TARGET_LABELS, exported_series, selectors
 from tests.support.ports import free_port, wait_for
 from tests.support.processes import stop_process
 
+pytestmark = pytest.mark.slow  # started first by make test's workers (conftest)
+
 ROOT = Path(__file__).resolve().parent.parent
 PROM = ROOT / "deploy" / "prometheus"
 RULES = PROM / "rules" / "bgmock-twin.rules.yml"

@@ -35,6 +35,8 @@ from tests.support.ports import wait_for
 from tests.support.postgres import PostgresServer
 from tests.support.procstats import rss_bytes
 
+pytestmark = pytest.mark.slow  # started first by make test's workers (conftest)
+
 TOKEN = "test-token-0123456789"
 SIM = str(uuid.uuid4())
 SEEDED = 21_000  # the size of the ledger the reader flood was found on

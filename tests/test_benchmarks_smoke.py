@@ -12,6 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # started first by make test's workers (conftest)
+
 ROOT = Path(__file__).resolve().parents[1]
 # The issue's stable names (issue 12), then the older figures kept beside them.
 STABLE = (

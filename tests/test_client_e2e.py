@@ -21,6 +21,8 @@ from tests.support.daemon import Daemon, running_daemon
 from tests.support.ports import free_port, wait_for
 from tests.support.processes import stop_process
 
+pytestmark = pytest.mark.slow  # started first by make test's workers (conftest)
+
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "client-test-token-" + "x" * 24
 

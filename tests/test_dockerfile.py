@@ -31,6 +31,7 @@ from importlib import metadata
 from pathlib import Path
 
 import dockerfile
+import pytest
 import requests
 import yaml
 from packaging.requirements import Requirement
@@ -38,6 +39,8 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 from tests.support.ports import free_port, wait_for
+
+pytestmark = pytest.mark.slow  # started first by make test's workers (conftest)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"

@@ -18,12 +18,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from tests.support.broker import TansuBroker
 from tests.support.daemon import Daemon, running_daemon
 from tests.support.faultkit import FAST_ENV, embedded_urls, service_up, steps, wait_provisioned
 from tests.support.ports import wait_for
+
+pytestmark = pytest.mark.slow  # started first by make test's workers (conftest)
 
 SLA = 12.0
 

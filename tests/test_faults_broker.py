@@ -20,6 +20,8 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from tests.support.broker import TansuBroker
 from tests.support.daemon import running_daemon
 from tests.support.faultkit import (
@@ -43,6 +45,8 @@ from tests.support.faultkit import (
     wait_provisioned,
 )
 from tests.support.ports import wait_for
+
+pytestmark = pytest.mark.slow  # started first by make test's workers (conftest)
 
 SLA = 15.0
 

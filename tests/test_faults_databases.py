@@ -42,6 +42,8 @@ from tests.support.ports import wait_for
 from tests.support.postgres import PostgresServer
 from tests.support.proxy import TcpProxy
 
+pytestmark = pytest.mark.slow  # started first by make test's workers (conftest)
+
 DATABASES = {"db_bank_a": "bank_a", "db_bank_b": "bank_b", "db_switch": "clearing"}
 ENV_OF = {"db_bank_a": "DB_BANK_A", "db_bank_b": "DB_BANK_B", "db_switch": "DB_SWITCH"}
 EMULATOR_ENV_OF = {"db_bank_a": "TWIN_EMULATOR_DB_BANK_A", "db_bank_b": "TWIN_EMULATOR_DB_BANK_B",

@@ -54,6 +54,8 @@ from tests.support.ports import wait_for
 from tests.support.postgres import PostgresServer
 from tests.support.small_disk import SmallDisk, small_disk
 
+pytestmark = pytest.mark.slow  # started first by make test's workers (conftest)
+
 MIB = 1024 * 1024
 
 

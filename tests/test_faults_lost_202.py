@@ -14,12 +14,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support.broker import TansuBroker
 from tests.support.daemon import running_daemon
 from tests.support.emulator_process import running_emulator
 from tests.support.faultkit import FAST_ENV, metric_sum, steps, wait_provisioned
 from tests.support.ports import wait_for
 from tests.support.proxy import TcpProxy
+
+pytestmark = pytest.mark.slow  # started first by make test's workers (conftest)
 
 REST_TIMEOUT = 2.0
 LOST = 4

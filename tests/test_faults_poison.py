@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from confluent_kafka import Producer
 
 from tests.support.broker import TansuBroker
@@ -35,6 +36,8 @@ from tests.support.faultkit import (
     wait_provisioned,
 )
 from tests.support.ports import wait_for
+
+pytestmark = pytest.mark.slow  # started first by make test's workers (conftest)
 
 TOPICS = ("transactions.initiated", "transactions.forwarded", "transactions.processed",
           "transactions.completed")

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support.broker import TansuBroker
 from tests.support.daemon import Daemon, running_daemon
 from tests.support.faultkit import (
@@ -37,6 +39,8 @@ from tests.support.faultkit import (
 )
 from tests.support.ports import wait_for
 from tests.support.procstats import Footprint, footprint, peak
+
+pytestmark = pytest.mark.slow  # started first by make test's workers (conftest)
 
 MAX_IN_FLIGHT = 16
 # What a fault may add on top of the idle daemon, by construction: the sender's

@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from bgmock_twin.contract import TOPIC_INITIATED
@@ -50,6 +51,8 @@ from tests.support.faultkit import (
 )
 from tests.support.ports import wait_for
 from tests.support.postgres import PostgresServer, writable_engine
+
+pytestmark = pytest.mark.slow  # started first by make test's workers (conftest)
 
 NOT_SENT = "not sent: the twin stopped before the source bank stored the payment"
 # Latency is not the subject here: on a loaded machine a payment may take longer than

@@ -27,6 +27,8 @@ from tests.support.daemon import daemon_env, running_daemon
 from tests.support.ports import free_port, wait_for
 from tests.support.processes import stop_process
 
+pytestmark = pytest.mark.slow  # started first by make test's workers (conftest)
+
 
 @pytest.mark.parametrize(
     ("name", "value"),

@@ -29,6 +29,8 @@ from tests.support.fleet import held, reconciled
 from tests.support.ports import wait_for
 from tests.support.postgres import PostgresServer, writable_engine
 
+pytestmark = pytest.mark.slow  # started first by make test's workers (conftest)
+
 REPLICAS = ("twin-0", "twin-1", "twin-2")
 FLEET = {"TWIN_FLEET_HEARTBEAT_SECONDS": "1", "TWIN_FLEET_LEASE_SECONDS": "5",
          "TWIN_LOAD_RATE": "0", "TWIN_KAFKA_SESSION_TIMEOUT_MS": "6000",

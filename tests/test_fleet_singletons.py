@@ -27,6 +27,8 @@ from tests.support.fleet import held, reconciled
 from tests.support.ports import wait_for
 from tests.support.postgres import writable_engine
 
+pytestmark = pytest.mark.slow  # started first by make test's workers (conftest)
+
 FLEET_ENV = {
     "TWIN_ACCOUNTS_PER_BANK": "2",
     "TWIN_RECONCILE_INTERVAL_SECONDS": "2",

@@ -33,6 +33,8 @@ from tests.test_helm_chart import (
     render,
 )
 
+pytestmark = pytest.mark.slow  # started first by make test's workers (conftest)
+
 DATABASE_SETTINGS = {"DB_BANK_A": "db_bank_a", "DB_BANK_B": "db_bank_b", "DB_SWITCH": "db_switch"}
 REST_SETTINGS = {"BANK_A_URL": "bank_a", "BANK_B_URL": "bank_b", "CLEARING_SERVICE_URL": "clearing"}
 

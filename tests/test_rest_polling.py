@@ -26,6 +26,8 @@ from tests.support.faultkit import lost_race, payments, start_simulation, steps,
 from tests.support.http_counter import CountingProxy
 from tests.support.ports import wait_for
 
+pytestmark = pytest.mark.slow  # started first by make test's workers (conftest)
+
 TOKEN = "rest-polling-token-0123456789"
 BUDGET = 6  # status GETs per second: low, so that the run has to respect it
 EVENT_STEPS = ["initiated", "forwarded", "processed", "completed"]

@@ -19,6 +19,8 @@ from bgmock_twin.tracking import pacing
 from tests.support.daemon import Daemon, running_daemon
 from tests.support.ports import wait_for
 
+pytestmark = pytest.mark.slow  # started first by make test's workers (conftest)
+
 STATS = ("min", "mean", "p50", "p90", "p95", "p99", "max")
 
 

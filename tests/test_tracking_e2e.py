@@ -38,6 +38,8 @@ from tests.support.ports import wait_for
 from tests.support.twins import MemoryBGMock as BGMock
 from tests.support.twins import await_tracking, memory_bgmock, stop_tracking
 
+pytestmark = pytest.mark.slow  # started first by make test's workers (conftest)
+
 OUTBOX_INTERVAL = 0.05
 EXPECTED = {
     (Channel.REST, Kind.NORMAL): "success",
