@@ -233,13 +233,16 @@ class Accounts:
     # --- books faults -------------------------------------------------------------------
     def corrupt_balance(self, account_number: str, delta: Decimal) -> Decimal:
         """Change a balance behind BGMock's back (a books fault): one relative SQL
-        update, as someone editing the table would write it, so it neither loses a
-        concurrent write nor bumps the version."""
+        update, so it loses no concurrent write, that also bumps the version, so no
+        concurrent write loses it: a payment that loaded the account before it fails
+        its compare-and-set (BGMock's 500, nothing stored) instead of writing the old
+        balance back over the fault, which a test would then never see go away."""
         delta = money(delta)
         with self.db.begin() as conn:
             changed = conn.execute(accounts.update()
                                    .where(accounts.c.account_number == account_number)
-                                   .values(balance=accounts.c.balance + delta))
+                                   .values(balance=accounts.c.balance + delta,
+                                           version=sa.func.coalesce(accounts.c.version, 0) + 1))
             if changed.rowcount != 1:
                 raise KeyError(account_number)
             row = self.row(conn, account_number)
