@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -30,6 +30,11 @@ class Record:
         return None
 
 
+# Told once per message produced with it: None when the broker has the message, else
+# why it was not delivered. Called on the thread that calls ``poll`` or ``flush``.
+Delivery = Callable[[str | None], None]
+
+
 class EventProducer(Protocol):
     def produce(
         self,
@@ -37,8 +42,13 @@ class EventProducer(Protocol):
         key: str | None,
         value: bytes,
         headers: Mapping[str, bytes] | None = None,
+        on_delivery: Delivery | None = None,
     ) -> None:
-        """Queue one message; raise ``BusError`` if it cannot even be queued."""
+        """Queue one message; raise ``BusError`` if it cannot even be queued. With
+        ``on_delivery`` its outcome goes there (and never to ``flush``)."""
+
+    def poll(self, timeout: float) -> None:
+        """Serve the delivery reports that arrived (waiting up to ``timeout``)."""
 
     def flush(self, timeout: float) -> None:
         """Wait until every queued message is acknowledged; raise ``BusError`` if any
