@@ -79,6 +79,7 @@ def _transaction(body: dict[str, Any], service: str) -> StoredTransaction:
 
 
 SUBMIT_ROUTE = "/bank/transaction/outgoing"
+OUTGOING_ROUTE = "/bank/transaction/outgoing/{transactionId}"
 
 
 def payment_body(from_account: str, to_bankgood_number: str, amount: Decimal,
@@ -101,6 +102,13 @@ def accepted_transaction(response: Response, service: str) -> uuid.UUID:
         return uuid.UUID(str(answer["transactionId"]))
     except (KeyError, ValueError):
         raise ServiceError(service, "bad_body", "202 without transactionId") from None
+
+
+def stored_transaction(response: Response, service: str) -> StoredTransaction | None:
+    """A ``GET`` of a stored transaction: None for 404 (either HTTP client reads it)."""
+    if response.status == 404:
+        return None
+    return _transaction(expect_object(response, service, 200), service)
 
 
 class HealthCheckable:
@@ -182,12 +190,8 @@ class BankClient(HealthCheckable):
 
     def get_outgoing(self, transaction_id: uuid.UUID) -> StoredTransaction | None:
         response = self.rest.request(
-            "GET", "/bank/transaction/outgoing/{transactionId}",
-            {"transactionId": str(transaction_id)},
-        )
-        if response.status == 404:
-            return None
-        return _transaction(expect_object(response, self.service, 200), self.service)
+            "GET", OUTGOING_ROUTE, {"transactionId": str(transaction_id)})
+        return stored_transaction(response, self.service)
 
     def get_incoming(self, transaction_id: uuid.UUID) -> StoredTransaction | None:
         response = self.rest.request(

@@ -22,10 +22,13 @@ from typing import Any
 import aiohttp
 
 from bgmock_twin.clients.bgmock import (
+    OUTGOING_ROUTE,
     SUBMIT_ROUTE,
     BGMockClients,
+    StoredTransaction,
     accepted_transaction,
     payment_body,
+    stored_transaction,
 )
 from bgmock_twin.clients.rest import (
     Failure,
@@ -100,7 +103,8 @@ class AsyncRestClient:
 
 
 class AsyncBanks:
-    """The payment POST of both banks, on the sender's loop."""
+    """The payment POST and the look-up of its stored copy at both banks, on the
+    sender's loop."""
 
     def __init__(self, bank_a: AsyncRestClient, bank_b: AsyncRestClient) -> None:
         self.bank_a = bank_a
@@ -117,11 +121,22 @@ class AsyncBanks:
     async def submit_payment(self, clearing_number: str, from_account: str,
                              to_bankgood_number: str, amount: Decimal) -> uuid.UUID:
         """``BankClient.submit_payment`` at the bank with this clearing number."""
-        rest = self.bank_a if clearing_number == BANK_A.clearing_number else self.bank_b
+        rest = self._of(clearing_number)
         response = await rest.request(
             "POST", SUBMIT_ROUTE, json_body=payment_body(from_account, to_bankgood_number,
                                                          amount))
         return accepted_transaction(response, rest.service)
+
+    async def get_outgoing(self, clearing_number: str,
+                           transaction_id: uuid.UUID) -> StoredTransaction | None:
+        """``BankClient.get_outgoing`` at the bank with this clearing number."""
+        rest = self._of(clearing_number)
+        response = await rest.request("GET", OUTGOING_ROUTE,
+                                      {"transactionId": str(transaction_id)})
+        return stored_transaction(response, rest.service)
+
+    def _of(self, clearing_number: str) -> AsyncRestClient:
+        return self.bank_a if clearing_number == BANK_A.clearing_number else self.bank_b
 
     async def close(self) -> None:
         await self.bank_a.close()

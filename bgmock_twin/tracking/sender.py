@@ -36,6 +36,7 @@ import functools
 import heapq
 import threading
 import time
+import uuid
 from collections import Counter
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -43,7 +44,7 @@ from typing import Protocol
 
 from bgmock_twin import metrics
 from bgmock_twin.bus.base import BusError, EventBus, EventProducer
-from bgmock_twin.clients.bgmock import BGMockClients
+from bgmock_twin.clients.bgmock import BGMockClients, StoredTransaction
 from bgmock_twin.clients.rest import ServiceError
 from bgmock_twin.clients.rest_async import AsyncBanks
 from bgmock_twin.contract import TOPIC_INITIATED, OutgoingTransactionEvent, Status, encode_event
@@ -113,6 +114,7 @@ class Sender:
         self.keys = InFlightKeys(tracker.unfinished)
         self.pause = pause or PauseHook(None)
         self.ledger = ledger
+        self.clients = clients
         self.banks = AsyncBanks.like(clients, max_in_flight)
         self.bus = bus
         self.provisioner = provisioner
@@ -246,10 +248,10 @@ class Sender:
                     action = "stopped"
                 elif due - PLAN_AHEAD_SECONDS > now:
                     return due - PLAN_AHEAD_SECONDS, planned
-                elif self._acquire():
+                elif self._acquire(ahead=due > now):
                     heapq.heappop(self._heap)
                     action = "plan"
-                elif due > now:  # every slot taken: wait for one until it is due
+                elif due > now:  # no slot to plan it ahead: wait for one until it is due
                     self._waiting_slot = True
                     return due, planned
                 else:
@@ -343,9 +345,12 @@ class Sender:
         run.note_drop(reason)  # one log line per burst, with its count
 
     # --- slots ------------------------------------------------------------------------------
-    def _acquire(self) -> bool:
+    def _acquire(self, ahead: bool = False) -> bool:
+        """Take a slot; one ``ahead`` of its due time only from the first half (a
+        payment due now is never dropped for slots that planned ones hold)."""
         with self._slots_lock:
-            if self._busy >= self.max_in_flight:
+            if self._busy >= (self.max_in_flight + 1) // 2 if ahead else \
+                    self._busy >= self.max_in_flight:
                 return False
             self._busy += 1
             return True
@@ -463,6 +468,18 @@ class Sender:
                     producer.poll(0)
                 except BusError as exc:
                     log.warning("kafka_delivery_poll_failed", error=str(exc)[:200])
+
+    def get_outgoing(self, clearing: str,
+                     transaction_id: uuid.UUID) -> StoredTransaction | None:
+        """The status checker's look-up, run on the loop's pooled client (from the
+        checker's thread; on ``clients`` while the loop does not run)."""
+        if not self._stopping:
+            try:
+                return self._loop.run(self.banks.get_outgoing(clearing, transaction_id),
+                                      (self.banks.bank_a.timeout.total or 10.0) + 1.0)
+            except RuntimeError:  # the loop is not running (yet, or any more)
+                pass
+        return self.clients.bank(clearing).get_outgoing(transaction_id)
 
     # --- one payment from another thread ----------------------------------------------------
     def submit_now(self, payment: Payment,
