@@ -260,12 +260,14 @@ class Sender:
             if action == "stopped":
                 self._finish(run)
                 continue
-            index = run.take_index()
-            if action == "drop":
-                self._drop(run, "concurrency bound reached")
-            elif self._plan_one(loop, run, index, due):
-                planned += 1
-            self._push_next(run)
+            try:
+                index = run.take_index()
+                if action == "drop":
+                    self._drop(run, "concurrency bound reached")
+                elif self._plan_one(loop, run, index, due):
+                    planned += 1
+            finally:  # an error is logged by ``_pace``; the run goes on to its next one
+                self._push_next(run)
             if planned >= 512:  # let the sends due meanwhile go first
                 return now, planned
         return None, planned
