@@ -40,19 +40,24 @@ class LoopThread:
         self._ended = False
 
     def start(self, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Run ``main()`` on a new loop on a daemon thread until it returns."""
+        """Run ``main()`` on a new loop on a daemon thread until it returns; the loop
+        takes calls once this returns."""
         if self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._run, args=(main,), name=self.name,
-                                        daemon=True)
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(main, ready),
+                                        name=self.name, daemon=True)
         self._thread.start()
+        ready.wait(10.0)  # set at once, unless making the loop failed (then logged)
 
-    def _run(self, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    def _run(self, main: Callable[[], Coroutine[Any, Any, None]],
+             ready: threading.Event) -> None:
         loop = new_event_loop()
         asyncio.set_event_loop(loop)
         with self._lock:
             self._loop = loop
             early, self._early = self._early, []
+        ready.set()
         for fn, args in early:
             loop.call_soon(fn, *args)
         try:
