@@ -48,7 +48,7 @@ class LoopThread:
         self._thread = threading.Thread(target=self._run, args=(main, ready),
                                         name=self.name, daemon=True)
         self._thread.start()
-        ready.wait(10.0)  # set at once, unless making the loop failed (then logged)
+        ready.wait(10.0)  # set at once, unless the thread failed to make its loop
 
     def _run(self, main: Callable[[], Coroutine[Any, Any, None]],
              ready: threading.Event) -> None:
