@@ -32,7 +32,6 @@ flush per send.
 from __future__ import annotations
 
 import asyncio
-import functools
 import heapq
 import threading
 import time
@@ -43,13 +42,13 @@ from decimal import Decimal
 from typing import Protocol
 
 from bgmock_twin import metrics
-from bgmock_twin.bus.base import BusError, EventBus, EventProducer
+from bgmock_twin.bus.base import EventBus
 from bgmock_twin.clients.bgmock import BGMockClients, StoredTransaction
 from bgmock_twin.clients.rest import ServiceError
 from bgmock_twin.clients.rest_async import AsyncBanks
-from bgmock_twin.contract import TOPIC_INITIATED, OutgoingTransactionEvent, Status, encode_event
 from bgmock_twin.logs import get_logger
 from bgmock_twin.tracking import mix
+from bgmock_twin.tracking.kafka_channel import KafkaChannel
 from bgmock_twin.tracking.lifecycle import Channel, Payment
 from bgmock_twin.tracking.load import FixturesUnavailable, Run, build_payment
 from bgmock_twin.tracking.loop_thread import LoopThread
@@ -116,7 +115,6 @@ class Sender:
         self.ledger = ledger
         self.clients = clients
         self.banks = AsyncBanks.like(clients, max_in_flight)
-        self.bus = bus
         self.provisioner = provisioner
         self.checker = checker
         self.poller = poller
@@ -138,8 +136,7 @@ class Sender:
         self._wake: asyncio.Event | None = None
         self._stopping = False
         self._stop_deadline = 0.0
-        self._producer: EventProducer | None = None
-        self._producer_lock = threading.Lock()
+        self.kafka = KafkaChannel(bus, tracker)
         self.dropped = 0
 
     # --- runs -------------------------------------------------------------------------------
@@ -375,7 +372,7 @@ class Sender:
         if payment.channel is Channel.KAFKA:
             if self.pause.hit("before_produce"):
                 await self._pause("before_produce", payment, stored=True)
-            self._produce(payment)
+            self.kafka.produce(payment)
             return False
         return await self._send_rest(payment, schedule_check)
 
@@ -428,48 +425,12 @@ class Sender:
         for payment in payments:
             log.info("kafka_payment_resent", payment_id=payment.payment_id,
                      transaction_id=str(payment.transaction_id))
-            self._loop.call_soon(self._produce, payment, True)
-
-    def _produce(self, payment: Payment, again: bool = False) -> None:
-        assert payment.transaction_id is not None
-        value, headers = encode_event(OutgoingTransactionEvent(
-            transaction_id=payment.transaction_id,
-            from_clearing_number=payment.from_clearing,
-            from_account_number=payment.from_account,
-            to_bankgood_number=payment.to_bankgood,
-            amount=payment.amount,
-            status=Status.PENDING,
-        ))
-        try:
-            producer = self._get_producer()
-            producer.produce(TOPIC_INITIATED, payment.from_clearing, value, headers,
-                             on_delivery=functools.partial(_delivered, payment.payment_id))
-        except BusError as exc:  # not even queued: it can never reach the clearing
-            metrics.KAFKA_CLIENT_ERRORS.labels("sender", "produce").inc()
-            if again:  # the first attempt may have gone out: no refusal is certain
-                log.warning("kafka_payment_resend_failed", payment_id=payment.payment_id,
-                            error=str(exc)[:200])
-                return
-            refused = refusal_of(exc)
-            self.tracker.reject(payment.payment_id, refused.message, refused.ambiguous)
-
-    def _get_producer(self) -> EventProducer:
-        with self._producer_lock:
-            if self._producer is None:
-                if self.bus is None:  # no Kafka: tracking refuses the channel before this
-                    raise BusError("no Kafka configured (KAFKA_BOOTSTRAP_SERVERS unset)")
-                self._producer = self.bus.producer()
-            return self._producer
+            self._loop.call_soon(self.kafka.produce, payment, True)
 
     async def _serve_deliveries(self) -> None:
         while True:
             await asyncio.sleep(DELIVERY_POLL_SECONDS)
-            producer = self._producer
-            if producer is not None:
-                try:
-                    producer.poll(0)
-                except BusError as exc:
-                    log.warning("kafka_delivery_poll_failed", error=str(exc)[:200])
+            self.kafka.serve()
 
     def get_outgoing(self, clearing: str,
                      transaction_id: uuid.UUID) -> StoredTransaction | None:
@@ -540,25 +501,8 @@ class Sender:
             log.warning("sender_stopped_with_busy_workers", busy=len(self._tasks))
             for task in list(self._tasks):
                 task.cancel()
-        with self._producer_lock:
-            if self._producer is not None:
-                try:
-                    self._producer.flush(max(0.1, deadline - time.monotonic()))
-                    self._producer.close()
-                except BusError as exc:
-                    log.warning("producer_close_failed", error=str(exc)[:200])
-                self._producer = None
+        self.kafka.close(max(0.1, deadline - time.monotonic()))
         await self.banks.close()
-
-
-def _delivered(payment_id: str, failure: str | None) -> None:
-    """A Kafka payment's delivery report. Not delivered within the producer's
-    message timeout, it may still have reached the broker: not rejected, it stays in
-    flight, and its events or its step deadline tell."""
-    if failure is None:
-        return
-    metrics.KAFKA_CLIENT_ERRORS.labels("sender", "unconfirmed").inc()
-    log.warning("kafka_payment_unconfirmed", payment_id=payment_id, error=failure[:200])
 
 
 def _amounts(low: Decimal, high: Decimal, amount: Decimal) -> tuple[Decimal, Decimal]:
