@@ -71,6 +71,10 @@ log = get_logger(__name__)
 # ledger: the ledger's writer stores it meanwhile (asked to at once), so a twin
 # killed at the send finds it. Also the longest a stopping twin keeps sending.
 PLAN_AHEAD_SECONDS = 0.1
+# How often the pacer asks the ledger's writer to store the rows it planned (well
+# within PLAN_AHEAD_SECONDS; asked on every pass, the writer woke for a few rows at
+# a time and spent its CPU on commits)
+FLUSH_ASK_SECONDS = 0.02
 DELIVERY_POLL_SECONDS = 0.05  # how often Kafka delivery reports are served
 IDLE_WAIT_SECONDS = 0.5
 STOP_TIMEOUT_SECONDS = 5.0
@@ -136,6 +140,8 @@ class Sender:
         self._wake: asyncio.Event | None = None
         self._stopping = False
         self._stop_deadline = 0.0
+        self._unstored = False  # planned rows the writer was not asked to store yet
+        self._flush_asked = 0.0
         self.kafka = KafkaChannel(bus, tracker)
         self.dropped = 0
 
@@ -220,8 +226,12 @@ class Sender:
             except Exception as exc:  # pacing never stops on one payment's error
                 log.error("dispatch_failed", error=repr(exc))
                 wake_at, planned = time.monotonic() + 0.01, 0
-            if planned and self.ledger.available:
-                self.ledger.flush(0)  # the writer stores the planned rows now
+            self._unstored = self._unstored or planned > 0
+            now = time.monotonic()
+            if self._unstored and now - self._flush_asked >= FLUSH_ASK_SECONDS:
+                self._unstored, self._flush_asked = False, now
+                if self.ledger.available:
+                    self.ledger.flush(0)  # the writer stores the planned rows now
             if self._stopping:
                 break
             delay = IDLE_WAIT_SECONDS if wake_at is None else \
