@@ -449,7 +449,7 @@ def test_background_canary_runs_on_its_own(
 BAD_SIMULATIONS: list[tuple[dict[str, Any], str]] = [
     ({"count": 0, "rate": 1}, "count"),
     ({"count": 100001, "rate": 1}, "count"),
-    ({"count": 5, "rate": 1001}, "rate"),
+    ({"count": 5, "rate": 10001}, "rate"),  # MAX_RATE: 10,000/s
     ({"count": 5, "rate": 0}, "rate"),
     ({"count": 5, "delay": 0.1}, "delay"),
     ({"count": 5, "delay": 11}, "delay"),

@@ -15,7 +15,15 @@ from pydantic import Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from bgmock_twin.api.auth import require_token
-from bgmock_twin.api.wire import Amount, JsonBodyRoute, Rate, Seconds, WireRequest, WireResponse
+from bgmock_twin.api.wire import (
+    MAX_RATE,
+    Amount,
+    JsonBodyRoute,
+    Rate,
+    Seconds,
+    WireRequest,
+    WireResponse,
+)
 from bgmock_twin.tracking import simulation_report as report
 from bgmock_twin.tracking import simulation_spec as spec_domain
 from bgmock_twin.tracking import simulations as domain
@@ -27,7 +35,7 @@ FailureKind = Literal["insufficient_funds", "unknown_bankgood", "unknown_payee_a
 
 # --- requests ---------------------------------------------------------------------------------
 class RampRequest(WireRequest):
-    from_rate: float = Field(..., ge=0, le=1000, description="payments/s at the start")
+    from_rate: float = Field(..., ge=0, le=MAX_RATE, description="payments/s at the start")
     to_rate: Rate = Field(..., description="payments/s at the end and after")
     duration: Seconds = Field(..., description="seconds from from_rate to to_rate")
 
@@ -42,7 +50,7 @@ class WaveRequest(WireRequest):
     """rate(t) = baseRate + amplitude * sin(2*pi*t / periodSeconds), never below 0."""
 
     base_rate: Rate = Field(..., description="payments/s the wave rises and falls around")
-    amplitude: float = Field(..., ge=0, le=1000, description="payments/s above and below")
+    amplitude: float = Field(..., ge=0, le=MAX_RATE, description="payments/s above and below")
     period_seconds: Seconds = Field(..., description="seconds of one rise and fall")
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 
@@ -29,6 +29,11 @@ class Record(NamedTuple):
         return None
 
 
+# Told once per message produced with it: None when the broker has the message, else
+# why it was not delivered. Called on the thread that calls ``poll`` or ``flush``.
+Delivery = Callable[[str | None], None]
+
+
 class EventProducer(Protocol):
     def produce(
         self,
@@ -36,8 +41,13 @@ class EventProducer(Protocol):
         key: str | None,
         value: bytes,
         headers: Mapping[str, bytes] | None = None,
+        on_delivery: Delivery | None = None,
     ) -> None:
-        """Queue one message; raise ``BusError`` if it cannot even be queued."""
+        """Queue one message; raise ``BusError`` if it cannot even be queued. With
+        ``on_delivery`` its outcome goes there (and never to ``flush``)."""
+
+    def poll(self, timeout: float) -> None:
+        """Serve the delivery reports that arrived (waiting up to ``timeout``)."""
 
     def flush(self, timeout: float) -> None:
         """Wait until every queued message is acknowledged; raise ``BusError`` if any

@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from bgmock_twin.bus.base import BusError, Record
+from bgmock_twin.bus.base import BusError, Delivery, Record
 
 DEFAULT_PARTITIONS = 3
 # Retention by count (Kafka retains by time; an in-process log must bound memory):
@@ -229,8 +229,14 @@ class _MemoryProducer:
         key: str | None,
         value: bytes,
         headers: Mapping[str, bytes] | None = None,
+        on_delivery: Delivery | None = None,
     ) -> None:
         self._bus._append(topic, key, value, headers)
+        if on_delivery is not None:  # stored at once: delivered
+            on_delivery(None)
+
+    def poll(self, timeout: float) -> None:
+        return None
 
     def flush(self, timeout: float) -> None:
         with self._bus._cond:

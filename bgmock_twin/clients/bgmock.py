@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from bgmock_twin.clients.rest import (
+    Response,
     RestClient,
     ServiceError,
     expect,
@@ -75,6 +76,39 @@ def _transaction(body: dict[str, Any], service: str) -> StoredTransaction:
         )
     except (KeyError, ValueError) as exc:
         raise ServiceError(service, "bad_body", f"transaction: {exc}") from None
+
+
+SUBMIT_ROUTE = "/bank/transaction/outgoing"
+OUTGOING_ROUTE = "/bank/transaction/outgoing/{transactionId}"
+
+
+def payment_body(from_account: str, to_bankgood_number: str, amount: Decimal,
+                 client_transaction_id: uuid.UUID | None = None) -> dict[str, Any]:
+    """The body of ``POST /bank/transaction/outgoing`` (either HTTP client sends it)."""
+    body: dict[str, Any] = {
+        "fromAccountNumber": from_account,
+        "toBankgoodNumber": to_bankgood_number,
+        "amount": amount,
+    }
+    if client_transaction_id is not None:
+        body["transactionId"] = client_transaction_id
+    return body
+
+
+def accepted_transaction(response: Response, service: str) -> uuid.UUID:
+    """The id in the bank's 202 (which does not mean the payment was accepted)."""
+    answer = expect_object(response, service, 202)
+    try:
+        return uuid.UUID(str(answer["transactionId"]))
+    except (KeyError, ValueError):
+        raise ServiceError(service, "bad_body", "202 without transactionId") from None
+
+
+def stored_transaction(response: Response, service: str) -> StoredTransaction | None:
+    """A ``GET`` of a stored transaction: None for 404 (either HTTP client reads it)."""
+    if response.status == 404:
+        return None
+    return _transaction(expect_object(response, service, 200), service)
 
 
 class HealthCheckable:
@@ -148,30 +182,16 @@ class BankClient(HealthCheckable):
         A 202 does not mean accepted: a rejected payment is stored FAILED with no
         event, visible only through ``get_outgoing``.
         """
-        body: dict[str, Any] = {
-            "fromAccountNumber": from_account,
-            "toBankgoodNumber": to_bankgood_number,
-            "amount": amount,
-        }
-        if client_transaction_id is not None:
-            body["transactionId"] = client_transaction_id
-        answer = expect_object(
-            self.rest.request("POST", "/bank/transaction/outgoing", json_body=body),
-            self.service, 202,
-        )
-        try:
-            return uuid.UUID(str(answer["transactionId"]))
-        except (KeyError, ValueError):
-            raise ServiceError(self.service, "bad_body", "202 without transactionId") from None
+        response = self.rest.request(
+            "POST", SUBMIT_ROUTE,
+            json_body=payment_body(from_account, to_bankgood_number, amount,
+                                   client_transaction_id))
+        return accepted_transaction(response, self.service)
 
     def get_outgoing(self, transaction_id: uuid.UUID) -> StoredTransaction | None:
         response = self.rest.request(
-            "GET", "/bank/transaction/outgoing/{transactionId}",
-            {"transactionId": str(transaction_id)},
-        )
-        if response.status == 404:
-            return None
-        return _transaction(expect_object(response, self.service, 200), self.service)
+            "GET", OUTGOING_ROUTE, {"transactionId": str(transaction_id)})
+        return stored_transaction(response, self.service)
 
     def get_incoming(self, transaction_id: uuid.UUID) -> StoredTransaction | None:
         response = self.rest.request(

@@ -1,15 +1,24 @@
-"""One pooled, instrumented HTTP client per BGMock service.
+"""One pooled, instrumented HTTP client per BGMock service, and the rules every
+HTTP client of the twin shares.
 
 Every call has a timeout, goes through a shared connection pool, and is counted in
 ``bgmock_rest_requests_total`` / ``bgmock_rest_request_duration_seconds`` by *route
 template* (``/bank/account/{accountNumber}``), never by the raw path, so ids never
 become label values.
+
+Two clients speak HTTP: this ``requests`` one (probes, provisioning, status look-ups,
+the books) and the sender's ``aiohttp`` one (``rest_async``, the hot path). What a
+failure means is decided here once for both: each client only names which
+``Failure`` happened, and ``failure_error`` turns it into the ``ServiceError`` (and
+metric code) the twin acts on; requests are built (``prepare``), counted (``record``)
+and bodies decoded (``decode_body``) the same way too.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 from urllib.parse import quote
 
@@ -36,6 +45,45 @@ class ServiceError(Exception):
         self.service = service
         self.reason = reason
         self.maybe_processed = maybe_processed
+
+
+class Failure(Enum):
+    """How a request failed without an HTTP answer, as any client can tell it."""
+
+    NOT_CONNECTED = "not_connected"  # refused, no route, no name: surely never arrived
+    CONNECT_TIMEOUT = "connect_timeout"  # no connection in time: never arrived either
+    READ_TIMEOUT = "read_timeout"  # sent, no answer in time: the service may have acted
+    LOST = "lost"  # the connection broke mid-request: the service may have acted
+
+
+def failure_error(service: str, failure: Failure, detail: str) -> tuple[ServiceError, str]:
+    """The one rule: the error a failure raises, and its ``code`` metric label. An
+    HTTP error status is no failure here: it is returned, and ``expect`` makes it
+    ``http_<code>``; the refusal it means is ``tracking.refusals``' to decide."""
+    timed_out = failure in (Failure.CONNECT_TIMEOUT, Failure.READ_TIMEOUT)
+    reason = "timeout" if timed_out else "connection"
+    reached = failure in (Failure.READ_TIMEOUT, Failure.LOST)
+    return ServiceError(service, reason, detail, maybe_processed=reached), reason
+
+
+Headers = dict[str, str]
+
+
+def prepare(route: str, path_params: dict[str, str] | None,
+            json_body: Any) -> tuple[str, bytes | None, Headers]:
+    """The path (``route`` filled in, ids quoted), the JSON body and the headers."""
+    path = route.format(**{k: quote(v, safe="") for k, v in (path_params or {}).items()})
+    data = None if json_body is None else dumps_json(json_body)
+    headers = {"Accept": "application/json, text/plain"}
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    return path, data, headers
+
+
+def record(service: str, method: str, route: str, code: str, started: float) -> None:
+    """Count one call by its route template and outcome code."""
+    metrics.REST_REQUESTS.labels(service, method, route, code).inc()
+    metrics.REST_DURATION.labels(service, method, route).observe(time.monotonic() - started)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +129,7 @@ class RestClient:
         Raises ``ServiceError`` for timeouts and connection failures; HTTP error
         codes are returned, the caller decides what they mean.
         """
-        path = route.format(**{k: quote(v, safe="") for k, v in
-                               (path_params or {}).items()})
-        data = None if json_body is None else dumps_json(json_body)
-        headers = {"Accept": "application/json, text/plain"}
-        if data is not None:
-            headers["Content-Type"] = "application/json"
+        path, data, headers = prepare(route, path_params, json_body)
         started = time.monotonic()
         code = "error"
         try:
@@ -96,20 +139,19 @@ class RestClient:
             )
             code = str(raw.status_code)
         except requests.Timeout as exc:
-            code = "timeout"
-            raise ServiceError(self.service, "timeout", str(exc),
-                               maybe_processed=not isinstance(exc, requests.ConnectTimeout)) \
-                from None
+            failure = Failure.CONNECT_TIMEOUT if isinstance(exc, requests.ConnectTimeout) \
+                else Failure.READ_TIMEOUT
+            error, code = failure_error(self.service, failure, str(exc))
+            raise error from None
         except requests.RequestException as exc:
-            code = "connection"
-            raise ServiceError(self.service, "connection", type(exc).__name__,
-                               maybe_processed=_maybe_processed(exc)) from None
+            failure = Failure.LOST if _maybe_processed(exc) else Failure.NOT_CONNECTED
+            error, code = failure_error(self.service, failure, type(exc).__name__)
+            raise error from None
         finally:
-            metrics.REST_REQUESTS.labels(self.service, method, route, code).inc()
-            metrics.REST_DURATION.labels(self.service, method, route).observe(
-                time.monotonic() - started
-            )
-        return Response(raw.status_code, _decode(raw), raw.text)
+            record(self.service, method, route, code, started)
+        text = raw.text
+        return Response(raw.status_code,
+                        decode_body(raw.content, raw.headers.get("Content-Type", ""), text), text)
 
     def close(self) -> None:
         self.session.close()
@@ -121,15 +163,16 @@ def _maybe_processed(exc: requests.RequestException) -> bool:
     return not isinstance(reason, NewConnectionError | ConnectTimeoutError | NameResolutionError)
 
 
-def _decode(raw: requests.Response) -> Any:
-    if not raw.content:
+def decode_body(content: bytes, content_type: str, text: str) -> Any:
+    """JSON (``Decimal`` numbers) when the service says so, else the text; None empty."""
+    if not content:
         return None
-    if "json" in raw.headers.get("Content-Type", ""):
+    if "json" in content_type:
         try:
-            return loads_json(raw.content)
+            return loads_json(content)
         except ValueError:
-            return raw.text
-    return raw.text
+            return text
+    return text
 
 
 def expect(response: Response, service: str, *codes: int) -> Any:

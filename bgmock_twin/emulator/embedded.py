@@ -19,7 +19,13 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from bgmock_twin.bus.base import BusError, EventBus, EventConsumer, EventProducer
+from bgmock_twin.bus.base import (
+    BusError,
+    Delivery,
+    EventBus,
+    EventConsumer,
+    EventProducer,
+)
 from bgmock_twin.contract import (
     BANK_A,
     BANK_B,
@@ -70,10 +76,14 @@ class _GuardedProducer:
         self._faults = faults
 
     def produce(self, topic: str, key: str | None, value: bytes,
-                headers: Mapping[str, bytes] | None = None) -> None:
+                headers: Mapping[str, bytes] | None = None,
+                on_delivery: Delivery | None = None) -> None:
         if self._faults.bus_down:
             raise BusError("bus down (fault injected)")
-        self._inner.produce(topic, key, value, headers)
+        self._inner.produce(topic, key, value, headers, on_delivery)
+
+    def poll(self, timeout: float) -> None:
+        self._inner.poll(timeout)
 
     def flush(self, timeout: float) -> None:
         if self._faults.bus_down:

@@ -34,10 +34,11 @@ import heapq
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from enum import Enum
 
-from bgmock_twin.clients.bgmock import BGMockClients
+from bgmock_twin.clients.bgmock import BGMockClients, StoredTransaction
 from bgmock_twin.clients.rest import ServiceError
 from bgmock_twin.contract import Status
 from bgmock_twin.logs import get_logger
@@ -76,6 +77,10 @@ class BudgetExhausted(Exception):
     """No request token came in time; the check is retried later."""
 
 
+# (source clearing number, transaction id) -> the bank's copy, None if it has none
+OutgoingLookup = Callable[[str, uuid.UUID], StoredTransaction | None]
+
+
 class StatusChecker:
     def __init__(self, clients: BGMockClients, tracker: Tracker,
                  budget: RequestBudget | None = None, sla: float | None = None,
@@ -87,6 +92,11 @@ class StatusChecker:
         # without Kafka: a stuck payment's check also asks the clearing where it is
         self.ask_clearing_when_stuck = ask_clearing_when_stuck
         self.stop_event = threading.Event()
+        # how a source bank's copy is read: by default on ``clients``; the sender sets
+        # its own (``Sender.get_outgoing``: the loop's pooled client, a fraction of
+        # the CPU of requests for the look-up most payments get)
+        self.get_outgoing: OutgoingLookup = \
+            lambda clearing, tx: self.clients.bank(clearing).get_outgoing(tx)
 
     def _spend(self) -> None:
         if self.budget is not None and \
@@ -108,9 +118,8 @@ class StatusChecker:
         except BudgetExhausted:
             return Result.RETRY
         self.tracker.mark_polled(payment_id)
-        bank = self.clients.bank(view.from_clearing)
         try:
-            stored = bank.get_outgoing(view.transaction_id)
+            stored = self.get_outgoing(view.from_clearing, view.transaction_id)
             if stored is None or stored.status is Status.PENDING:
                 if view.stuck and self.ask_clearing_when_stuck:
                     self._spend()
@@ -200,7 +209,8 @@ class StatusPoller:
             self._queued[payment_id] = (due, purpose)
             self._counter += 1
             heapq.heappush(self._heap, (due, self._counter, payment_id, purpose, attempt))
-            self._cond.notify()
+            if self._heap[0][1] == self._counter:  # the next due now: a sleeper must know
+                self._cond.notify()
 
     def _upgrade(self, payment_id: str, purpose: Purpose) -> None:
         if _STRENGTH[purpose] > _STRENGTH[self._upgraded.get(payment_id, Purpose.ACCEPT)]:

@@ -1,42 +1,57 @@
 """The sender: payments leave on their schedule, not when the previous one returns.
 
-One pacing thread holds every active run (simulations and the background canary)
-in a queue ordered by intended send time. At each intended time it builds the
-payment and hands it to a bounded pool of workers; if every worker is busy the
-payment is *dropped and counted* (``bgmock_payments_dropped_total``), never queued
-without limit. Latency is measured from the intended time, and the gap between
-intended and actual send is exported (``bgmock_payment_send_lag_seconds``), so a
-slow system neither slows the load down nor hides its own slowness (no
+One event loop (``loop_thread``: asyncio, uvloop where available) holds every active
+run (simulations and the background canary) in a heap ordered by intended send time
+(open model: the schedule is computed ahead from the profile, never from answers).
+``PLAN_AHEAD_SECONDS`` before a payment is due the pacer *plans* it: builds it,
+gives it its unique triple and registers it, which writes its row to the ledger's
+write-behind buffer and asks the writer to store what it holds. At the due time a
+timer on the loop sends it: no send ever waits for the database. A twin killed
+between the two leaves a planned row without an answer; the re-matching of a
+restarted twin (``rematch``) finds it at the bank or rejects it as not sent, and a
+Kafka payment with no step seen is produced again.
+
+At most ``max_in_flight`` payments are planned or being sent at once; a payment due
+while every slot is taken is *dropped and counted* (``bgmock_payments_dropped_total``),
+never queued without limit. Latency is measured from the intended time, and the gap
+between intended and actual send is exported (``bgmock_payment_send_lag_seconds``),
+so a slow system neither slows the load down nor hides its own slowness (no
 coordinated omission, k6 arrival-rate style).
 
-Channels: ``rest`` posts to the source bank (then looks the transaction up once,
-which is how a rejection is seen); a REST payment gets an amount whose (payer,
-bankgood, amount) triple no other payment in flight holds (``rematch.InFlightKeys``),
-so one whose 202 never comes back (a read timeout, or a kill) can be found at the
-bank again without ambiguity (``rematch.Rematcher``); ``kafka`` writes an OutgoingTransactionEvent
-with a fresh id straight to ``transactions.initiated`` (key = source clearing
-number), which bypasses the source bank.
+Channels: ``rest`` posts to the source bank on one pooled keep-alive aiohttp client
+(``clients.rest_async``; a rejection is seen by the status poller's look-up when no
+event follows); a REST payment gets an amount whose (payer, bankgood, amount) triple
+no other payment in flight holds (``rematch.InFlightKeys``), so one whose 202 never
+comes back (a read timeout, or a kill) can be found at the bank again without
+ambiguity (``rematch.Rematcher``); ``kafka`` writes an OutgoingTransactionEvent with a
+fresh id straight to ``transactions.initiated`` (key = source clearing number),
+which bypasses the source bank, each message with its own delivery report and no
+flush per send.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+import uuid
+from collections import Counter
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Protocol
 
 from bgmock_twin import metrics
-from bgmock_twin.bus.base import BusError, EventBus, EventProducer
-from bgmock_twin.clients.bgmock import BGMockClients
+from bgmock_twin.bus.base import EventBus
+from bgmock_twin.clients.bgmock import BGMockClients, StoredTransaction
 from bgmock_twin.clients.rest import ServiceError
-from bgmock_twin.contract import TOPIC_INITIATED, OutgoingTransactionEvent, Status, encode_event
+from bgmock_twin.clients.rest_async import AsyncBanks
 from bgmock_twin.logs import get_logger
 from bgmock_twin.tracking import mix
+from bgmock_twin.tracking.kafka_channel import KafkaChannel
 from bgmock_twin.tracking.lifecycle import Channel, Payment
 from bgmock_twin.tracking.load import FixturesUnavailable, Run, build_payment
+from bgmock_twin.tracking.loop_thread import LoopThread
 from bgmock_twin.tracking.poller import (
     ACCEPT_CHECK_DELAY,
     Purpose,
@@ -46,29 +61,30 @@ from bgmock_twin.tracking.poller import (
 )
 from bgmock_twin.tracking.provisioning import Provisioner
 from bgmock_twin.tracking.refusals import refusal_of
-from bgmock_twin.tracking.rematch import InFlightKeys, Rematcher
+from bgmock_twin.tracking.rematch import NOT_SENT, InFlightKeys, Rematcher
 from bgmock_twin.tracking.testhooks import PauseHook
 from bgmock_twin.tracking.tracker import Tracker
-from bgmock_twin.workers import Worker
 
 log = get_logger(__name__)
 
-PRODUCE_TIMEOUT_SECONDS = 5.0
-# How long a send waits for the ledger to store the payment's row before it goes on
-# regardless (an unavailable ledger is not waited for at all: the load goes on and the
-# rows are buffered). Long enough for a slow flush on a loaded machine: a payment that
-# leaves before its row is stored and is then killed would be at the bank and nowhere
-# in the ledger, the one loss nothing can repair (0.5 s was not enough at load 16).
-# Bounded well below what fills the sender's slots at the rates tests and canaries
-# use (64 slots at 20/s hold 3.2 s each): 5 s made a reader flood on a PostgreSQL
-# ledger drop payments. Writing planned rows ahead of their due time (issue 12)
-# removes the wait altogether.
-LEDGER_WAIT_SECONDS = 2.0
+# How long before its due time a payment is planned and its row handed to the
+# ledger: the ledger's writer stores it meanwhile (asked to at once), so a twin
+# killed at the send finds it. Also the longest a stopping twin keeps sending.
+PLAN_AHEAD_SECONDS = 0.1
+# How often the pacer asks the ledger's writer to store the rows it planned (well
+# within PLAN_AHEAD_SECONDS; asked on every pass, the writer woke for a few rows at
+# a time and spent its CPU on commits)
+FLUSH_ASK_SECONDS = 0.02
+DELIVERY_POLL_SECONDS = 0.05  # how often Kafka delivery reports are served
+IDLE_WAIT_SECONDS = 0.5
+STOP_TIMEOUT_SECONDS = 5.0
+# test pauses only: the row stored, as the pause point promises (``testhooks``)
+PAUSE_FLUSH_SECONDS = 5.0
 
 
 class LedgerPort(Protocol):
-    """What the sender needs of the ledger: to wait, before a request goes out,
-    until the payment's row is stored."""
+    """What the sender needs of the ledger: to ask its writer to store the rows
+    buffered so far (``flush(0)`` asks without waiting)."""
 
     @property
     def available(self) -> bool: ...
@@ -76,8 +92,11 @@ class LedgerPort(Protocol):
     def flush(self, timeout: float) -> bool: ...
 
 
-class Sender(Worker):
-    """The pacer thread (a ``Worker``) and the bounded pool of sending workers."""
+Planned = tuple[asyncio.TimerHandle, Payment, Run]
+
+
+class Sender:
+    """The pacer and every send, on one event loop."""
 
     def __init__(
         self,
@@ -99,21 +118,31 @@ class Sender(Worker):
         self.pause = pause or PauseHook(None)
         self.ledger = ledger
         self.clients = clients
-        self.bus = bus
+        self.banks = AsyncBanks.like(clients, max_in_flight)
         self.provisioner = provisioner
         self.checker = checker
         self.poller = poller
         self.max_in_flight = max_in_flight
         self.instance_id = instance_id
-        self._pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="sender")
-        self._busy = 0
-        self._busy_cond = threading.Condition()
+        self.join_timeout = STOP_TIMEOUT_SECONDS
+        self._loop = LoopThread("sender")
         self._heap: list[tuple[float, int, Run]] = []
         self._counter = 0
-        self._cond = threading.Condition()
-        super().__init__("pacer", error_event="dispatch_failed")  # pacing never backs off
-        self._producer: EventProducer | None = None
-        self._producer_lock = threading.Lock()
+        self._heap_lock = threading.Lock()
+        self._pending_of: Counter[str] = Counter()  # run id -> payments planned, not sent
+        self._exhausted: set[str] = set()  # runs with nothing left to plan, some not sent
+        self._slots_lock = threading.Lock()
+        self._busy = 0
+        self._waiting_slot = False
+        # on the loop only
+        self._planned: dict[str, Planned] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake: asyncio.Event | None = None
+        self._stopping = False
+        self._stop_deadline = 0.0
+        self._unstored = False  # planned rows the writer was not asked to store yet
+        self._flush_asked = 0.0
+        self.kafka = KafkaChannel(bus, tracker)
         self.dropped = 0
 
     # --- runs -------------------------------------------------------------------------------
@@ -122,92 +151,157 @@ class Sender(Worker):
         run.start_mono = time.monotonic() if start_mono is None else start_mono
         run.start_utc = self.tracker.clock.now() if start_utc is None else start_utc
         self._push_next(run)
+        self.wake()
 
     def _push_next(self, run: Run) -> None:
         if run.stopped:
-            run.finish()
+            self._finish(run)
             return
         offset = next(run.offsets, None)
         if offset is None:
-            run.finish()
+            self._finish(run)
             return
-        with self._cond:
+        with self._heap_lock:
             self._counter += 1
             heapq.heappush(self._heap, (run.start_mono + offset, self._counter, run))
-            self._cond.notify()
+
+    def _finish(self, run: Run) -> None:
+        """Nothing more of ``run`` is planned: it is done once its planned ones went."""
+        with self._heap_lock:
+            if self._pending_of[run.run_id]:
+                self._exhausted.add(run.run_id)
+                return
+            self._pending_of.pop(run.run_id, None)
+        run.finish()
+
+    def _went(self, run: Run) -> None:
+        """A planned payment of ``run`` was sent (or given up)."""
+        with self._heap_lock:
+            self._pending_of[run.run_id] -= 1
+            done = self._pending_of[run.run_id] <= 0 and run.run_id in self._exhausted
+            if done:
+                self._exhausted.discard(run.run_id)
+                self._pending_of.pop(run.run_id, None)
+        if done:
+            run.finish()
 
     def stop_run(self, run: Run) -> None:
+        """No more payments of ``run`` are planned (the planned ones still go)."""
         run.stopped = True
-        with self._cond:
-            self._cond.notify()
+        self.wake()
 
-    # --- the pacer thread ------------------------------------------------------------------
-    def step(self) -> None:
-        """Wait for the next payment due and dispatch it (an error is logged by the
-        worker as ``dispatch_failed``; the run still goes on to its next payment)."""
-        item = self._next_due()
-        if item is None:
-            return
-        due, run = item
+    def wake(self) -> None:
+        self._loop.call_soon(self._set_wake)
+
+    def _set_wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    # --- the loop ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._loop.start(self._main)
+
+    @property
+    def alive(self) -> bool:
+        return self._loop.alive
+
+    async def _main(self) -> None:
+        self._wake = asyncio.Event()
+        deliveries = asyncio.create_task(self._serve_deliveries())
         try:
-            self._dispatch(run, due)
+            await self._pace()
         finally:
-            self._push_next(run)
+            deliveries.cancel()
+            await self._wind_down()
 
-    def _next_due(self) -> tuple[float, Run] | None:
-        with self._cond:
-            while not self.stopping:
+    async def _pace(self) -> None:
+        """Plan every payment whose plan time came, then sleep until the next one's
+        (or until woken: a new run, a stopped run, a slot freed)."""
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                wake_at, planned = self._plan_due(loop)
+            except Exception as exc:  # pacing never stops on one payment's error
+                log.error("dispatch_failed", error=repr(exc))
+                wake_at, planned = time.monotonic() + 0.01, 0
+            self._unstored = self._unstored or planned > 0
+            now = time.monotonic()
+            if self._unstored and now - self._flush_asked >= FLUSH_ASK_SECONDS:
+                self._unstored, self._flush_asked = False, now
+                if self.ledger.available:
+                    self.ledger.flush(0)  # the writer stores the planned rows now
+            if self._stopping:
+                break
+            delay = IDLE_WAIT_SECONDS if wake_at is None else \
+                min(IDLE_WAIT_SECONDS, max(0.0, wake_at - time.monotonic()))
+            timer = loop.call_later(delay, self._wake.set)
+            await self._wake.wait()
+            timer.cancel()
+
+    def _plan_due(self, loop: asyncio.AbstractEventLoop) -> tuple[float | None, int]:
+        """Plan (or drop) what is due for planning; when to look again, and how many
+        were planned."""
+        planned = 0
+        while not self._stopping:
+            now = time.monotonic()
+            with self._heap_lock:
                 if not self._heap:
-                    self._cond.wait(0.5)
-                    continue
+                    return None, planned
                 due, _, run = self._heap[0]
                 if run.stopped:
                     heapq.heappop(self._heap)
-                    run.finish()
-                    continue
-                wait = due - time.monotonic()
-                if wait > 0:
-                    self._cond.wait(min(wait, 0.5))
-                    continue
-                heapq.heappop(self._heap)
-                return due, run
-        return None
+                    action = "stopped"
+                elif due - PLAN_AHEAD_SECONDS > now:
+                    return due - PLAN_AHEAD_SECONDS, planned
+                elif self._acquire(ahead=due > now):
+                    heapq.heappop(self._heap)
+                    action = "plan"
+                elif due > now:  # no slot to plan it ahead: wait for one until it is due
+                    self._waiting_slot = True
+                    return due, planned
+                else:
+                    heapq.heappop(self._heap)
+                    action = "drop"
+            if action == "stopped":
+                self._finish(run)
+                continue
+            try:
+                index = run.take_index()
+                if action == "drop":
+                    self._drop(run, "concurrency bound reached")
+                elif self._plan_one(loop, run, index, due):
+                    planned += 1
+            finally:  # an error is logged by ``_pace``; the run goes on to its next one
+                self._push_next(run)
+            if planned >= 512:  # let the sends due meanwhile go first
+                return now, planned
+        return None, planned
 
-    def wake(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
-
-    def on_stop(self) -> None:
-        with self._cond:
-            stranded = [run for _, _, run in self._heap]
-            self._heap = []
-        for run in stranded:
-            run.stopped = True
-            run.finish()
-
-    def _dispatch(self, run: Run, due: float) -> None:
-        index = run.take_index()
-        if not self._acquire():
-            self._drop(run, "concurrency bound reached")
-            return
+    def _plan_one(self, loop: asyncio.AbstractEventLoop, run: Run, index: int,
+                  due: float) -> bool:
+        """Build and register one payment (its slot taken) and set its send timer."""
         try:
-            payment = self._plan(run, index, due)
+            payment = self._build(run, index, due)
         except FixturesUnavailable as exc:
             self._release()
             self._drop(run, str(exc))
-            return
-        run.dispatched += 1
-        run.note_sent()
-        self._pool.submit(self._work, payment, run, due, _amounts(run.profile.amount_min,
-                                                                 run.profile.amount_max,
-                                                                 payment.amount))
+            return False
+        try:
+            self._register(payment, _amounts(run.profile.amount_min, run.profile.amount_max,
+                                             payment.amount))
+        except Exception:
+            self._release()
+            raise
+        with self._heap_lock:
+            self._pending_of[run.run_id] += 1
+        timer = loop.call_later(max(0.0, due - time.monotonic()), self._launch,
+                                payment.payment_id)
+        self._planned[payment.payment_id] = (timer, payment, run)
+        return True
 
-    def _drop(self, run: Run, reason: str) -> None:
-        self.dropped += 1
-        metrics.PAYMENTS_DROPPED.inc()
-        run.note_drop(reason)  # one log line per burst, with its count
-
-    def _plan(self, run: Run, index: int, due: float) -> Payment:
+    def _build(self, run: Run, index: int, due: float) -> Payment:
         fixtures = self.provisioner.fixtures
         if fixtures is None:
             raise FixturesUnavailable("twin accounts not provisioned")
@@ -219,72 +313,88 @@ class Sender(Worker):
         return build_payment(fixtures, route, kind, profile.channel, amount, run.rng,
                              intended_at, due, run.simulation_id, self.instance_id)
 
-    def _work(self, payment: Payment, run: Run | None, due: float,
-              amounts: tuple[Decimal, Decimal]) -> None:
+    def _register(self, payment: Payment, amounts: tuple[Decimal, Decimal] | None) -> None:
+        """From now on the payment is submitted and followed, its row in the ledger's
+        buffer. ``amounts``: the range a REST payment's amount may be nudged within to
+        keep its triple unique (None: the amount is fixed)."""
+        if payment.channel is Channel.KAFKA:
+            self.tracker.register(payment)
+            return
+        low, high = amounts or (payment.amount, payment.amount)
+        self.keys.claim(payment, low, high, self.tracker.register)
+
+    def _launch(self, payment_id: str) -> None:
+        """A planned payment's due time: it leaves now."""
+        item = self._planned.pop(payment_id, None)
+        if item is None:
+            return
+        _, payment, run = item
+        run.dispatched += 1
+        run.note_sent()
+        task = asyncio.get_running_loop().create_task(self._send_planned(payment, run))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_planned(self, payment: Payment, run: Run) -> None:
         try:
-            lag = max(0.0, time.monotonic() - due)
+            lag = max(0.0, time.monotonic() - payment.intended_mono)
             metrics.SEND_LAG.observe(lag)
-            if run is not None:
-                run.record_lag(lag)
-            self.send(payment, amounts=amounts)
-        except Exception as exc:  # one payment never takes a worker down
+            run.record_lag(lag)
+            await self._send(payment, schedule_check=True)
+        except Exception as exc:  # one payment never takes the sender down
             log.error("send_failed", error=repr(exc), payment_id=payment.payment_id)
         finally:
-            if run is not None:
-                run.mark_sent()
+            run.mark_sent()
             self._release()
+            self._went(run)
+
+    def _drop(self, run: Run, reason: str) -> None:
+        self.dropped += 1
+        metrics.PAYMENTS_DROPPED.inc()
+        run.note_drop(reason)  # one log line per burst, with its count
 
     # --- slots ------------------------------------------------------------------------------
-    def _acquire(self) -> bool:
-        with self._busy_cond:
-            if self._busy >= self.max_in_flight:
+    def _acquire(self, ahead: bool = False) -> bool:
+        """Take a slot; one ``ahead`` of its due time only from the first half (a
+        payment due now is never dropped for slots that planned ones hold)."""
+        with self._slots_lock:
+            if self._busy >= (self.max_in_flight + 1) // 2 if ahead else \
+                    self._busy >= self.max_in_flight:
                 return False
             self._busy += 1
             return True
 
     def _release(self) -> None:
-        with self._busy_cond:
+        with self._slots_lock:
             self._busy -= 1
-            self._busy_cond.notify_all()
+        if self._waiting_slot:  # a payment waits for a slot
+            self._waiting_slot = False
+            self.wake()
 
     @property
     def busy(self) -> int:
-        with self._busy_cond:
+        with self._slots_lock:
             return self._busy
 
     # --- sending ----------------------------------------------------------------------------
-    def send(self, payment: Payment, check_now: bool = False,
-             amounts: tuple[Decimal, Decimal] | None = None) -> None:
-        """Send one payment now on its channel and follow it (blocking). With
-        ``check_now`` a REST payment's status is read back at once, so a rejection
-        is known before this returns. ``amounts``: the range a REST payment's amount
-        may be nudged within to keep its triple unique (None: the amount is fixed)."""
+    async def _send(self, payment: Payment, schedule_check: bool) -> bool:
+        """Send a registered payment on its channel; whether a REST payment's 202 came."""
         if payment.channel is Channel.KAFKA:
-            self._send_kafka(payment)
-        else:
-            low, high = amounts or (payment.amount, payment.amount)
-            self.keys.claim(payment, low, high, self.tracker.register)
-            self._send_rest(payment, check_now)
+            if self.pause.hit("before_produce"):
+                await self._pause("before_produce", payment, stored=True)
+            self.kafka.produce(payment)
+            return False
+        return await self._send_rest(payment, schedule_check)
 
-    def _stored(self) -> None:
-        """Wait until the ledger holds every row written so far (bounded, and only
-        while it is available). A twin killed during the call that follows then
-        still knows the payment and its transaction id after its restart; without
-        this, up to one flush interval of payments - already in BGMock - were
-        unknown to the restarted twin, and a resumed simulation sent them again."""
-        if self.ledger.available:
-            self.ledger.flush(LEDGER_WAIT_SECONDS)
-
-    def _send_rest(self, payment: Payment, check_now: bool) -> None:
-        """POST a registered REST payment (``send`` registered it)."""
-        self._stored()
-        self.pause.reached("before_post", payment.payment_id)
-        bank = self.clients.bank(payment.from_clearing)
+    async def _send_rest(self, payment: Payment, schedule_check: bool) -> bool:
+        if self.pause.hit("before_post"):
+            await self._pause("before_post", payment, stored=True)
         self.tracker.begin_submit()
         try:
             try:
-                transaction_id = bank.submit_payment(
-                    payment.from_account, payment.to_bankgood, payment.amount)
+                transaction_id = await self.banks.submit_payment(
+                    payment.from_clearing, payment.from_account, payment.to_bankgood,
+                    payment.amount)
             except ServiceError as exc:
                 if exc.maybe_processed:
                     # the bank got the request but its answer never came (a read
@@ -294,25 +404,28 @@ class Sender(Worker):
                     log.warning("payment_unconfirmed", payment_id=payment.payment_id,
                                 service=exc.service, reason=exc.reason)
                     self.rematcher.add(payment)
-                    return
+                    return False
                 refused = refusal_of(exc)
                 self.tracker.reject(payment.payment_id, refused.message, refused.ambiguous)
-                return
-            self.pause.reached("after_post", payment.payment_id)
+                return False
+            if self.pause.hit("after_post"):
+                await self._pause("after_post", payment, stored=True)
             self.tracker.accepted(payment.payment_id, transaction_id)
         finally:
             self.tracker.end_submit()
-        self.pause.reached("after_accept", payment.payment_id)
-        self._stored()
-        if not check_now or \
-                self.checker.check(payment.payment_id, Purpose.ACCEPT_NOW) is Result.RETRY:
+        if self.pause.hit("after_accept"):
+            await self._pause("after_accept", payment, stored=False)
+        if schedule_check:
             self.poller.schedule(payment.payment_id, Purpose.ACCEPT, ACCEPT_CHECK_DELAY)
+        return True
 
-    def _send_kafka(self, payment: Payment) -> None:
-        self.tracker.register(payment)
-        self._stored()
-        self.pause.reached("before_produce", payment.payment_id)
-        self._produce(payment)
+    async def _pause(self, point: str, payment: Payment, stored: bool) -> None:
+        """Test only (``TWIN_TEST_PAUSE_AT``): this payment's send waits for good."""
+        if stored and self.ledger.available:
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.ledger.flush, PAUSE_FLUSH_SECONDS)
+        self.pause.announce(point, payment.payment_id)
+        await asyncio.Event().wait()
 
     def resend_kafka(self, payments: list[Payment]) -> None:
         """Produce again, in the background, the events of Kafka payments a killed
@@ -322,60 +435,44 @@ class Sender(Worker):
         for payment in payments:
             log.info("kafka_payment_resent", payment_id=payment.payment_id,
                      transaction_id=str(payment.transaction_id))
-            self._pool.submit(self._produce, payment, True)
+            self._loop.call_soon(self.kafka.produce, payment, True)
 
-    def _produce(self, payment: Payment, again: bool = False) -> None:
-        assert payment.transaction_id is not None
-        value, headers = encode_event(OutgoingTransactionEvent(
-            transaction_id=payment.transaction_id,
-            from_clearing_number=payment.from_clearing,
-            from_account_number=payment.from_account,
-            to_bankgood_number=payment.to_bankgood,
-            amount=payment.amount,
-            status=Status.PENDING,
-        ))
-        try:
-            producer = self._get_producer()
-            producer.produce(TOPIC_INITIATED, payment.from_clearing, value, headers)
-        except BusError as exc:  # not even queued: it can never reach the clearing
-            metrics.KAFKA_CLIENT_ERRORS.labels("sender", "produce").inc()
-            if again:  # the first attempt may have gone out: no refusal is certain
-                log.warning("kafka_payment_resend_failed", payment_id=payment.payment_id,
-                            error=str(exc)[:200])
-                return
-            refused = refusal_of(exc)
-            self.tracker.reject(payment.payment_id, refused.message, refused.ambiguous)
-            return
-        try:
-            producer.flush(PRODUCE_TIMEOUT_SECONDS)
-        except BusError as exc:
-            # queued but not confirmed in time: the producer keeps trying, so it may
-            # still arrive (a broker back within the message timeout). Not rejected:
-            # it stays in flight, and its events or its step deadline tell.
-            metrics.KAFKA_CLIENT_ERRORS.labels("sender", "unconfirmed").inc()
-            log.warning("kafka_payment_unconfirmed", payment_id=payment.payment_id,
-                        error=str(exc)[:200])
+    async def _serve_deliveries(self) -> None:
+        while True:
+            await asyncio.sleep(DELIVERY_POLL_SECONDS)
+            self.kafka.serve()
 
-    def _get_producer(self) -> EventProducer:
-        with self._producer_lock:
-            if self._producer is None:
-                if self.bus is None:  # no Kafka: tracking refuses the channel before this
-                    raise BusError("no Kafka configured (KAFKA_BOOTSTRAP_SERVERS unset)")
-                self._producer = self.bus.producer()
-            return self._producer
+    def get_outgoing(self, clearing: str,
+                     transaction_id: uuid.UUID) -> StoredTransaction | None:
+        """The status checker's look-up, run on the loop's pooled client (from the
+        checker's thread; on ``clients`` while the loop does not run)."""
+        if not self._stopping:
+            try:
+                return self._loop.run(self.banks.get_outgoing(clearing, transaction_id),
+                                      (self.banks.bank_a.timeout.total or 10.0) + 1.0)
+            except RuntimeError:  # the loop is not running (yet, or any more)
+                pass
+        return self.clients.bank(clearing).get_outgoing(transaction_id)
 
+    # --- one payment from another thread ----------------------------------------------------
     def submit_now(self, payment: Payment,
                    amounts: tuple[Decimal, Decimal] | None = None) -> bool:
-        """Send one payment built by the caller on a worker slot (blocking); False if
-        every slot is busy. ``amounts`` as for ``send``."""
-        if not self._acquire():
+        """Send one payment built by the caller on a slot, from the caller's thread
+        (blocking); False if every slot is busy (or the sender stopped). A REST
+        payment's status is read back at once, so a rejection is known before this
+        returns. ``amounts`` as for ``_register``."""
+        if self._stopping or not self.alive or not self._acquire():
             self._drop_single()
             return False
         try:
             metrics.SEND_LAG.observe(max(0.0, time.monotonic() - payment.intended_mono))
-            self.send(payment, check_now=True, amounts=amounts)
+            self._register(payment, amounts)
+            accepted = self._loop.run(self._send(payment, schedule_check=False))
         finally:
             self._release()
+        if accepted and \
+                self.checker.check(payment.payment_id, Purpose.ACCEPT_NOW) is Result.RETRY:
+            self.poller.schedule(payment.payment_id, Purpose.ACCEPT, ACCEPT_CHECK_DELAY)
         return True
 
     def _drop_single(self) -> None:
@@ -384,25 +481,38 @@ class Sender(Worker):
 
     # --- shutdown ---------------------------------------------------------------------------
     def stop(self, timeout: float | None = None) -> None:
-        """Stop pacing, let submissions in progress finish within ``timeout``."""
-        deadline = time.monotonic() + (self.join_timeout if timeout is None else timeout)
-        super().stop(max(0.1, deadline - time.monotonic()))
-        with self._busy_cond:
-            while self._busy > 0:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    log.warning("sender_stopped_with_busy_workers", busy=self._busy)
-                    break
-                self._busy_cond.wait(min(remaining, 0.1))
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        with self._producer_lock:
-            if self._producer is not None:
-                try:
-                    self._producer.flush(max(0.1, deadline - time.monotonic()))
-                    self._producer.close()
-                except BusError as exc:
-                    log.warning("producer_close_failed", error=str(exc)[:200])
-                self._producer = None
+        """Stop planning; the planned payments still go at their due time and the
+        sends in progress finish, within ``timeout``."""
+        budget = self.join_timeout if timeout is None else timeout
+        self._stop_deadline = time.monotonic() + budget
+        self._stopping = True
+        self.wake()
+        self._loop.join(max(0.1, budget) + 1.0)
+
+    async def _wind_down(self) -> None:
+        with self._heap_lock:
+            stranded = [run for _, _, run in self._heap]
+            self._heap = []
+        for run in stranded:
+            run.stopped = True
+            self._finish(run)
+        deadline = max(self._stop_deadline, time.monotonic())
+        while (self._planned or self._tasks) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for payment_id, (timer, _, run) in list(self._planned.items()):
+            timer.cancel()  # planned, never sent: nothing reached BGMock
+            del self._planned[payment_id]
+            self.tracker.reject(payment_id, NOT_SENT, False)
+            run.dispatched += 1
+            run.mark_sent()
+            self._release()
+            self._went(run)
+        if self._tasks:
+            log.warning("sender_stopped_with_busy_workers", busy=len(self._tasks))
+            for task in list(self._tasks):
+                task.cancel()
+        self.kafka.close(max(0.1, deadline - time.monotonic()))
+        await self.banks.close()
 
 
 def _amounts(low: Decimal, high: Decimal, amount: Decimal) -> tuple[Decimal, Decimal]:

@@ -171,6 +171,7 @@ class Tracking:
             ledger=self.ledger, rematcher=self.rematcher,
             pause=PauseHook(settings.test_pause_at),
         )
+        self.checker.get_outgoing = self.sender.get_outgoing
         self.follower = Follower(bus, settings.consumer_group, self.tracker, self.ledger) \
             if bus is not None else None
         self.fleet = self._fleet() if self.in_fleet else None

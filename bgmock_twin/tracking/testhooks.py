@@ -2,8 +2,9 @@
 point of a payment's life (``TWIN_TEST_PAUSE_AT=<point>:<n>``).
 
 Inert unless that setting is given: ``PauseHook(None).reached`` returns at once. When
-set, the n-th payment to reach the point logs ``test_pause_reached`` and its
-worker waits for good (the test SIGKILLs the daemon while it waits). Points of a
+set, the n-th payment to reach the point logs ``test_pause_reached`` and its send
+waits for good (the test SIGKILLs the daemon while it waits); the sender's other
+payments go on. Points of a
 REST payment: ``before_post`` (the row is stored, the POST not sent), ``after_post``
 (the bank answered 202, the id not recorded), ``after_accept`` (the id recorded in
 memory, maybe not yet stored by the ledger); of a Kafka payment: ``before_produce``
@@ -33,14 +34,15 @@ class PauseHook:
             log.warning("test_pause_armed", point=point, nth=self.nth)
         self._count = 0
         self._lock = threading.Lock()
-        self._forever = threading.Event()
 
-    def reached(self, point: str, payment_id: str) -> None:
+    def hit(self, point: str) -> bool:
+        """Whether the payment reaching ``point`` now is the one to pause (counted)."""
         if self.point != point:
-            return
+            return False
         with self._lock:
             self._count += 1
-            hit = self._count == self.nth
-        if hit:
-            log.warning("test_pause_reached", point=point, payment_id=payment_id)
-            self._forever.wait()
+            return self._count == self.nth
+
+    def announce(self, point: str, payment_id: str) -> None:
+        """Tell the test the pause is reached (the caller then waits for good)."""
+        log.warning("test_pause_reached", point=point, payment_id=payment_id)

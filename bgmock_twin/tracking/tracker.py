@@ -61,6 +61,7 @@ log = get_logger(__name__)
 STUCK_POLL_SECONDS = 5.0
 _STATUS_NAME: dict[Status, str] = {status: status.value for status in Status}
 MAX_STUCK_POLLS_PER_CHECK = 200
+DEADLINE_CHUNK = 256  # payments checked per hold of the tracker's lock
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,26 +325,39 @@ class Tracker:
         to_poll: list[str] = []
         stuck: Counter[str] = Counter()
         with self._lock:
-            for payment in list(self._live.values()):
-                change = check_deadline(payment, now_mono, self.step_deadline, self.sla)
-                if change.changed:
-                    self._apply(payment, change)
-                if payment.stuck_step is not None:
-                    stuck[payment.stuck_step.value] += 1
-                    # ask less often the longer it is stuck, and only so many per run
-                    age = now_mono - payment.intended_mono
-                    if payment.channel is Channel.REST and payment.transaction_id is not None \
-                            and len(to_poll) < MAX_STUCK_POLLS_PER_CHECK \
-                            and now_mono - self._last_poll.get(payment.payment_id, -1e9) \
-                            > max(STUCK_POLL_SECONDS, age / 4):
-                        to_poll.append(payment.payment_id)
-                        self._last_poll[payment.payment_id] = now_mono
-                if now_mono - payment.intended_mono > self.follow_horizon:
-                    self._forget(payment)
+            live = list(self._live.values())
+        # in chunks, the lock released between them: the sender's loop registers and
+        # accepts payments under it, and a whole pass over thousands in flight held
+        # it (and every due send) for tens of milliseconds
+        for start in range(0, len(live), DEADLINE_CHUNK):
+            with self._lock:
+                self._check_chunk(live[start:start + DEADLINE_CHUNK], now_mono, to_poll, stuck)
+        with self._lock:
             for step in Step:
                 metrics.PAYMENTS_STUCK.labels(step.value).set(stuck[step.value])
             metrics.PAYMENTS_IN_FLIGHT.set(len(self._live))
         return to_poll
+
+    def _check_chunk(self, payments: list[Payment], now_mono: float, to_poll: list[str],
+                     stuck: Counter[str]) -> None:
+        for payment in payments:
+            if self._live.get(payment.payment_id) is not payment:
+                continue  # finished (or forgotten) since the pass began
+            change = check_deadline(payment, now_mono, self.step_deadline, self.sla)
+            if change.changed:
+                self._apply(payment, change)
+            if payment.stuck_step is not None:
+                stuck[payment.stuck_step.value] += 1
+                # ask less often the longer it is stuck, and only so many per run
+                age = now_mono - payment.intended_mono
+                if payment.channel is Channel.REST and payment.transaction_id is not None \
+                        and len(to_poll) < MAX_STUCK_POLLS_PER_CHECK \
+                        and now_mono - self._last_poll.get(payment.payment_id, -1e9) \
+                        > max(STUCK_POLL_SECONDS, age / 4):
+                    to_poll.append(payment.payment_id)
+                    self._last_poll[payment.payment_id] = now_mono
+            if now_mono - payment.intended_mono > self.follow_horizon:
+                self._forget(payment)
 
     def mark_polled(self, payment_id: str) -> None:
         with self._lock:

@@ -1,18 +1,20 @@
 """``KafkaProducer``: the Java client's partitioner, ``acks=all``, no topic
 auto-creation, and a ``flush`` that raises unless every message was acknowledged
-(so an outbox row is only marked published once the broker has it).
+(so an outbox row is only marked published once the broker has it). A message
+produced with its own ``on_delivery`` (the sender's, one per payment) reports there
+instead, served by ``poll``, with no flush per message.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from bgmock_twin import metrics
-from bgmock_twin.bus.base import BusError
+from bgmock_twin.bus.base import BusError, Delivery
 from bgmock_twin.bus.kafka.client import Cluster, ErrorState, log, to_bus_error
 
 
@@ -36,13 +38,23 @@ class KafkaProducer:
         self._failures: list[str] = []
         self._closed = False
 
+    def _failed(self, err: KafkaError, msg: Message) -> str:
+        reason = (err.name() or "unknown").lower().lstrip("_")
+        metrics.KAFKA_CLIENT_ERRORS.labels(client=self._state.client, reason=reason).inc()
+        return f"{msg.topic()}: {err.name()}: {err.str()}"
+
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
             return
-        reason = (err.name() or "unknown").lower().lstrip("_")
-        metrics.KAFKA_CLIENT_ERRORS.labels(client=self._state.client, reason=reason).inc()
+        failure = self._failed(err, msg)
         with self._lock:
-            self._failures.append(f"{msg.topic()}: {err.name()}: {err.str()}")
+            self._failures.append(failure)
+
+    def _report_to(self, on_delivery: Delivery) -> Callable[[KafkaError | None, Message], None]:
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            on_delivery(None if err is None else self._failed(err, msg))
+
+        return delivered
 
     def produce(
         self,
@@ -50,6 +62,7 @@ class KafkaProducer:
         key: str | None,
         value: bytes,
         headers: Mapping[str, bytes] | None = None,
+        on_delivery: Delivery | None = None,
     ) -> None:
         if self._closed:
             raise BusError("producer is closed")
@@ -57,7 +70,8 @@ class KafkaProducer:
         kwargs: dict[str, Any] = {
             "value": value,
             "key": key.encode() if key is not None else None,
-            "on_delivery": self._delivered,
+            "on_delivery": self._delivered if on_delivery is None
+            else self._report_to(on_delivery),
         }
         if headers:
             kwargs["headers"] = list(headers.items())
@@ -72,6 +86,12 @@ class KafkaProducer:
                 self._producer.poll(0.5)
             except KafkaException as exc:
                 raise to_bus_error(exc, "produce") from None
+
+    def poll(self, timeout: float) -> None:
+        try:
+            self._producer.poll(timeout)
+        except KafkaException as exc:
+            raise to_bus_error(exc, "poll") from None
 
     def flush(self, timeout: float) -> None:
         try:
