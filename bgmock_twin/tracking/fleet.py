@@ -88,6 +88,7 @@ class FleetFigures:
     dispatched: int  # payments recorded in the ledger, by every replica
     dropped: int  # the replicas' drops (never in the ledger)
     unfinished: int  # recorded with no counted outcome yet
+    outcomes: dict[str, int]  # counted outcome -> payments, read with the two above
     sending_seconds: float | None
     shares: tuple[Share, ...]
 
@@ -407,7 +408,7 @@ class Fleet(Worker):
         return figures
 
     def _figures(self, sim: FleetSim) -> FleetFigures:
-        recorded, unfinished = self.store.counts(sim.simulation_id)
+        counts = self.store.counts(sim.simulation_id)
         rows: list[ShareRow] = self.store.shares(sim.simulation_id)
         live = set(self._live) | {self.me}
         shares = tuple(Share(r.instance_id, r.dispatched, r.dropped, r.sent,
@@ -420,7 +421,8 @@ class Fleet(Worker):
         seconds: float | None = sending if sending > 0 else None
         if seconds is not None and row is not None and row.state == "finished":
             seconds = max(seconds, sim.window_seconds)  # the profile's time, as one replica
-        return FleetFigures(dispatched=recorded,
+        return FleetFigures(dispatched=counts.recorded,
                             dropped=sum(s.dropped for s in shares),
-                            unfinished=unfinished, sending_seconds=seconds, shares=shares)
+                            unfinished=counts.unfinished, outcomes=counts.outcomes,
+                            sending_seconds=seconds, shares=shares)
 
