@@ -19,6 +19,7 @@ from bgmock_twin.tracking.fleet import Fleet
 from bgmock_twin.tracking.ledger import Ledger
 from bgmock_twin.tracking.ledger.fleet_store import FleetRun, FleetStore
 from bgmock_twin.tracking.ledger.leases import Leases
+from bgmock_twin.tracking.lifecycle import Outcome
 from bgmock_twin.tracking.load import Run
 from bgmock_twin.tracking.simulation_spec import SimulationSpec
 from tests.support.ledgers import running_ledger
@@ -183,3 +184,54 @@ def test_a_replica_restarted_under_its_name_sends_the_rest_of_its_blocks(
     indices = sorted(i for r in (first, second, again) for i, _ in r.sent)
     assert indices == list(range(400)), "an index lost or sent twice"
     assert again.sent and not again.taken  # its own blocks, nobody's payments
+
+
+def test_a_simulation_is_not_finished_before_its_last_payments_are_recorded(
+        ledger: Ledger) -> None:
+    """The sender's pacer ends a run once it has handed its last payment to a worker,
+    which registers and stores it a moment later (``run.sent`` after): a block done
+    at the run's end let the fleet finish a simulation whose other payments were all
+    counted with that block's rows not in the ledger yet (a taken-over block, sent in
+    one burst after the rest had settled); the rows then came with no outcome."""
+    clock = StepClock()
+    replica = Replica(ledger, "twin-0", clock)
+    _tick(clock, [replica])
+    replica.fleet.create("sim-e", _spec(10, 100), clock.now())  # one block
+    [run] = replica.runs
+    assert run.start_utc is not None
+    handed: list[tuple[int, float]] = []
+    for offset in run.offsets:  # the pacer: each payment to a worker, then the run ends
+        handed.append((run.take_index(), offset))
+        run.dispatched += 1
+    run.finish()
+
+    def state() -> str:
+        row = replica.fleet.store.run("sim-e")
+        assert row is not None
+        return row.state
+
+    for _ in range(12):  # 3 s of polls: the finish is looked at every second
+        _tick(clock, [replica])
+    assert state() == "running", "finished with its payments not recorded"
+    payments = []
+    for index, offset in handed:  # the workers store them, not counted yet
+        payment = make_payment(index, sim="sim-e", intended_at=run.start_utc + timedelta(
+            seconds=offset) - timedelta(seconds=index))
+        payment.instance_id = replica.name
+        ledger.write_payment(payment, START)
+        payments.append(payment)
+        run.mark_sent()
+    assert ledger.flush(5)
+    for _ in range(8):
+        _tick(clock, [replica])
+    assert state() == "running", "finished with payments not counted"
+    for payment in payments:
+        payment.counted = payment.outcome = Outcome.SUCCESS
+        ledger.write_payment(payment, START)
+    assert ledger.flush(5)
+    for _ in range(8):
+        _tick(clock, [replica])
+    assert state() == "finished"
+    figures = replica.fleet.figures("sim-e")
+    assert figures is not None and figures.unfinished == 0
+    assert sum(figures.outcomes.values()) == figures.dispatched == 10

@@ -144,7 +144,9 @@ class Fleet(Worker):
         self._lock = threading.RLock()
         self._sims: dict[str, FleetSim] = {}
         self._live: list[str] = []
-        self._done: deque[tuple[str, list[int]]] = deque()
+        # blocks sent, with their run (None: nothing to send), stored as done once
+        # every payment the run dispatched is in the ledger (``_mark_done``)
+        self._done: deque[tuple[str, list[int], Run | None]] = deque()
         self._next_beat = 0.0
         self._next_figures = 0.0
         self._unavailable: str | None = None
@@ -293,7 +295,7 @@ class Fleet(Worker):
         indices = plan.unsent(blocks, planned, sent, size)
         sim.scheduled.update(blocks)
         if not indices:
-            self._done.append((sim.simulation_id, blocks))
+            self._done.append((sim.simulation_id, blocks, None))
             return
         run = Run(profile=sim.spec.load_profile(),
                   offsets=iter([sim.offsets[i] for i in indices]), planned=len(indices),
@@ -303,16 +305,30 @@ class Fleet(Worker):
         self.sender.add_run(run, start_mono=sim.start_mono, start_utc=sim.run.starts_at)
 
     def _run_done(self, simulation_id: str, blocks: list[int], run: Run) -> None:
-        """On the pacer thread: a run sent all its payments (a stopped one, by a DELETE
-        or a shutdown, leaves its blocks to be taken over). Stored by the poller."""
+        """On the pacer thread: a run dispatched all its payments (a stopped one, by a
+        DELETE or a shutdown, leaves its blocks to be taken over). Stored by the poller."""
         if not run.stopped:
-            self._done.append((simulation_id, blocks))
+            self._done.append((simulation_id, blocks, run))
 
     def _mark_done(self, now: datetime) -> None:
-        while self._done:
-            simulation_id, blocks = self._done[0]
-            self.store.mark_done(simulation_id, blocks, now)
-            self._done.popleft()
+        """Store the blocks done whose payments are all in the ledger. A run is done
+        when its last payment is handed to the sender's workers, which register and
+        store it a moment later (``Sender.send``, ``run.sent`` after): a block done
+        before then would let a simulation whose other payments are all counted be
+        finished while that block's rows are not recorded yet, and the rows then
+        arrive with no outcome in a finished simulation (seen with a taken-over block,
+        sent in one burst long after the rest)."""
+        waiting: list[tuple[str, list[int], Run | None]] = []
+        try:
+            while self._done:
+                simulation_id, blocks, run = self._done[0]
+                if run is not None and run.sent < run.dispatched:
+                    waiting.append(self._done.popleft())
+                    continue
+                self.store.mark_done(simulation_id, blocks, now)
+                self._done.popleft()
+        finally:
+            self._done.extendleft(reversed(waiting))
 
     def _write_share(self, sim: FleetSim, now: datetime) -> None:
         figures = sim.local()
