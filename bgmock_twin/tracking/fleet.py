@@ -337,8 +337,10 @@ class Fleet(Worker):
             sim.written = figures
 
     def _check_finished(self, sim: FleetSim, now: datetime) -> None:
-        sim.figures = self._figures(sim)
+        # the blocks first: a block is done once its rows are stored (``_mark_done``),
+        # so the counts read after hold every row of the blocks seen done
         blocks = self.store.blocks(sim.simulation_id)
+        sim.figures = self._figures(sim)
         if plan.finished(blocks, sim.run.planned, sim.run.block_size) and \
                 sim.figures.unfinished == 0 and not self._done:
             if self.store.end(sim.simulation_id, "finished", now):
