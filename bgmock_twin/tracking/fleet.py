@@ -18,7 +18,8 @@ a poller thread (``Fleet``, every ``POLL_SECONDS``) reads the fleet tables
   which follows them (``on_payments``);
 - ``DELETE`` on any replica ends the row's ``running`` state; every replica stops
   its share when it sees that. A simulation is finished when every block is done
-  and every payment of it has a counted outcome, whichever replica sees it first;
+  (a block is done once every payment of it is stored) and every payment of it has
+  a counted outcome, whichever replica sees it first;
 - each replica writes its share's figures (dispatched, dropped, sent) as they
   change; ``figures`` puts the fleet's view together from the ledger, the same on
   every replica.
