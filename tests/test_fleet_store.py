@@ -106,7 +106,16 @@ def test_shares_counts_and_intended_times(ledger: Ledger) -> None:
     for p in payments:
         ledger.write_payment(p, NOW)
     assert ledger.flush(5)
-    assert a.counts("sim-1") == (5, 5)
+    counts = a.counts("sim-1")
+    assert (counts.recorded, counts.unfinished, counts.outcomes) == (5, 5, {})
+    payments[1].counted = payments[2].counted = Outcome.REJECTED
+    payments[3].counted = Outcome.SUCCESS
+    for p in payments[1:4]:
+        ledger.write_payment(p, NOW)
+    assert ledger.flush(5)
+    counts = b.counts("sim-1")  # outcomes and the rest from one moment: they add up
+    assert (counts.recorded, counts.unfinished) == (5, 2)
+    assert counts.outcomes == {"rejected": 2, "success": 1}
     times = a.intended_times("sim-1", NOW + timedelta(seconds=1), NOW + timedelta(seconds=3))
     assert sorted(times) == [NOW + timedelta(seconds=s) for s in (1, 2, 3)]
     assert a.end("sim-1", "stopped", NOW) and not b.end("sim-1", "finished", NOW)

@@ -18,7 +18,8 @@ a poller thread (``Fleet``, every ``POLL_SECONDS``) reads the fleet tables
   which follows them (``on_payments``);
 - ``DELETE`` on any replica ends the row's ``running`` state; every replica stops
   its share when it sees that. A simulation is finished when every block is done
-  and every payment of it has a counted outcome, whichever replica sees it first;
+  (a block is done once every payment of it is stored) and every payment of it has
+  a counted outcome, whichever replica sees it first;
 - each replica writes its share's figures (dispatched, dropped, sent) as they
   change; ``figures`` puts the fleet's view together from the ledger, the same on
   every replica.
@@ -88,6 +89,7 @@ class FleetFigures:
     dispatched: int  # payments recorded in the ledger, by every replica
     dropped: int  # the replicas' drops (never in the ledger)
     unfinished: int  # recorded with no counted outcome yet
+    outcomes: dict[str, int]  # counted outcome -> payments, read with the two above
     sending_seconds: float | None
     shares: tuple[Share, ...]
 
@@ -143,7 +145,9 @@ class Fleet(Worker):
         self._lock = threading.RLock()
         self._sims: dict[str, FleetSim] = {}
         self._live: list[str] = []
-        self._done: deque[tuple[str, list[int]]] = deque()
+        # blocks sent, with their run (None: nothing to send), stored as done once
+        # every payment the run dispatched is in the ledger (``_mark_done``)
+        self._done: deque[tuple[str, list[int], Run | None]] = deque()
         self._next_beat = 0.0
         self._next_figures = 0.0
         self._unavailable: str | None = None
@@ -292,7 +296,7 @@ class Fleet(Worker):
         indices = plan.unsent(blocks, planned, sent, size)
         sim.scheduled.update(blocks)
         if not indices:
-            self._done.append((sim.simulation_id, blocks))
+            self._done.append((sim.simulation_id, blocks, None))
             return
         run = Run(profile=sim.spec.load_profile(),
                   offsets=iter([sim.offsets[i] for i in indices]), planned=len(indices),
@@ -302,16 +306,30 @@ class Fleet(Worker):
         self.sender.add_run(run, start_mono=sim.start_mono, start_utc=sim.run.starts_at)
 
     def _run_done(self, simulation_id: str, blocks: list[int], run: Run) -> None:
-        """On the pacer thread: a run sent all its payments (a stopped one, by a DELETE
-        or a shutdown, leaves its blocks to be taken over). Stored by the poller."""
+        """On the pacer thread: a run dispatched all its payments (a stopped one, by a
+        DELETE or a shutdown, leaves its blocks to be taken over). Stored by the poller."""
         if not run.stopped:
-            self._done.append((simulation_id, blocks))
+            self._done.append((simulation_id, blocks, run))
 
     def _mark_done(self, now: datetime) -> None:
-        while self._done:
-            simulation_id, blocks = self._done[0]
-            self.store.mark_done(simulation_id, blocks, now)
-            self._done.popleft()
+        """Store the blocks done whose payments are all in the ledger. A run is done
+        when its last payment is handed to the sender's workers, which register and
+        store it a moment later (``Sender.send``, ``run.sent`` after): a block done
+        before then would let a simulation whose other payments are all counted be
+        finished while that block's rows are not recorded yet, and the rows then
+        arrive with no outcome in a finished simulation (seen with a taken-over block,
+        sent in one burst long after the rest)."""
+        waiting: list[tuple[str, list[int], Run | None]] = []
+        try:
+            while self._done:
+                simulation_id, blocks, run = self._done[0]
+                if run is not None and run.sent < run.dispatched:
+                    waiting.append(self._done.popleft())
+                    continue
+                self.store.mark_done(simulation_id, blocks, now)
+                self._done.popleft()
+        finally:
+            self._done.extendleft(reversed(waiting))
 
     def _write_share(self, sim: FleetSim, now: datetime) -> None:
         figures = sim.local()
@@ -320,8 +338,10 @@ class Fleet(Worker):
             sim.written = figures
 
     def _check_finished(self, sim: FleetSim, now: datetime) -> None:
-        sim.figures = self._figures(sim)
+        # the blocks first: a block is done once its rows are stored (``_mark_done``),
+        # so the counts read after hold every row of the blocks seen done
         blocks = self.store.blocks(sim.simulation_id)
+        sim.figures = self._figures(sim)
         if plan.finished(blocks, sim.run.planned, sim.run.block_size) and \
                 sim.figures.unfinished == 0 and not self._done:
             if self.store.end(sim.simulation_id, "finished", now):
@@ -407,7 +427,7 @@ class Fleet(Worker):
         return figures
 
     def _figures(self, sim: FleetSim) -> FleetFigures:
-        recorded, unfinished = self.store.counts(sim.simulation_id)
+        counts = self.store.counts(sim.simulation_id)
         rows: list[ShareRow] = self.store.shares(sim.simulation_id)
         live = set(self._live) | {self.me}
         shares = tuple(Share(r.instance_id, r.dispatched, r.dropped, r.sent,
@@ -420,7 +440,8 @@ class Fleet(Worker):
         seconds: float | None = sending if sending > 0 else None
         if seconds is not None and row is not None and row.state == "finished":
             seconds = max(seconds, sim.window_seconds)  # the profile's time, as one replica
-        return FleetFigures(dispatched=recorded,
+        return FleetFigures(dispatched=counts.recorded,
                             dropped=sum(s.dropped for s in shares),
-                            unfinished=unfinished, sending_seconds=seconds, shares=shares)
+                            unfinished=counts.unfinished, outcomes=counts.outcomes,
+                            sending_seconds=seconds, shares=shares)
 

@@ -408,9 +408,12 @@ class SimulationManager:
             sims = sorted(self._sims.values(), key=lambda s: s.created_at, reverse=True)
             return [self.summary(s) for s in sims]
 
-    def summary(self, sim: Simulation, figures: FleetFigures | None = None) -> SimulationSummary:
-        """``figures``: a fleet simulation's (else the cached ones are read)."""
+    def summary(self, sim: Simulation, figures: FleetFigures | None = None,
+                state: tuple[str, datetime | None] | None = None) -> SimulationSummary:
+        """``figures``: a fleet simulation's (else the cached ones are read);
+        ``state``: the state and end time read before the figures (else now)."""
         figures = figures or self._fleet_figures(sim, fresh=False)
+        state_now, finished_at = state or (sim.state, sim.finished_at)
         if figures is not None:
             sending = figures.sending_seconds
             dispatched, dropped, unfinished = \
@@ -422,8 +425,8 @@ class SimulationManager:
             unfinished = self.tracker.sim_uncounted(sim.simulation_id)
             achieved = round(sim.run_dispatched() / sending, 3) if sending else None
         return SimulationSummary(
-            simulation_id=sim.simulation_id, name=sim.spec.name, state=sim.state,
-            created_at=sim.created_at, finished_at=sim.finished_at, planned=sim.spec.count,
+            simulation_id=sim.simulation_id, name=sim.spec.name, state=state_now,
+            created_at=sim.created_at, finished_at=finished_at, planned=sim.spec.count,
             dispatched=dispatched, dropped=dropped, unfinished=unfinished,
             channel=sim.spec.channel, profile=sim.spec.profile,
             duration_seconds=sim.spec.duration, achieved_rate=achieved,
@@ -431,13 +434,21 @@ class SimulationManager:
 
     def detail(self, sim: Simulation) -> SimulationDetail:
         """The summary with progress, outcomes and latency from the ledger; raises
-        ``LedgerUnavailable`` when the ledger cannot be read."""
+        ``LedgerUnavailable`` when the ledger cannot be read.
+
+        The state is read first and a fleet simulation's outcomes with its counts in
+        one statement (``FleetStore.counts``): a simulation finishes only once every
+        payment of it is counted, so a detail saying "finished" has outcomes summing
+        to dispatched. (Outcomes read before the state could miss the last payments,
+        counted and the simulation finished while the detail was being read.)"""
+        state = (sim.state, sim.finished_at)
         self.ledger.flush(0.5)
-        counted = self.ledger.count_by_counted_outcome(sim.simulation_id)
+        figures = self._fleet_figures(sim, fresh=True)
+        counted = figures.outcomes if figures is not None else \
+            self.ledger.count_by_counted_outcome(sim.simulation_id)
         statuses = self.ledger.count_by_status(sim.simulation_id)
         durations = self.ledger.durations(sim.simulation_id)
-        figures = self._fleet_figures(sim, fresh=True)
-        summary = self.summary(sim, figures)
+        summary = self.summary(sim, figures, state)
         return SimulationDetail(
             summary=summary,
             spec=sim.spec,
@@ -448,7 +459,7 @@ class SimulationManager:
                 dispatched=summary.dispatched,
                 dropped=summary.dropped,
                 not_yet_due=max(0, sim.spec.count - summary.dispatched - summary.dropped)
-                if sim.state == "running" else 0,
+                if summary.state == "running" else 0,
                 recorded=sum(statuses.values()),
                 in_flight=statuses.get("in_flight", 0),
                 finished=sum(statuses.get(o.value, 0) for o in Outcome if o is not Outcome.STUCK),

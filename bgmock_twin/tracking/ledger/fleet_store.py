@@ -53,6 +53,18 @@ class ShareRow:
     updated_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class PaymentCounts:
+    """A simulation's payments in the ledger, read at one moment."""
+
+    recorded: int
+    outcomes: dict[str, int]  # counted outcome -> payments (the rest: not counted yet)
+
+    @property
+    def unfinished(self) -> int:
+        return self.recorded - sum(self.outcomes.values())
+
+
 class FleetStore:
     """The fleet tables, read and written by ``holder`` (this replica)."""
 
@@ -183,15 +195,17 @@ class FleetStore:
                                                p.intended_at >= since,
                                                p.intended_at <= until))]
 
-    def counts(self, simulation_id: str) -> tuple[int, int]:
-        """(payments recorded, of them with no counted outcome yet)."""
+    def counts(self, simulation_id: str) -> PaymentCounts:
+        """The simulation's payments recorded, by counted outcome: one statement, so
+        the outcomes and the payments not counted yet are of one moment (two reads
+        let a payment counted in between be in neither)."""
         p = payments.c
         with self._begin() as conn:
-            row = conn.execute(sa.select(
-                sa.func.count(),
-                sa.func.count().filter(p.counted_outcome.is_(None)),
-            ).where(p.simulation_id == simulation_id)).one()
-        return int(row[0]), int(row[1])
+            rows = conn.execute(sa.select(p.counted_outcome, sa.func.count())
+                                .where(p.simulation_id == simulation_id)
+                                .group_by(p.counted_outcome)).all()
+        outcomes = {str(r[0]): int(r[1]) for r in rows if r[0] is not None}
+        return PaymentCounts(recorded=sum(int(r[1]) for r in rows), outcomes=outcomes)
 
     def take_payments(self, dead: str) -> list[dict[str, Any]]:
         """Move the unfinished payments of the replica ``dead`` to this one and return
