@@ -20,7 +20,7 @@ from bgmock_twin.tracking.fleet import Fleet
 from bgmock_twin.tracking.ledger import Ledger
 from bgmock_twin.tracking.ledger.fleet_store import FleetRun, FleetStore
 from bgmock_twin.tracking.ledger.leases import Leases
-from bgmock_twin.tracking.lifecycle import Outcome
+from bgmock_twin.tracking.lifecycle import Outcome, Payment
 from bgmock_twin.tracking.load import Run
 from bgmock_twin.tracking.simulation_spec import SimulationSpec
 from bgmock_twin.tracking.simulations import SimulationManager
@@ -76,14 +76,20 @@ class Replica:
                 index = run.take_index()
                 self.sent.append((index, offset))
                 if write:
-                    assert run.start_utc is not None
-                    payment = make_payment(index, sim=run.simulation_id,
-                                           intended_at=run.start_utc + timedelta(seconds=offset)
-                                           - timedelta(seconds=index))
-                    payment.instance_id = self.name
-                    self.ledger.write_payment(payment, START)
+                    self.record(run, index, offset)
                 if budget is not None:
                     budget -= 1
+
+    def record(self, run: Run, index: int, offset: float) -> Payment:
+        """Write the payment of ``run``'s ``index`` (due ``offset`` after its start)
+        as this replica's sender would register it."""
+        assert run.start_utc is not None
+        payment = make_payment(index, sim=run.simulation_id,
+                               intended_at=run.start_utc + timedelta(seconds=offset)
+                               - timedelta(seconds=index))
+        payment.instance_id = self.name
+        self.ledger.write_payment(payment, START)
+        return payment
 
 
 @pytest.fixture
@@ -217,11 +223,7 @@ def test_a_simulation_is_not_finished_before_its_last_payments_are_recorded(
     assert state() == "running", "finished with its payments not recorded"
     payments = []
     for index, offset in handed:  # the workers store them, not counted yet
-        payment = make_payment(index, sim="sim-e", intended_at=run.start_utc + timedelta(
-            seconds=offset) - timedelta(seconds=index))
-        payment.instance_id = replica.name
-        ledger.write_payment(payment, START)
-        payments.append(payment)
+        payments.append(replica.record(run, index, offset))
         run.mark_sent()
     assert ledger.flush(5)
     for _ in range(8):
@@ -258,12 +260,7 @@ def test_a_detail_read_while_the_simulation_finishes_adds_up(
     assert run.start_utc is not None
     payments = []
     for offset in run.offsets:
-        index = run.take_index()
-        payment = make_payment(index, sim="sim-f", intended_at=run.start_utc + timedelta(
-            seconds=offset) - timedelta(seconds=index))
-        payment.instance_id = replica.name
-        ledger.write_payment(payment, START)
-        payments.append(payment)
+        payments.append(replica.record(run, run.take_index(), offset))
     run.finish()
     assert ledger.flush(5)
     for _ in range(8):
