@@ -52,7 +52,7 @@ class Replica:
         self.sent: list[tuple[int, float]] = []
         self.taken: list[dict[str, Any]] = []
         self.fleet = Fleet(FleetStore(ledger.engine, name), Leases(ledger.engine, name, clock.now),
-                           self, SETTINGS, clock, on_payments=self.taken.extend,
+                           self, ledger, SETTINGS, clock, on_payments=self.taken.extend,
                            ready=lambda: True)
 
     def add_run(self, run: Run, start_mono: float | None = None,
@@ -195,22 +195,33 @@ def test_a_replica_restarted_under_its_name_sends_the_rest_of_its_blocks(
 
 
 def test_a_simulation_is_not_finished_before_its_last_payments_are_recorded(
-        ledger: Ledger) -> None:
-    """The sender's pacer ends a run once it has handed its last payment to a worker,
-    which registers and stores it a moment later (``run.sent`` after): a block done
-    at the run's end let the fleet finish a simulation whose other payments were all
-    counted with that block's rows not in the ledger yet (a taken-over block, sent in
-    one burst after the rest had settled); the rows then came with no outcome."""
+        ledger_url: str) -> None:
+    """The sender registers each payment before it sends it, but the ledger stores
+    rows behind, in batches: a run whose payments all went may still have its rows in
+    the writer's buffer. A block done at the run's end let the fleet finish a
+    simulation whose other payments were all counted with that block's rows not in
+    the ledger yet (a taken-over block, sent in one burst after the rest had
+    settled); the rows then came with no outcome. Here the writer is held back."""
+    ledger = Ledger(ledger_url, buffer_size=10_000, flush_interval=0.02)
+    assert ledger.open()  # its writer not started yet: rows stay in the buffer
+    try:
+        _not_finished_before_recorded(ledger)
+    finally:
+        ledger.stop(2)
+        ledger.close()
+
+
+def _not_finished_before_recorded(ledger: Ledger) -> None:
     clock = StepClock()
     replica = Replica(ledger, "twin-0", clock)
     _tick(clock, [replica])
     replica.fleet.create("sim-e", _spec(10, 100), clock.now())  # one block
     [run] = replica.runs
-    assert run.start_utc is not None
-    handed: list[tuple[int, float]] = []
-    for offset in run.offsets:  # the pacer: each payment to a worker, then the run ends
-        handed.append((run.take_index(), offset))
+    payments = []
+    for offset in run.offsets:  # the sender: registered, sent; then the run ends
+        payments.append(replica.record(run, run.take_index(), offset))
         run.dispatched += 1
+        run.mark_sent()
     run.finish()
 
     def state() -> str:
@@ -221,10 +232,7 @@ def test_a_simulation_is_not_finished_before_its_last_payments_are_recorded(
     for _ in range(12):  # 3 s of polls: the finish is looked at every second
         _tick(clock, [replica])
     assert state() == "running", "finished with its payments not recorded"
-    payments = []
-    for index, offset in handed:  # the workers store them, not counted yet
-        payments.append(replica.record(run, index, offset))
-        run.mark_sent()
+    ledger.start()  # the writer stores them, not counted yet
     assert ledger.flush(5)
     for _ in range(8):
         _tick(clock, [replica])

@@ -64,6 +64,17 @@ class RunSink(Protocol):
     def stop_run(self, run: Run) -> None: ...
 
 
+class WrittenSeq(Protocol):
+    """What the fleet needs of the ledger: the sequence number of the last write, and
+    up to which one everything is stored (``LedgerStore.last_seq``/``durable_seq``)."""
+
+    @property
+    def last_seq(self) -> int: ...
+
+    @property
+    def durable_seq(self) -> int: ...
+
+
 class Members(Protocol):
     """What the fleet tells the simulations: one found in the ledger, one ended."""
 
@@ -126,7 +137,7 @@ class FleetSim:
 
 class Fleet(Worker):
     def __init__(self, store: FleetStore, leases: Leases, sender: RunSink,
-                 settings: FleetSettings, clock: Clock, *,
+                 ledger: WrittenSeq, settings: FleetSettings, clock: Clock, *,
                  on_payments: Callable[[list[dict[str, Any]]], None],
                  ready: Callable[[], bool]) -> None:
         super().__init__("fleet", error_event="fleet_poll_failed")
@@ -134,6 +145,7 @@ class Fleet(Worker):
         self.leases = leases
         self.me = store.holder
         self.sender = sender
+        self.ledger = ledger
         self.settings = settings
         self.clock = clock
         self.on_payments = on_payments
@@ -145,9 +157,10 @@ class Fleet(Worker):
         self._lock = threading.RLock()
         self._sims: dict[str, FleetSim] = {}
         self._live: list[str] = []
-        # blocks sent, with their run (None: nothing to send), stored as done once
-        # every payment the run dispatched is in the ledger (``_mark_done``)
-        self._done: deque[tuple[str, list[int], Run | None]] = deque()
+        # blocks sent, with the ledger's last write when their run ended (every row
+        # of its payments is at or below it), stored as done once the ledger has
+        # stored up to it (``_mark_done``)
+        self._done: deque[tuple[str, list[int], int]] = deque()
         self._next_beat = 0.0
         self._next_figures = 0.0
         self._unavailable: str | None = None
@@ -296,7 +309,7 @@ class Fleet(Worker):
         indices = plan.unsent(blocks, planned, sent, size)
         sim.scheduled.update(blocks)
         if not indices:
-            self._done.append((sim.simulation_id, blocks, None))
+            self._done.append((sim.simulation_id, blocks, 0))
             return
         run = Run(profile=sim.spec.load_profile(),
                   offsets=iter([sim.offsets[i] for i in indices]), planned=len(indices),
@@ -306,24 +319,25 @@ class Fleet(Worker):
         self.sender.add_run(run, start_mono=sim.start_mono, start_utc=sim.run.starts_at)
 
     def _run_done(self, simulation_id: str, blocks: list[int], run: Run) -> None:
-        """On the pacer thread: a run dispatched all its payments (a stopped one, by a
-        DELETE or a shutdown, leaves its blocks to be taken over). Stored by the poller."""
+        """On the sender's thread: every payment of a run went (a stopped one, by a
+        DELETE or a shutdown, leaves its blocks to be taken over). Stored by the poller
+        once their rows are (the sender registers a payment before it sends it)."""
         if not run.stopped:
-            self._done.append((simulation_id, blocks, run))
+            self._done.append((simulation_id, blocks, self.ledger.last_seq))
 
     def _mark_done(self, now: datetime) -> None:
-        """Store the blocks done whose payments are all in the ledger. A run is done
-        when its last payment is handed to the sender's workers, which register and
-        store it a moment later (``Sender.send``, ``run.sent`` after): a block done
-        before then would let a simulation whose other payments are all counted be
-        finished while that block's rows are not recorded yet, and the rows then
-        arrive with no outcome in a finished simulation (seen with a taken-over block,
-        sent in one burst long after the rest)."""
-        waiting: list[tuple[str, list[int], Run | None]] = []
+        """Store the blocks done whose payments' rows the ledger has stored (its write-
+        behind buffer may still hold them when the run ends): a block done before
+        then would let a simulation whose other payments are all counted be finished
+        while that block's rows are not recorded yet, and the rows then arrive with
+        no outcome in a finished simulation (seen with a taken-over block, sent in one
+        burst long after the rest)."""
+        durable = self.ledger.durable_seq
+        waiting: list[tuple[str, list[int], int]] = []
         try:
             while self._done:
-                simulation_id, blocks, run = self._done[0]
-                if run is not None and run.sent < run.dispatched:
+                simulation_id, blocks, written = self._done[0]
+                if written > durable:
                     waiting.append(self._done.popleft())
                     continue
                 self.store.mark_done(simulation_id, blocks, now)

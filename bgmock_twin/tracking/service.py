@@ -195,7 +195,7 @@ class Tracking:
         engine = make_engine(self.settings.twin_database_url.get_secret_value(), reader=True)
         leases = Leases(engine, self.settings.instance_id)
         return Fleet(FleetStore(engine, self.settings.instance_id), leases, self.sender,
-                     self.settings, self.tracker.clock, on_payments=self._take_over,
+                     self.ledger, self.settings, self.tracker.clock, on_payments=self._take_over,
                      ready=lambda: self._resumed.is_set())
 
     def _take_over(self, rows: list[dict[str, object]]) -> None:
