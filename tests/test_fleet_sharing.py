@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -195,14 +196,15 @@ def test_a_replica_restarted_under_its_name_sends_the_rest_of_its_blocks(
 
 
 def test_a_simulation_is_not_finished_before_its_last_payments_are_recorded(
-        ledger_url: str) -> None:
+        ledger_url: str, tmp_path: Path) -> None:
     """The sender registers each payment before it sends it, but the ledger stores
     rows behind, in batches: a run whose payments all went may still have its rows in
     the writer's buffer. A block done at the run's end let the fleet finish a
     simulation whose other payments were all counted with that block's rows not in
     the ledger yet (a taken-over block, sent in one burst after the rest had
     settled); the rows then came with no outcome. Here the writer is held back."""
-    ledger = Ledger(ledger_url, buffer_size=10_000, flush_interval=0.02)
+    # rows still held when it stops (the test failed) spill here, not in the cwd
+    ledger = Ledger(ledger_url, buffer_size=10_000, flush_interval=0.02, spill_dir=tmp_path)
     assert ledger.open()  # its writer not started yet: rows stay in the buffer
     try:
         _not_finished_before_recorded(ledger)
