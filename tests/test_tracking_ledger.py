@@ -97,6 +97,38 @@ def test_newer_snapshots_replace_older_ones_and_unfinished_ones_reload(ledger: L
     assert ledger.durable_seq == ledger.last_seq
 
 
+def test_a_restart_reads_its_payments_back_in_chunks_none_lost_or_repeated(
+        ledger: Ledger) -> None:
+    """The resume reads a chunk at a time, each read taken up after the last row of
+    the one before: payments sharing an intended send time across a chunk's edge are
+    neither skipped nor read twice, and steps come with each chunk's rows."""
+    open_ = [make_payment(i // 3) for i in range(10)]  # three at each send time
+    finished = [make_payment(i // 4) for i in range(9)]
+    for p in open_ + finished:
+        observe_step(p, Step.ACCEPTED, p.intended_mono + 0.1, p.intended_at)
+    for p in finished:
+        observe_step(p, Step.SETTLED, p.intended_mono + 1.0, p.intended_at, Status.SUCCESS)
+    for p in open_ + finished:
+        ledger.write_payment(p, NOW)
+    assert ledger.flush(5)
+
+    chunks = list(ledger.unfinished_chunks("test", chunk_size=4))
+    assert [len(c) for c in chunks] == [4, 4, 2]
+    rows = [row for chunk in chunks for row in chunk]
+    assert sorted(r["payment_id"] for r in rows) == sorted(p.payment_id for p in open_)
+    assert [r["intended_at"] for r in rows] == sorted(p.intended_at for p in open_)
+    assert all(r["accepted_at"] is not None for r in rows)
+    assert rows == ledger.load_unfinished("test")  # the same rows as one read
+    assert [len(c) for c in ledger.unfinished_chunks("test", limit=7, chunk_size=4)] == [4, 3]
+
+    recent = [row for chunk in ledger.recent_finished_chunks(
+        "test", NOW - timedelta(hours=1), chunk_size=2) for row in chunk]
+    assert sorted(r["payment_id"] for r in recent) == sorted(p.payment_id for p in finished)
+    assert [r["intended_at"] for r in recent] == sorted(
+        (p.intended_at for p in finished), reverse=True)  # newest first
+    assert list(ledger.unfinished_chunks("another-replica")) == []
+
+
 def test_queries_filter_page_and_count(ledger: Ledger) -> None:
     sim = str(uuid.uuid4())
     batch = [make_payment(i, sim=sim if i % 2 else None) for i in range(10)]

@@ -78,6 +78,7 @@ from bgmock_twin.tracking.singletons import CANARY_LEASE, FleetJob, exclusive_pa
 from bgmock_twin.tracking.status import LedgerStatus, TrackingStatus
 from bgmock_twin.tracking.testhooks import PauseHook
 from bgmock_twin.tracking.tracker import Tracker
+from bgmock_twin.workers import release_freed_memory
 
 log = get_logger(__name__)
 
@@ -283,23 +284,30 @@ class Tracking:
         log.info("tracking_stopped")
 
     def _resume(self) -> None:
+        """Follow again what the ledger holds in flight for this instance, read back a
+        chunk at a time (``Ledger.unfinished_chunks``), never all rows at once; a chunk already
+        taken (a retry after the ledger failed midway) is skipped by the tracker."""
         if self._resumed.is_set():
             return
+        instance = self.settings.instance_id
+        following = 0
         try:
-            instance = self.settings.instance_id
-            rows = self.ledger.load_unfinished(instance)
-            rows += self.ledger.load_recent_finished(instance, self.tracker.recent_horizon)
+            for rows in self.ledger.unfinished_chunks(instance):
+                following += self.tracker.resume(rows)
+                self._rematch_resumed(rows)
+            for rows in self.ledger.recent_finished_chunks(instance,
+                                                           self.tracker.recent_horizon):
+                self.tracker.resume(rows)
         except LedgerUnavailable as exc:
             log.warning("tracking_resume_failed", error=str(exc))
             return
         self._resumed.set()
-        following = self.tracker.resume(rows)
         if self.rest_follower is not None:
             self.rest_follower.resume()
-        self._rematch_resumed(rows)
         self.simulations.load()
         if following:
             log.info("tracking_resumed", payments_in_flight=following)
+            release_freed_memory()
 
     def _rematch_resumed(self, rows: list[dict[str, object]]) -> None:
         """The resumed payments keep their triples; the REST ones the killed process

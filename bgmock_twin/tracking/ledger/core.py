@@ -17,6 +17,10 @@ from bgmock_twin.tracking.ledger.store import LedgerStore
 from bgmock_twin.tracking.lifecycle import Payment, Step
 from bgmock_twin.tracking.records import PaymentRecord
 
+# How many payments a restart reads back at a time: as one list, 100k in flight were
+# about 300 MB of row mappings at once, which the allocator kept after they were freed.
+RESUME_CHUNK = 2_000
+
 
 class Ledger(LedgerStore):
     """The twin's record of every synthetic payment, its simulations and deposits."""
@@ -49,6 +53,18 @@ class Ledger(LedgerStore):
     def load_recent_finished(self, instance_id: str, since: datetime,
                              limit: int = 20_000) -> list[dict[str, Any]]:
         return queries.recent_finished(self.engine, instance_id, since, limit)
+
+    def unfinished_chunks(self, instance_id: str, limit: int = 200_000,
+                          chunk_size: int = RESUME_CHUNK) -> Iterator[list[dict[str, Any]]]:
+        """``load_unfinished`` a chunk at a time (each its own read, see
+        ``RESUME_CHUNK``)."""
+        return queries.unfinished_chunks(self.engine, instance_id, limit, chunk_size)
+
+    def recent_finished_chunks(self, instance_id: str, since: datetime,
+                               limit: int = 20_000, chunk_size: int = RESUME_CHUNK
+                               ) -> Iterator[list[dict[str, Any]]]:
+        return queries.recent_finished_chunks(self.engine, instance_id, since, limit,
+                                              chunk_size)
 
     def known_transactions(self, transaction_ids: list[str]) -> set[str]:
         """Which of these transaction ids a stored payment holds (any instance)."""

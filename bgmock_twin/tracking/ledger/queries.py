@@ -84,20 +84,60 @@ def with_steps(conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str, A
     return rows
 
 
-def unfinished(engine: Engine, instance_id: str, limit: int) -> list[dict[str, Any]]:
+def unfinished_chunks(engine: Engine, instance_id: str, limit: int,
+                      chunk_size: int) -> Iterator[list[dict[str, Any]]]:
     """This instance's payments still in flight (replicas sharing a ledger each
-    follow only their own)."""
-    return read(engine, sa.select(payments)
-                .where(payments.c.finished.is_(False), payments.c.instance_id == instance_id)
-                .order_by(payments.c.intended_at).limit(limit), steps=True)
+    follow only their own), oldest first, ``chunk_size`` at a time."""
+    return _keyset_chunks(engine, (payments.c.finished.is_(False),
+                                   payments.c.instance_id == instance_id),
+                          oldest_first=True, limit=limit, chunk_size=chunk_size)
+
+
+def unfinished(engine: Engine, instance_id: str, limit: int) -> list[dict[str, Any]]:
+    return [row for rows in unfinished_chunks(engine, instance_id, limit, limit)
+            for row in rows]
+
+
+def recent_finished_chunks(engine: Engine, instance_id: str, since: datetime, limit: int,
+                           chunk_size: int) -> Iterator[list[dict[str, Any]]]:
+    """This instance's payments finished since ``since``, newest first."""
+    return _keyset_chunks(engine, (payments.c.finished.is_(True),
+                                   payments.c.instance_id == instance_id,
+                                   payments.c.intended_at >= since),
+                          oldest_first=False, limit=limit, chunk_size=chunk_size)
 
 
 def recent_finished(engine: Engine, instance_id: str, since: datetime,
                     limit: int) -> list[dict[str, Any]]:
-    return read(engine, sa.select(payments)
-                .where(payments.c.finished.is_(True), payments.c.instance_id == instance_id,
-                       payments.c.intended_at >= since)
-                .order_by(payments.c.intended_at.desc()).limit(limit), steps=True)
+    return [row for rows in recent_finished_chunks(engine, instance_id, since, limit, limit)
+            for row in rows]
+
+
+def _keyset_chunks(engine: Engine, conditions: tuple[Any, ...], oldest_first: bool,
+                   limit: int, chunk_size: int) -> Iterator[list[dict[str, Any]]]:
+    """Whole payments matching ``conditions`` in (intended_at, payment_id) order, at
+    most ``limit``, ``chunk_size`` at a time: each chunk its own short read, taken up
+    after the last row of the one before (as ``payment_row_chunks``)."""
+    at, pid = payments.c.intended_at, payments.c.payment_id
+    order = (at, pid) if oldest_first else (at.desc(), pid.desc())
+    remaining, after = limit, None
+    while remaining > 0:
+        size = min(chunk_size, remaining)
+        statement = sa.select(payments).where(*conditions)
+        if after is not None:
+            last_at, last_id = after
+            if oldest_first:
+                beyond = sa.or_(at > last_at, sa.and_(at == last_at, pid > last_id))
+            else:
+                beyond = sa.or_(at < last_at, sa.and_(at == last_at, pid < last_id))
+            statement = statement.where(beyond)
+        rows = read(engine, statement.order_by(*order).limit(size), steps=True)
+        if rows:
+            yield rows
+        if len(rows) < size:
+            return
+        remaining -= len(rows)
+        after = (rows[-1]["intended_at"], rows[-1]["payment_id"])
 
 
 def known_transactions(engine: Engine, transaction_ids: list[str]) -> set[str]:
