@@ -28,6 +28,8 @@ def test_runs_errors_and_overlaps_are_counted() -> None:
     def slow() -> None:
         release.wait(10)
 
+    before_ok = _value("bgmock_scheduler_job_runs_total", task="t_ok", result="success")
+    before_timed = _value("bgmock_scheduler_job_duration_seconds_count", task="t_ok")
     before_err = _value("bgmock_scheduler_job_runs_total", task="t_boom", result="error")
     before_overlap = _value("bgmock_scheduler_job_max_instances_total", task="t_slow")
     scheduler.add_interval("t_ok", ok, 0.2, run_now=True)
@@ -35,13 +37,19 @@ def test_runs_errors_and_overlaps_are_counted() -> None:
     scheduler.add_interval("t_slow", slow, 0.2, run_now=True)
     scheduler.start()
     try:
-        wait_for(lambda: calls["ok"] >= 2, timeout=10, message="two runs")
+        # a run is counted once APScheduler's executed event follows the call: wait
+        # for the count, not for the calls (asserting it right after raced)
+        wait_for(lambda: _value("bgmock_scheduler_job_runs_total", task="t_ok",
+                                result="success") >= before_ok + 2,
+                 timeout=10, message="two runs counted")
+        assert calls["ok"] >= 2
         wait_for(lambda: _value("bgmock_scheduler_job_runs_total", task="t_boom",
                                 result="error") > before_err, timeout=10, message="error run")
         wait_for(lambda: _value("bgmock_scheduler_job_max_instances_total",
                                 task="t_slow") > before_overlap, timeout=10, message="overlap")
-        assert _value("bgmock_scheduler_job_runs_total", task="t_ok", result="success") >= 2
-        assert _value("bgmock_scheduler_job_duration_seconds_count", task="t_ok") >= 2
+        # timed inside the run, before the executed event counts it
+        assert _value("bgmock_scheduler_job_duration_seconds_count",
+                      task="t_ok") >= before_timed + 2
         assert set(scheduler.job_names()) == {"t_ok", "t_boom", "t_slow"}
     finally:
         release.set()
