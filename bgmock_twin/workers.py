@@ -32,7 +32,6 @@ resume) back to the system.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import threading
 
@@ -59,14 +58,12 @@ def release_freed_memory() -> None:
     no-op elsewhere). glibc keeps what a burst of small objects freed: after a
     resume of 100k payments in flight, 270 MiB of a 720 MiB RSS was such free heap
     (measured). Takes a few milliseconds; for one-off bursts, not hot paths."""
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        trim = getattr(libc, "malloc_trim", None)
-        if trim is not None:
-            trim(0)
-    except OSError:  # no C library to load: nothing to give back this way
-        pass
+        trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the process's own libc
+    except OSError:  # no symbols of the process to load: nothing to give back this way
+        return
+    if trim is not None:
+        trim(0)
 
 
 class Backoff:

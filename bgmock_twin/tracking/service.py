@@ -284,9 +284,9 @@ class Tracking:
         log.info("tracking_stopped")
 
     def _resume(self) -> None:
-        """Follow again what the ledger holds in flight for this instance, read back a
-        chunk at a time (``Ledger.unfinished_chunks``), never all rows at once; a chunk already
-        taken (a retry after the ledger failed midway) is skipped by the tracker."""
+        """Follow again what the ledger holds in flight for this instance, read back
+        a chunk at a time (``Ledger.unfinished_chunks``), never all rows at once; the
+        tracker skips what a retry after a failure midway reads again."""
         if self._resumed.is_set():
             return
         instance = self.settings.instance_id

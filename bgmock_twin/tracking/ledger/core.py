@@ -63,6 +63,7 @@ class Ledger(LedgerStore):
     def recent_finished_chunks(self, instance_id: str, since: datetime,
                                limit: int = 20_000, chunk_size: int = RESUME_CHUNK
                                ) -> Iterator[list[dict[str, Any]]]:
+        """``load_recent_finished`` a chunk at a time."""
         return queries.recent_finished_chunks(self.engine, instance_id, since, limit,
                                               chunk_size)
 

@@ -143,8 +143,8 @@ def record_from_row(row: dict[str, Any]) -> PaymentRecord:
     return PaymentRecord(
         payment_id=row["payment_id"],
         transaction_id=row["transaction_id"],
-        simulation_id=sys.intern(row["simulation_id"]) if row["simulation_id"] else None,
-        instance_id=sys.intern(row["instance_id"]),
+        simulation_id=row["simulation_id"],
+        instance_id=row["instance_id"],
         channel=Channel(row["channel"]),
         route=Route(row["route"]),
         kind=Kind(row["kind"]),
