@@ -16,7 +16,7 @@ payments just read, so callers see one flat mapping per payment (``rows``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -84,13 +84,16 @@ def with_steps(conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str, A
     return rows
 
 
+Key = tuple[datetime, str]  # (intended_at, payment_id) of the last row read
+
+
 def unfinished_chunks(engine: Engine, instance_id: str, limit: int,
                       chunk_size: int) -> Iterator[list[dict[str, Any]]]:
     """This instance's payments still in flight (replicas sharing a ledger each
     follow only their own), oldest first, ``chunk_size`` at a time."""
-    return _keyset_chunks(engine, (payments.c.finished.is_(False),
-                                   payments.c.instance_id == instance_id),
-                          oldest_first=True, limit=limit, chunk_size=chunk_size)
+    mine = (payments.c.finished.is_(False), payments.c.instance_id == instance_id)
+    return _chunks(engine, lambda after: _in_key_order(mine, after, oldest_first=True),
+                   limit, chunk_size)
 
 
 def unfinished(engine: Engine, instance_id: str, limit: int) -> list[dict[str, Any]]:
@@ -101,10 +104,10 @@ def unfinished(engine: Engine, instance_id: str, limit: int) -> list[dict[str, A
 def recent_finished_chunks(engine: Engine, instance_id: str, since: datetime, limit: int,
                            chunk_size: int) -> Iterator[list[dict[str, Any]]]:
     """This instance's payments finished since ``since``, newest first."""
-    return _keyset_chunks(engine, (payments.c.finished.is_(True),
-                                   payments.c.instance_id == instance_id,
-                                   payments.c.intended_at >= since),
-                          oldest_first=False, limit=limit, chunk_size=chunk_size)
+    mine = (payments.c.finished.is_(True), payments.c.instance_id == instance_id,
+            payments.c.intended_at >= since)
+    return _chunks(engine, lambda after: _in_key_order(mine, after, oldest_first=False),
+                   limit, chunk_size)
 
 
 def recent_finished(engine: Engine, instance_id: str, since: datetime,
@@ -113,31 +116,42 @@ def recent_finished(engine: Engine, instance_id: str, since: datetime,
             for row in rows]
 
 
-def _keyset_chunks(engine: Engine, conditions: tuple[Any, ...], oldest_first: bool,
-                   limit: int, chunk_size: int) -> Iterator[list[dict[str, Any]]]:
-    """Whole payments matching ``conditions`` in (intended_at, payment_id) order, at
-    most ``limit``, ``chunk_size`` at a time: each chunk its own short read, taken up
-    after the last row of the one before (as ``payment_row_chunks``)."""
+def _in_key_order(conditions: tuple[Any, ...], after: Key | None, oldest_first: bool) -> Any:
+    """Whole payments matching ``conditions`` beyond ``after``, in (intended_at,
+    payment_id) order, both ascending or both descending."""
     at, pid = payments.c.intended_at, payments.c.payment_id
-    order = (at, pid) if oldest_first else (at.desc(), pid.desc())
-    remaining, after = limit, None
-    while remaining > 0:
-        size = min(chunk_size, remaining)
-        statement = sa.select(payments).where(*conditions)
-        if after is not None:
-            last_at, last_id = after
-            if oldest_first:
-                beyond = sa.or_(at > last_at, sa.and_(at == last_at, pid > last_id))
-            else:
-                beyond = sa.or_(at < last_at, sa.and_(at == last_at, pid < last_id))
-            statement = statement.where(beyond)
-        rows = read(engine, statement.order_by(*order).limit(size), steps=True)
+    statement = sa.select(payments).where(*conditions)
+    if after is not None:
+        last_at, last_id = after
+        if oldest_first:
+            statement = statement.where(
+                sa.or_(at > last_at, sa.and_(at == last_at, pid > last_id)))
+        else:
+            statement = statement.where(
+                sa.or_(at < last_at, sa.and_(at == last_at, pid < last_id)))
+    return statement.order_by(*((at, pid) if oldest_first else (at.desc(), pid.desc())))
+
+
+def _chunks(engine: Engine, beyond: Callable[[Key | None], Any], limit: int | None,
+            chunk_size: int, offset: int = 0,
+            after: Key | None = None) -> Iterator[list[dict[str, Any]]]:
+    """Whole payments, ``chunk_size`` at a time, at most ``limit`` (every one when
+    None): ``beyond(key)`` is the ordered statement of the payments after ``key``.
+    Each chunk is its own short read, taken up after the last row of the one
+    before; a payment written meanwhile further on in the order is still seen, one
+    written before it is not."""
+    remaining = limit
+    while remaining is None or remaining > 0:
+        size = chunk_size if remaining is None else min(chunk_size, remaining)
+        rows = read(engine, beyond(after).limit(size).offset(offset), steps=True)
         if rows:
             yield rows
         if len(rows) < size:
             return
-        remaining -= len(rows)
+        offset = 0
         after = (rows[-1]["intended_at"], rows[-1]["payment_id"])
+        if remaining is not None:
+            remaining -= len(rows)
 
 
 def known_transactions(engine: Engine, transaction_ids: list[str]) -> set[str]:
@@ -178,23 +192,9 @@ def payment_rows(engine: Engine, q: PaymentQuery) -> list[dict[str, Any]]:
 def payment_row_chunks(engine: Engine, q: PaymentQuery,
                        chunk_size: int) -> Iterator[list[dict[str, Any]]]:
     """Payments matching ``q``, newest first, ``chunk_size`` rows at a time, at most
-    ``q.limit`` in all (every one when None). Each chunk is its own short read, which
-    resumes after the last row of the previous one; a payment written meanwhile
-    further on in the order is still seen, one written before it is not."""
-    remaining, offset, after = q.limit, q.offset, q.after
-    while remaining is None or remaining > 0:
-        size = chunk_size if remaining is None else min(chunk_size, remaining)
-        chunk_query = PaymentQuery(q.status, q.simulation_id, q.since, q.channel, q.route,
-                                   after=after)
-        rows = read(engine, _matching(chunk_query).limit(size).offset(offset), steps=True)
-        if rows:
-            yield rows
-        if len(rows) < size:
-            return
-        offset = 0
-        after = (rows[-1]["intended_at"], rows[-1]["payment_id"])
-        if remaining is not None:
-            remaining -= len(rows)
+    ``q.limit`` in all (every one when None), each chunk its own read (``_chunks``)."""
+    return _chunks(engine, lambda after: _matching(replace(q, after=after)), q.limit,
+                   chunk_size, q.offset, q.after)
 
 
 def payment_row_by_id(engine: Engine, identifier: str) -> dict[str, Any] | None:
