@@ -128,6 +128,24 @@ def test_three_replicas_send_every_index_once_a_third_each(ledger: Ledger) -> No
     assert all(abs(offset - index / 150) < 1e-9 for r in replicas for index, offset in r.sent)
 
 
+def test_a_simulation_posted_before_the_first_heartbeat_is_not_taken_over(
+        ledger: Ledger) -> None:
+    """A replica asked for a simulation before its poller first ran claims blocks;
+    without its lease in the ledger the others took them over as a dead replica's,
+    and both sent them (seen: 50 payments for 30)."""
+    clock = StepClock()
+    replicas = [Replica(ledger, f"twin-{i}", clock) for i in range(2)]
+    _tick(clock, replicas[:1])  # twin-1's poller has not run yet
+    replicas[1].fleet.create("sim-f", _spec(300, 100), clock.now())
+    for _ in range(20):  # 5 s of polls for 3 s of schedule
+        _tick(clock, replicas)
+        for replica in replicas:
+            replica.send()
+    indices = sorted(i for r in replicas for i, _ in r.sent)
+    assert indices == list(range(300)), "an index sent twice or lost"
+    assert all(r.sent for r in replicas)
+
+
 def test_a_dead_replicas_blocks_and_payments_are_taken_over_once(ledger: Ledger) -> None:
     clock = StepClock()
     replicas = [Replica(ledger, f"twin-{i}", clock) for i in range(3)]

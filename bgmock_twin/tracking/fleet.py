@@ -183,11 +183,8 @@ class Fleet(Worker):
         """One poll: heartbeat and take-overs when due, then every running simulation."""
         mono, now = self.clock.monotonic(), self.clock.now()
         with self._lock:
-            if mono >= self._next_beat:
-                self.leases.acquire(replica_lease(self.me), self.settings.fleet_lease_seconds)
-                self._next_beat = mono + self.settings.fleet_heartbeat_seconds
-                if self.ready():
-                    self._take_over_replicas(now)
+            if self._beat(mono) and self.ready():
+                self._take_over_replicas(now)
             self._live = [lease.holder for lease in self.leases.live()]
             self._mark_done(now)
             running = self.store.runs(["running"])
@@ -221,6 +218,14 @@ class Fleet(Worker):
         self.store.engine.dispose()
 
     # --- membership --------------------------------------------------------------------------
+    def _beat(self, mono: float) -> bool:
+        """Renew this replica's lease when due (under the lock); whether it did."""
+        if mono < self._next_beat:
+            return False
+        self.leases.acquire(replica_lease(self.me), self.settings.fleet_lease_seconds)
+        self._next_beat = mono + self.settings.fleet_heartbeat_seconds
+        return True
+
     def _take_over_replicas(self, now: datetime) -> None:
         """Move the unfinished payments of every replica whose lease expired here."""
         for lease in self.leases.expired():
@@ -235,7 +240,12 @@ class Fleet(Worker):
     # --- simulations -------------------------------------------------------------------------
     def create(self, simulation_id: str, spec: SimulationSpec, created_at: datetime) -> None:
         """Start a simulation for the fleet: its row, then this replica's first blocks
-        at once (the others join on their next poll)."""
+        at once (the others join on their next poll). Its lease first, if the poller
+        has not written it yet: blocks held by a replica without a live lease are
+        taken over by the others (seen: a simulation posted just after start was
+        sent twice, 50 payments for 30)."""
+        with self._lock:
+            self._beat(self.clock.monotonic())
         others = [lease.holder for lease in self.leases.live() if lease.holder != self.me]
         lead = self.settings.fleet_join_seconds if others else 0.0
         row = FleetRun(simulation_id=simulation_id, creator=self.me, spec=spec.to_json(),
