@@ -25,6 +25,10 @@ pytestmark = pytest.mark.slow  # started first by make test's workers (conftest)
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "client-test-token-" + "x" * 24
+# One of the twelve payments may be refused by BGMock's optimistic lock (a 500 on a
+# lost race with a listener's write on the payer: faithful, rare, more so when idle);
+# two may not.
+SUCCESS_THRESHOLD = "success_ratio>=0.9"
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -63,7 +67,7 @@ def test_a_run_that_meets_its_thresholds_exits_0_with_summary_and_every_payment(
     out, payments = tmp_path / "summary.json", tmp_path / "payments.csv"
     result = client(
         "simulate", "--url", twin.url, "--rate", "8", "--count", "12", "--name", "ci-pass",
-        "--wait", "--threshold", "success_ratio>=0.99", "--threshold", "dropped==0",
+        "--wait", "--threshold", SUCCESS_THRESHOLD, "--threshold", "dropped==0",
         "--threshold", "stuck==0", "--threshold", "p95_total<30",
         "--out", str(out), "--csv", str(payments),
         "--progress-every", "1s",
@@ -73,7 +77,7 @@ def test_a_run_that_meets_its_thresholds_exits_0_with_summary_and_every_payment(
     # plain progress lines (stdout is not a terminal), then the summary table
     assert "sent, " in result.stdout and "in flight" in result.stdout
     for label in ("planned", "dispatched", "dropped", "achieved rate", "latency (s)",
-                  "total", "settled", "send lag", "success_ratio>=0.99"):
+                  "total", "settled", "send lag", SUCCESS_THRESHOLD):
         assert label in result.stdout, label
     assert "FAILED" not in result.stdout
     # every statistic of the summary comes from the twin now
@@ -91,7 +95,7 @@ def test_a_run_that_meets_its_thresholds_exits_0_with_summary_and_every_payment(
     assert summary["outcomes"] == detail["outcomes"]
     assert summary["thresholdsOk"] is True
     assert [t["threshold"] for t in summary["thresholds"]] == [
-        "success_ratio>=0.99", "dropped==0", "stuck==0", "p95_total<30"]
+        SUCCESS_THRESHOLD, "dropped==0", "stuck==0", "p95_total<30"]
     assert summary["values"]["p95_total"] == detail["latency"]["total"]["p95"]
     assert summary["values"]["p90_settled"] == detail["latency"]["steps"]["settled"]["p90"]
     assert summary["statsNotGivenByTheApi"] == []
