@@ -31,6 +31,9 @@ class KafkaChannel:
         self.tracker = tracker
         self._producer: EventProducer | None = None
         self._lock = threading.Lock()
+        # messages queued whose delivery report has not been served yet (all on the
+        # sender's loop: produced there, reported from ``serve`` or ``close``)
+        self.awaiting_reports = 0
 
     def produce(self, payment: Payment, again: bool = False) -> None:
         """Queue the payment's event; ``again``: a resend after a restart (the first
@@ -44,11 +47,13 @@ class KafkaChannel:
             amount=payment.amount,
             status=Status.PENDING,
         ))
+        self.awaiting_reports += 1  # before: an in-memory bus reports within produce
         try:
             producer = self._get_producer()
             producer.produce(TOPIC_INITIATED, payment.from_clearing, value, headers,
-                             on_delivery=functools.partial(_delivered, payment.payment_id))
+                             on_delivery=functools.partial(self._delivered, payment.payment_id))
         except BusError as exc:  # not even queued: it can never reach the clearing
+            self.awaiting_reports -= 1
             metrics.KAFKA_CLIENT_ERRORS.labels("sender", "produce").inc()
             if again:
                 log.warning("kafka_payment_resend_failed", payment_id=payment.payment_id,
@@ -84,9 +89,15 @@ class KafkaChannel:
                 except BusError as exc:
                     log.warning("producer_close_failed", error=str(exc)[:200])
                 self._producer = None
+                self.awaiting_reports = 0
 
 
-def _delivered(payment_id: str, failure: str | None) -> None:
+    def _delivered(self, payment_id: str, failure: str | None) -> None:
+        self.awaiting_reports -= 1
+        _report(payment_id, failure)
+
+
+def _report(payment_id: str, failure: str | None) -> None:
     """A Kafka payment's delivery report. Not delivered within the producer's
     message timeout, it may still have reached the broker: not rejected, it stays in
     flight, and its events or its step deadline tell."""

@@ -138,6 +138,7 @@ class Sender:
         self._planned: dict[str, Planned] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake: asyncio.Event | None = None
+        self._produced: asyncio.Event | None = None  # a Kafka payment went: reports due
         self._stopping = False
         self._stop_deadline = 0.0
         self._unstored = False  # planned rows the writer was not asked to store yet
@@ -207,6 +208,7 @@ class Sender:
 
     async def _main(self) -> None:
         self._wake = asyncio.Event()
+        self._produced = asyncio.Event()
         deliveries = asyncio.create_task(self._serve_deliveries())
         try:
             await self._pace()
@@ -382,7 +384,7 @@ class Sender:
         if payment.channel is Channel.KAFKA:
             if self.pause.hit("before_produce"):
                 await self._pause("before_produce", payment, stored=True)
-            self.kafka.produce(payment)
+            self._produce(payment)
             return False
         return await self._send_rest(payment, schedule_check)
 
@@ -435,10 +437,22 @@ class Sender:
         for payment in payments:
             log.info("kafka_payment_resent", payment_id=payment.payment_id,
                      transaction_id=str(payment.transaction_id))
-            self._loop.call_soon(self.kafka.produce, payment, True)
+            self._loop.call_soon(self._produce, payment, True)
+
+    def _produce(self, payment: Payment, again: bool = False) -> None:
+        self.kafka.produce(payment, again)
+        if self._produced is not None:
+            self._produced.set()
 
     async def _serve_deliveries(self) -> None:
+        """Serve the Kafka delivery reports every ``DELIVERY_POLL_SECONDS`` while some
+        are due; with none due, sleep until the next produce (an idle twin, or one on
+        REST alone, does not wake for them)."""
+        assert self._produced is not None
         while True:
+            if self.kafka.awaiting_reports <= 0:
+                self._produced.clear()
+                await self._produced.wait()
             await asyncio.sleep(DELIVERY_POLL_SECONDS)
             self.kafka.serve()
 
