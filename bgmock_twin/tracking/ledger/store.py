@@ -104,6 +104,7 @@ class LedgerStore(Worker):
         self._on_available: list[Callable[[], None]] = []
         self._failing_since: float | None = None
         self._flush_requested = False
+        self._idle = False  # the writer sleeps until a write comes (``_take``)
         self._failed_rows = 0  # the size of the last batch that could not be stored
         # payments whose latest write was dropped (buffer full): written whole next time
         self._unsynced: set[str] = set()
@@ -216,6 +217,8 @@ class LedgerStore(Worker):
                 return self._seq
             self._pending[key] = (row, self._seq)
             metrics.LEDGER_BUFFERED.set(len(self._pending) + self._inflight)
+            if self._idle:
+                self._lock.notify_all()
             return self._seq
 
     def needs_whole_row(self, payment_id: str) -> bool:
@@ -268,6 +271,8 @@ class LedgerStore(Worker):
                              "full": full, "tx": transaction, "state": state,
                              "updated_at": updated_at,
                              "steps": [step] if step is not None else []}, self._seq)
+            if self._idle:
+                self._lock.notify_all()
             return self._seq
 
     @property
@@ -339,10 +344,17 @@ class LedgerStore(Worker):
             return bool(self._pending)
 
     def _take(self) -> tuple[Batch, int] | None:
-        """The rows buffered after one interval (a flush request cuts it short), so the
-        database sees a few batched transactions a second, not one per write; None
-        once stopped with nothing left."""
+        """The rows buffered during one interval from the first of them (a flush
+        request cuts it short), so the database sees a few batched transactions a
+        second, not one per write, and an idle writer does not wake; None once
+        stopped with nothing left."""
         with self._lock:
+            if not self._pending and not self.stopping and not self._flush_requested:
+                # nothing buffered: sleep until the first write (not every interval)
+                self._idle = True
+                while not self._pending and not self.stopping and not self._flush_requested:
+                    self._lock.wait()
+                self._idle = False
             if not self.stopping and not self._flush_requested:
                 self._lock.wait(self.flush_interval)
             self._flush_requested = False
