@@ -239,6 +239,22 @@ def test_memory_poll_wakes_on_produce_and_waits_out_an_empty_timeout() -> None:
         timer.cancel()
 
 
+def test_memory_wakeup_ends_a_waiting_poll_empty_and_loses_nothing() -> None:
+    bus = InMemoryBus()
+    consumer = bus.consumer("g", ["t"])
+    got: list[list[Record]] = []
+    poller = threading.Thread(target=lambda: got.append(consumer.poll(60)))
+    poller.start()
+    wait_until = time.monotonic() + 10
+    while poller.is_alive() and time.monotonic() < wait_until:
+        consumer.wakeup()  # until the poll is waiting: one before it is spent at once
+        poller.join(0.05)
+    assert not poller.is_alive(), "wakeup did not end the poll"
+    assert got == [[]]
+    bus.producer().produce("t", "k", b"after")
+    assert [r.value for r in _drain(consumer, 1)] == [b"after"]
+
+
 def test_memory_retention_trims_the_log_and_lagging_consumers_skip_ahead() -> None:
     bus = InMemoryBus(partitions=1, max_records_per_partition=10)
     consumer = bus.consumer("g", ["t"])

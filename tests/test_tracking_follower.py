@@ -233,3 +233,38 @@ def test_a_broker_outage_is_survived(
              timeout=5, message="following again")
     assert follower.alive and follower.connected
 
+
+
+def test_a_stop_wakes_an_idle_followers_poll_and_an_idle_ledger_writer(
+    tmp_path: Path,
+) -> None:
+    """Idle, the follower waits in a long poll and the ledger's writer until a write
+    comes; a write is still stored, and a stop ends both without waiting out the poll."""
+    bus = InMemoryBus()
+    bus.ensure_topics(list(TOPICS))
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}", flush_interval=0.02)
+    assert ledger.open()
+    ledger.start()
+    tracker = Tracker(ledger, step_deadline=10, sla=30)
+    follower = Follower(bus, GROUP, tracker, ledger, poll_timeout=120)
+    follower.start()
+    try:
+        wait_for(follower.ready, timeout=5, message="follower positioned")
+        tx = uuid.uuid4()
+        tracker.register(kafka_payment(tx))  # a write to the idle ledger
+        assert ledger.flush(10)
+        produce(bus, TOPIC_INITIATED, "01", json.dumps({
+            "transactionId": str(tx), "fromClearingNumber": "01", "amount": 25,
+            "toBankgoodNumber": "TWIN-BG-B-001", "status": "PENDING"}))
+        wait_for(lambda: Step.INITIATED in (tracker.get(str(tx)) or kafka_payment(tx)).steps,
+                 timeout=5, message="followed")
+        seq = ledger.last_seq
+        wait_for(lambda: ledger.durable_seq >= seq, timeout=5,
+                 message="the step stored without a flush asked")
+    finally:
+        follower.stop(20)
+        ledger.stop(20)
+        ledger.close()
+        bus.close()
+    assert not follower.alive, "the stop waited for the 120 s poll"
+    assert not ledger.alive

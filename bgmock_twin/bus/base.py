@@ -67,6 +67,11 @@ class EventConsumer(Protocol):
     def assignment_ready(self) -> bool:
         """True once the consumer has partitions assigned and positioned."""
 
+    def wakeup(self) -> None:
+        """Make a ``poll`` waiting on another thread return now (empty), so a stop
+        need not wait out the poll's timeout; a no-op where the client cannot (a Kafka
+        poll waits inside librdkafka and ends within its timeout)."""
+
     def close(self) -> None: ...
 
 

@@ -265,6 +265,7 @@ class _MemoryConsumer:
         self._generation = -1
         self._next_start = 0
         self._closed = False
+        self._woken = False
         group = bus._group(group_id)
         if not manual_assign:
             group.members.append(self)
@@ -295,9 +296,15 @@ class _MemoryConsumer:
                 if records:
                     return records
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or self._woken:
+                    self._woken = False
                     return []
                 bus._cond.wait(remaining)
+
+    def wakeup(self) -> None:
+        with self._bus._cond:
+            self._woken = True
+            self._bus._cond.notify_all()
 
     def commit(self, records: Sequence[Record]) -> None:
         if not records:

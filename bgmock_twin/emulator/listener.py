@@ -44,7 +44,9 @@ from bgmock_twin.workers import Backoff, Worker
 
 log = get_logger(__name__)
 
-POLL_TIMEOUT_SECONDS = 0.2
+# The longest poll: records end it at once and a stop wakes it (on the in-memory bus),
+# so it only bounds how often an idle listener wakes.
+POLL_TIMEOUT_SECONDS = 0.5
 # Spring Kafka's DefaultErrorHandler: FixedBackOff(0, 9), ten deliveries in all.
 HANDLER_ATTEMPTS = 10
 # A short pause between attempts that failed on the database itself (not a lost race).
@@ -99,15 +101,18 @@ class Listener(Worker):
         except Exception:  # closing must not stop the rest of the shutdown
             log.debug("emulator_consumer_close_failed", service=self.service)
 
+    def wake(self) -> None:
+        self.consumer.wakeup()
+
     def step(self) -> None:
         if self._paused():
             self.wait(0.05)
             return
         if self._unavailable():
             raise BusError("bus down (fault injected)")
+        self._note_ready()  # before a long poll too: the in-memory bus is ready at once
         records = self.consumer.poll(POLL_TIMEOUT_SECONDS)
-        if not self._ready.is_set() and self.consumer.assignment_ready():
-            self._ready.set()
+        self._note_ready()
         if not records:
             return
         self._handle_batch(records)
@@ -119,6 +124,10 @@ class Listener(Worker):
         if self._failing:
             self._failing = False
             log.info("emulator_consumer_recovered", service=self.service)
+
+    def _note_ready(self) -> None:
+        if not self._ready.is_set() and self.consumer.assignment_ready():
+            self._ready.set()
 
     def on_error(self, exc: Exception) -> None:
         if isinstance(exc, BusError):

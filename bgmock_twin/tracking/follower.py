@@ -34,6 +34,9 @@ from bgmock_twin.workers import Backoff, Worker
 log = get_logger(__name__)
 
 RECREATE_AFTER_SECONDS = 30.0
+# The longest poll: events end it at once, a stop wakes it (where the bus can), so
+# it only bounds how often an idle follower wakes (and commits what became durable).
+POLL_TIMEOUT_SECONDS = 0.5
 
 
 class Follower(Worker):
@@ -43,7 +46,7 @@ class Follower(Worker):
         group_id: str,
         tracker: Tracker,
         ledger: Ledger,
-        poll_timeout: float = 0.2,
+        poll_timeout: float = POLL_TIMEOUT_SECONDS,
         max_records: int = 500,
     ) -> None:
         super().__init__("kafka-follower", backoff=Backoff(0.2, 5.0),
@@ -100,6 +103,11 @@ class Follower(Worker):
             self._outage(exc)
         else:  # the follower never dies of a surprise
             super().on_error(exc)
+
+    def wake(self) -> None:
+        consumer = self._consumer
+        if consumer is not None:
+            consumer.wakeup()
 
     def on_stop(self) -> None:
         self._shutdown()

@@ -306,6 +306,9 @@ class KafkaConsumer:
     def assignment_ready(self) -> bool:
         return self._ready and not self._closed
 
+    def wakeup(self) -> None:
+        return None  # librdkafka's consume cannot be interrupted: it ends within its timeout
+
     # --- consuming ------------------------------------------------------------------
     def poll(self, timeout: float, max_records: int = 500) -> list[Record]:
         if self._closed:
