@@ -45,6 +45,27 @@ def _unpublished(world: World, service: str) -> int:
                                 .where(table.c.published.is_(False))).scalar_one())
 
 
+def test_a_stop_ends_every_thread_without_waiting_out_their_polls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An idle emulator sleeps long in its accept loops and consumer polls; a stop
+    (and ``down``) wakes them instead of waiting the sleep out."""
+    from bgmock_twin.emulator import listener, web
+
+    monkeypatch.setattr(listener, "POLL_TIMEOUT_SECONDS", 120.0)
+    monkeypatch.setattr(web, "ACCEPT_POLL_SECONDS", 120.0)
+    with emulator_world(EmulatorConfig(host="127.0.0.1", bus=InMemoryBus(),
+                                       outbox_interval_seconds=FAST_OUTBOX)) as w:
+        assert w.http.get(f"{w.a}/bank/health").text == "OK"
+        w.emulator.faults.set_down("bank_b")
+        assert not port_open(int(w.b.rsplit(":", 1)[1]))
+        w.emulator.faults.set_down("bank_b", False)
+        assert w.http.get(f"{w.b}/bank/health").text == "OK"
+    left = [t.name for t in threading.enumerate()
+            if t.name.startswith("emulator-") and t.is_alive()]
+    assert left == []
+
+
 # --- HTTP faults ------------------------------------------------------------------------------
 def test_down_refuses_connections_and_up_rebinds_the_same_port(world: World) -> None:
     url = world.b

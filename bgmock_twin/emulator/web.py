@@ -164,6 +164,11 @@ class FaultSource:
         return None
 
 
+# How long the accept loop sleeps in ``select`` between looks at a stop request: an
+# idle server wakes this seldom, and ``_Server.shutdown`` wakes it at once.
+ACCEPT_POLL_SECONDS = 0.5
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -189,6 +194,18 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("emulator_http_connection_error", service=self.owner.name)
+
+    def shutdown(self) -> None:
+        """socketserver's shutdown without waiting out ``ACCEPT_POLL_SECONDS``: a
+        connection wakes the accept loop until it has seen the request (one that came
+        first is served as an empty request: closed)."""
+        host, port = str(self.server_address[0]), int(self.server_address[1])
+        stopper = threading.Thread(target=super().shutdown, name="emulator-http-shutdown")
+        stopper.start()
+        while stopper.is_alive():
+            with contextlib.suppress(OSError):
+                socket.create_connection((host, port), timeout=0.2).close()
+            stopper.join(0.01)
 
     def drop_connections(self) -> None:
         with self.connections_lock:
@@ -352,7 +369,7 @@ class HttpService:
             self.port = int(server.server_address[1])
             self._server = server
             self._thread = threading.Thread(
-                target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                target=server.serve_forever, kwargs={"poll_interval": ACCEPT_POLL_SECONDS},
                 name=f"emulator-http-{self.name}", daemon=True,
             )
             self._thread.start()
