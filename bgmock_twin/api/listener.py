@@ -21,11 +21,16 @@ So uvicorn's concurrency limit is off (requests in flight are bounded in
   oldest connection still waiting for its request is closed to admit the new one.
   A real client sends its request at once, so a flood of idle connections evicts
   itself, and a probe always gets in.
+
+And one thing it does that an idle daemon should not: its main loop wakes ten times
+a second, to refresh the ``Date`` header (once a second) and to look for a stop
+request. ``QuietServer`` ticks once a second and is woken by its stop instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -42,6 +47,7 @@ from bgmock_twin.logs import get_logger
 log = get_logger(__name__)
 
 KEEP_ALIVE_SECONDS = 5
+TICK_SECONDS = 1.0  # the Date header's resolution
 MAX_HEADER_BYTES = 16 * 1024
 _RECEIVED = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)
 
@@ -162,6 +168,31 @@ def guarded_protocol(limits: ConnectionLimits) -> type[GuardedH11Protocol]:
                 {"guard": ConnectionGuard(limits)})
 
 
+class QuietServer(uvicorn.Server):
+    """uvicorn's server with a main loop that ticks once a second (``on_tick``: the
+    Date header, the exit checks) and wakes at once on ``request_exit``."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._exit: asyncio.Event | None = None
+
+    async def main_loop(self) -> None:
+        self._exit = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        while not await self.on_tick(0):  # counter 0: the Date header each tick
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._exit.wait(), TICK_SECONDS)
+
+    def request_exit(self) -> None:
+        """Stop (from any thread): in-flight requests finish, as on a signal."""
+        self.should_exit = True
+        loop, exit_event = self._loop, self._exit
+        if loop is not None and exit_event is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: it ended
+                loop.call_soon_threadsafe(exit_event.set)
+
+
 class ApiServer:
     """Uvicorn on a background thread; ``stop()`` lets in-flight requests finish."""
 
@@ -174,7 +205,7 @@ class ApiServer:
             http=guarded_protocol(limits), timeout_keep_alive=KEEP_ALIVE_SECONDS,
             h11_max_incomplete_event_size=MAX_HEADER_BYTES, backlog=1024,
         )
-        self._server = uvicorn.Server(config)
+        self._server = QuietServer(config)
         self._thread = threading.Thread(target=self._server.run, name="api", daemon=True)
 
     def start(self, timeout: float = 10.0) -> None:
@@ -197,5 +228,5 @@ class ApiServer:
         return int(self._server.config.port)
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._server.should_exit = True
+        self._server.request_exit()
         self._thread.join(timeout)
