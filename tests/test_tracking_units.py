@@ -315,6 +315,36 @@ def test_the_poller_subscribes_to_the_trackers_steps_and_settles_a_completed_res
     assert checked == [(rest.payment_id, Purpose.SETTLE)]
 
 
+def test_status_checks_due_while_a_check_hangs_are_taken_by_the_other_threads() -> None:
+    """The poller's threads sleep until a check is due (no polling): the one that
+    takes a check hands the wait for the next over, so a slow check holds up nothing."""
+    import threading
+
+    from bgmock_twin.tracking.poller import Purpose, Result, StatusPoller
+    from tests.support.ports import wait_for
+
+    release = threading.Event()
+    started: list[str] = []
+
+    def check(payment_id: str, purpose: Purpose) -> Result:
+        started.append(payment_id)
+        if payment_id == "slow":
+            release.wait(30)
+        return Result.DONE
+
+    poller = StatusPoller(check, threads=3)
+    poller.start()
+    try:
+        poller.schedule("slow", Purpose.SETTLE, delay=0.05)
+        poller.schedule("next", Purpose.SETTLE, delay=0.3)
+        poller.schedule("last", Purpose.SETTLE, delay=0.6)
+        wait_for(lambda: started == ["slow", "next", "last"], timeout=10,
+                 message="the later checks ran beside the hanging one")
+    finally:
+        release.set()
+        poller.stop()
+
+
 def test_a_route_names_its_banks_by_the_contract_and_channel_is_the_contracts() -> None:
     from bgmock_twin import contract
     from bgmock_twin.contract import BANK_A, BANK_B

@@ -229,15 +229,19 @@ class StatusPoller:
     def _next(self, worker: Worker) -> tuple[str, Purpose, int] | None:
         with self._cond:
             while not worker.stopping:
+                # no polling: ``schedule`` notifies when the next check due changes,
+                # a taker hands the wait for the next one over, and a stop wakes all
                 if not self._heap:
-                    self._cond.wait(0.5)
+                    self._cond.wait()
                     continue
                 due, _, payment_id, purpose, attempt = self._heap[0]
                 wait = due - time.monotonic()
                 if wait > 0:
-                    self._cond.wait(min(wait, 0.5))
+                    self._cond.wait(wait)
                     continue
                 heapq.heappop(self._heap)
+                if self._heap:
+                    self._cond.notify()  # another thread waits for the next one
                 if self._queued.get(payment_id, (None,))[0] != due:
                     continue  # superseded by an earlier schedule
                 del self._queued[payment_id]
