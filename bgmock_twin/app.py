@@ -373,7 +373,7 @@ def run(settings: Settings) -> int:
         log.error("start_failed", error=str(exc)[:500])
         twin.stop()
         return 1
-    while not stop.wait(0.5):
+    while not stop.wait(5.0):  # the signal handler sets it (and interrupts the wait)
         pass
     twin.stop()
     return 0
