@@ -50,11 +50,12 @@ def test_a_stop_ends_every_thread_without_waiting_out_their_polls(
 ) -> None:
     """An idle emulator sleeps long in its accept loops and consumer polls; a stop
     (and ``down``) wakes them instead of waiting the sleep out."""
-    from bgmock_twin.emulator import listener, web
+    from bgmock_twin.emulator import web
 
-    monkeypatch.setattr(listener, "POLL_TIMEOUT_SECONDS", 120.0)
     monkeypatch.setattr(web, "ACCEPT_POLL_SECONDS", 120.0)
-    with emulator_world(EmulatorConfig(host="127.0.0.1", bus=InMemoryBus(),
+    bus = InMemoryBus()
+    bus.poll_seconds = 120.0
+    with emulator_world(EmulatorConfig(host="127.0.0.1", bus=bus,
                                        outbox_interval_seconds=FAST_OUTBOX)) as w:
         assert w.http.get(f"{w.a}/bank/health").text == "OK"
         w.emulator.faults.set_down("bank_b")

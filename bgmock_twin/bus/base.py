@@ -79,6 +79,11 @@ class EventBus(Protocol):
     """A broker connection factory."""
 
     name: str
+    # How long its consumers' polls wait. An in-memory poll returns at the first
+    # record, so this only bounds how often an idle consumer wakes; librdkafka's
+    # batch consume waits this long to fill its batch, so on Kafka it is each hop's
+    # latency at low rates.
+    poll_seconds: float
 
     def producer(self) -> EventProducer: ...
 

@@ -83,6 +83,7 @@ class InMemoryBus:
     """A thread-safe in-process broker implementing ``EventBus``."""
 
     name = "memory"
+    poll_seconds = 0.5
 
     def __init__(
         self,

@@ -212,7 +212,8 @@ class EmbeddedBGMock:
                                                    from_beginning_if_new=False)
             item = Listener(service, consumer, self._dbs[service], handlers, own_key=own_key,
                             paused=functools.partial(self.faults.consumers_paused, service),
-                            unavailable=lambda: self.faults.bus_down)
+                            unavailable=lambda: self.faults.bus_down,
+                            poll_seconds=bus.poll_seconds)
             self._listeners.append(item)
             item.start()
 

@@ -44,9 +44,6 @@ from bgmock_twin.workers import Backoff, Worker
 
 log = get_logger(__name__)
 
-# The longest poll: records end it at once and a stop wakes it (on the in-memory bus),
-# so it only bounds how often an idle listener wakes.
-POLL_TIMEOUT_SECONDS = 0.5
 # Spring Kafka's DefaultErrorHandler: FixedBackOff(0, 9), ten deliveries in all.
 HANDLER_ATTEMPTS = 10
 # A short pause between attempts that failed on the database itself (not a lost race).
@@ -73,11 +70,14 @@ class Listener(Worker):
         own_key: str | None = None,
         paused: Callable[[], bool] = lambda: False,
         unavailable: Callable[[], bool] = lambda: False,
+        poll_seconds: float = 0.2,
     ) -> None:
+        """``poll_seconds``: its bus's (``EventBus.poll_seconds``)."""
         super().__init__(f"emulator-listener-{service}-{'+'.join(handlers)}",
                          backoff=Backoff(0.5, 0.5))
         self.service = service
         self.consumer = consumer
+        self._poll_seconds = poll_seconds
         self._db = db
         self._handlers = handlers
         self._own_key = own_key.encode() if own_key is not None else None
@@ -111,7 +111,7 @@ class Listener(Worker):
         if self._unavailable():
             raise BusError("bus down (fault injected)")
         self._note_ready()  # before a long poll too: the in-memory bus is ready at once
-        records = self.consumer.poll(POLL_TIMEOUT_SECONDS)
+        records = self.consumer.poll(self._poll_seconds)
         self._note_ready()
         if not records:
             return

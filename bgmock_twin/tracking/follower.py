@@ -34,9 +34,6 @@ from bgmock_twin.workers import Backoff, Worker
 log = get_logger(__name__)
 
 RECREATE_AFTER_SECONDS = 30.0
-# The longest poll: events end it at once, a stop wakes it (where the bus can), so
-# it only bounds how often an idle follower wakes (and commits what became durable).
-POLL_TIMEOUT_SECONDS = 0.5
 
 
 class Follower(Worker):
@@ -46,7 +43,7 @@ class Follower(Worker):
         group_id: str,
         tracker: Tracker,
         ledger: Ledger,
-        poll_timeout: float = POLL_TIMEOUT_SECONDS,
+        poll_timeout: float | None = None,
         max_records: int = 500,
     ) -> None:
         super().__init__("kafka-follower", backoff=Backoff(0.2, 5.0),
@@ -55,7 +52,7 @@ class Follower(Worker):
         self.group_id = group_id
         self.tracker = tracker
         self.ledger = ledger
-        self.poll_timeout = poll_timeout
+        self.poll_timeout = bus.poll_seconds if poll_timeout is None else poll_timeout
         self.max_records = max_records
         self._consumer: EventConsumer | None = None
         self._pending: deque[tuple[int, list[Record]]] = deque()

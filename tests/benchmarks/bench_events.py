@@ -152,6 +152,7 @@ class _OneConsumerBus:
         self._bus = bus
         self._consumer = consumer
         self.name = bus.name
+        self.poll_seconds = bus.poll_seconds
 
     def consumer(self, group_id: str, topics: Sequence[str], **_kwargs: Any) -> EventConsumer:
         return self._consumer
@@ -236,6 +237,7 @@ def decode_and_correlate_only(workdir: Path, flows: Sequence[Flow]) -> tuple[flo
 
 class _NoBus:
     name = "none"
+    poll_seconds = 0.2
 
 
 @dataclass

@@ -55,6 +55,7 @@ class KafkaBus:
     """``EventBus`` over Kafka. ``metrics_label`` prefixes the ``client`` metric label."""
 
     name = "kafka"
+    poll_seconds = 0.2
 
     def __init__(
         self,
