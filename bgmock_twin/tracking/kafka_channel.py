@@ -91,7 +91,6 @@ class KafkaChannel:
                 self._producer = None
                 self.awaiting_reports = 0
 
-
     def _delivered(self, payment_id: str, failure: str | None) -> None:
         self.awaiting_reports -= 1
         _report(payment_id, failure)
