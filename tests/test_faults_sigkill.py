@@ -247,6 +247,23 @@ def test_sigkill_at_every_point_of_a_payment_loses_nothing(
     assert not [r for r in rows if r["status"] == "success" and not r["transactionId"]]
 
 
+def test_a_simulation_answered_202_survives_a_sigkill_right_after(tmp_path: Path) -> None:
+    """The 202 comes once the simulation's row is stored: killed the moment after,
+    the twin still knows every id it gave, and goes on with them."""
+    ids = []
+    with running_daemon(tmp_path, **FAST_ENV) as twin:
+        wait_provisioned(twin)
+        for n in range(3):
+            ids.append(start_simulation(twin, count=400, rate=2, name=f"killed-after-{n}"))
+        kill(twin)
+    with running_daemon(tmp_path, **FAST_ENV) as again:
+        for sim in ids:
+            answer = again.get(f"/api/v1/simulations/{sim}")
+            assert answer.status_code == 200, (sim, answer.text)
+            wait_for(lambda s=sim: simulation(again, s)["resumed"], timeout=30,  # type: ignore[misc]
+                     message=f"simulation {sim} resumed")
+
+
 def kill(twin: Daemon) -> None:
     twin.process.send_signal(signal.SIGKILL)
     assert twin.process.wait(timeout=10) == -signal.SIGKILL

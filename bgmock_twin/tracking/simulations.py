@@ -56,6 +56,7 @@ log = get_logger(__name__)
 
 MAX_ACTIVE = 20
 MAX_DURATION_SECONDS = 7 * 86_400.0  # every simulation ends within a week
+CREATED_STORED_SECONDS = 2.0  # the longest a 202 waits for its simulation's row
 MAX_KEPT = 500
 
 
@@ -193,6 +194,10 @@ class SimulationManager:
                 self.ledger.write("simulation", sim.row(now))
                 self._gauge()
             self._trim()
+        if self.ledger.available:
+            # stored before the 202: a twin killed right after still knows the id it
+            # gave (an unavailable ledger stores it once back; the answer does not wait)
+            self.ledger.flush(CREATED_STORED_SECONDS)
         log.info("simulation_started", simulation=sim.simulation_id, count=spec.count,
                  duration=spec.duration, channel=spec.channel.value, profile=spec.profile)
         return sim
