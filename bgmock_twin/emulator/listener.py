@@ -70,7 +70,7 @@ class Listener(Worker):
         own_key: str | None = None,
         paused: Callable[[], bool] = lambda: False,
         unavailable: Callable[[], bool] = lambda: False,
-        poll_seconds: float = 0.2,
+        poll_seconds: float,
     ) -> None:
         """``poll_seconds``: its bus's (``EventBus.poll_seconds``)."""
         super().__init__(f"emulator-listener-{service}-{'+'.join(handlers)}",

@@ -217,8 +217,7 @@ class LedgerStore(Worker):
                 return self._seq
             self._pending[key] = (row, self._seq)
             metrics.LEDGER_BUFFERED.set(len(self._pending) + self._inflight)
-            if self._idle:
-                self._lock.notify_all()
+            self._wake_if_idle()
             return self._seq
 
     def needs_whole_row(self, payment_id: str) -> bool:
@@ -271,9 +270,13 @@ class LedgerStore(Worker):
                              "full": full, "tx": transaction, "state": state,
                              "updated_at": updated_at,
                              "steps": [step] if step is not None else []}, self._seq)
-            if self._idle:
-                self._lock.notify_all()
+            self._wake_if_idle()
             return self._seq
+
+    def _wake_if_idle(self) -> None:
+        """Wake a writer asleep for want of rows (the caller holds the lock)."""
+        if self._idle:
+            self._lock.notify_all()
 
     @property
     def last_seq(self) -> int:
@@ -349,12 +352,11 @@ class LedgerStore(Worker):
         second, not one per write, and an idle writer does not wake; None once
         stopped with nothing left."""
         with self._lock:
-            if not self._pending and not self.stopping and not self._flush_requested:
-                # nothing buffered: sleep until the first write (not every interval)
+            # nothing buffered: sleep until the first write (not every interval)
+            while not self._pending and not self.stopping and not self._flush_requested:
                 self._idle = True
-                while not self._pending and not self.stopping and not self._flush_requested:
-                    self._lock.wait()
-                self._idle = False
+                self._lock.wait()
+            self._idle = False
             if not self.stopping and not self._flush_requested:
                 self._lock.wait(self.flush_interval)
             self._flush_requested = False
