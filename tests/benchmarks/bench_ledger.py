@@ -1,16 +1,18 @@
 """PostgreSQL ledger: payment steps recorded per second by one twin's ``Ledger``.
 
 A ``Ledger`` on a fresh PostgreSQL database (one per round) is fed through its
-public API only, as the tracker feeds it: each payment is written when registered
-(``write_payment``), then once per step observed (``lifecycle.observe_step`` then
-``write_payment``), six steps per REST payment from accepted to settled. Payments
-arrive in waves of a thousand, step by step (as events do: a wave's accepted, then
-their initiated, ...), as fast as this process can make them. The clock stops when
-``flush`` says everything is durable. Then what was stored is counted: the rows of
-every ``twin_*`` table, and the steps of a sample of payments read back with
-``Ledger.get``. The figure is steps recorded per second (a step is one narrow row in
-a ledger with step rows; in the older wide-row ledger it is a column set of the
-payment's row). Median over three rounds.
+public API only, as the tracker feeds it: each payment is written whole when
+registered (``write_payment``), then once per step observed
+(``lifecycle.observe_step`` then ``write_change``: the step appended as a narrow row,
+the payment's state columns with it, all of them only when more than the furthest
+step changed, as ``Tracker._observe`` decides), six steps per REST payment from
+accepted to settled. Payments arrive in waves of a thousand, step by step (as events
+do: a wave's accepted, then their initiated, ...), as fast as this process can make
+them. The clock stops when ``flush`` says everything is durable. Then what was stored
+is counted: the rows of every ``twin_*`` table, and the steps of a sample of payments
+read back with ``Ledger.get``. The figure is steps recorded per second. Median over
+three rounds, each round followed by one fed the older way (the whole payment row
+written again at every step, ``write_payment``) for comparison.
 """
 
 from __future__ import annotations
@@ -31,7 +33,15 @@ import sqlalchemy as sa
 from bgmock_twin.contract import Status
 from bgmock_twin.logs import configure_logging
 from bgmock_twin.tracking.ledger import Ledger
-from bgmock_twin.tracking.lifecycle import Channel, Kind, Payment, Route, observe_step, steps_of
+from bgmock_twin.tracking.lifecycle import (
+    Channel,
+    Kind,
+    Payment,
+    Route,
+    Step,
+    observe_step,
+    steps_of,
+)
 from tests.benchmarks.common import Reporter, Result, arguments, banner, own_cpu_seconds
 from tests.support.postgres import PostgresServer, writable_engine
 
@@ -66,7 +76,25 @@ def stored_rows(url: str) -> dict[str, int]:
         engine.dispose()
 
 
-def one_round(url: str, workdir: Path, count: int, rng: random.Random) -> tuple[float, str]:
+def record_step(ledger: Ledger, payment: Payment, step: Step, whole_rows: bool) -> None:
+    """One step observed and written as the tracker writes it (``whole_rows``: the
+    payment's whole row again, the older way)."""
+    now = datetime.now(UTC)
+    accepted = step is Step.ACCEPTED
+    if accepted:
+        payment.transaction_id = uuid.uuid4()  # as Tracker.accepted learns it
+    change = observe_step(payment, step, time.monotonic(), now, status=Status.SUCCESS)
+    if whole_rows:
+        ledger.write_payment(payment, now)
+        return
+    # Tracker._observe's rule: narrow when only the furthest step moved
+    narrow = not accepted and change.finished is None and change.counted is None \
+        and change.stuck is None and change.unstuck is None
+    ledger.write_change(payment, change.new_step, now, narrow, transaction=accepted)
+
+
+def one_round(url: str, workdir: Path, count: int, rng: random.Random,
+              whole_rows: bool = False) -> tuple[float, str]:
     ledger = Ledger(url, buffer_size=10 * count * 7, spill_dir=workdir, instance_id="bench")
     if not ledger.open():
         raise RuntimeError("the ledger did not open")
@@ -80,9 +108,7 @@ def one_round(url: str, workdir: Path, count: int, rng: random.Random) -> tuple[
             ledger.write_payment(payment, datetime.now(UTC))
         for step in steps:
             for payment in wave:
-                now = datetime.now(UTC)
-                observe_step(payment, step, time.monotonic(), now, status=Status.SUCCESS)
-                ledger.write_payment(payment, now)
+                record_step(ledger, payment, step, whole_rows)
     fed = time.monotonic() - t0
     if not ledger.flush(600):
         raise RuntimeError("the ledger did not store everything")
@@ -118,15 +144,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = PostgresServer()
     server.start()
     rng = random.Random(5)
-    rates, details = [], []
+    rates, details, whole = [], [], []
     try:
         with tempfile.TemporaryDirectory(prefix="bench-ledger-") as tmp:
-            for _ in range(rounds):
+            for _ in range(rounds):  # interleaved: the tracker's way, then the older one
                 url = server.create_database("bench_ledger")
                 rate, detail = one_round(url, Path(tmp), count, rng)
                 reporter.note(f"{rate:,.0f} steps/s: {detail}")
                 rates.append(rate)
                 details.append(detail)
+                url = server.create_database("bench_ledger_whole")
+                rate, detail = one_round(url, Path(tmp), count, rng, whole_rows=True)
+                reporter.note(f"whole rows: {rate:,.0f} steps/s: {detail}")
+                whole.append(rate)
     finally:
         server.stop()
     value = statistics.median(rates)
@@ -135,6 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         value >= TARGET,
         f"median over {rounds} rounds ({', '.join(f'{r:,.0f}' for r in rates)}); "
         f"last round: {details[-1]}"))
+    reporter.emit(Result(
+        "ledger.pg_whole_rows_per_second", statistics.median(whole), "step rows/s",
+        detail=f"the same fed the older way, the whole row written at every step; median "
+               f"over {rounds} rounds ({', '.join(f'{r:,.0f}' for r in whole)})"))
     return 0
 
 
