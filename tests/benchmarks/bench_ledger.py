@@ -83,14 +83,23 @@ def record_step(ledger: Ledger, payment: Payment, step: Step, whole_rows: bool) 
     accepted = step is Step.ACCEPTED
     if accepted:
         payment.transaction_id = uuid.uuid4()  # as Tracker.accepted learns it
+    before = _other_columns(payment)
     change = observe_step(payment, step, time.monotonic(), now, status=Status.SUCCESS)
     if whole_rows:
         ledger.write_payment(payment, now)
         return
     # Tracker._observe's rule: narrow when only the furthest step moved
     narrow = not accepted and change.finished is None and change.counted is None \
-        and change.stuck is None and change.unstuck is None
+        and change.stuck is None and change.unstuck is None \
+        and _other_columns(payment) == before
     ledger.write_change(payment, change.new_step, now, narrow, transaction=accepted)
+
+
+def _other_columns(payment: Payment) -> tuple[object, ...]:
+    """What a step may change in a payment's row besides its furthest step (as the
+    tracker's ``_summary``: completed sets the final status)."""
+    return (payment.transaction_id, payment.message, payment.final_status,
+            payment.matched_by)
 
 
 def one_round(url: str, workdir: Path, count: int, rng: random.Random,
