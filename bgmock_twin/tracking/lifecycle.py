@@ -278,6 +278,20 @@ class Change:
         return any((self.new_step, self.finished, self.counted, self.stuck, self.unstuck))
 
 
+def row_summary(payment: Payment) -> tuple[object, ...]:
+    """The columns of a payment's row a step may change besides its furthest step."""
+    return (payment.transaction_id, payment.message, payment.final_status,
+            payment.matched_by)
+
+
+def only_furthest_step(change: Change, before: tuple[object, ...], payment: Payment) -> bool:
+    """Whether an observation moved nothing in the payment's row but its furthest step
+    (``before``: its ``row_summary`` ahead of it): the ledger then updates no other
+    column."""
+    return change.finished is None and change.counted is None and change.stuck is None \
+        and change.unstuck is None and row_summary(payment) == before
+
+
 def observe_step(
     payment: Payment,
     step: Step,

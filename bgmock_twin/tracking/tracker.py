@@ -51,7 +51,9 @@ from bgmock_twin.tracking.lifecycle import (
     Step,
     check_deadline,
     observe_step,
+    only_furthest_step,
     reject,
+    row_summary,
 )
 from bgmock_twin.tracking.parking import ParkedEvent, ParkedEvents
 from bgmock_twin.tracking.tally import Tally
@@ -380,11 +382,9 @@ class Tracker:
         status: Status | None = None, message: str | None = None, *, changed: bool = False,
     ) -> None:
         """``changed``: the caller changed columns of the payment's row already."""
-        before = _summary(payment)
+        before = row_summary(payment)
         change = observe_step(payment, step, mono, utc, status, message)
-        # only the furthest step moved: the ledger updates no other column
-        narrow = not changed and change.finished is None and change.counted is None and \
-            change.stuck is None and change.unstuck is None and _summary(payment) == before
+        narrow = not changed and only_furthest_step(change, before, payment)
         self._apply(payment, change, narrow, transaction=changed)
 
     def _apply(self, payment: Payment, change: Change, narrow: bool = False,
@@ -547,9 +547,3 @@ class Tracker:
     @property
     def recent_horizon(self) -> datetime:
         return self.clock.now() - timedelta(seconds=self.follow_horizon)
-
-
-def _summary(payment: Payment) -> tuple[Any, ...]:
-    """The columns of a payment's row a step may change besides its furthest step."""
-    return (payment.transaction_id, payment.message, payment.final_status,
-            payment.matched_by)

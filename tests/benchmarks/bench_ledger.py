@@ -5,14 +5,15 @@ public API only, as the tracker feeds it: each payment is written whole when
 registered (``write_payment``), then once per step observed
 (``lifecycle.observe_step`` then ``write_change``: the step appended as a narrow row,
 the payment's state columns with it, all of them only when more than the furthest
-step changed, as ``Tracker._observe`` decides), six steps per REST payment from
-accepted to settled. Payments arrive in waves of a thousand, step by step (as events
-do: a wave's accepted, then their initiated, ...), as fast as this process can make
-them. The clock stops when ``flush`` says everything is durable. Then what was stored
-is counted: the rows of every ``twin_*`` table, and the steps of a sample of payments
-read back with ``Ledger.get``. The figure is steps recorded per second. Median over
-three rounds, each round followed by one fed the older way (the whole payment row
-written again at every step, ``write_payment``) for comparison.
+step changed, by the tracker's rule ``lifecycle.only_furthest_step``), six steps per
+REST payment from accepted to settled. Payments arrive in waves of a thousand, step
+by step (as events do: a wave's accepted, then their initiated, ...), as fast as
+this process can make them. The clock stops when ``flush`` says everything is
+durable. Then what was stored is counted: the rows of every ``twin_*`` table, and
+the steps of a sample of payments read back with ``Ledger.get``. The figure is steps
+recorded per second. Median over three rounds, each round followed by one fed the
+older way (the whole payment row written again at every step, ``write_payment``)
+for comparison.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from bgmock_twin.tracking.lifecycle import (
     Route,
     Step,
     observe_step,
+    only_furthest_step,
+    row_summary,
     steps_of,
 )
 from tests.benchmarks.common import Reporter, Result, arguments, banner, own_cpu_seconds
@@ -83,23 +86,13 @@ def record_step(ledger: Ledger, payment: Payment, step: Step, whole_rows: bool) 
     accepted = step is Step.ACCEPTED
     if accepted:
         payment.transaction_id = uuid.uuid4()  # as Tracker.accepted learns it
-    before = _other_columns(payment)
+    before = row_summary(payment)
     change = observe_step(payment, step, time.monotonic(), now, status=Status.SUCCESS)
     if whole_rows:
         ledger.write_payment(payment, now)
         return
-    # Tracker._observe's rule: narrow when only the furthest step moved
-    narrow = not accepted and change.finished is None and change.counted is None \
-        and change.stuck is None and change.unstuck is None \
-        and _other_columns(payment) == before
+    narrow = not accepted and only_furthest_step(change, before, payment)  # as the tracker
     ledger.write_change(payment, change.new_step, now, narrow, transaction=accepted)
-
-
-def _other_columns(payment: Payment) -> tuple[object, ...]:
-    """What a step may change in a payment's row besides its furthest step (as the
-    tracker's ``_summary``: completed sets the final status)."""
-    return (payment.transaction_id, payment.message, payment.final_status,
-            payment.matched_by)
 
 
 def one_round(url: str, workdir: Path, count: int, rng: random.Random,
