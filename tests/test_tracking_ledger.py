@@ -81,6 +81,32 @@ def test_a_payment_round_trips_with_exact_money_and_utc_times(ledger: Ledger) ->
     assert back.transaction_id == p.transaction_id and back.message == "no map"
 
 
+# Text the PostgreSQL writer must quote inside its array literals (``bulk.pg_text``),
+# and text that looks like an array literal's own NULL, empty or separator.
+AWKWARD_TEXT = ['say "hi", {x} \\ back\\slash\\', "NULL", "", "new\nline\ttab",
+                " spaced, comma ", "\u00fcn\u00efc\u00f8d\u00e9 \u20ac", "}{,\"\\"]
+
+
+@pytest.mark.parametrize("text", AWKWARD_TEXT)
+def test_awkward_text_round_trips_through_every_write(ledger: Ledger, text: str) -> None:
+    p = make_payment(sim="sim-1")
+    p.from_account = text
+    ledger.write_payment(p, NOW)
+    assert ledger.flush(5)
+    observe_step(p, Step.ACCEPTED, 1000.2, NOW + timedelta(seconds=0.2))
+    ledger.write_change(p, Step.ACCEPTED, NOW, narrow=True)
+    observe_step(p, Step.COMPLETED, 1002.0, NOW + timedelta(seconds=2), Status.FAILED, text)
+    ledger.write_change(p, Step.COMPLETED, NOW)
+    assert ledger.flush(5)
+    record = ledger.get(p.payment_id)
+    assert record is not None
+    assert record.from_account == text
+    assert record.message == p.message == (text or None)  # the lifecycle keeps no empty one
+    assert record.state == "completed" and record.final_status is Status.FAILED
+    assert [s.step for s in record.timeline] == [Step.ACCEPTED, Step.COMPLETED]
+    assert record == record_of(p)
+
+
 def test_newer_snapshots_replace_older_ones_and_unfinished_ones_reload(ledger: Ledger) -> None:
     done, open_ = make_payment(1), make_payment(2)
     ledger.write_payment(done, NOW)

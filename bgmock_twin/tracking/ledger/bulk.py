@@ -1,11 +1,12 @@
 """The ledger writer's statements: whole payment rows, the few columns that change
-afterwards, and appended step rows, each batch sent with one DBAPI ``executemany``.
+afterwards, and appended step rows, each batch sent as a few statements.
 
 The writer stores thousands of changes a second (one per Kafka event followed), so
 it does not go through SQLAlchemy's per-row parameter processing: the statements
 are fixed text prepared once per dialect, the values are converted here exactly as
 the column types (``schema.Money``, ``schema.UtcDateTime``) would convert them, and
-on PostgreSQL a batch is one ``execute_values`` round trip instead of one per row.
+on PostgreSQL a page of a thousand rows is one statement over one array per column
+(``unnest``) instead of one per row.
 Other databases go through SQLAlchemy Core, as before.
 
 A batch arrives as ``(kind, row)`` pairs (see ``store``):
@@ -28,7 +29,8 @@ before the row it updates in one batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -62,11 +64,7 @@ _FLAGS = frozenset(c.name for c in payments.columns if isinstance(c.type, sa.Boo
 assert STATE_COLUMNS[0] == "transaction_id"
 UPDATED = STATE_COLUMNS[1:]
 _STEP_KEYS = tuple((step.value, *step_keys(step.value)) for step in ALL_STEPS)
-_PG_CASTS = {"amount": "numeric", "finished": "boolean", "refusal_ambiguous": "boolean",
-             "intended_at": "timestamptz",
-             "at": "timestamptz", "since_intended": "float8", "seconds": "float8",
-             **{name: "timestamptz" for name in _TIMES}}
-PAGE = 1000  # rows per PostgreSQL ``execute_values`` statement
+PAGE = 1000  # rows per PostgreSQL statement (its arrays' size)
 
 
 # --- values as the driver takes them (pure) -----------------------------------------------
@@ -120,54 +118,14 @@ def _converter(name: str, sqlite: bool) -> Any:
 
 
 class Statements:
-    """The statements and value conversions of one dialect (SQLite or PostgreSQL).
-    Their text is built from the schema's own table and column names (``noqa: S608``);
-    every value is a parameter."""
+    """The value conversions of one dialect (SQLite or PostgreSQL); its subclasses hold
+    the statements. Their text is built from the schema's own table and column names
+    (``noqa: S608``); every value is a parameter."""
 
-    def __init__(self, dialect: str) -> None:
-        self.sqlite = dialect == "sqlite"
-        self._payment_conv = [_converter(n, self.sqlite) for n in PAYMENT_COLUMNS]
-        self._state_conv = [_converter(n, self.sqlite) for n in UPDATED]
-        self._time = sqlite_time if self.sqlite else pg_time
-        table, steps = payments.name, payment_steps.name
-        updates = ", ".join(f"{n} = excluded.{n}" for n in PAYMENT_COLUMNS if n != "payment_id")
-        if self.sqlite:
-            marks = ", ".join("?" for _ in PAYMENT_COLUMNS)
-            self.upsert_payments = (
-                f"INSERT INTO {table} ({', '.join(PAYMENT_COLUMNS)}) VALUES ({marks}) "  # noqa: S608
-                f"ON CONFLICT (payment_id) DO UPDATE SET {updates}")
-            sets = ", ".join(f"{n} = ?" for n in UPDATED)
-            self.update_states = f"UPDATE {table} SET {sets} WHERE payment_id = ?"  # noqa: S608
-            self.update_transactions = \
-                f"UPDATE {table} SET transaction_id = ? WHERE payment_id = ?"  # noqa: S608
-            self.update_narrow = \
-                f"UPDATE {table} SET state = ?, updated_at = ? WHERE payment_id = ?"  # noqa: S608
-            self.insert_steps = (
-                f"INSERT INTO {steps} ({', '.join(STEP_COLUMNS)}) "  # noqa: S608
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
-        else:
-            self.upsert_payments = (
-                f"INSERT INTO {table} ({', '.join(PAYMENT_COLUMNS)}) VALUES %s "  # noqa: S608
-                f"ON CONFLICT (payment_id) DO UPDATE SET {updates}")
-            self.payments_template = _template(PAYMENT_COLUMNS)
-            sets = ", ".join(f"{n} = v.{n}" for n in UPDATED)
-            self.update_states = (
-                f"UPDATE {table} AS p SET {sets} FROM (VALUES %s) "  # noqa: S608
-                f"AS v({', '.join(UPDATED)}, payment_id) WHERE p.payment_id = v.payment_id")
-            self.states_template = _template((*UPDATED, "payment_id"))
-            self.update_transactions = (
-                f"UPDATE {table} AS p SET transaction_id = v.transaction_id "  # noqa: S608
-                "FROM (VALUES %s) AS v(transaction_id, payment_id) "
-                "WHERE p.payment_id = v.payment_id")
-            self.update_narrow = (
-                f"UPDATE {table} AS p SET state = v.state, updated_at = v.updated_at "  # noqa: S608
-                "FROM (VALUES %s) AS v(state, updated_at, payment_id) "
-                "WHERE p.payment_id = v.payment_id")
-            self.narrow_template = _template(("state", "updated_at", "payment_id"))
-            self.insert_steps = (
-                f"INSERT INTO {steps} ({', '.join(STEP_COLUMNS)}) VALUES %s "  # noqa: S608
-                "ON CONFLICT DO NOTHING")
-            self.steps_template = _template(STEP_COLUMNS)
+    def __init__(self, sqlite: bool) -> None:
+        self.sqlite = sqlite
+        self._payment_conv = [_converter(n, sqlite) for n in PAYMENT_COLUMNS]
+        self._state_conv = [_converter(n, sqlite) for n in UPDATED]
 
     def payment_values(self, row: dict[str, Any]) -> tuple[Any, ...]:
         return tuple(conv(row.get(name)) if conv else row.get(name)
@@ -180,14 +138,128 @@ class Statements:
                 payment_id)
 
 
-def _template(columns: Sequence[str]) -> str:
-    """An ``execute_values`` row template that types every value, so a column whose
-    values in one page are all null still matches its column's type."""
-    return "(" + ", ".join(f"%s::{_PG_CASTS[c]}" if c in _PG_CASTS else "%s"
-                           for c in columns) + ")"
+_TABLE, _STEPS = payments.name, payment_steps.name
+_UPSERT_SETS = ", ".join(f"{n} = excluded.{n}" for n in PAYMENT_COLUMNS if n != "payment_id")
 
 
-_STATEMENTS = {"sqlite": Statements("sqlite"), "postgresql": Statements("postgresql")}
+class SqliteStatements(Statements):
+    """One ``executemany`` per statement and batch."""
+
+    def __init__(self) -> None:
+        super().__init__(sqlite=True)
+        marks = ", ".join("?" for _ in PAYMENT_COLUMNS)
+        self.upsert_payments = (
+            f"INSERT INTO {_TABLE} ({', '.join(PAYMENT_COLUMNS)}) VALUES ({marks}) "  # noqa: S608
+            f"ON CONFLICT (payment_id) DO UPDATE SET {_UPSERT_SETS}")
+        sets = ", ".join(f"{n} = ?" for n in UPDATED)
+        self.update_states = f"UPDATE {_TABLE} SET {sets} WHERE payment_id = ?"  # noqa: S608
+        self.update_transactions = \
+            f"UPDATE {_TABLE} SET transaction_id = ? WHERE payment_id = ?"  # noqa: S608
+        self.update_narrow = \
+            f"UPDATE {_TABLE} SET state = ?, updated_at = ? WHERE payment_id = ?"  # noqa: S608
+        self.insert_steps = (
+            f"INSERT INTO {_STEPS} ({', '.join(STEP_COLUMNS)}) "  # noqa: S608
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
+
+
+# --- PostgreSQL: a page of rows as one array literal per column (pure) --------------------------
+def pg_text(value: str | None) -> str:
+    """Text as an element of a PostgreSQL array literal: quoted, and escaped as the
+    server's array input reads it (``NULL`` unquoted is the null)."""
+    if value is None:
+        return "NULL"
+    if "\\" in value or '"' in value:
+        value = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{value}"'
+
+
+def _pg_time(value: datetime | None) -> str:
+    return "NULL" if value is None else value.isoformat()
+
+
+def _pg_number(value: Decimal | float | None) -> str:
+    return "NULL" if value is None else str(value)
+
+
+def _pg_flag(value: bool | None) -> str:
+    return "NULL" if value is None else ("t" if value else "f")
+
+
+_PG_DIALECT = sa.engine.URL.create("postgresql").get_dialect()()
+
+
+def _pg_element(column: sa.Column[Any]) -> Callable[[Any], str]:
+    kind = column.type.impl if isinstance(column.type, sa.types.TypeDecorator) else column.type
+    if isinstance(kind, sa.String):
+        return pg_text
+    if isinstance(kind, sa.DateTime):
+        return _pg_time
+    if isinstance(kind, sa.Boolean):
+        return _pg_flag
+    if isinstance(kind, sa.Numeric | sa.Float):  # Money, and the durations
+        return _pg_number
+    raise TypeError(f"no array element for the column {column.name}")
+
+
+_PG_COLUMNS = {c.name: c for table in (payments, payment_steps) for c in table.columns}
+
+
+@dataclass(frozen=True)
+class Unnest:
+    """A statement over ``unnest`` of one array parameter per column, each cast to its
+    column's type: the server reads a page of rows as a few array literals, which costs
+    it and the driver a third of what a multi-row ``VALUES`` list does (measured: 17 us
+    against 51 us a step row, 34-54 us against 108-126 us a payment row)."""
+
+    sql: str
+    elements: tuple[Callable[[Any], str], ...]
+
+    @classmethod
+    def over(cls, head: str, columns: Sequence[str], tail: str) -> Unnest:
+        """``head unnest(<one parameter per column>) tail``."""
+        arrays = ", ".join(
+            f"%s::{_PG_COLUMNS[c].type.compile(dialect=_PG_DIALECT)}[]" for c in columns)
+        return cls(f"{head}unnest({arrays}){tail}",
+                   tuple(_pg_element(_PG_COLUMNS[c]) for c in columns))
+
+    def arrays(self, rows: Sequence[Sequence[Any]]) -> list[str]:
+        """Rows as one array literal per column (pure)."""
+        if not rows:
+            return ["{}" for _ in self.elements]
+        return ["{" + ",".join(map(element, column)) + "}"
+                for element, column in zip(self.elements, zip(*rows, strict=True), strict=True)]
+
+    def execute(self, cursor: Any, rows: Sequence[Sequence[Any]]) -> None:
+        for start in range(0, len(rows), PAGE):
+            cursor.execute(self.sql, self.arrays(rows[start:start + PAGE]))
+
+
+class PgStatements(Statements):
+    """One statement per page of a thousand rows (``Unnest``)."""
+
+    def __init__(self) -> None:
+        super().__init__(sqlite=False)
+        self.upsert_payments = Unnest.over(
+            f"INSERT INTO {_TABLE} ({', '.join(PAYMENT_COLUMNS)}) SELECT * FROM ",  # noqa: S608
+            PAYMENT_COLUMNS, f" ON CONFLICT (payment_id) DO UPDATE SET {_UPSERT_SETS}")
+        sets = ", ".join(f"{n} = v.{n}" for n in UPDATED)
+        self.update_states = Unnest.over(
+            f"UPDATE {_TABLE} AS p SET {sets} FROM ", (*UPDATED, "payment_id"),  # noqa: S608
+            f" AS v({', '.join(UPDATED)}, payment_id) WHERE p.payment_id = v.payment_id")
+        self.update_transactions = Unnest.over(
+            f"UPDATE {_TABLE} AS p SET transaction_id = v.transaction_id FROM ",  # noqa: S608
+            ("transaction_id", "payment_id"),
+            " AS v(transaction_id, payment_id) WHERE p.payment_id = v.payment_id")
+        self.update_narrow = Unnest.over(
+            f"UPDATE {_TABLE} AS p SET state = v.state, updated_at = v.updated_at "  # noqa: S608
+            "FROM ", ("state", "updated_at", "payment_id"),
+            " AS v(state, updated_at, payment_id) WHERE p.payment_id = v.payment_id")
+        self.insert_steps = Unnest.over(
+            f"INSERT INTO {_STEPS} ({', '.join(STEP_COLUMNS)}) SELECT * FROM ",  # noqa: S608
+            STEP_COLUMNS, " ON CONFLICT DO NOTHING")
+
+
+_SQLITE, _POSTGRES = SqliteStatements(), PgStatements()
 _NARROW_KEYS = frozenset(("payment_id", "state", "updated_at"))
 
 
@@ -277,13 +349,13 @@ def store_rows(conn: Connection, rows: Iterable[Row]) -> None:
     writes = Writes()
     for kind, row in rows:
         writes.add(kind, row)
-    statements = _STATEMENTS.get(conn.dialect.name)
-    if statements is None:
-        _store_with_core(conn, writes)
-    elif statements.sqlite:
-        _store_sqlite(conn, statements, writes)
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        _store_sqlite(conn, _SQLITE, writes)
+    elif dialect == "postgresql":
+        _store_postgres(conn, _POSTGRES, writes)
     else:
-        _store_postgres(conn, statements, writes)
+        _store_with_core(conn, writes)
     for kind, group in writes.others.items():
         upsert(conn, TABLES[kind], _key(kind), group)
 
@@ -292,7 +364,7 @@ def _key(kind: str) -> str:
     return str(TABLES[kind].primary_key.columns.values()[0].name)
 
 
-def _store_sqlite(conn: Connection, st: Statements, w: Writes) -> None:
+def _store_sqlite(conn: Connection, st: SqliteStatements, w: Writes) -> None:
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     at = _LastTime(sqlite_time)
     try:
@@ -316,34 +388,24 @@ def _store_sqlite(conn: Connection, st: Statements, w: Writes) -> None:
         cursor.close()
 
 
-def _store_postgres(conn: Connection, st: Statements, w: Writes) -> None:
-    from psycopg2.extras import execute_values
-
+def _store_postgres(conn: Connection, st: PgStatements, w: Writes) -> None:
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         if w.whole:
             # one row per payment in a statement: ON CONFLICT cannot touch a row twice
             latest = {r["payment_id"]: r for r in w.whole}
-            execute_values(cursor, st.upsert_payments,
-                           [st.payment_values(r) for r in latest.values()],
-                           template=st.payments_template, page_size=PAGE)
+            st.upsert_payments.execute(cursor, [st.payment_values(r) for r in latest.values()])
         if w.transactions:
-            execute_values(cursor, st.update_transactions,
-                           [(tx, p) for p, tx in w.transactions.items()], page_size=PAGE)
+            st.update_transactions.execute(cursor, [(tx, p) for p, tx in w.transactions.items()])
         if w.full:
-            execute_values(cursor, st.update_states,
-                           [st.state_values(p, s) for p, s in w.full.items()],
-                           template=st.states_template, page_size=PAGE)
+            st.update_states.execute(cursor, [st.state_values(p, s) for p, s in w.full.items()])
         if w.narrow:
-            execute_values(cursor, st.update_narrow,
-                           [(state, pg_time(updated), p)
-                            for p, (state, updated) in w.narrow.items()],
-                           template=st.narrow_template, page_size=PAGE)
+            st.update_narrow.execute(cursor, [(state, pg_time(updated), p)
+                                              for p, (state, updated) in w.narrow.items()])
         if w.steps:
-            execute_values(cursor, st.insert_steps,
-                           [(pg_time(intended), p, step, pg_time(when), since, seconds)
-                            for p, intended, (step, when, since, seconds) in w.steps],
-                           template=st.steps_template, page_size=PAGE)
+            st.insert_steps.execute(cursor, [
+                (pg_time(intended), p, step, pg_time(when), since, seconds)
+                for p, intended, (step, when, since, seconds) in w.steps])
     finally:
         cursor.close()
 
