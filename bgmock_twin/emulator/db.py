@@ -19,6 +19,7 @@ are not the racing writers the contract describes.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -84,6 +85,15 @@ class StaleAccount(Exception):
         self.account_number = account_number
 
 
+_OUTBOX_WRITTEN = "bgmock_outbox_written"
+
+
+def note_outbox_row(conn: Connection) -> None:
+    """Mark ``conn``'s transaction as one that writes an outbox row (``Database.begin``
+    counts it in ``outbox_commits`` once committed)."""
+    conn.info[_OUTBOX_WRITTEN] = True
+
+
 class Database:
     """An engine plus the transaction helper the services use."""
 
@@ -91,6 +101,8 @@ class Database:
         self.name = name
         self.url = url
         self._sqlite_memory: _KeptOpen | None = None
+        self._outbox_commits = 0
+        self._commits_lock = threading.Lock()
         if url is None:
             memory = sqlite3.connect(":memory:", check_same_thread=False, factory=_KeptOpen)
             self._sqlite_memory = memory
@@ -115,7 +127,21 @@ class Database:
     def begin(self) -> Iterator[Connection]:
         """One database transaction: committed on success, rolled back on error."""
         with self.engine.begin() as conn:
-            yield conn
+            try:
+                yield conn
+            finally:
+                wrote_outbox = bool(conn.info.pop(_OUTBOX_WRITTEN, False))
+        if wrote_outbox:
+            with self._commits_lock:
+                self._outbox_commits += 1
+
+    @property
+    def outbox_commits(self) -> int:
+        """Transactions that wrote outbox rows (``note_outbox_row``) committed so far,
+        each counted once its commit returned: a reader that saw a count and then read
+        the outbox has seen every row committed before that count (the publisher's
+        idle beats)."""
+        return self._outbox_commits
 
     def locked(self, select: sa.Select[Any]) -> sa.Select[Any]:
         """``SELECT ... FOR UPDATE`` where the database has row locks."""

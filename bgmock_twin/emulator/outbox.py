@@ -5,7 +5,10 @@ transaction as the state change (``add_event``). A publisher thread per service
 wakes about every ``interval`` seconds (fixed rate, like Spring's
 ``@Scheduled(fixedRate = 1000)``), sends every unpublished row in id order and
 marks the rows published only after the bus confirmed them (``flush``). If the
-bus fails, the rows stay and are sent again next time: at least once. Each record
+bus fails, the rows stay and are sent again next time: at least once. A beat after
+one that left nothing unpublished, with no outbox row committed since
+(``Database.outbox_commits``), has nothing to send and skips the query: an idle
+emulator does not read its three outboxes every second. Each record
 carries the ``__TypeId__`` header of the producing service's own class: the banks'
 ``com.bankgood.bank.event.<Class>``, the clearing's ``com.clearingservice.event.<Class>``.
 """
@@ -31,7 +34,7 @@ from bgmock_twin.contract import (
     Event,
     encode_event,
 )
-from bgmock_twin.emulator.db import Database, utcnow
+from bgmock_twin.emulator.db import Database, note_outbox_row, utcnow
 from bgmock_twin.logs import get_logger
 from bgmock_twin.workers import Worker
 
@@ -66,6 +69,7 @@ def add_event(
 ) -> None:
     """Insert the outbox row of ``event`` (inside the caller's transaction)."""
     payload, _headers = encode_event(event, dates=dates)
+    note_outbox_row(conn)
     conn.execute(_insert(table), {
         "transaction_id": event.transaction_id,
         "topic": topic,
@@ -109,7 +113,9 @@ class OutboxPublisher(Worker):
         self._stalled = stalled
         self._next_run: float | None = None
         self._failing = False
+        self._drained_at: int | None = None  # outbox_commits when a beat left none
         self.cycles = 0
+        self.queries_skipped = 0
         self._headers = type_headers(service)
         self._default_headers = self._headers[TOPIC_COMPLETED]
         self._select_pending = (
@@ -131,7 +137,13 @@ class OutboxPublisher(Worker):
         if self._stalled():
             return
         self.cycles += 1
+        commits = self._db.outbox_commits
+        if commits == self._drained_at:
+            self.queries_skipped += 1
+            return
         self.publish_pending()
+        if not self.stopping:
+            self._drained_at = commits
         if self._failing:
             self._failing = False
             log.info("emulator_outbox_recovered", service=self.service)
