@@ -507,8 +507,9 @@ def payments() -> dash.Dashboard:
                    [target(f"sum({sel('bgmock_simulations_active')})", "running")],
                    decimals=0, w=8),
         timeseries("Dropped payments", "Payments that were due but not sent because "
-                   "TWIN_MAX_IN_FLIGHT_REQUESTS was reached (never delayed: dropped and "
-                   "counted, so latency stays honest).", "ops",
+                   "their channel's bound was reached (TWIN_MAX_IN_FLIGHT_REQUESTS, or "
+                   "TWIN_MAX_IN_FLIGHT_KAFKA_PAYMENTS for the Kafka channel; never delayed: "
+                   "dropped and counted, so latency stays honest).", "ops",
                    [target(f"sum({rate('bgmock_payments_dropped_total')}) or vector(0)",
                            "dropped")],
                    steps=thresholds((GREEN, None), (RED, 0.01)), line_thresholds=True, w=8),

@@ -438,6 +438,27 @@ def test_when_every_worker_is_busy_payments_are_dropped_and_counted_never_queued
     assert detail["outcomes"]["success"] + sum(map(lost_race, rows)) == progress["dispatched"]
 
 
+def test_a_slow_bank_holding_every_rest_slot_does_not_make_the_kafka_channel_drop(
+    bgmock: BGMock, make_twin: Callable[..., Twin],
+) -> None:
+    """The channels have their own bounds: REST submissions waiting on a slow bank
+    take every ``TWIN_MAX_IN_FLIGHT_REQUESTS`` slot, Kafka payments meanwhile plan
+    and produce on ``TWIN_MAX_IN_FLIGHT_KAFKA_PAYMENTS`` ones."""
+    twin = make_twin(max_in_flight_requests=2, max_in_flight_kafka_payments=64)
+    bgmock.emulator.faults.apply("bank_a", {"latency_seconds": 0.5})
+    rest = twin.api.post("/api/v1/simulations", json={
+        "count": 40, "rate": 20, "direction": "a_to_b"}).json()["id"]
+    kafka = twin.api.post("/api/v1/simulations", json={
+        "count": 40, "rate": 20, "direction": "a_to_b", "channel": "kafka"}).json()["id"]
+    rest_detail = wait_finished(twin.api, rest, timeout=60)
+    kafka_detail = wait_finished(twin.api, kafka, timeout=60)
+    print(f"rest: {rest_detail['progress']}; kafka: {kafka_detail['progress']}")
+    assert rest_detail["progress"]["dropped"] > 0  # the REST slots were all taken
+    assert kafka_detail["progress"]["dropped"] == 0
+    assert kafka_detail["progress"]["dispatched"] == 40
+    assert kafka_detail["outcomes"]["success"] == 40
+
+
 def test_background_canary_runs_on_its_own(
     bgmock: BGMock, make_twin: Callable[..., Twin],
 ) -> None:

@@ -57,6 +57,12 @@ class LoadSettings(BaseModel):
         64, ge=1, le=4096, validation_alias=env("TWIN_MAX_IN_FLIGHT_REQUESTS"),
         description="Concurrent submissions; beyond it a due payment is dropped and counted.",
     )
+    max_in_flight_kafka_payments: int = Field(
+        1024, ge=1, le=100_000, validation_alias=env("TWIN_MAX_IN_FLIGHT_KAFKA_PAYMENTS"),
+        description="Kafka-channel payments planned or being produced at once (a produce "
+                    "does not wait for its delivery report); beyond it a due one is dropped "
+                    "and counted.",
+    )
 
     @model_validator(mode="after")
     def _amounts(self) -> Self:

@@ -11,12 +11,13 @@ between the two leaves a planned row without an answer; the re-matching of a
 restarted twin (``rematch``) finds it at the bank or rejects it as not sent, and a
 Kafka payment with no step seen is produced again.
 
-At most ``max_in_flight`` payments are planned or being sent at once; a payment due
-while every slot is taken is *dropped and counted* (``bgmock_payments_dropped_total``),
-never queued without limit. Latency is measured from the intended time, and the gap
-between intended and actual send is exported (``bgmock_payment_send_lag_seconds``),
-so a slow system neither slows the load down nor hides its own slowness (no
-coordinated omission, k6 arrival-rate style).
+At most ``max_in_flight`` REST payments (and ``max_in_flight_kafka`` Kafka-channel
+ones, whose produce does not wait for its delivery report) are planned or being sent
+at once; a payment due while every slot of its channel is taken is *dropped and
+counted* (``bgmock_payments_dropped_total``), never queued without limit. Latency
+is measured from the intended time, and the gap between intended and actual send is
+exported (``bgmock_payment_send_lag_seconds``), so a slow system neither slows the
+load down nor hides its own slowness (no coordinated omission, k6 arrival-rate style).
 
 Channels: ``rest`` posts to the source bank on one pooled keep-alive aiohttp client
 (``clients.rest_async``; a rejection is seen by the status poller's look-up when no
@@ -95,6 +96,28 @@ class LedgerPort(Protocol):
 Planned = tuple[asyncio.TimerHandle, Payment, Run]
 
 
+class Slots:
+    """One channel's bound on payments planned or being sent (thread-safe)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.busy = 0
+        self._lock = threading.Lock()
+
+    def take(self, ahead: bool = False) -> bool:
+        """Take a slot; one ``ahead`` of its payment's due time only from the first
+        half (a payment due now is never dropped for slots that planned ones hold)."""
+        with self._lock:
+            if self.busy >= ((self.limit + 1) // 2 if ahead else self.limit):
+                return False
+            self.busy += 1
+            return True
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.busy -= 1
+
+
 class Sender:
     """The pacer and every send, on one event loop."""
 
@@ -107,6 +130,7 @@ class Sender:
         checker: StatusChecker,
         poller: StatusPoller,
         max_in_flight: int,
+        max_in_flight_kafka: int,
         instance_id: str,
         ledger: LedgerPort,
         rematcher: Rematcher,
@@ -122,7 +146,6 @@ class Sender:
         self.provisioner = provisioner
         self.checker = checker
         self.poller = poller
-        self.max_in_flight = max_in_flight
         self.instance_id = instance_id
         self.join_timeout = STOP_TIMEOUT_SECONDS
         self._loop = LoopThread("sender")
@@ -131,8 +154,8 @@ class Sender:
         self._heap_lock = threading.Lock()
         self._pending_of: Counter[str] = Counter()  # run id -> payments planned, not sent
         self._exhausted: set[str] = set()  # runs with nothing left to plan, some not sent
-        self._slots_lock = threading.Lock()
-        self._busy = 0
+        self._slots = {Channel.REST: Slots(max_in_flight),
+                       Channel.KAFKA: Slots(max_in_flight_kafka)}
         self._waiting_slot = False
         # on the loop only
         self._planned: dict[str, Planned] = {}
@@ -257,7 +280,7 @@ class Sender:
                     action = "stopped"
                 elif due - PLAN_AHEAD_SECONDS > now:
                     return due - PLAN_AHEAD_SECONDS, planned
-                elif self._acquire(ahead=due > now):
+                elif self._acquire(run.profile.channel, ahead=due > now):
                     heapq.heappop(self._heap)
                     action = "plan"
                 elif due > now:  # no slot to plan it ahead: wait for one until it is due
@@ -287,14 +310,14 @@ class Sender:
         try:
             payment = self._build(run, index, due)
         except FixturesUnavailable as exc:
-            self._release()
+            self._release(run.profile.channel)
             self._drop(run, str(exc))
             return False
         try:
             self._register(payment, _amounts(run.profile.amount_min, run.profile.amount_max,
                                              payment.amount))
         except Exception:
-            self._release()
+            self._release(payment.channel)
             raise
         with self._heap_lock:
             self._pending_of[run.run_id] += 1
@@ -347,7 +370,7 @@ class Sender:
             log.error("send_failed", error=repr(exc), payment_id=payment.payment_id)
         finally:
             run.mark_sent()
-            self._release()
+            self._release(payment.channel)
             self._went(run)
 
     def _drop(self, run: Run, reason: str) -> None:
@@ -356,27 +379,18 @@ class Sender:
         run.note_drop(reason)  # one log line per burst, with its count
 
     # --- slots ------------------------------------------------------------------------------
-    def _acquire(self, ahead: bool = False) -> bool:
-        """Take a slot; one ``ahead`` of its due time only from the first half (a
-        payment due now is never dropped for slots that planned ones hold)."""
-        with self._slots_lock:
-            if self._busy >= (self.max_in_flight + 1) // 2 if ahead else \
-                    self._busy >= self.max_in_flight:
-                return False
-            self._busy += 1
-            return True
+    def _acquire(self, channel: Channel, ahead: bool = False) -> bool:
+        return self._slots[channel].take(ahead)
 
-    def _release(self) -> None:
-        with self._slots_lock:
-            self._busy -= 1
+    def _release(self, channel: Channel) -> None:
+        self._slots[channel].give_back()
         if self._waiting_slot:  # a payment waits for a slot
             self._waiting_slot = False
             self.wake()
 
     @property
     def busy(self) -> int:
-        with self._slots_lock:
-            return self._busy
+        return sum(slots.busy for slots in self._slots.values())
 
     # --- sending ----------------------------------------------------------------------------
     async def _send(self, payment: Payment, schedule_check: bool) -> bool:
@@ -475,7 +489,7 @@ class Sender:
         (blocking); False if every slot is busy (or the sender stopped). A REST
         payment's status is read back at once, so a rejection is known before this
         returns. ``amounts`` as for ``_register``."""
-        if self._stopping or not self.alive or not self._acquire():
+        if self._stopping or not self.alive or not self._acquire(payment.channel):
             self._drop_single()
             return False
         try:
@@ -483,7 +497,7 @@ class Sender:
             self._register(payment, amounts)
             accepted = self._loop.run(self._send(payment, schedule_check=False))
         finally:
-            self._release()
+            self._release(payment.channel)
         if accepted and \
                 self.checker.check(payment.payment_id, Purpose.ACCEPT_NOW) is Result.RETRY:
             self.poller.schedule(payment.payment_id, Purpose.ACCEPT, ACCEPT_CHECK_DELAY)
@@ -513,13 +527,13 @@ class Sender:
         deadline = max(self._stop_deadline, time.monotonic())
         while (self._planned or self._tasks) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        for payment_id, (timer, _, run) in list(self._planned.items()):
+        for payment_id, (timer, payment, run) in list(self._planned.items()):
             timer.cancel()  # planned, never sent: nothing reached BGMock
             del self._planned[payment_id]
             self.tracker.reject(payment_id, NOT_SENT, False)
             run.dispatched += 1
             run.mark_sent()
-            self._release()
+            self._release(payment.channel)
             self._went(run)
         if self._tasks:
             log.warning("sender_stopped_with_busy_workers", busy=len(self._tasks))

@@ -168,8 +168,8 @@ class Tracking:
         self.tracker.matcher = self.rematcher.match_event
         self.sender = Sender(
             self.tracker, clients, bus, self.provisioner, self.checker, self.poller,
-            settings.max_in_flight_requests, settings.instance_id,
-            ledger=self.ledger, rematcher=self.rematcher,
+            settings.max_in_flight_requests, settings.max_in_flight_kafka_payments,
+            settings.instance_id, ledger=self.ledger, rematcher=self.rematcher,
             pause=PauseHook(settings.test_pause_at),
         )
         self.checker.get_outgoing = self.sender.get_outgoing
