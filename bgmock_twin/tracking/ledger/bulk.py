@@ -123,7 +123,6 @@ class Statements:
     (``noqa: S608``); every value is a parameter."""
 
     def __init__(self, sqlite: bool) -> None:
-        self.sqlite = sqlite
         self._payment_conv = [_converter(n, sqlite) for n in PAYMENT_COLUMNS]
         self._state_conv = [_converter(n, sqlite) for n in UPDATED]
 
@@ -163,11 +162,13 @@ class SqliteStatements(Statements):
 
 
 # --- PostgreSQL: a page of rows as one array literal per column (pure) --------------------------
-def pg_text(value: str | None) -> str:
+def pg_text(value: object) -> str:
     """Text as an element of a PostgreSQL array literal: quoted, and escaped as the
     server's array input reads it (``NULL`` unquoted is the null)."""
     if value is None:
         return "NULL"
+    if not isinstance(value, str):
+        value = str(value)
     if "\\" in value or '"' in value:
         value = value.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{value}"'
