@@ -39,14 +39,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from bgmock_twin.contract import CENT
+from bgmock_twin.tracking.ledger.rows import STEP_KEYS
 from bgmock_twin.tracking.ledger.schema import (
     STATE_COLUMNS,
     TABLES,
     payment_steps,
     payments,
-    step_keys,
 )
-from bgmock_twin.tracking.lifecycle import ALL_STEPS
 
 Row = tuple[str, dict[str, Any]]
 StepTuple = tuple[str, datetime, float, float]  # step, at, since intended, seconds
@@ -63,7 +62,7 @@ _FLAGS = frozenset(c.name for c in payments.columns if isinstance(c.type, sa.Boo
 # even to its own value, rewrites its index entry (measured 3x the cost in SQLite).
 assert STATE_COLUMNS[0] == "transaction_id"
 UPDATED = STATE_COLUMNS[1:]
-_STEP_KEYS = tuple((step.value, *step_keys(step.value)) for step in ALL_STEPS)
+_STEP_KEYS = tuple((step.value, *keys) for step, *keys in STEP_KEYS)
 PAGE = 1000  # rows per PostgreSQL statement (its arrays' size)
 
 

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from bgmock_twin.contract import Status
+from bgmock_twin.tracking.ledger.schema import step_keys
 from bgmock_twin.tracking.lifecycle import (
     ALL_STEPS,
     STEP_NAME,
@@ -29,6 +30,10 @@ from bgmock_twin.tracking.lifecycle import (
     StepMark,
 )
 from bgmock_twin.tracking.records import PaymentRecord, StepRecord
+
+# Each step and its keys in the flat mapping (``schema.step_keys``), spelled once:
+# formatting them per payment and step cost 8 us of a payment row's 10-16 us.
+STEP_KEYS = tuple((step, *step_keys(step.value)) for step in ALL_STEPS)
 
 
 def payment_row(p: Payment, now_utc: datetime) -> dict[str, Any]:
@@ -61,11 +66,14 @@ def payment_row(p: Payment, now_utc: datetime) -> dict[str, Any]:
         "finished_at": p.finished_at,
         "updated_at": now_utc,
     }
-    for step in ALL_STEPS:
-        mark = p.steps.get(step)
-        row[f"{step.value}_at"] = mark.at if mark else None
-        row[f"{step.value}_since"] = mark.since_intended if mark else None
-        row[f"{step.value}_seconds"] = mark.duration if mark else None
+    marks = p.steps
+    for step, at_key, since_key, seconds_key in STEP_KEYS:
+        mark = marks.get(step)
+        if mark is None:
+            row[at_key] = row[since_key] = row[seconds_key] = None
+        else:
+            row[at_key], row[since_key], row[seconds_key] = \
+                mark.at, mark.since_intended, mark.duration
     return row
 
 
@@ -101,13 +109,11 @@ def payment_from_row(row: dict[str, Any], now_mono: float, now_utc: datetime) ->
     with the previous process)."""
     intended_at: datetime = row["intended_at"]
     steps = {}
-    for step in ALL_STEPS:
-        at = row.get(f"{step.value}_at")
+    for step, at_key, since_key, seconds_key in STEP_KEYS:
+        at = row.get(at_key)
         if at is not None:
             steps[step] = StepMark(
-                at, float(row.get(f"{step.value}_since") or 0.0),
-                float(row.get(f"{step.value}_seconds") or 0.0),
-            )
+                at, float(row.get(since_key) or 0.0), float(row.get(seconds_key) or 0.0))
     return Payment(
         payment_id=row["payment_id"],
         channel=Channel(row["channel"]),
@@ -166,8 +172,8 @@ def record_from_row(row: dict[str, Any]) -> PaymentRecord:
         matched_by=row.get("matched_by"),
         finished_at=row["finished_at"],
         timeline=tuple(
-            StepRecord(step, row[f"{step.value}_at"], float(row[f"{step.value}_since"] or 0.0),
-                       float(row[f"{step.value}_seconds"] or 0.0))
-            for step in ALL_STEPS if row[f"{step.value}_at"] is not None
+            StepRecord(step, row[at_key], float(row[since_key] or 0.0),
+                       float(row[seconds_key] or 0.0))
+            for step, at_key, since_key, seconds_key in STEP_KEYS if row[at_key] is not None
         ),
     )
