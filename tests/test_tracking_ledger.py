@@ -24,6 +24,8 @@ from bgmock_twin.tracking.ledger import (
     payment_row,
     payments,
 )
+from bgmock_twin.tracking.ledger.bulk import SQLITE_MAX_PARAMETERS, MultiRow, store_rows
+from bgmock_twin.tracking.ledger.rows import state_of, step_of
 from bgmock_twin.tracking.lifecycle import (
     Channel,
     Kind,
@@ -105,6 +107,50 @@ def test_awkward_text_round_trips_through_every_write(ledger: Ledger, text: str)
     assert record.state == "completed" and record.final_status is Status.FAILED
     assert [s.step for s in record.timeline] == [Step.ACCEPTED, Step.COMPLETED]
     assert record == record_of(p)
+
+
+def test_a_batch_of_any_size_is_stored_whole(ledger: Ledger) -> None:
+    """One batch goes as pages (power-of-two multi-row statements on SQLite, a
+    thousand rows on PostgreSQL): every row of an odd-sized batch is stored, and each
+    update and step lands on its own payment."""
+    made = [make_payment(i) for i in range(777)]
+    with ledger.engine.begin() as conn:
+        store_rows(conn, [("payment", payment_row(p, NOW)) for p in made])
+    progress = []
+    for n, p in enumerate(made):
+        observe_step(p, Step.ACCEPTED, p.intended_mono + 0.2, p.intended_at)
+        if n % 2:  # a narrow update: only the furthest step moved
+            step = step_of(p, Step.ACCEPTED)
+            full, tx = None, False
+        else:  # a full one, with a new transaction id
+            p.transaction_id = uuid.uuid4()
+            observe_step(p, Step.COMPLETED, p.intended_mono + 1.0, p.intended_at,
+                         Status.SUCCESS)
+            step = step_of(p, Step.COMPLETED)
+            full, tx = state_of(p, NOW), True
+        progress.append(("progress", {
+            "payment_id": p.payment_id, "intended_at": p.intended_at, "full": full,
+            "tx": tx, "state": p.state, "updated_at": NOW, "steps": [step]}))
+    with ledger.engine.begin() as conn:
+        store_rows(conn, progress)
+    stored = {r.payment_id: r for r in ledger.query(PaymentQuery(limit=10_000))}
+    assert len(stored) == len(made)
+    for n, p in enumerate(made):
+        record = stored[p.payment_id]
+        assert record.transaction_id == str(p.transaction_id), n
+        assert record.state == p.state, n
+        assert record.amount == p.amount, n
+        assert [s.step for s in record.timeline][-1] is \
+            (Step.ACCEPTED if n % 2 else Step.COMPLETED), n
+
+
+def test_multi_row_pages_are_powers_of_two_within_the_parameter_limit() -> None:
+    wide = MultiRow("INSERT", width=45)
+    assert wide.page_sizes(777) == [512, 256, 8, 1]
+    assert wide.page_sizes(0) == []
+    assert sum(wide.page_sizes(5000)) == 5000
+    assert max(MultiRow("INSERT", width=100).page_sizes(1000)) * 100 <= SQLITE_MAX_PARAMETERS
+    assert wide.text(2).count("?") == 90
 
 
 def test_newer_snapshots_replace_older_ones_and_unfinished_ones_reload(ledger: Ledger) -> None:
