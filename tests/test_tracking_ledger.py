@@ -19,6 +19,7 @@ from bgmock_twin.contract import Status
 from bgmock_twin.tracking.ledger import (
     Ledger,
     PaymentQuery,
+    bulk,
     deposits,
     payment_from_row,
     payment_row,
@@ -109,10 +110,14 @@ def test_awkward_text_round_trips_through_every_write(ledger: Ledger, text: str)
     assert record == record_of(p)
 
 
-def test_a_batch_of_any_size_is_stored_whole(ledger: Ledger) -> None:
+@pytest.mark.parametrize("update_from", [True, False], ids=["update-from", "row-by-row"])
+def test_a_batch_of_any_size_is_stored_whole(ledger: Ledger, update_from: bool,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """One batch goes as pages (power-of-two multi-row statements on SQLite, a
     thousand rows on PostgreSQL): every row of an odd-sized batch is stored, and each
-    update and step lands on its own payment."""
+    update and step lands on its own payment; on an SQLite older than 3.33 (no
+    ``UPDATE ... FROM``) the updates go row by row."""
+    monkeypatch.setattr(bulk, "SQLITE_UPDATE_FROM", update_from)
     made = [make_payment(i) for i in range(777)]
     with ledger.engine.begin() as conn:
         store_rows(conn, [("payment", payment_row(p, NOW)) for p in made])

@@ -149,6 +149,8 @@ _UPSERT_SETS = ", ".join(f"{n} = excluded.{n}" for n in PAYMENT_COLUMNS if n != 
 # SQLite's limit on a statement's parameters (32766 since 3.32, 999 before)
 SQLITE_MAX_PARAMETERS = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 SQLITE_PAGE = 512  # the most rows in one SQLite statement (fewer for wide rows)
+# UPDATE ... FROM came with SQLite 3.33 (2020); before it an update goes row by row
+SQLITE_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33)
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,7 @@ class MultiRow:
     head: str
     width: int
     tail: str = ""
+    row_by_row: str | None = None  # the statement for one row, where SQLite is older
 
     def page_sizes(self, count: int) -> list[int]:
         """``count`` rows as pages: the largest first, each a power of two."""
@@ -176,6 +179,9 @@ class MultiRow:
         return _multi_row_text(self.head, self.width, self.tail, rows)
 
     def execute(self, cursor: Any, rows: Sequence[Sequence[Any]]) -> None:
+        if self.row_by_row is not None and not SQLITE_UPDATE_FROM:
+            cursor.executemany(self.row_by_row, rows)
+            return
         start = 0
         for size in self.page_sizes(len(rows)):
             page = rows[start:start + size]
@@ -193,8 +199,11 @@ def _update_from_values(sets: Sequence[str]) -> MultiRow:
     """An UPDATE of ``sets`` from rows of (*values, payment id), joined on the key (the
     columns of SQLite's ``VALUES`` are ``column1``, ``column2``, ...)."""
     assignments = ", ".join(f"{name} = v.column{i}" for i, name in enumerate(sets, start=1))
-    return MultiRow(f"UPDATE {_TABLE} SET {assignments} FROM (",  # noqa: S608
-                    len(sets) + 1, f") AS v WHERE {_TABLE}.payment_id = v.column{len(sets) + 1}")
+    return MultiRow(
+        f"UPDATE {_TABLE} SET {assignments} FROM (",  # noqa: S608
+        len(sets) + 1, f") AS v WHERE {_TABLE}.payment_id = v.column{len(sets) + 1}",
+        row_by_row=f"UPDATE {_TABLE} SET {', '.join(f'{n} = ?' for n in sets)} "  # noqa: S608
+                   "WHERE payment_id = ?")
 
 
 class SqliteStatements(Statements):
