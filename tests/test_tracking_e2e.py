@@ -8,6 +8,7 @@ incoming transaction.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from collections import Counter
@@ -19,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY, generate_latest
+from sqlalchemy.engine import Engine
 
 from bgmock_twin.api.errors import install_error_handlers
 from bgmock_twin.api.tracking_routes import build_router
@@ -389,6 +392,48 @@ def test_a_restart_in_the_middle_of_a_simulation_loses_no_payment(
     for row in with_id(rows):
         assert row.outcome == EXPECTED[(Channel.REST, Kind(row.kind))], row
         verify_against_emulator(bgmock, row)
+
+
+def test_a_payment_leaves_only_once_its_row_is_stored(
+    bgmock: BGMock, make_twin: Callable[..., Twin], tmp_path: Path,
+) -> None:
+    """A twin killed right after a send must find that payment in its ledger. While
+    the ledger's writer cannot commit (another connection holds SQLite's write lock)
+    a planned payment waits at its due time; it leaves once its row is stored."""
+    twin = make_twin()
+    bank_a = bgmock.emulator.engines["bank_a"]
+    before = outgoing_count(bank_a)
+    sim = twin.api.post("/api/v1/simulations", json={
+        "count": 2, "rate": 0.5, "direction": "a_to_b"}).json()["id"]
+    wait_for(lambda: outgoing_count(bank_a) == before + 1, timeout=20,
+             message="the first payment at the bank")
+    submitted = sum(twin.tracking.tracker.submitted.values())
+    holder = sqlite3.connect(tmp_path / "ledger.db", timeout=10, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # the writer's commits wait behind it
+        wait_for(lambda: sum(twin.tracking.tracker.submitted.values()) == submitted + 1,
+                 timeout=20, message="the second payment planned")
+        due = twin.tracking.simulations.get_sim(sim)
+        assert due is not None
+        # its due time is 2 s after the first; held 1.5 s past that, it stays here
+        wait_for(lambda: due.dispatched == 2, timeout=20, message="the second payment due")
+        held_until = time.monotonic() + 1.5
+        while time.monotonic() < held_until:
+            assert outgoing_count(bank_a) == before + 1, "sent before its row was stored"
+            time.sleep(0.1)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    detail = wait_finished(twin.api, sim, timeout=60)
+    assert outgoing_count(bank_a) == before + 2
+    assert detail["progress"]["dispatched"] == 2
+    assert all(r.outcome == "success" or lost_race(r) for r in sim_rows(twin, sim))
+
+
+def outgoing_count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT count(*) FROM outgoing_transactions"))
+                   .scalar_one())
 
 
 def test_pacing_holds_the_rate_while_the_emulator_adds_latency(

@@ -6,10 +6,13 @@ run (simulations and the background canary) in a heap ordered by intended send t
 ``PLAN_AHEAD_SECONDS`` before a payment is due the pacer *plans* it: builds it,
 gives it its unique triple and registers it, which writes its row to the ledger's
 write-behind buffer and asks the writer to store what it holds. At the due time a
-timer on the loop sends it: no send ever waits for the database. A twin killed
-between the two leaves a planned row without an answer; the re-matching of a
-restarted twin (``rematch``) finds it at the bank or rejects it as not sent, and a
-Kafka payment with no step seen is produced again.
+timer on the loop sends it once its row is stored: planned ahead, it is by then,
+and only a payment planned at its due time (a run's first) or a writer running
+behind waits for the database (while the ledger is available: a ledger down does not
+stop the load). So a twin killed after any send finds that payment's row; one
+killed between the two leaves a planned row without an answer, which the
+re-matching of a restarted twin (``rematch``) finds at the bank or rejects as not
+sent, and a Kafka payment with no step seen is produced again.
 
 At most ``max_in_flight`` REST payments (and ``max_in_flight_kafka`` Kafka-channel
 ones, whose produce does not wait for its delivery report) are planned or being sent
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 import threading
 import time
 import uuid
@@ -77,6 +81,9 @@ PLAN_AHEAD_SECONDS = 0.1
 # a time and spent its CPU on commits)
 FLUSH_ASK_SECONDS = 0.02
 DELIVERY_POLL_SECONDS = 0.05  # how often Kafka delivery reports are served
+# how often a send waiting for its row to be stored looks again (a writer commits in
+# milliseconds; only sends whose row is not stored yet wait at all)
+STORE_POLL_SECONDS = 0.002
 IDLE_WAIT_SECONDS = 0.5
 STOP_TIMEOUT_SECONDS = 5.0
 # test pauses only: the row stored, as the pause point promises (``testhooks``)
@@ -85,15 +92,22 @@ PAUSE_FLUSH_SECONDS = 5.0
 
 class LedgerPort(Protocol):
     """What the sender needs of the ledger: to ask its writer to store the rows
-    buffered so far (``flush(0)`` asks without waiting)."""
+    buffered so far (``flush(0)`` asks without waiting), and to know up to which
+    write everything is stored."""
 
     @property
     def available(self) -> bool: ...
 
+    @property
+    def last_seq(self) -> int: ...
+
+    @property
+    def durable_seq(self) -> int: ...
+
     def flush(self, timeout: float) -> bool: ...
 
 
-Planned = tuple[asyncio.TimerHandle, Payment, Run]
+Planned = tuple[asyncio.TimerHandle, Payment, Run, int]  # ..., the row's write seq
 
 
 class Slots:
@@ -166,6 +180,10 @@ class Sender:
         self._stop_deadline = 0.0
         self._unstored = False  # planned rows the writer was not asked to store yet
         self._flush_asked = 0.0
+        # sends waiting for their rows to be stored: (write seq, order, future)
+        self._store_waits: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._store_order = itertools.count()
+        self._store_watch: asyncio.Task[None] | None = None
         self.kafka = KafkaChannel(bus, tracker)
         self.dropped = 0
 
@@ -314,8 +332,8 @@ class Sender:
             self._drop(run, str(exc))
             return False
         try:
-            self._register(payment, _amounts(run.profile.amount_min, run.profile.amount_max,
-                                             payment.amount))
+            seq = self._register(payment, _amounts(run.profile.amount_min,
+                                                   run.profile.amount_max, payment.amount))
         except Exception:
             self._release(payment.channel)
             raise
@@ -323,7 +341,7 @@ class Sender:
             self._pending_of[run.run_id] += 1
         timer = loop.call_later(max(0.0, due - time.monotonic()), self._launch,
                                 payment.payment_id)
-        self._planned[payment.payment_id] = (timer, payment, run)
+        self._planned[payment.payment_id] = (timer, payment, run, seq)
         return True
 
     def _build(self, run: Run, index: int, due: float) -> Payment:
@@ -338,30 +356,33 @@ class Sender:
         return build_payment(fixtures, route, kind, profile.channel, amount, run.rng,
                              intended_at, due, run.simulation_id, self.instance_id)
 
-    def _register(self, payment: Payment, amounts: tuple[Decimal, Decimal] | None) -> None:
+    def _register(self, payment: Payment, amounts: tuple[Decimal, Decimal] | None) -> int:
         """From now on the payment is submitted and followed, its row in the ledger's
-        buffer. ``amounts``: the range a REST payment's amount may be nudged within to
-        keep its triple unique (None: the amount is fixed)."""
+        buffer; returns a write sequence number its row is stored by. ``amounts``: the
+        range a REST payment's amount may be nudged within to keep its triple unique
+        (None: the amount is fixed)."""
         if payment.channel is Channel.KAFKA:
             self.tracker.register(payment)
-            return
-        low, high = amounts or (payment.amount, payment.amount)
-        self.keys.claim(payment, low, high, self.tracker.register)
+        else:
+            low, high = amounts or (payment.amount, payment.amount)
+            self.keys.claim(payment, low, high, self.tracker.register)
+        return self.ledger.last_seq
 
     def _launch(self, payment_id: str) -> None:
-        """A planned payment's due time: it leaves now."""
+        """A planned payment's due time: it leaves now (once its row is stored)."""
         item = self._planned.pop(payment_id, None)
         if item is None:
             return
-        _, payment, run = item
+        _, payment, run, seq = item
         run.dispatched += 1
         run.note_sent()
-        task = asyncio.get_running_loop().create_task(self._send_planned(payment, run))
+        task = asyncio.get_running_loop().create_task(self._send_planned(payment, run, seq))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send_planned(self, payment: Payment, run: Run) -> None:
+    async def _send_planned(self, payment: Payment, run: Run, seq: int) -> None:
         try:
+            await self._until_stored(seq)
             lag = max(0.0, time.monotonic() - payment.intended_mono)
             metrics.SEND_LAG.observe(lag)
             run.record_lag(lag)
@@ -391,6 +412,32 @@ class Sender:
     @property
     def busy(self) -> int:
         return sum(slots.busy for slots in self._slots.values())
+
+    # --- a payment's row stored before it leaves ---------------------------------------------
+    async def _until_stored(self, seq: int) -> None:
+        """Return once the ledger stored every write up to ``seq`` (at once when it
+        has, and when the ledger is unavailable: its rows wait in the buffer)."""
+        ledger = self.ledger
+        if ledger.durable_seq >= seq or not ledger.available:
+            return
+        future = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._store_waits, (seq, next(self._store_order), future))
+        if self._store_watch is None or self._store_watch.done():
+            self._store_watch = asyncio.get_running_loop().create_task(self._watch_store())
+        ledger.flush(0)  # asks the writer to store it now, without waiting
+        await future
+
+    async def _watch_store(self) -> None:
+        """Release the sends whose rows got stored, while any waits."""
+        waits = self._store_waits
+        while waits:
+            await asyncio.sleep(STORE_POLL_SECONDS)
+            durable = self.ledger.durable_seq
+            released = not self.ledger.available
+            while waits and (released or waits[0][0] <= durable):
+                future = heapq.heappop(waits)[2]
+                if not future.done():
+                    future.set_result(None)
 
     # --- sending ----------------------------------------------------------------------------
     async def _send(self, payment: Payment, schedule_check: bool) -> bool:
@@ -493,15 +540,19 @@ class Sender:
             self._drop_single()
             return False
         try:
-            metrics.SEND_LAG.observe(max(0.0, time.monotonic() - payment.intended_mono))
-            self._register(payment, amounts)
-            accepted = self._loop.run(self._send(payment, schedule_check=False))
+            seq = self._register(payment, amounts)
+            accepted = self._loop.run(self._send_stored(payment, seq))
         finally:
             self._release(payment.channel)
         if accepted and \
                 self.checker.check(payment.payment_id, Purpose.ACCEPT_NOW) is Result.RETRY:
             self.poller.schedule(payment.payment_id, Purpose.ACCEPT, ACCEPT_CHECK_DELAY)
         return True
+
+    async def _send_stored(self, payment: Payment, seq: int) -> bool:
+        await self._until_stored(seq)
+        metrics.SEND_LAG.observe(max(0.0, time.monotonic() - payment.intended_mono))
+        return await self._send(payment, schedule_check=False)
 
     def _drop_single(self) -> None:
         self.dropped += 1
@@ -527,7 +578,7 @@ class Sender:
         deadline = max(self._stop_deadline, time.monotonic())
         while (self._planned or self._tasks) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        for payment_id, (timer, payment, run) in list(self._planned.items()):
+        for payment_id, (timer, payment, run, _) in list(self._planned.items()):
             timer.cancel()  # planned, never sent: nothing reached BGMock
             del self._planned[payment_id]
             self.tracker.reject(payment_id, NOT_SENT, False)
