@@ -404,7 +404,7 @@ def test_a_payment_leaves_only_once_its_row_is_stored(
     bank_a = bgmock.emulator.engines["bank_a"]
     before = outgoing_count(bank_a)
     sim = twin.api.post("/api/v1/simulations", json={
-        "count": 2, "rate": 0.5, "direction": "a_to_b"}).json()["id"]
+        "count": 2, "rate": 0.25, "direction": "a_to_b"}).json()["id"]
     wait_for(lambda: outgoing_count(bank_a) == before + 1, timeout=20,
              message="the first payment at the bank")
     submitted = sum(twin.tracking.tracker.submitted.values())
@@ -415,7 +415,8 @@ def test_a_payment_leaves_only_once_its_row_is_stored(
                  timeout=20, message="the second payment planned")
         due = twin.tracking.simulations.get_sim(sim)
         assert due is not None
-        # its due time is 2 s after the first; held 1.5 s past that, it stays here
+        # due 4 s after the first (time to take the lock first on a loaded machine);
+        # held 1.5 s past that, it stays here
         wait_for(lambda: due.dispatched == 2, timeout=20, message="the second payment due")
         held_until = time.monotonic() + 1.5
         while time.monotonic() < held_until:
