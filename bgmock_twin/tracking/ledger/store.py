@@ -14,7 +14,10 @@ beyond that new rows are dropped and counted (``bgmock_ledger_dropped_total``) -
 next write of that payment is its whole row again, which carries its full state.
 Every write gets a sequence number and ``durable_seq`` says up to which one
 everything is stored (or dropped), which lets the Kafka follower commit offsets
-only after what it read is recorded.
+only after what it read is recorded. A batch's whole payment rows are committed
+before the progress in it, and ``rows_durable_seq`` says up to which write every
+whole row is stored: the sender waits on it before a payment leaves, a write
+sooner than the whole batch.
 
 A full disk (issue 15): a backlog is stored in transactions of ``chunk_size`` rows,
 each committed on its own, so a little free space drains it step by step instead of
@@ -100,6 +103,7 @@ class LedgerStore(Worker):
         self._inflight = 0
         self._seq = 0
         self._durable = 0
+        self._rows_durable = 0  # every whole payment row up to this write is stored
         self._schema_ready = False
         self._on_available: list[Callable[[], None]] = []
         self._failing_since: float | None = None
@@ -289,6 +293,13 @@ class LedgerStore(Worker):
             return self._durable
 
     @property
+    def rows_durable_seq(self) -> int:
+        """Up to which write every whole payment row is stored (or dropped); at least
+        ``durable_seq``."""
+        with self._lock:
+            return max(self._rows_durable, self._durable)
+
+    @property
     def buffered(self) -> int:
         with self._lock:
             return len(self._pending) + self._inflight
@@ -316,7 +327,7 @@ class LedgerStore(Worker):
             return
         batch, upto = taken
         try:
-            self._write(batch)
+            self._write(batch, upto)
         except Exception:
             self._put_back(batch)
             raise
@@ -368,9 +379,10 @@ class LedgerStore(Worker):
             metrics.LEDGER_BUFFERED.set(self._inflight)
             return batch, self._seq
 
-    def _write(self, batch: Batch) -> None:
-        """Store ``batch`` in transactions of ``chunk_size`` rows; what was stored
-        leaves the batch, so on an error only the rest is put back."""
+    def _write(self, batch: Batch, upto: int) -> None:
+        """Store ``batch`` (taken at write ``upto``) in transactions of ``chunk_size``
+        rows, its whole payment rows in transactions of their own first; what was
+        stored leaves the batch, so on an error only the rest is put back."""
         if not self._schema_ready:
             self._prepare()
             for callback in self._on_available:
@@ -378,14 +390,19 @@ class LedgerStore(Worker):
         if self._failing_since is not None and self._sqlite_file:
             self._give_wal_space_back()
         keys = _ordered(batch)
-        for start in range(0, len(keys), self.chunk_size):
-            chunk = keys[start:start + self.chunk_size]
-            with self.engine.begin() as conn:
-                store_rows(conn, [(kind, batch[(kind, key)][0]) for kind, key in chunk])
-            for key in chunk:
-                del batch[key]
+        whole = sum(1 for kind, _ in keys if kind == "payment")  # they come first
+        for part in (keys[:whole], keys[whole:]):
+            for start in range(0, len(part), self.chunk_size):
+                chunk = part[start:start + self.chunk_size]
+                with self.engine.begin() as conn:
+                    store_rows(conn, [(kind, batch[(kind, key)][0]) for kind, key in chunk])
+                for key in chunk:
+                    del batch[key]
+                with self._lock:
+                    self._inflight = len(batch)
             with self._lock:
-                self._inflight = len(batch)
+                self._rows_durable = max(self._rows_durable, upto)
+                self._lock.notify_all()
 
     def _give_wal_space_back(self) -> None:
         """Move the WAL into the database file and truncate it, so the space it took
