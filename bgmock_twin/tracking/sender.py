@@ -93,7 +93,7 @@ PAUSE_FLUSH_SECONDS = 5.0
 class LedgerPort(Protocol):
     """What the sender needs of the ledger: to ask its writer to store the rows
     buffered so far (``flush(0)`` asks without waiting), and to know up to which
-    write everything is stored."""
+    write every whole payment row is stored."""
 
     @property
     def available(self) -> bool: ...
@@ -102,7 +102,7 @@ class LedgerPort(Protocol):
     def last_seq(self) -> int: ...
 
     @property
-    def durable_seq(self) -> int: ...
+    def rows_durable_seq(self) -> int: ...
 
     def flush(self, timeout: float) -> bool: ...
 
@@ -184,6 +184,9 @@ class Sender:
         self._store_waits: list[tuple[int, int, asyncio.Future[None]]] = []
         self._store_order = itertools.count()
         self._store_watch: asyncio.Task[None] | None = None
+        # the writer was asked to store every write up to this one (its next batch
+        # takes them all): a waiting send asks again only for a later write
+        self._store_asked = 0
         self.kafka = KafkaChannel(bus, tracker)
         self.dropped = 0
 
@@ -415,16 +418,19 @@ class Sender:
 
     # --- a payment's row stored before it leaves ---------------------------------------------
     async def _until_stored(self, seq: int) -> None:
-        """Return once the ledger stored every write up to ``seq`` (at once when it
-        has, and when the ledger is unavailable: its rows wait in the buffer)."""
+        """Return once the ledger stored every whole row written up to ``seq`` (at
+        once when it has, and when the ledger is unavailable: its rows wait in the
+        buffer)."""
         ledger = self.ledger
-        if ledger.durable_seq >= seq or not ledger.available:
+        if ledger.rows_durable_seq >= seq or not ledger.available:
             return
         future = asyncio.get_running_loop().create_future()
         heapq.heappush(self._store_waits, (seq, next(self._store_order), future))
         if self._store_watch is None or self._store_watch.done():
             self._store_watch = asyncio.get_running_loop().create_task(self._watch_store())
-        ledger.flush(0)  # asks the writer to store it now, without waiting
+        if seq > self._store_asked:
+            self._store_asked = ledger.last_seq
+            ledger.flush(0)  # asks the writer to store it now, without waiting
         await future
 
     async def _watch_store(self) -> None:
@@ -432,7 +438,7 @@ class Sender:
         waits = self._store_waits
         while waits:
             await asyncio.sleep(STORE_POLL_SECONDS)
-            durable = self.ledger.durable_seq
+            durable = self.ledger.rows_durable_seq
             released = not self.ledger.available
             while waits and (released or waits[0][0] <= durable):
                 future = heapq.heappop(waits)[2]
