@@ -402,7 +402,6 @@ class LedgerStore(Worker):
                     self._inflight = len(batch)
             with self._lock:
                 self._rows_durable = max(self._rows_durable, upto)
-                self._lock.notify_all()
 
     def _give_wal_space_back(self) -> None:
         """Move the WAL into the database file and truncate it, so the space it took
