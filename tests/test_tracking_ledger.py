@@ -158,21 +158,29 @@ def test_multi_row_pages_are_powers_of_two_within_the_parameter_limit() -> None:
     assert wide.text(2).count("?") == 90
 
 
-def test_whole_rows_are_stored_before_the_progress_of_their_batch(ledger: Ledger) -> None:
+def test_whole_rows_are_stored_before_the_progress_of_their_batch(
+        ledger_url: str, tmp_path: Path) -> None:
     """The sender waits for a payment's whole row only (``rows_durable_seq``): a
     batch commits its whole rows first, so a progress row the database refuses
-    (a step without its time) holds back ``durable_seq`` but not them."""
+    (a step without its time) holds back ``durable_seq`` but not them. Stopped, the
+    ledger keeps the refused row in its spill file."""
+    spill_dir = tmp_path / "spill"
+    spill_dir.mkdir()
     first, second = make_payment(1), make_payment(2)
-    ledger.write_payment(first, NOW)
-    assert ledger.flush(5)
-    ledger.write_progress(first.payment_id, first.intended_at, None, "accepted", NOW,
-                          ("accepted", None, 0.2, 0.2))  # type: ignore[arg-type]
-    seq = ledger.write_payment(second, NOW)
-    wait_for(lambda: ledger.rows_durable_seq >= seq, timeout=10,
-             message="the whole row stored")
-    assert ledger.get(second.payment_id) is not None
-    assert ledger.durable_seq < seq
-    assert not ledger.flush(0.3)
+    with running_ledger(ledger_url, buffer_size=1000, flush_interval=0.02,
+                        spill_dir=spill_dir) as ledger:
+        ledger.write_payment(first, NOW)
+        assert ledger.flush(5)
+        ledger.write_progress(first.payment_id, first.intended_at, None, "accepted", NOW,
+                              ("accepted", None, 0.2, 0.2))  # type: ignore[arg-type]
+        seq = ledger.write_payment(second, NOW)
+        wait_for(lambda: ledger.rows_durable_seq >= seq, timeout=10,
+                 message="the whole row stored")
+        assert ledger.get(second.payment_id) is not None
+        assert ledger.durable_seq < seq
+        assert not ledger.flush(0.3)
+    [spilled] = spill_dir.glob("*.jsonl")
+    assert first.payment_id in spilled.read_text()
 
 
 def test_newer_snapshots_replace_older_ones_and_unfinished_ones_reload(ledger: Ledger) -> None:
