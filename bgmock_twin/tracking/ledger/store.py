@@ -389,9 +389,7 @@ class LedgerStore(Worker):
                 callback()
         if self._failing_since is not None and self._sqlite_file:
             self._give_wal_space_back()
-        keys = _ordered(batch)
-        whole = sum(1 for kind, _ in keys if kind == "payment")  # they come first
-        for part in (keys[:whole], keys[whole:]):
+        for part in _parts(batch):
             for start in range(0, len(part), self.chunk_size):
                 chunk = part[start:start + self.chunk_size]
                 with self.engine.begin() as conn:
@@ -444,14 +442,15 @@ class LedgerStore(Worker):
             self._lock.notify_all()
 
 
-def _ordered(batch: Batch) -> list[tuple[str, str]]:
-    """The batch's keys in the order they are stored: whole payment rows, then
-    progress, then the rest, each in the order they came (a stable partition)."""
-    payments_first = [key for key in batch if key[0] == "payment"]
+def _parts(batch: Batch) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The batch's keys in the order they are stored: its whole payment rows, then
+    the rest - progress before the other tables' rows - each in the order they came
+    (a stable partition)."""
+    whole = [key for key in batch if key[0] == "payment"]
     progress = [key for key in batch if key[0] == PROGRESS]
-    if len(payments_first) + len(progress) == len(batch):
-        return payments_first + progress
-    return payments_first + progress + [key for key in batch if key[0] not in _ORDER]
+    if len(whole) + len(progress) == len(batch):
+        return whole, progress
+    return whole, progress + [key for key in batch if key[0] not in _ORDER]
 
 
 def _cap_wal(dbapi_connection: Any, _record: Any) -> None:
