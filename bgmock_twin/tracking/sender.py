@@ -277,7 +277,7 @@ class Sender:
             if self._unstored and now - self._flush_asked >= FLUSH_ASK_SECONDS:
                 self._unstored, self._flush_asked = False, now
                 if self.ledger.available:
-                    self.ledger.flush(0)  # the writer stores the planned rows now
+                    self._ask_store()  # the writer stores the planned rows now
             if self._stopping:
                 break
             delay = IDLE_WAIT_SECONDS if wake_at is None else \
@@ -429,9 +429,14 @@ class Sender:
         if self._store_watch is None or self._store_watch.done():
             self._store_watch = asyncio.get_running_loop().create_task(self._watch_store())
         if seq > self._store_asked:
-            self._store_asked = ledger.last_seq
-            ledger.flush(0)  # asks the writer to store it now, without waiting
+            self._ask_store()
         await future
+
+    def _ask_store(self) -> None:
+        """Ask the writer, without waiting, to store every write so far (its next
+        batch takes them all)."""
+        self._store_asked = self.ledger.last_seq
+        self.ledger.flush(0)
 
     async def _watch_store(self) -> None:
         """Release the sends whose rows got stored, while any waits."""
